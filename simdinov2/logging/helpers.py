@@ -1,0 +1,193 @@
+"""Metric smoothing, DINO-style progress lines (iteration/total, metrics, time per iteration, ETA) and
+console tee to a file. Shared by the v1 scripts and the v2 trainer."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from simdinov2 import distributed
+
+logger = logging.getLogger("simdinov2")
+
+
+class SmoothedValue:
+    """A window median/average plus a global average of a scalar series."""
+
+    def __init__(self, window_size: int = 20, fmt: str = "{median:.6f} ({global_avg:.6f})") -> None:
+        self.deque: deque[float] = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self) -> None:
+        """Make `global_avg` the average over all processes (the window stays local)."""
+        if not distributed.is_enabled():
+            return
+        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=distributed.get_device())
+        torch.distributed.all_reduce(t)
+        self.count = int(t[0].item())
+        self.total = float(t[1].item())
+
+    @property
+    def median(self) -> float:
+        return float(torch.tensor(list(self.deque)).median().item()) if self.deque else 0.0
+
+    @property
+    def avg(self) -> float:
+        return sum(self.deque) / len(self.deque) if self.deque else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
+
+
+class MetricLogger:
+    """Collects metrics and prints a progress line every `print_freq` iterations.
+
+    If `output_file` is given, the main process also appends one JSON line per printed iteration
+    (DINOv2's `training_metrics.json`)."""
+
+    def __init__(self, delimiter: str = "  ", output_file: str | Path | None = None) -> None:
+        self.meters: defaultdict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+        self.output_file = Path(output_file) if output_file else None
+
+    def update(self, **kwargs: Any) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.meters[k].update(float(v))
+
+    def __getattr__(self, attr: str) -> SmoothedValue:
+        meters = self.__dict__.get("meters")
+        if meters is not None and attr in meters:
+            return meters[attr]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{attr}'")
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+
+    def synchronize_between_processes(self) -> None:
+        for meter in self.meters.values():
+            meter.synchronize_between_processes()
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def _dump_json(self, iteration: int, iter_time: float, data_time: float) -> None:
+        if self.output_file is None or not distributed.is_main_process():
+            return
+        record = {"iteration": iteration, "iter_time": iter_time, "data_time": data_time}
+        record.update({name: meter.median for name, meter in self.meters.items()})
+        with open(self.output_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def log_every(
+        self,
+        iterable: Iterable[Any],
+        print_freq: int,
+        header: str = "",
+        n_iterations: int | None = None,
+        start_iteration: int = 0,
+    ) -> Iterator[Any]:
+        """Yield from `iterable`, printing `header [it/total] eta: ... metrics ... time: ... data: ...`."""
+        i = start_iteration
+        if n_iterations is None:
+            n_iterations = len(iterable)  # type: ignore[arg-type]
+        start_time = time.time()
+        end = time.time()
+        iter_time = SmoothedValue(fmt="{avg:.4f}")
+        data_time = SmoothedValue(fmt="{avg:.4f}")
+        width = len(str(n_iterations))
+        for obj in iterable:
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == n_iterations - 1:
+                self._dump_json(i, iter_time.avg, data_time.avg)
+                eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
+                eta = str(datetime.timedelta(seconds=int(eta_seconds)))
+                msg = self.delimiter.join(
+                    [
+                        header,
+                        f"[{i:{width}d}/{n_iterations}]",
+                        f"eta: {eta}",
+                        str(self),
+                        f"time: {iter_time}",
+                        f"data: {data_time}",
+                    ]
+                )
+                logger.info(msg)
+            i += 1
+            end = time.time()
+            if i >= n_iterations:
+                break
+        total_time = time.time() - start_time
+        per_it = total_time / max(i - start_iteration, 1)
+        logger.info(f"{header} Total time: {datetime.timedelta(seconds=int(total_time))} ({per_it:.4f} s / it)")
+
+
+class _Tee:
+    """Write to the console and to a file (the v1 `output.log`)."""
+
+    def __init__(self, stream: Any, path: Path) -> None:
+        self.stream = stream
+        self.file = open(path, "a", buffering=1)
+
+    def write(self, data: str) -> int:
+        self.stream.write(data)
+        self.file.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.log", level: int = logging.INFO) -> None:
+    """Configure the `simdinov2` logger; on the main process tee stdout/stderr into `output_dir/log_name`.
+
+    Non-main processes log warnings only, so a torchrun with 8 processes prints one progress stream."""
+    root = logging.getLogger("simdinov2")
+    root.setLevel(level if distributed.is_main_process() else logging.WARNING)
+    root.propagate = False
+    if distributed.is_main_process() and output_dir is not None:
+        path = Path(output_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        if not isinstance(sys.stdout, _Tee):
+            sys.stdout = _Tee(sys.stdout, path / log_name)  # type: ignore[assignment]
+            sys.stderr = _Tee(sys.stderr, path / log_name)  # type: ignore[assignment]
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root.addHandler(handler)

@@ -1,0 +1,154 @@
+"""Training pieces shared by the v1 trainer (`simdino/main_dino.py`) and the v2 trainer (`simdinov2/train`):
+parameter groups, LARS, gradient clipping, last-layer freezing, the EMA teacher update and AMP settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("simdinov2")
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Two groups as in DINO: weights decay, biases and 1-D parameters (norms, tokens' gains) do not."""
+    regularized, not_regularized = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".bias") or param.ndim <= 1:
+            not_regularized.append(param)
+        else:
+            regularized.append(param)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling (SGD + momentum with a per-tensor trust ratio).
+
+    Biases and 1-D parameters are excluded from weight decay and from the trust ratio, as in DINO."""
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 0.001):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim > 1:
+                    dp = dp.add(p, alpha=group["weight_decay"])
+                    param_norm = torch.norm(p)
+                    update_norm = torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(
+                        param_norm > 0.0,
+                        torch.where(update_norm > 0, group["eta"] * param_norm / update_norm, one),
+                        one,
+                    )
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(dp)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    """`adamw` | `sgd` | `lars` with DINO's settings (lr and wd are set by the schedules every step)."""
+    name = name.lower()
+    if name == "adamw":
+        # foreach: one fused multi-tensor kernel per step on CPU and CUDA alike.
+        return torch.optim.AdamW(groups, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=0.9, foreach=True)
+    if name == "lars":
+        return LARS(groups)
+    raise ValueError(f"unknown optimizer {name!r}: choose adamw, sgd or lars")
+
+
+def clip_gradients(model: nn.Module, clip: float) -> list[float]:
+    """DINO's per-parameter clipping: each tensor's gradient norm is capped at `clip`; returns the norms."""
+    norms = []
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        param_norm = p.grad.detach().norm(2)
+        norms.append(float(param_norm))
+        clip_coef = clip / (param_norm + 1e-6)
+        if clip_coef < 1:
+            p.grad.detach().mul_(clip_coef)
+    return norms
+
+
+def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
+    """Zero the prototype layer's gradients during the first `freeze_last_layer` epochs (DINO)."""
+    if epoch >= freeze_last_layer:
+        return
+    for name, p in model.named_parameters():
+        if "last_layer" in name:
+            p.grad = None
+
+
+@torch.no_grad()
+def ema_update(teacher_params: Iterable[torch.Tensor], student_params: Iterable[torch.Tensor], momentum: float) -> None:
+    """teacher ← m·teacher + (1−m)·student, as one multi-tensor lerp.
+
+    Works on plain tensors and on FSDP2 DTensor shards alike (pointwise on matching shards)."""
+    t = [p.detach() for p in teacher_params]
+    s = [p.detach() for p in student_params]
+    if len(t) != len(s):
+        raise ValueError(f"teacher has {len(t)} parameters but student has {len(s)}: they must match")
+    if not t:
+        return
+    torch._foreach_lerp_(t, s, 1.0 - momentum)
+
+
+@dataclass
+class AmpSettings:
+    """What autocast does on this device: enabled, dtype, and whether a grad scaler is needed (fp16 only)."""
+
+    enabled: bool
+    dtype: torch.dtype
+    device_type: str
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.enabled and self.dtype == torch.float16
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device_type) if self.needs_scaler else None
+
+
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_amp(device: torch.device, use_amp: bool, amp_dtype: str = "auto") -> AmpSettings:
+    """Choose autocast for `device`: fp16 (+ grad scaler) on CUDA by default, bf16 on CPU.
+
+    fp16 requested on CPU runs as bf16 (CPU fp16 autocast is slow and has no scaler); logged once."""
+    if not use_amp:
+        return AmpSettings(False, torch.float32, device.type)
+    amp_dtype = (amp_dtype or "auto").lower()
+    if amp_dtype not in ("auto", *_DTYPES):
+        raise ValueError(f"amp dtype must be auto, float16 or bfloat16 (got {amp_dtype!r})")
+    if amp_dtype == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    else:
+        dtype = _DTYPES[amp_dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        logger.info("fp16 autocast requested on CPU: running bf16 instead (no grad scaler needed)")
+        dtype = torch.bfloat16
+    return AmpSettings(True, dtype, device.type)

@@ -1,0 +1,1 @@
+"""Small shared utilities (schedules, seeds, atomic saves) used by both trees."""
