@@ -1,0 +1,1 @@
+"""Command-line tools that work on any run directory (plots, ...)."""

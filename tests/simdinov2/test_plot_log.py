@@ -1,0 +1,44 @@
+"""The loss-curve tool reads v1 log.txt and v2 training_metrics.json."""
+
+import json
+
+import pytest
+
+from simdinov2.tools import plot_log
+
+
+def _write(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_plot_v1_log(tmp_path):
+    _write(tmp_path / "log.txt", [
+        {"train_loss": -0.8 - 0.1 * e, "train_comp_loss": 0.4 + 0.1 * e, "train_expa_loss": 0.4,
+         "train_lr": 1e-3, "train_wd": 0.04, "epoch": e} for e in range(4)
+    ])
+    x_key, xs, losses, scheds = plot_log.series(plot_log.read_json_lines(tmp_path / "log.txt"))
+    assert x_key == "epoch" and xs == [0, 1, 2, 3]
+    assert set(losses) == {"train_loss", "train_comp_loss", "train_expa_loss"}
+    assert set(scheds) == {"train_lr", "train_wd"}
+    assert plot_log.main([str(tmp_path)]) == 0
+    png = tmp_path / "loss_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_v2_metrics_prefers_iterations(tmp_path):
+    _write(tmp_path / "training_metrics.json", [
+        {"iteration": i, "total_loss": -1.0 - i / 10, "dino_local_crops_loss": -0.5, "lr": 0.001} for i in range(0, 50, 10)
+    ])
+    _write(tmp_path / "log.txt", [{"train_loss": 1.0, "epoch": 0}])
+    out = tmp_path / "x.png"
+    assert plot_log.plot_run(tmp_path, out) == out and out.exists()
+    x_key, xs, losses, _ = plot_log.series(plot_log.read_json_lines(tmp_path / "training_metrics.json"))
+    assert x_key == "iteration" and xs[-1] == 40 and "total_loss" in losses
+
+
+def test_plot_errors(tmp_path, capsys):
+    assert plot_log.main([str(tmp_path)]) == 2
+    assert "no training_metrics.json or log.txt" in capsys.readouterr().err
+    (tmp_path / "log.txt").write_text("{not json}\n")
+    with pytest.raises(ValueError, match="log.txt:1"):
+        plot_log.plot_run(tmp_path)
