@@ -1,0 +1,83 @@
+"""Multi-head self-attention of the ViT (`attn.qkv`, `attn.proj`).
+
+The fused kernel is `torch.nn.functional.scaled_dot_product_attention`. xformers'
+`memory_efficient_attention` is used only when it imports AND the tensors live on CUDA (it is never
+required; set `XFORMERS_DISABLED=1` to skip it). `attention_probs` computes the softmax explicitly for
+attention maps (DINO's `get_last_selfattention`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+try:  # optional accelerator; the plain torch path is always available
+    if os.environ.get("XFORMERS_DISABLED"):
+        raise ImportError("disabled by XFORMERS_DISABLED")
+    from xformers.ops import memory_efficient_attention as _xformers_attention
+
+    XFORMERS_AVAILABLE = True
+except Exception:  # ImportError, or a broken build that fails at import time
+    _xformers_attention = None
+    XFORMERS_AVAILABLE = False
+
+
+class Attention(nn.Module):
+    """softmax(Q Kᵀ / sqrt(d)) V over `num_heads` heads, then an output projection.
+
+    The qkv Linear's output is laid out (3, heads, head_dim) as in DINO/DINOv2, so their checkpoints'
+    `attn.qkv.weight` rows mean the same thing here.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = float(attn_drop)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _qkv(self, x: Tensor) -> Tensor:
+        """[B, N, C] -> [B, N, 3, heads, head_dim]."""
+        batch, tokens, _ = x.shape
+        return self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, channels = x.shape
+        qkv = self._qkv(x)
+        dropout_p = self.attn_drop if self.training else 0.0
+        if _xformers_attention is not None and x.is_cuda:
+            q, k, v = qkv.unbind(2)  # xformers wants [B, N, heads, head_dim]
+            try:
+                out = _xformers_attention(q, k, v, p=dropout_p)
+                out = out.reshape(batch, tokens, channels)
+                return self.proj_drop(self.proj(out))
+            except NotImplementedError:  # no xformers kernel for this dtype/shape/GPU: use SDPA
+                pass
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, N, head_dim]
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        out = out.transpose(1, 2).reshape(batch, tokens, channels)
+        return self.proj_drop(self.proj(out))
+
+    def attention_probs(self, x: Tensor) -> Tensor:
+        """The attention probabilities softmax(Q Kᵀ / sqrt(d)): [B, heads, N, N] (rows sum to 1)."""
+        q, k, _ = self._qkv(x).permute(2, 0, 3, 1, 4)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        return logits.float().softmax(dim=-1).to(q.dtype)
+
+
+__all__ = ["Attention", "XFORMERS_AVAILABLE"]
