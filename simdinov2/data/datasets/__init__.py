@@ -1,0 +1,28 @@
+"""Datasets of both trees; `simdinov2.data.make_dataset` builds them from DINOv2-style strings."""
+
+from .fashion_mnist import (
+    DEFAULT_FASHION_MNIST_ROOT,
+    FASHION_MNIST_CLASSES,
+    FashionMNIST,
+    export_fashion_mnist_imagefolder,
+    parse_idx,
+    read_idx,
+)
+from .image_folder import IMG_EXTENSIONS, ImageFolderDataset, UnreadableImageError, load_rgb_image
+from .image_net import ImageNet, ImageNet22k, read_labels
+
+__all__ = [
+    "DEFAULT_FASHION_MNIST_ROOT",
+    "FASHION_MNIST_CLASSES",
+    "FashionMNIST",
+    "IMG_EXTENSIONS",
+    "ImageFolderDataset",
+    "ImageNet",
+    "ImageNet22k",
+    "UnreadableImageError",
+    "export_fashion_mnist_imagefolder",
+    "load_rgb_image",
+    "parse_idx",
+    "read_idx",
+    "read_labels",
+]

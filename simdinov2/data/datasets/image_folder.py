@@ -1,0 +1,128 @@
+"""Class-per-folder image datasets (`root/<class>/<image>`), the custom-data entry point.
+
+`ImageFolderDataset` is what `ImageFolder:root=R` builds and what the v1 scripts read from
+`--data_path`: classes are the sorted sub-folder names of `root`, images are found recursively
+below each class folder (extensions in `IMG_EXTENSIONS`, any case). Images load as RGB.
+
+Policy for bad input:
+- missing root -> FileNotFoundError; no class folders or no images -> ValueError, one line.
+- an unreadable / corrupt image raises `UnreadableImageError` (a ValueError) naming the file when it
+  is loaded. We do not skip silently: a skipped image changes the epoch length and the label
+  balance without anyone noticing; delete or replace the file instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+logger = logging.getLogger("simdinov2")
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class UnreadableImageError(ValueError):
+    """An image file exists but PIL cannot decode it."""
+
+
+def load_rgb_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as a fully decoded RGB PIL image; a clear error names a bad file."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"image file {path} does not exist (was the dataset moved?)") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableImageError(
+            f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace this file"
+        ) from e
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
+    """Return (sorted class names, [(image path, class index), ...]) of a class-per-folder tree."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    if not classes:
+        loose = sum(1 for e in entries if e.is_file() and is_image_file(e.name))
+        hint = f" ({loose} images lie directly in it; move them into class sub-folders)" if loose else ""
+        raise ValueError(
+            f"image folder {root} has no class sub-folders{hint}; expected {root}/<class>/<image>"
+        )
+    if {"train", "val"} <= set(classes):
+        logger.warning(
+            "image folder %s has 'train' and 'val' sub-folders used as classes; did you mean %s/train?",
+            root,
+            root,
+        )
+    samples: list[tuple[str, int]] = []
+    for class_index, class_name in enumerate(classes):
+        class_dir = root / class_name
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if is_image_file(name):
+                    samples.append((os.path.join(dirpath, name), class_index))
+    if not samples:
+        raise ValueError(
+            f"image folder {root} has {len(classes)} class folders but no images "
+            f"({', '.join(IMG_EXTENSIONS)}); expected {root}/<class>/<image>"
+        )
+    return classes, samples
+
+
+class ImageFolderDataset(Dataset):
+    """Any class-per-folder tree: `dataset[i] -> (transform(RGB image), target_transform(class index))`.
+
+    Attributes like torchvision's ImageFolder: `classes`, `class_to_idx`, `samples`, `targets`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+    ) -> None:
+        self.root = str(Path(root).expanduser())
+        self.transform = transform
+        self.target_transform = target_transform
+        self.classes, self.samples = scan_image_folder(self.root)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.targets = [target for _, target in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def get_targets(self) -> np.ndarray:
+        return np.asarray(self.targets, dtype=np.int64)
+
+    def get_image(self, index: int) -> Image.Image:
+        return load_rgb_image(self.samples[index][0])
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image = self.get_image(index)
+        target: Any = self.samples[index][1]
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={self.root!r}, {len(self)} images, {len(self.classes)} classes)"
