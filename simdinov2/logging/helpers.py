@@ -112,8 +112,12 @@ class MetricLogger:
         header: str = "",
         n_iterations: int | None = None,
         start_iteration: int = 0,
+        json_iteration_offset: int = 0,
     ) -> Iterator[Any]:
-        """Yield from `iterable`, printing `header [it/total] eta: ... metrics ... time: ... data: ...`."""
+        """Yield from `iterable`, printing `header [it/total] eta: ... metrics ... time: ... data: ...`.
+
+        `json_iteration_offset` is added to the iteration written to `output_file` (a per-epoch loop
+        passes `epoch * iterations_per_epoch` so the JSON lines carry the global iteration)."""
         i = start_iteration
         if n_iterations is None:
             n_iterations = len(iterable)  # type: ignore[arg-type]
@@ -127,7 +131,7 @@ class MetricLogger:
             yield obj
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == n_iterations - 1:
-                self._dump_json(i, iter_time.avg, data_time.avg)
+                self._dump_json(i + json_iteration_offset, iter_time.avg, data_time.avg)
                 eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
                 eta = str(datetime.timedelta(seconds=int(eta_seconds)))
                 msg = self.delimiter.join(
@@ -155,6 +159,7 @@ class _Tee:
 
     def __init__(self, stream: Any, path: Path) -> None:
         self.stream = stream
+        self.path = Path(path).resolve()
         self.file = open(path, "a", buffering=1)
 
     def write(self, data: str) -> int:
@@ -183,9 +188,17 @@ def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.
     if distributed.is_main_process() and output_dir is not None:
         path = Path(output_dir)
         path.mkdir(parents=True, exist_ok=True)
+        target = (path / log_name).resolve()
+        if isinstance(sys.stdout, _Tee) and sys.stdout.path != target:
+            # A second run in the same process (tests, submitit's debug executor) logs to its own folder.
+            for name in ("stdout", "stderr"):
+                tee = getattr(sys, name)
+                if isinstance(tee, _Tee):
+                    tee.file.close()
+                    setattr(sys, name, tee.stream)
         if not isinstance(sys.stdout, _Tee):
-            sys.stdout = _Tee(sys.stdout, path / log_name)  # type: ignore[assignment]
-            sys.stderr = _Tee(sys.stderr, path / log_name)  # type: ignore[assignment]
+            sys.stdout = _Tee(sys.stdout, target)  # type: ignore[assignment]
+            sys.stderr = _Tee(sys.stderr, target)  # type: ignore[assignment]
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stdout)

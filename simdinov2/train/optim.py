@@ -1,9 +1,11 @@
 """Training pieces shared by the v1 trainer (`simdino/main_dino.py`) and the v2 trainer (`simdinov2/train`):
-parameter groups, LARS, gradient clipping, last-layer freezing, the EMA teacher update and AMP settings."""
+parameter groups (DINO's two groups; DINOv2's layer-wise lr decay groups), LARS, gradient clipping,
+last-layer freezing, the EMA teacher update and AMP settings."""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -24,6 +26,84 @@ def param_groups(model: nn.Module) -> list[dict]:
         else:
             regularized.append(param)
     return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+_TOKEN_NAMES = ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")
+_CHUNKED_BLOCK = re.compile(r"(?:^|\.)blocks\.\d+\.(\d+)\.")
+_FLAT_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def _block_index(name: str, chunked: bool) -> int | None:
+    match = (_CHUNKED_BLOCK if chunked else _FLAT_BLOCK).search(name)
+    return int(match.group(1)) if match else None
+
+
+def layerwise_param_groups(
+    model: nn.Module, lr_decay_rate: float = 1.0, patch_embed_lr_mult: float = 1.0
+) -> list[dict]:
+    """DINOv2's per-parameter groups of one student module (backbone or head), before fusing.
+
+    Layer-wise lr decay (BEiT / DINOv2): block i of an n-block ViT gets lr × decay^(n − i), the patch
+    embedding and the tokens (layer 0) decay^(n + 1), the final norm and the heads 1; the patch
+    embedding's lr is further multiplied by `patch_embed_lr_mult`. Biases, norms and LayerScale gammas
+    get no weight decay. The prototype layer is flagged `is_last_layer` (its lr follows a schedule that
+    is 0 during the first epoch(s)). Names of DDP-wrapped modules lose their `module.` prefix.
+    """
+    inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    chunked = bool(getattr(inner, "chunked_blocks", False))
+    named = [(n.removeprefix("module."), p) for n, p in model.named_parameters()]
+    indices = [i for i in (_block_index(n, chunked) for n, _ in named) if i is not None]
+    n_blocks = max(indices) + 1 if indices else 0
+    groups = []
+    for name, param in named:
+        if not param.requires_grad:
+            continue
+        layer_id = n_blocks + 1  # final norm, heads: no decay
+        if n_blocks > 0:
+            block = _block_index(name, chunked)
+            if name.split(".")[0] in _TOKEN_NAMES:
+                layer_id = 0
+            elif block is not None:
+                layer_id = block + 1
+        lr_multiplier = lr_decay_rate ** (n_blocks + 1 - layer_id)
+        if "patch_embed" in name:
+            lr_multiplier *= patch_embed_lr_mult
+        no_decay = name.endswith(".bias") or "norm" in name or "gamma" in name
+        groups.append(
+            {
+                "params": param,
+                "name": name,
+                "is_last_layer": "last_layer" in name,
+                "lr_multiplier": lr_multiplier,
+                "wd_multiplier": 0.0 if no_decay else 1.0,
+            }
+        )
+    return groups
+
+
+def fuse_param_groups(groups: list[dict]) -> list[dict]:
+    """Merge per-parameter groups with equal (lr_multiplier, wd_multiplier, is_last_layer): fewer,
+    larger groups make the optimizer's multi-tensor kernels effective."""
+    fused: dict[tuple, dict] = {}
+    for g in groups:
+        key = (g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"])
+        if key not in fused:
+            fused[key] = {
+                "params": [],
+                "lr_multiplier": g["lr_multiplier"],
+                "wd_multiplier": g["wd_multiplier"],
+                "is_last_layer": g["is_last_layer"],
+            }
+        fused[key]["params"].append(g["params"])
+    return list(fused.values())
+
+
+def apply_optim_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:
+    """Set every group's lr and weight decay from the schedules and its multipliers (v2 groups)."""
+    for group in optimizer.param_groups:
+        base = last_layer_lr if group.get("is_last_layer", False) else lr
+        group["lr"] = base * group.get("lr_multiplier", 1.0)
+        group["weight_decay"] = wd * group.get("wd_multiplier", 1.0)
 
 
 class LARS(torch.optim.Optimizer):
@@ -63,12 +143,14 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
     """`adamw` | `sgd` | `lars` with DINO's settings (lr and wd are set by the schedules every step)."""
     name = name.lower()
     if name == "adamw":
         # foreach: one fused multi-tensor kernel per step on CPU and CUDA alike.
-        return torch.optim.AdamW(groups, foreach=True)
+        return torch.optim.AdamW(groups, betas=tuple(betas), foreach=True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=0.9, foreach=True)
     if name == "lars":

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""SimDINO (v1) linear probing, DINO style: `cd simdino; python eval_linear.py --arch vit_base
+--patch_size 16 --pretrained_weights D/checkpoint.pth --data_path P` or `torchrun --nproc_per_node=N
+eval_linear.py ...`.
+
+This script owns the v1 command line (REFERENCE.md §2 flags plus `--img_size`) and the epoch loop.
+The classifier, the frozen feature model and the train / evaluation steps are the shared core of
+`simdinov2.eval.linear`; the backbone, weights and datasets come through `eval_knn.py`'s v1 glue.
+
+One linear layer on the concatenated CLS tokens of the last `--n_last_blocks` blocks (plus the mean
+patch token with `--avgpool_patchtokens true`), SGD momentum 0.9, lr `--lr` × global batch / 256 with a
+per-epoch cosine decay to 0. Files in `--output_dir`: `checkpoint.pth.tar` (`epoch` (next epoch),
+`state_dict`, `optimizer`, `scheduler`, `best_acc`; written atomically, resumed automatically) and
+`log.txt` (one JSON line per epoch). `--evaluate` only evaluates the classifier of
+`output_dir/checkpoint.pth.tar` (or `--linear_weights`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# Run from inside `simdino/` without `pip install -e .`: make the repository root importable.
+if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - depends on the install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from simdino.eval_knn import add_model_args, build_v1_eval_model, image_folder, run_v1_cli  # noqa: E402
+from simdinov2 import distributed  # noqa: E402
+from simdinov2.eval.features import make_eval_loader  # noqa: E402
+from simdinov2.eval.linear import (  # noqa: E402
+    LinearClassifier,
+    ModelWithIntermediateLayers,
+    create_linear_input,
+    evaluate_classifiers,
+    scale_lr,
+    stretch_cosine_schedule,
+    train_step,
+)
+from simdinov2.logging import MetricLogger  # noqa: E402
+from simdinov2.utils.utils import atomic_torch_save, bool_flag, fix_random_seeds  # noqa: E402
+
+logger = logging.getLogger("simdinov2")
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Evaluation with linear classification on ImageNet", add_help=add_help)
+    parser.add_argument("--n_last_blocks", default=4, type=int,
+                        help="concatenate the CLS tokens of the last n blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
+    parser.add_argument("--avgpool_patchtokens", default=False, type=bool_flag,
+                        help="also concatenate the mean patch token of the last block (DINO: False for ViT-S, "
+                             "True for ViT-B)")
+    add_model_args(parser)
+    parser.add_argument("--epochs", default=100, type=int, help="number of training epochs")
+    parser.add_argument("--lr", default=0.001, type=float,
+                        help="learning rate at batch size 256 (scaled linearly with the global batch size)")
+    parser.add_argument("--batch_size_per_gpu", default=128, type=int, help="images per process per iteration")
+    parser.add_argument("--dist_url", default="env://", type=str,
+                        help="kept for DINO compatibility; the process group always uses env:// (torchrun / SLURM)")
+    parser.add_argument("--local_rank", "--local-rank", default=0, type=int, help="set by the launcher; ignored")
+    parser.add_argument("--data_path", default="", type=str,
+                        help="folder with train/ and val/ ImageFolder trees (one sub-folder per class)")
+    parser.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
+    parser.add_argument("--val_freq", default=1, type=int, help="epoch frequency of the validation")
+    parser.add_argument("--output_dir", default=".", help="where checkpoint.pth.tar and log.txt are written")
+    parser.add_argument("--num_labels", default=1000, type=int, help="number of classes of the linear layer")
+    parser.add_argument("--evaluate", dest="evaluate", action="store_true",
+                        help="only evaluate the trained classifier (output_dir/checkpoint.pth.tar or --linear_weights)")
+    parser.add_argument("--linear_weights", default=None, type=str,
+                        help="classifier checkpoint for --evaluate (default: output_dir/checkpoint.pth.tar)")
+    parser.add_argument("--seed", default=0, type=int, help="seed of the classifier init and data order")
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for flag in ("epochs", "batch_size_per_gpu", "val_freq", "num_labels", "n_last_blocks"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be > 0 (got {args.lr})")
+
+
+def _classifier_state(checkpoint: dict) -> dict:
+    """The classifier weights, without the `module.` prefix DDP-saved (upstream) checkpoints carry."""
+    return {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
+
+
+def _load_checkpoint(path: str) -> dict:
+    from simdinov2.checkpoint import safe_torch_load
+
+    checkpoint = safe_torch_load(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a linear-probe checkpoint (no state_dict entry)")
+    return checkpoint
+
+
+def _load_classifier(classifier: LinearClassifier, state: dict, source: str) -> None:
+    try:
+        classifier.load_state_dict(state)
+    except RuntimeError:
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        raise ValueError(
+            f"{source} holds a classifier of shape {shapes.get('linear.weight')} but this run needs "
+            f"{tuple(classifier.linear.weight.shape)} (check --num_labels, --n_last_blocks, --avgpool_patchtokens, "
+            "--arch)"
+        ) from None
+
+
+def main(args: argparse.Namespace) -> float:
+    """Train (or with --evaluate only evaluate) the linear probe; returns the best validation top-1."""
+    from simdinov2.data import (
+        make_classification_eval_transform,
+        make_classification_train_transform,
+        make_data_loader,
+    )
+
+    _validate(args)
+    fix_random_seeds(args.seed)
+    device = distributed.get_device()
+    model = build_v1_eval_model(args, device)
+    is_vit = hasattr(model, "get_intermediate_layers")
+    n_last_blocks = args.n_last_blocks if is_vit else 1
+    avgpool = args.avgpool_patchtokens if is_vit else False
+    if is_vit and n_last_blocks > model.depth:
+        raise ValueError(f"--n_last_blocks {n_last_blocks} exceeds the {model.depth} blocks of {args.arch}")
+    feature_model = ModelWithIntermediateLayers(model, n_last_blocks)
+
+    val_dataset = image_folder(args.data_path, "val", make_classification_eval_transform(crop_size=args.img_size))
+    val_loader = make_eval_loader(val_dataset, args.batch_size_per_gpu, args.num_workers, pad=False)
+    sample = feature_model(val_dataset[0][0][None].to(device))
+    embed_dim = create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
+    classifier = LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=args.num_labels).to(device)
+    trained: nn.Module = classifier
+    if distributed.get_world_size() > 1:
+        trained = nn.parallel.DistributedDataParallel(classifier)
+    checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
+
+    if args.evaluate:
+        source = args.linear_weights or checkpoint_path
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"--evaluate needs a trained classifier: {source} does not exist (train first, "
+                                    "or pass --linear_weights)")
+        _load_classifier(classifier, _classifier_state(_load_checkpoint(source)), source)
+        stats = evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
+        if distributed.is_main_process():
+            print(f"Accuracy of the network on the {len(val_dataset)} test images: {stats['top1']:.1f}%", flush=True)
+        return stats["top1"]
+
+    train_dataset = image_folder(args.data_path, "train", make_classification_train_transform(crop_size=args.img_size))
+    train_loader = make_data_loader(train_dataset, args.batch_size_per_gpu, args.num_workers, shuffle=True,
+                                    seed=args.seed, sampler_type="distributed", drop_last=False)
+    logger.info("Data loaded with %d train and %d val imgs.", len(train_dataset), len(val_dataset))
+    optimizer = torch.optim.SGD(trained.parameters(), lr=scale_lr(args.lr, args.batch_size_per_gpu),
+                                momentum=0.9, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=0.0)
+
+    start_epoch, best_acc = 0, 0.0
+    if os.path.isfile(checkpoint_path):
+        checkpoint = _load_checkpoint(checkpoint_path)
+        _load_classifier(classifier, _classifier_state(checkpoint), checkpoint_path)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, best_acc = int(checkpoint["epoch"]), float(checkpoint.get("best_acc", 0.0))
+        stretch_cosine_schedule(scheduler, args.epochs)
+        logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    for epoch in range(start_epoch, args.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        trained.train()
+        metric_logger = MetricLogger(delimiter="  ")
+        for images, labels in metric_logger.log_every(train_loader, 20, header=f"Epoch: [{epoch}]"):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            loss = train_step(feature_model, trained, optimizer, images, labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite linear-probe loss in epoch {epoch}; lower --lr")
+            metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        metric_logger.synchronize_between_processes()
+        scheduler.step()
+        log_stats = {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
+        log_stats["epoch"] = epoch
+        if epoch % args.val_freq == 0 or epoch == args.epochs - 1:
+            test_stats = evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
+            best_acc = max(best_acc, test_stats["top1"])
+            if distributed.is_main_process():
+                print(f"Accuracy at epoch {epoch} of the network on the {len(val_dataset)} test images: "
+                      f"{test_stats['top1']:.1f}%", flush=True)
+                print(f"Max accuracy so far: {best_acc:.2f}%", flush=True)
+            log_stats.update({"test_acc1": test_stats["top1"], "test_acc5": test_stats["top5"],
+                              "test_loss": test_stats["loss"]})
+        if distributed.is_main_process():
+            with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
+                f.write(json.dumps(log_stats) + "\n")
+            atomic_torch_save({"epoch": epoch + 1, "state_dict": classifier.state_dict(),
+                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "best_acc": best_acc}, checkpoint_path)
+        distributed.barrier()
+    if distributed.is_main_process():
+        print("Training of the supervised linear classifier on frozen features completed.\n"
+              f"Top-1 test accuracy: {best_acc:.1f}", flush=True)
+    return best_acc
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_v1_cli(get_args_parser(), main, argv)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Submitit launcher for SimDINO (v1) pre-training: `python run_with_submitit.py --nodes 2 --ngpus 8
+--arch vit_base ... --data_path P` (from inside `simdino/`).
+
+It only joins `main_dino.py`'s command line to the shared launcher flags of `simdinov2/run/submit.py`
+(which owns submission, the distributed environment and requeue-on-preemption) and submits
+`simdino.main_dino:main`. A requeued job resumes from `output_dir/checkpoint.pth`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - run from simdino/ without install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from simdino import main_dino  # noqa: E402
+from simdinov2.run import submit  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = submit.get_args_parser(
+        description="Submitit launcher for SimDINO (v1) pre-training",
+        parents=[main_dino.get_args_parser(add_help=False)],
+        nodes=2,
+        ngpus=8,
+        timeout=2800,
+    )
+    # Empty: one folder per job under the shared folder (`.../%j`), as upstream.
+    parser.set_defaults(output_dir="")
+    return parser
+
+
+def main(argv: list[str] | None = None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        return submit.submit_jobs("simdino.main_dino:main", args, name="simdino")
+    except ValueError as e:
+        raise SystemExit(f"run_with_submitit.py: error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Self-attention maps of the CLS token, one per head of the last block, as PNGs (DINO's
+`visualize_attention.py`).
+
+Owns only this v1 visualisation program: reading an image, running `get_last_selfattention`, turning
+the CLS→patch attention into per-head heatmaps (`attn-head{j}.png`) and, with `--threshold t`, masks
+that keep the patches holding a fraction t of the attention mass (`mask_th{t}_head{j}.png`, drawn over
+the image). Weights come from any checkpoint the shared loader understands (v1 `checkpoint.pth`, v2
+teacher snapshots, compiled `_orig_mod.` / DDP `module.` prefixes, released files); the architecture
+details (registers, LayerScale, ...) are read from the weights. Without `--image_path` it uses the
+astronaut photo shipped with scikit-image, so it runs offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - run from simdino/ without install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit  # noqa: E402
+
+logger = logging.getLogger("simdinov2")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Visualize Self-Attention maps", add_help=add_help)
+    parser.add_argument("--arch", default="vit_small", type=str, choices=list(ARCHS), help="Architecture (ViTs only).")
+    parser.add_argument("--patch_size", default=8, type=int, help="Patch resolution of the model.")
+    parser.add_argument("--pretrained_weights", default="", type=str,
+                        help="Path to pretrained weights to load (any layout: v1 checkpoint.pth, v2 teacher_checkpoint.pth, ...).")
+    parser.add_argument("--checkpoint_key", default="teacher", type=str,
+                        help='Key to use in the checkpoint (example: "teacher")')
+    parser.add_argument("--image_path", default=None, type=str,
+                        help="Path of the image to load (default: scikit-image's astronaut photo).")
+    parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+", help="Resize image (one or two values).")
+    parser.add_argument("--output_dir", default=".", help="Path where to save visualizations.")
+    parser.add_argument("--threshold", type=float, default=None, help="""We visualize masks
+        obtained by thresholding the self-attention maps to keep xx% of the mass.""")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where to run the model.")
+    return parser
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> DinoVisionTransformer:
+    """The ViT with `--pretrained_weights` loaded strictly (architecture read from the weights and checked
+    against --arch/--patch_size), or random weights with a warning when no weights are given."""
+    if args.pretrained_weights:
+        from simdinov2.checkpoint.loader import build_backbone_from_checkpoint
+
+        model = build_backbone_from_checkpoint(
+            args.pretrained_weights, args.checkpoint_key, arch=args.arch, patch_size=args.patch_size
+        )
+    else:
+        print("No --pretrained_weights given: the attention maps are those of a randomly initialised model.")
+        model = build_vit(args.arch, patch_size=args.patch_size)
+    for p in model.parameters():
+        p.requires_grad = False
+    return model.eval().to(device)
+
+
+def load_image(image_path: str | None) -> Image.Image:
+    if image_path is None:
+        from skimage import data
+
+        return Image.fromarray(data.astronaut()).convert("RGB")
+    path = Path(image_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--image_path {image_path} is not a file")
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as e:
+        raise ValueError(f"cannot read image {image_path} ({e})") from e
+
+
+def preprocess(image: Image.Image, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Resize (bicubic), normalise, and crop to a multiple of the patch size: [1, 3, H, W]."""
+    height, width = image_size
+    resized = image.resize((width, height), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    h, w = x.shape[1] - x.shape[1] % patch_size, x.shape[2] - x.shape[2] % patch_size
+    return x[:, :h, :w].unsqueeze(0)
+
+
+@torch.no_grad()
+def cls_attention_maps(model: DinoVisionTransformer, img: torch.Tensor) -> torch.Tensor:
+    """CLS→patch attention of the last block per head, on the patch grid: [heads, H/p, W/p] (registers
+    are skipped)."""
+    patch = model.patch_size
+    rows, cols = img.shape[-2] // patch, img.shape[-1] // patch
+    attentions = model.get_last_selfattention(img)  # [1, heads, T, T]
+    first_patch = 1 + model.num_register_tokens
+    return attentions[0, :, 0, first_patch:].reshape(-1, rows, cols).float()
+
+
+def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per head, keep the patches with the largest attention until they hold `threshold` of the mass."""
+    heads = attn.shape[0]
+    flat = attn.reshape(heads, -1)
+    flat = flat / flat.sum(dim=1, keepdim=True)
+    values, order = torch.sort(flat, dim=1)
+    cumulative = torch.cumsum(values, dim=1)
+    keep_sorted = cumulative > (1 - threshold)
+    masks = torch.zeros_like(flat, dtype=torch.bool)
+    masks.scatter_(1, order, keep_sorted)
+    return masks.reshape(attn.shape)
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], alpha: float = 0.5) -> np.ndarray:
+    out = image.astype(np.float32).copy()
+    for c in range(3):
+        out[..., c] = np.where(mask, out[..., c] * (1 - alpha) + alpha * 255 * color[c], out[..., c])
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_visualizations(
+    img: torch.Tensor, attn: torch.Tensor, patch_size: int, output_dir: Path, threshold: float | None
+) -> list[Path]:
+    """Write img.png, attn-head{j}.png and (with a threshold) mask_th{t}_head{j}.png; return the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    picture = ((img[0].cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(picture).save(output_dir / "img.png")
+    written.append(output_dir / "img.png")
+    # nearest upsampling by the patch size, as DINO: one colour block per patch
+    full = F.interpolate(attn.unsqueeze(0), scale_factor=patch_size, mode="nearest")[0].cpu().numpy()
+    for j, head_map in enumerate(full):
+        path = output_dir / f"attn-head{j}.png"
+        plt.imsave(fname=str(path), arr=head_map, format="png")
+        written.append(path)
+    if threshold is not None:
+        masks = threshold_masks(attn, threshold).float()
+        masks = F.interpolate(masks.unsqueeze(0), scale_factor=patch_size, mode="nearest")[0].cpu().numpy() > 0.5
+        colors = plt.get_cmap("tab10")
+        for j, mask in enumerate(masks):
+            path = output_dir / f"mask_th{threshold}_head{j}.png"
+            Image.fromarray(_overlay(picture, mask, colors(j % 10)[:3])).save(path)
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = get_args_parser().parse_args(argv)
+    from simdinov2.distributed import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        image = load_image(args.image_path)
+        model = load_model(args, device)
+        size = tuple(args.image_size) * 2 if len(args.image_size) == 1 else tuple(args.image_size[:2])
+        img = preprocess(image, size, args.patch_size).to(device)
+        if img.shape[-1] < args.patch_size or img.shape[-2] < args.patch_size:
+            raise ValueError(f"--image_size {args.image_size} is smaller than one patch ({args.patch_size} px)")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"visualize_attention.py: error: {e}") from None
+    attn = cls_attention_maps(model, img)
+    written = save_visualizations(img, attn, args.patch_size, Path(args.output_dir), args.threshold)
+    print(f"{len(written)} images written to {args.output_dir}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

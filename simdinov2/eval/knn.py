@@ -1,0 +1,335 @@
+"""Weighted k-NN classification of frozen features: the one k-NN core of both trees, and the v2 CLI.
+
+Core (used by `simdino/eval_knn.py` and by this module's CLI):
+- `knn_correct_counts` / `knn_classify`: DINO's weighted vote (Wu et al. 2018, as in DINO §4 / DINOv2):
+  each test feature votes with its k most similar training features (cosine similarity, features
+  L2-normalised by the caller), neighbour j adding `exp(sim_j / T)` to its class. Test features are
+  processed in chunks: one `[chunk, N_train]` similarity matmul against a transposed *view* of the
+  training bank, one top-k for the largest k, and every smaller k read off the same sorted neighbours,
+  so peak memory is `chunk × N_train` and the bank is never copied.
+- `knn_classify_sharded`: the same with the test rows split over processes and the hit counts summed.
+
+Hit rule: a test image counts as a top-n hit when its true class received a vote and fewer than n
+classes scored strictly higher. (DINO sorted all classes, so classes with no vote filled the top-5 in
+arbitrary order and could count as hits by chance; here a class nobody voted for is never a prediction.)
+
+CLI (v2, DINOv2 flags): `python simdinov2/eval/knn.py --config-file D/config.yaml --pretrained-weights
+W --output-dir K --train-dataset S --val-dataset S [--nb_knn 10 20 100 200] [--temperature 0.07]
+[--gather-on-cpu] [--batch-size 256] [--n-per-class-list -1] [--n-tries 1] [--image-size PX]`.
+Appends one JSON line per (n_per_class, k) to `K/results_eval_knn.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # `python simdinov2/eval/knn.py`: import the package, not siblings
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from simdinov2 import distributed
+
+logger = logging.getLogger("simdinov2")
+
+# Peak size of one similarity chunk (elements): 2**27 float32 = 512 MiB, i.e. about 100 test images per
+# chunk against ImageNet-1k's 1.28M training features (DINO's 100 images per chunk).
+_SIMILARITY_BUDGET = 2**27
+
+
+def _validate(
+    train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, ks: Sequence[int]
+) -> list[int]:
+    if train_features.ndim != 2 or test_features.ndim != 2:
+        raise ValueError("features must be 2-D [num_samples, dim] tensors")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"train features have dim {train_features.shape[1]} but test features {test_features.shape[1]}")
+    if train_labels.shape[0] != train_features.shape[0] or test_labels.shape[0] != test_features.shape[0]:
+        raise ValueError("there must be one label per feature row")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k must be positive integers (got {ks})")
+    if ks[-1] > train_features.shape[0]:
+        raise ValueError(
+            f"k={ks[-1]} exceeds the {train_features.shape[0]} training samples; pass smaller --nb_knn values"
+        )
+    return ks
+
+
+def knn_correct_counts(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: Sequence[int],
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int | None = None,
+) -> dict[int, tuple[int, int]]:
+    """Number of top-1 and top-5 hits per k (see the module docstring for the vote and the hit rule).
+
+    Runs on the device of `train_features`; test chunks are moved there one at a time."""
+    ks = _validate(train_features, train_labels, test_features, test_labels, ks)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (got {temperature})")
+    device = train_features.device
+    num_train, num_test = train_features.shape[0], test_features.shape[0]
+    train_labels = train_labels.to(device=device, dtype=torch.long)
+    if num_classes is None:
+        top_label = max(int(train_labels.max().item()), int(test_labels.max().item()) if num_test else 0)
+        num_classes = top_label + 1
+    elif num_test and int(test_labels.max().item()) >= num_classes:
+        raise ValueError(f"a test label is >= num_classes={num_classes}")
+    if chunk_size is None:
+        chunk_size = max(1, _SIMILARITY_BUDGET // max(num_train, 1))
+    k_max = ks[-1]
+    counts = {k: [0, 0] for k in ks}
+    bank_t = train_features.t()  # a view: the bank is never copied
+    for start in range(0, num_test, chunk_size):
+        queries = test_features[start : start + chunk_size].to(device=device, dtype=train_features.dtype)
+        targets = test_labels[start : start + chunk_size].to(device=device, dtype=torch.long)
+        similarity = queries @ bank_t  # [chunk, N_train]
+        top_similarity, top_index = similarity.topk(k_max, dim=1, largest=True, sorted=True)
+        del similarity
+        neighbour_labels = train_labels[top_index]
+        # exp(sim/T) relative to the row's best neighbour: the same ranking of classes (one positive
+        # factor per row), and no overflow for un-normalised features.
+        weights = ((top_similarity - top_similarity[:, :1]) / temperature).exp()
+        for k in ks:
+            scores = torch.zeros((queries.shape[0], num_classes), dtype=weights.dtype, device=device)
+            scores.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+            true_score = scores.gather(1, targets[:, None])
+            n_higher = (scores > true_score).sum(dim=1)
+            voted = true_score.squeeze(1) > 0
+            counts[k][0] += int((voted & (n_higher < 1)).sum().item())
+            counts[k][1] += int((voted & (n_higher < 5)).sum().item())
+    return {k: (c[0], c[1]) for k, c in counts.items()}
+
+
+def knn_classify(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: Sequence[int],
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int | None = None,
+) -> dict[int, tuple[float, float]]:
+    """Top-1 and top-5 accuracy (percent) of the weighted k-NN vote for every k in `ks`."""
+    counts = knn_correct_counts(
+        train_features, train_labels, test_features, test_labels, ks, temperature, num_classes, chunk_size
+    )
+    n = max(test_features.shape[0], 1)
+    return {k: (100.0 * top1 / n, 100.0 * top5 / n) for k, (top1, top5) in counts.items()}
+
+
+def knn_classify_sharded(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: Sequence[int],
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int | None = None,
+) -> dict[int, tuple[float, float]]:
+    """`knn_classify` with the test rows split into one contiguous block per process (every process
+    holds the full training bank, as `extract_features` leaves it); hit counts are summed over ranks.
+    Identical to `knn_classify` without a process group."""
+    world, rank = distributed.get_world_size(), distributed.get_rank()
+    num_test = test_features.shape[0]
+    if num_classes is None:  # decided on the full test set so every rank uses the same value
+        num_classes = max(int(train_labels.max().item()), int(test_labels.max().item())) + 1
+    per_rank = math.ceil(num_test / world)
+    begin, end = min(rank * per_rank, num_test), min((rank + 1) * per_rank, num_test)
+    ks = _validate(train_features, train_labels, test_features, test_labels, ks)
+    counts = knn_correct_counts(
+        train_features, train_labels, test_features[begin:end], test_labels[begin:end], ks, temperature,
+        num_classes, chunk_size,
+    )  # fmt: skip
+    totals = torch.tensor([[counts[k][0], counts[k][1]] for k in ks], dtype=torch.float64)
+    if world > 1:
+        totals = totals.to(distributed.get_device())
+        dist.all_reduce(totals)
+        totals = totals.cpu()
+    n = max(num_test, 1)
+    return {k: (100.0 * float(totals[i, 0]) / n, 100.0 * float(totals[i, 1]) / n) for i, k in enumerate(ks)}
+
+
+def feasible_ks(ks: Sequence[int], num_train: int) -> list[int]:
+    """The requested k that a bank of `num_train` features supports; logs the ones dropped."""
+    kept = sorted({int(k) for k in ks if int(k) <= num_train})
+    dropped = sorted({int(k) for k in ks} - set(kept))
+    if dropped:
+        logger.warning("skipping k=%s: only %d training samples", ", ".join(map(str, dropped)), num_train)
+    if not kept:
+        raise ValueError(f"every requested k ({list(ks)}) exceeds the {num_train} training samples")
+    return kept
+
+
+def format_knn_result(k: int, top1: float, top5: float) -> str:
+    """DINO's console line for one k."""
+    return f"{k}-NN classifier result: Top1: {top1}, Top5: {top5}"
+
+
+# ---------------------------------------------------------------------------------------------- v2 CLI
+def get_args_parser(
+    add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
+) -> argparse.ArgumentParser:
+    """DINOv2's k-NN flags on top of the shared setup flags (`--config-file --pretrained-weights
+    --output-dir --opts`)."""
+    from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
+
+    setup_parser = get_setup_args_parser(add_help=False)
+    parser = argparse.ArgumentParser(
+        description=description or "Weighted k-NN evaluation of a SimDINOv2 teacher on frozen features",
+        parents=[setup_parser, *(parents or [])],
+        add_help=add_help,
+    )
+    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
+                        help="training (memory bank) dataset string, e.g. ImageFolder:root=P/train")
+    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
+                        help="evaluation dataset string, e.g. ImageFolder:root=P/val")
+    parser.add_argument("--nb_knn", "--nb-knn", dest="nb_knn", nargs="+", type=int, default=[10, 20, 100, 200],
+                        help="numbers of nearest neighbours to evaluate (k larger than the bank is skipped)")
+    parser.add_argument("--temperature", type=float, default=0.07, help="temperature T of the exp(sim/T) vote")
+    parser.add_argument("--gather-on-cpu", action="store_true",
+                        help="keep the feature banks in CPU memory (for banks larger than accelerator memory)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per process per forward pass")
+    parser.add_argument("--n-per-class-list", nargs="+", type=int, default=[-1],
+                        help="few-shot banks: training samples per class (-1 = the full training set)")
+    parser.add_argument("--n-tries", type=int, default=1, help="random draws of each few-shot bank")
+    parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="evaluation crop size (default: crops.global_crops_size of the config); images are "
+                             "resized to size*8/7 then centre-cropped")
+    return parser
+
+
+def eval_knn_with_model(
+    model: torch.nn.Module,
+    train_dataset,
+    val_dataset,
+    nb_knn: Sequence[int],
+    temperature: float,
+    batch_size: int,
+    num_workers: int,
+    gather_on_cpu: bool,
+    autocast_dtype: torch.dtype | None,
+    n_per_class_list: Sequence[int] = (-1,),
+    n_tries: int = 1,
+) -> list[dict]:
+    """Extract L2-normalised CLS features of both datasets once, then run the vote for every
+    (n_per_class, try, k). Returns one record per (n_per_class, k), tries averaged."""
+    from simdinov2.eval.features import (
+        class_balanced_subset,
+        extract_features,
+        l2_normalized,
+        make_eval_loader,
+    )
+
+    device = distributed.get_device()
+    model.eval()
+    features_of = l2_normalized(model)
+    logger.info("extracting features of the training set (%d images)", len(train_dataset))
+    train_features, train_labels = extract_features(
+        features_of, make_eval_loader(train_dataset, batch_size, num_workers), gather_on_cpu, device, autocast_dtype
+    )
+    logger.info("extracting features of the validation set (%d images)", len(val_dataset))
+    val_features, val_labels = extract_features(
+        features_of, make_eval_loader(val_dataset, batch_size, num_workers), gather_on_cpu, device, autocast_dtype
+    )
+    num_classes = max(int(train_labels.max().item()), int(val_labels.max().item())) + 1
+    records = []
+    for n_per_class in n_per_class_list:
+        tries = 1 if n_per_class < 0 else n_tries
+        per_try: dict[int, list[tuple[float, float]]] = {}
+        for t in range(tries):
+            subset = class_balanced_subset(train_labels, n_per_class, seed=t).to(train_features.device)
+            bank, bank_labels = train_features[subset], train_labels[subset]
+            ks = feasible_ks(nb_knn, bank.shape[0])
+            results = knn_classify_sharded(bank, bank_labels, val_features, val_labels, ks, temperature, num_classes)
+            for k, accuracy in results.items():
+                per_try.setdefault(k, []).append(accuracy)
+        for k, accuracies in per_try.items():
+            top1 = sum(a[0] for a in accuracies) / len(accuracies)
+            top5 = sum(a[1] for a in accuracies) / len(accuracies)
+            name = "full" if n_per_class < 0 else f"{n_per_class} per class"
+            logger.info("[%s] %s", name, format_knn_result(k, top1, top5))
+            records.append({
+                "n_per_class": "full" if n_per_class < 0 else int(n_per_class),
+                "k": int(k),
+                "top1": top1,
+                "top5": top5,
+                "top1_per_try": [a[0] for a in accuracies],
+                "top5_per_try": [a[1] for a in accuracies],
+            })  # fmt: skip
+    return records
+
+
+def run_knn(args: argparse.Namespace) -> list[dict]:
+    """The v2 k-NN evaluation (process group already set up); appends to `output_dir/results_eval_knn.json`
+    on the main process and returns the records."""
+    from simdinov2.data import make_classification_eval_transform, make_dataset
+    from simdinov2.eval.setup import eval_image_size, setup_and_build_model
+
+    if args.temperature <= 0:
+        raise ValueError(f"--temperature must be > 0 (got {args.temperature})")
+    if args.n_tries < 1:
+        raise ValueError(f"--n-tries must be >= 1 (got {args.n_tries})")
+    model, autocast_dtype, config = setup_and_build_model(args)
+    image_size = eval_image_size(args.image_size, config)
+    transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
+    train_dataset = make_dataset(args.train_dataset_str, transform=transform)
+    val_dataset = make_dataset(args.val_dataset_str, transform=transform)
+    start = time.time()
+    records = eval_knn_with_model(
+        model, train_dataset, val_dataset, args.nb_knn, args.temperature, args.batch_size, args.num_workers,
+        args.gather_on_cpu, autocast_dtype, args.n_per_class_list, args.n_tries,
+    )  # fmt: skip
+    if distributed.is_main_process():
+        os.makedirs(args.output_dir, exist_ok=True)
+        common = {
+            "pretrained_weights": str(args.pretrained_weights),
+            "train_dataset": args.train_dataset_str,
+            "val_dataset": args.val_dataset_str,
+            "temperature": args.temperature,
+            "image_size": image_size,
+        }
+        path = os.path.join(args.output_dir, "results_eval_knn.json")
+        with open(path, "a") as f:
+            for record in records:
+                f.write(json.dumps({**record, **common}) + "\n")
+        logger.info("k-NN evaluation done in %.0f s; results appended to %s", time.time() - start, path)
+    distributed.barrier()
+    return records
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of the launchers: process group and logging, then `run_knn`."""
+    from simdinov2.eval.setup import run_main
+
+    run_main(run_knn, args)
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, set up logging and the process group, turn user errors into one line."""
+    from simdinov2.eval.setup import run_cli
+
+    return run_cli(get_args_parser(add_help=True), main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

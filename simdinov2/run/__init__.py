@@ -1,0 +1,1 @@
+"""submitit launchers of both trees (see submit.py)."""

@@ -1,0 +1,1 @@
+"""submitit launchers of the v2 evaluations."""

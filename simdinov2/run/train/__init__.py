@@ -1,0 +1,1 @@
+"""submitit launcher of the v2 trainer."""

@@ -1,0 +1,80 @@
+"""v1 launcher `simdino/run_with_submitit.py`: its flags, and main_dino run through submitit's debug
+cluster (in this process), interrupted, then requeued through `SubmititTask.checkpoint` and resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from simdino import main_dino, run_with_submitit
+from simdinov2.run import submit
+
+TINY = [
+    "--arch", "vit_tiny", "--patch_size", "4", "--global_crops_size", "28", "--local_crops_size", "12",
+    "--local_crops_number", "2", "--compile", "false", "--use_fp16", "false", "--num_workers", "0",
+    "--batch_size_per_gpu", "4", "--hidden_dim", "256", "--z_dim", "64",
+]  # fmt: skip
+
+
+@pytest.fixture()
+def small_train(tiny_imagefolder, tmp_path) -> Path:
+    root = tmp_path / "train"
+    for class_dir in sorted(p for p in (Path(tiny_imagefolder) / "train").iterdir() if p.is_dir()):
+        (root / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:3]:
+            (root / class_dir.name / image.name).symlink_to(image)
+    return root
+
+
+def test_launcher_flags_join_main_dino_flags():
+    args = run_with_submitit.get_args_parser().parse_args(
+        ["--arch", "vit_base", "--eps", "0.05", "--use_volta32", "--partition", "learnfair", "--comment", "x",
+         "--exclude", "node1", "--cpus_per_task", "6", "--mem_gb", "100"]
+    )  # fmt: skip
+    # DINO's launcher defaults: 2 nodes x 8 GPUs, 2800 minutes
+    assert (args.nodes, args.ngpus, args.timeout) == (2, 8, 2800)
+    assert args.arch == "vit_base" and args.eps == 0.05 and args.use_volta32 and args.partition == "learnfair"
+    assert (args.comment, args.exclude, args.cpus_per_task, args.mem_gb) == ("x", "node1", 6, 100)
+    assert args.output_dir == ""  # -> one folder per job under the shared folder
+
+
+def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, monkeypatch):
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = run_with_submitit.get_args_parser().parse_args(
+            [*TINY, "--epochs", "2", "--data_path", str(small_train), "--output_dir", str(tmp_path / "%j"),
+             "--cluster", "debug"]
+        )  # fmt: skip
+
+        class Preempted(BaseException):  # not an Exception: submitit's debug job would open pdb
+            pass
+
+        real_train_one_epoch = main_dino.train_one_epoch
+
+        def preempted_in_epoch_1(*a, **kw):
+            if a[10] >= 1:  # the epoch argument
+                raise Preempted
+            return real_train_one_epoch(*a, **kw)
+
+        monkeypatch.setattr(main_dino, "train_one_epoch", preempted_in_epoch_1)
+        with pytest.raises(Preempted):
+            submit.submit_jobs("simdino.main_dino:main", args, name="simdino")
+        (out,) = [p for p in tmp_path.iterdir() if p.name.startswith("DEBUG_")]
+        assert args.output_dir == str(out)  # %j became the job id
+        assert len((out / "log.txt").read_text().splitlines()) == 1
+
+        # submitit calls checkpoint() on timeout / preemption; the resubmitted task resumes
+        monkeypatch.setattr(main_dino, "train_one_epoch", real_train_one_epoch)
+        resubmission = submit.SubmititTask("simdino.main_dino:main", args).checkpoint()
+        import submitit
+
+        job = submitit.AutoExecutor(folder=tmp_path / "requeue", cluster="debug").submit(resubmission.function)
+        job.result()
+    finally:
+        torch.set_num_threads(previous_threads)
+    assert "resuming from epoch 1" in (out / "output.log").read_text()
+    assert [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()] == [0, 1]
