@@ -1,0 +1,144 @@
+"""The v2 configuration: shipped files, layering, struct-mode validation, scaling rule, config.yaml."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from simdinov2.configs import (
+    CONFIG_DIR,
+    apply_scaling_rules_to_cfg,
+    default_config,
+    get_cfg,
+    load_config_file,
+    write_config,
+)
+
+SHIPPED = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml") if p.name != "ssl_default_config.yaml")
+
+
+def test_shipped_configs_exist_and_load():
+    for name in ("simdino_config.yaml", "dinov2_config.yaml", "train/vitb16.yaml", "train/vitl16.yaml"):
+        assert name in SHIPPED
+    assert any(name.startswith("eval/") for name in SHIPPED)
+    for name in SHIPPED:
+        cfg = get_cfg(CONFIG_DIR / name)
+        assert cfg.student.arch.startswith("vit_"), name
+
+
+def test_simdino_config_is_the_simdinov2_recipe():
+    cfg = get_cfg("simdinov2/configs/simdino_config.yaml")
+    assert cfg.dino.use_mcr is True and cfg.ibot.use_mcr is True
+    assert dict(cfg.dino.mcr) == {"expa_type": 1, "reduce_cov": 0, "eps": 0.05, "eps_end": -1, "coeff": 1.0, "coeff_end": -1}
+    assert (cfg.dino.head_n_prototypes, cfg.dino.head_bottleneck_dim, cfg.dino.head_nlayers, cfg.dino.head_hidden_dim) == (
+        256, 256, 3, 2048,
+    )
+    assert cfg.dino.koleo_loss_weight == 0 and cfg.dino.remove_last_layer and cfg.dino.head_normalize
+    assert cfg.ibot.separate_head is False and cfg.ibot.remove_last_layer and cfg.ibot.loss_weight == 1
+    assert cfg.ibot.mask_sample_probability == 0.5 and list(cfg.ibot.mask_ratio_min_max) == [0.1, 0.5]
+    assert cfg.train.centering == "none"
+    s = cfg.student
+    assert (s.arch, s.patch_size, s.drop_path_rate, s.layerscale, s.num_register_tokens, s.block_chunks) == (
+        "vit_large", 16, 0.2, 0.1, 4, 4,
+    )
+    assert (cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher) == (0.9, 1)
+    o = cfg.optim
+    assert (o.optimizer, o.epochs, o.weight_decay, o.weight_decay_end, o.base_lr, o.warmup_epochs) == (
+        "adamw", 100, 0.04, 0.4, 0.004, 10,
+    )
+    assert (o.min_lr, o.clip_grad, o.freeze_last_layer_epochs, o.layerwise_decay, o.patch_embed_lr_mult) == (
+        1e-6, 3.0, 1, 0.9, 0.2,
+    )
+    assert (o.adamw_beta1, o.adamw_beta2, o.scaling_rule) == (0.9, 0.999, "sqrt_wrt_1024")
+    c = cfg.crops
+    assert list(c.global_crops_scale) == [0.4, 1.0] and c.global_crops_size == 224
+    assert c.local_crops_number == 10 and list(c.local_crops_scale) == [0.05, 0.4] and c.local_crops_size == 96
+    assert cfg.evaluation.eval_period_epochs == 10
+    assert cfg.compute_precision.student.backbone.mixed_precision.param_dtype == "bf16"
+    assert cfg.compile is False
+
+
+def test_dinov2_baseline_config():
+    cfg = get_cfg("dinov2_config")
+    assert cfg.dino.use_mcr is False and cfg.ibot.use_mcr is False
+    assert cfg.train.centering in ("centering", "sinkhorn_knopp")
+    assert cfg.dino.remove_last_layer is False and cfg.dino.head_n_prototypes == 65536
+    assert cfg.dino.koleo_loss_weight > 0
+
+
+def test_layering_default_then_file_then_overrides(tmp_path):
+    default = default_config()
+    assert default.optim.epochs == 100
+    # train/vitb16.yaml starts from simdino_config.yaml (_base_) and changes the arch.
+    cfg = get_cfg("train/vitb16", ["optim.epochs=3", "crops.global_crops_scale=[0.5,1.0]"])
+    assert cfg.student.arch == "vit_base" and cfg.dino.use_mcr is True  # file over its base over defaults
+    assert cfg.optim.epochs == 3 and list(cfg.crops.global_crops_scale) == [0.5, 1.0]  # overrides last
+    assert cfg.train.num_workers == default.train.num_workers  # untouched keys keep their defaults
+    assert "_base_" not in load_config_file("train/vitb16")
+
+
+def test_struct_mode_rejects_reads_of_unknown_keys():
+    cfg = get_cfg()
+    with pytest.raises(Exception):
+        _ = cfg.optim.learning_rate
+
+
+@pytest.mark.parametrize(
+    ("overrides", "unknown", "suggested"),
+    [
+        (["optim.lrr=0.1"], "optim.lrr", "optim.lr"),
+        (["batch_size_per_gpu=8"], "batch_size_per_gpu", "train.batch_size_per_gpu"),
+        (["train.centring=none"], "train.centring", "train.centering"),
+    ],
+)
+def test_unknown_override_names_the_key_and_closest_valid_keys(overrides, unknown, suggested):
+    with pytest.raises(ValueError) as info:
+        get_cfg("simdino_config", overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"'{unknown}'" in message and suggested in message.split("closest valid keys:")[1]
+
+
+def test_unknown_key_in_a_config_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  epochs: 2\n  warmup_epoch: 1\n")
+    with pytest.raises(ValueError, match=r"unknown config key 'optim.warmup_epoch' \(in .*bad.yaml\); closest valid keys: optim.warmup_epochs"):
+        get_cfg(path)
+
+
+def test_malformed_inputs_give_one_line(tmp_path):
+    for overrides, pattern in (
+        (["optim.epochs"], "not of the form key=value"),
+        (["student=vit_small"], "is a section"),
+        (["student.arch.name=x"], "is a value, not a section"),
+        (["train.centering=centred"], "train.centering"),
+        (["train.sharding=zero3"], "train.sharding"),
+        (["optim.scaling_rule=cubic"], "optim.scaling_rule"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            get_cfg(None, overrides)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        get_cfg(tmp_path / "missing.yaml")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("_base_: b.yaml\n")
+    b.write_text("_base_: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        get_cfg(a)
+
+
+@pytest.mark.parametrize(("rule", "world", "expected"), [("sqrt_wrt_1024", 8, math.sqrt(0.5)), ("linear_wrt_1024", 4, 0.25)])
+def test_lr_scaling_rules(rule, world, expected):
+    cfg = get_cfg(None, [f"optim.scaling_rule={rule}", "train.batch_size_per_gpu=64", "optim.base_lr=0.004"])
+    apply_scaling_rules_to_cfg(cfg, world)
+    assert cfg.optim.lr == pytest.approx(0.004 * expected)
+
+
+def test_written_config_reloads_to_the_same_configuration(tmp_path):
+    cfg = get_cfg("simdino_config", ["student.arch=vit_small", "optim.epochs=7"])
+    apply_scaling_rules_to_cfg(cfg, 2)
+    path = write_config(cfg, tmp_path)
+    assert path == tmp_path / "config.yaml"
+    again = get_cfg(path)
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
