@@ -17,11 +17,11 @@ import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+
+from .base import LabelledImageDataset
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "sudo apt-get install dataset-fashion-mnist"
@@ -111,7 +111,7 @@ def _load_split(images_path: str, labels_path: str, mtime: float) -> tuple[np.nd
     return images, labels
 
 
-class FashionMNIST(Dataset):
+class FashionMNIST(LabelledImageDataset):
     """Fashion-MNIST split `TRAIN` (60k) or `TEST` (10k; `VAL` is an alias).
 
     `dataset[i] -> (transform(PIL "L" 28x28), target_transform(label))`; `.images` is the uint8
@@ -150,14 +150,8 @@ class FashionMNIST(Dataset):
     def get_image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index])
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image: Any = self.get_image(index)
-        target: Any = int(self.targets[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+    def get_target(self, index: int) -> int:
+        return int(self.targets[index])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split}, root={self.root!r}, {len(self)} images)"

@@ -17,11 +17,11 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+
+from .base import LabelledImageDataset
 
 logger = logging.getLogger("simdinov2")
 
@@ -87,7 +87,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
     return classes, samples
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(LabelledImageDataset):
     """Any class-per-folder tree: `dataset[i] -> (transform(RGB image), target_transform(class index))`.
 
     Attributes like torchvision's ImageFolder: `classes`, `class_to_idx`, `samples`, `targets`.
@@ -115,14 +115,8 @@ class ImageFolderDataset(Dataset):
     def get_image(self, index: int) -> Image.Image:
         return load_rgb_image(self.samples[index][0])
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image = self.get_image(index)
-        target: Any = self.samples[index][1]
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+    def get_target(self, index: int) -> int:
+        return self.samples[index][1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={self.root!r}, {len(self)} images, {len(self.classes)} classes)"

@@ -22,12 +22,11 @@ import re
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
+from .base import LabelledImageDataset
 from .image_folder import IMG_EXTENSIONS, ImageFolderDataset, load_rgb_image
 
 NO_CLASS_INDEX = np.iinfo(np.uint32).max  # class_index of TEST entries
@@ -138,7 +137,7 @@ def _scan_split(root: Path, split: Split, class_index_of: dict[str, int]) -> lis
     return rows
 
 
-class ImageNet(Dataset):
+class ImageNet(LabelledImageDataset):
     """ImageNet-1k (or any subset) read through the extra files written by `prepare.py`.
 
     `dataset[i] -> (transform(RGB image), target_transform(class index))`; TEST targets are -1.
@@ -221,15 +220,6 @@ class ImageNet(Dataset):
                 f"ImageNet image {path} is listed in {self.extra} but missing: "
                 f"{_prepare_hint(self.root, self.extra)} again"
             ) from e
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image: Any = self.get_image(index)
-        target: Any = self.get_target(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split.name}, root={self.root!r}, {len(self)} images)"
