@@ -46,7 +46,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+", help="Resize image (one or two values).")
     parser.add_argument("--output_dir", default=".", help="Path where to save visualizations.")
     parser.add_argument("--threshold", type=float, default=None, help="""We visualize masks
-        obtained by thresholding the self-attention maps to keep xx% of the mass.""")
+        obtained by thresholding the self-attention maps to keep xx%% of the mass.""")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where to run the model.")
     return parser
 
