@@ -144,6 +144,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--batch_size_per_gpu", default=64, type=int,
                         help="Per-process batch-size: number of distinct images loaded on one GPU (or CPU process).")
     parser.add_argument("--epochs", default=100, type=int, help="Number of epochs of training.")
+    parser.add_argument("--time_budget", default=0.0, type=float, help="""Wall-clock budget of the training
+        loop in seconds (0: none, train for --epochs). With a budget, training stops cleanly (checkpoint,
+        log.txt) at the first iteration that would start after it, and the lr, weight-decay and teacher-momentum
+        schedules (and the DINO baseline's per-epoch ones) advance with the elapsed fraction of the budget
+        instead of the iteration count, so they end exactly at the budget whatever the machine's speed.
+        --epochs is then an upper bound, and --warmup_epochs / --epochs the warmup fraction of the budget.""")
     parser.add_argument("--freeze_last_layer", default=1, type=int, help="""Number of epochs
         during which we keep the output layer fixed (DINO baseline). Typically doing so during
         the first epoch helps training. Try increasing this value if the loss does not decrease.""")
@@ -393,6 +399,7 @@ def restart_from_checkpoint(
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
     scaler: torch.amp.GradScaler | None,
+    clock: TrainingClock | None = None,
 ) -> int:
     """Resume every piece of state from `path`; return the epoch to start from (0 without a checkpoint)."""
     if not path.is_file():
@@ -420,12 +427,79 @@ def restart_from_checkpoint(
         loss_fn.load_state_dict(ckpt["dino_loss"])
     if scaler is not None and ckpt.get("fp16_scaler") is not None:
         scaler.load_state_dict(ckpt["fp16_scaler"])
+    if clock is not None:
+        clock.load_state_dict(ckpt)
     start_epoch = int(ckpt.get("epoch", 0))
     logger.info(f"Found checkpoint at {path}: resuming from epoch {start_epoch}")
     return start_epoch
 
 
 # ----------------------------------------------------------------------------------------------- training
+class TrainingClock:
+    """Wall time and iterations of a run (resumed parts included) and, with `--time_budget`, where the
+    schedules stand.
+
+    Without a budget the schedules are indexed by the global iteration, as upstream. With a budget of `B`
+    seconds the index is `floor(elapsed / B * total_iterations)`: the same cosine curves, traversed in
+    wall time, so warmup and annealing fit the budget on a fast or a slow (or shared, or suddenly busier)
+    machine. `elapsed` is the maximum over processes (one all-reduce per iteration), so every rank sets the
+    same learning rate and stops at the same iteration.
+    """
+
+    now = staticmethod(time.monotonic)  # the clock (tests replace it)
+
+    def __init__(self, budget: float, total_iterations: int, niter_per_epoch: int) -> None:
+        self.budget = float(budget)
+        self.total_iterations = int(total_iterations)
+        self.niter_per_epoch = int(niter_per_epoch)
+        self.spent = 0.0  # seconds of training before this process started (from the checkpoint)
+        self.iterations = 0  # optimisation steps of the whole run
+        self.stopped = False  # set when the budget ended an epoch early
+        self._spent_before = 0.0
+        self._started_at: float | None = None
+
+    def start(self) -> None:
+        self._spent_before = self.spent
+        self._started_at = self.now()
+
+    def elapsed(self) -> float:
+        """Training seconds so far on this process (`spent` at resume + time since `start`)."""
+        if self._started_at is None:
+            return self.spent
+        self.spent = self._spent_before + self.now() - self._started_at
+        return self.spent
+
+    def synchronized_elapsed(self, device: torch.device) -> float:
+        elapsed = self.elapsed()
+        if self.budget and distributed.is_enabled():
+            t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            elapsed = float(t.item())
+        return elapsed
+
+    def exhausted(self, elapsed: float) -> bool:
+        return bool(self.budget) and elapsed >= self.budget
+
+    def schedule_index(self, iteration: int, elapsed: float) -> int:
+        """Index into the per-iteration schedules for the step about to run."""
+        if not self.budget:
+            return iteration
+        return min(int(elapsed / self.budget * self.total_iterations), self.total_iterations - 1)
+
+    def schedule_epoch(self, epoch: int, index: int) -> int:
+        """Epoch of the per-epoch schedules (DINO's teacher temperature, frozen last layer)."""
+        return index // self.niter_per_epoch if self.budget else epoch
+
+    def state_dict(self) -> dict[str, float]:
+        """Checkpoint entries: only with a budget (a budget-less checkpoint keeps upstream's exact keys)."""
+        return {"train_seconds": self.spent, "iterations": self.iterations} if self.budget else {}
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        self.spent = float(checkpoint.get("train_seconds", 0.0))
+        # Without a budget every finished epoch was a full one.
+        self.iterations = int(checkpoint.get("iterations", int(checkpoint.get("epoch", 0)) * self.niter_per_epoch))
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training stops (on every process) without writing a checkpoint."""
 
@@ -452,6 +526,8 @@ def validate_args(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1 (got {getattr(args, name)})")
     check_tracker_packages(args)
+    if not getattr(args, "time_budget", 0.0) >= 0:
+        raise ValueError(f"--time_budget must be >= 0 seconds (got {args.time_budget}); 0 means no budget")
     if args.local_crops_number < 0:
         raise ValueError(f"--local_crops_number must be >= 0 (got {args.local_crops_number})")
     if args.arch in ARCHS and args.global_crops_size % args.patch_size:
@@ -459,8 +535,11 @@ def validate_args(args: argparse.Namespace) -> None:
                        args.global_crops_size, args.patch_size)
 
 
-def train_dino(args: argparse.Namespace) -> None:
-    """Train SimDINO (or the DINO baseline with --use_simdino false) as described by `args`."""
+def train_dino(args: argparse.Namespace) -> dict[str, float]:
+    """Train SimDINO (or the DINO baseline with --use_simdino false) as described by `args`.
+
+    Returns a summary of the whole run (resumed parts included): `epochs`, `iterations`, `images_seen`
+    (over all processes) and `train_seconds` (wall time of the training loops)."""
     with user_errors():
         validate_args(args)
         device = distributed.init_distributed(args.device)
@@ -477,12 +556,12 @@ def train_dino(args: argparse.Namespace) -> None:
     with user_errors():
         trackers = ExperimentTrackers(args)
     try:
-        _train(args, device, trackers)
+        return _train(args, device, trackers)
     finally:
         trackers.finish()
 
 
-def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentTrackers) -> None:
+def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentTrackers) -> dict[str, float]:
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     output_dir = Path(args.output_dir)
     backend = dist.get_backend() if distributed.is_enabled() else "none (single process)"
@@ -576,14 +655,22 @@ def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentT
 
     # ============ optionally resume training ... ============
     checkpoint_path = output_dir / "checkpoint.pth"
+    clock = TrainingClock(args.time_budget, total_iterations=args.epochs * niter_per_ep, niter_per_epoch=niter_per_ep)
     with user_errors():
         start_epoch = restart_from_checkpoint(
-            checkpoint_path, args, student_without_ddp, teacher_without_ddp, optimizer, loss_fn, scaler
+            checkpoint_path, args, student_without_ddp, teacher_without_ddp, optimizer, loss_fn, scaler, clock
         )
 
     start_time = time.time()
     logger.info("Starting SimDINO training !" if args.use_simdino else "Starting DINO training !")
+    if clock.budget:
+        logger.info(f"Time budget: {clock.budget:.0f} s of training ({clock.spent:.0f} s already spent); "
+                    f"schedules follow the elapsed fraction of it")
+    clock.start()
+    epochs_done = start_epoch
     for epoch in range(start_epoch, args.epochs):
+        if clock.exhausted(clock.synchronized_elapsed(device)):
+            break
         sampler.set_epoch(epoch)
         fix_random_seeds(epoch_seed(args.seed, epoch, rank))
         # ============ training one epoch of DINO ... ============
@@ -591,7 +678,7 @@ def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentT
             train_stats = train_one_epoch(
                 student, teacher_without_ddp, student_without_ddp, loss_fn, data_loader, optimizer,
                 lr_schedule, wd_schedule, momentum_schedule, teacher_temp_schedule, epoch, amp, scaler,
-                args, device, trackers, checkpoint_path,
+                args, device, trackers, checkpoint_path, clock,
             )  # fmt: skip
         except UnreadableImageError as e:
             # Fatal by design (the data module does not skip files silently); a loader worker wraps the
@@ -606,6 +693,7 @@ def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentT
             "epoch": epoch + 1,
             "args": args,
             "dino_loss": loss_fn.state_dict(),
+            **clock.state_dict(),
         }
         if scaler is not None:
             save_dict["fp16_scaler"] = scaler.state_dict()
@@ -618,8 +706,21 @@ def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentT
                 f.write(json.dumps(log_stats) + "\n")
             trackers.log({f"epoch/{k}": v for k, v in log_stats.items()}, step=(epoch + 1) * niter_per_ep)
         distributed.barrier()
+        epochs_done = epoch + 1
+        if clock.stopped:
+            logger.info(f"Time budget of {clock.budget:.0f} s reached in epoch {epoch}: training stops here")
+            break
     total_time = time.time() - start_time
     logger.info(f"Training time {datetime.timedelta(seconds=int(total_time))}")
+    if clock.budget and not clock.stopped and clock.spent < clock.budget:
+        logger.warning(f"--epochs {args.epochs} ended after {clock.spent:.0f} s, before the {clock.budget:.0f} s "
+                       "budget: the schedules did not reach their end; raise --epochs")
+    return {
+        "epochs": float(epochs_done),
+        "iterations": float(clock.iterations),
+        "images_seen": float(clock.iterations * args.batch_size_per_gpu * world_size),
+        "train_seconds": float(clock.spent),
+    }
 
 
 def _loss_parts_text(loss: Tensor, parts: dict[str, Tensor]) -> str:
@@ -645,8 +746,12 @@ def train_one_epoch(
     device: torch.device,
     trackers: ExperimentTrackers,
     checkpoint_path: Path,
+    clock: TrainingClock | None = None,
 ) -> dict[str, float]:
-    """One pass over `data_loader`; returns the epoch averages (over all processes) of the metrics."""
+    """One pass over `data_loader` (or until `clock`'s time budget is spent); returns the epoch averages
+    (over all processes) of the metrics."""
+    if clock is None:
+        clock = TrainingClock(0.0, len(lr_schedule), len(data_loader))
     # Per-iteration metrics (every 10 iterations) for loss curves: `python -m simdinov2.tools.plot_log OUTPUT_DIR`.
     metric_logger = MetricLogger(delimiter="  ", output_file=checkpoint_path.parent / "training_metrics.json")
     header = f"Epoch: [{epoch}/{args.epochs}]"
@@ -654,7 +759,18 @@ def train_one_epoch(
     student.train()
     teacher.train()
     for step, (images, _) in enumerate(metric_logger.log_every(data_loader, 10, header, json_iteration_offset=len(data_loader) * epoch)):
-        it = n_iter * epoch + step  # global training iteration
+        elapsed = clock.synchronized_elapsed(device)
+        if clock.exhausted(elapsed):
+            clock.stopped = True
+            break
+        global_it = n_iter * epoch + step  # global training iteration
+        # the position in the schedules: the iteration, or the elapsed fraction of the time budget
+        it = clock.schedule_index(global_it, elapsed)
+        schedule_epoch = clock.schedule_epoch(epoch, it)
+        if clock.budget and step % 10 == 0:
+            logger.info(f"time budget: {elapsed:.0f} of {clock.budget:.0f} s used ({100 * elapsed / clock.budget:.0f}%), "
+                        f"{clock.iterations * args.batch_size_per_gpu * distributed.get_world_size()} images seen, "
+                        f"{datetime.timedelta(seconds=int(clock.budget - elapsed))} left")
         for i, param_group in enumerate(optimizer.param_groups):
             param_group["lr"] = lr_schedule[it]
             if i == 0:  # only the first group is regularized
@@ -674,7 +790,7 @@ def train_one_epoch(
                 # (below, on every process together) instead of a traceback on one of them.
                 loss, parts = torch.tensor(float("nan"), device=device), {}
         else:
-            loss = loss_fn.forward_v1(student_output, teacher_output, float(teacher_temp_schedule[epoch]))
+            loss = loss_fn.forward_v1(student_output, teacher_output, float(teacher_temp_schedule[schedule_epoch]))
             parts = {}
 
         # Every process stops together, otherwise the others would wait forever in the next all-reduce.
@@ -688,7 +804,7 @@ def train_one_epoch(
                 if checkpoint_path.is_file() else "no checkpoint was written yet"
             )
             raise NonFiniteLossError(
-                f"non-finite loss{where} at iteration {it} (epoch {epoch}, step {step}/{n_iter}): "
+                f"non-finite loss{where} at iteration {global_it} (epoch {epoch}, step {step}/{n_iter}): "
                 f"{_loss_parts_text(loss, parts)}; stopping training, {last}"
             )
 
@@ -698,19 +814,20 @@ def train_one_epoch(
             loss.backward()
             if args.clip_grad:
                 clip_gradients(student, args.clip_grad)
-            cancel_gradients_last_layer(epoch, student, args.freeze_last_layer)
+            cancel_gradients_last_layer(schedule_epoch, student, args.freeze_last_layer)
             optimizer.step()
         else:
             scaler.scale(loss).backward()
             if args.clip_grad:
                 scaler.unscale_(optimizer)  # unscale the gradients of the optimizer's assigned params in-place
                 clip_gradients(student, args.clip_grad)
-            cancel_gradients_last_layer(epoch, student, args.freeze_last_layer)
+            cancel_gradients_last_layer(schedule_epoch, student, args.freeze_last_layer)
             scaler.step(optimizer)
             scaler.update()
 
         # EMA update for the teacher
         ema_update(teacher.parameters(), student_without_ddp.parameters(), float(momentum_schedule[it]))
+        clock.iterations += 1
 
         # logging
         metrics = {"loss": loss.item()}
@@ -721,7 +838,7 @@ def train_one_epoch(
         metrics["wd"] = optimizer.param_groups[0]["weight_decay"]
         metric_logger.update(**metrics)
         if step % 10 == 0:
-            trackers.log(metrics, step=it)
+            trackers.log(metrics, step=global_it)
     # gather the stats from all processes
     metric_logger.synchronize_between_processes()
     logger.info(f"Averaged stats: {metric_logger}")

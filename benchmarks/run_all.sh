@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run every benchmark with its defaults (each about 3 minutes or less on a 2-core CPU) and keep the printed
+# tables and JSON under benchmarks/results/. Numbers are only meaningful on a quiet machine: the scripts
+# print a warning when the 1-minute load average is 1 or more.
+#   bash benchmarks/run_all.sh            # from the repository root
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=benchmarks/results
+mkdir -p "$OUT"
+run() {
+    local name=$1; shift
+    echo "== $name: $PY $*  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+    local start=$SECONDS
+    "$PY" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
+    echo "== $name took $((SECONDS - start)) s (load after: $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/$name.txt"
+}
+run train_step benchmarks/train_step.py --profile
+run train_step_fused_adamw benchmarks/train_step.py --ours-adamw fused --methods simdino dino simdinov2
+run optim_pieces benchmarks/optim_pieces.py
+run loss benchmarks/loss.py --collapse
+run knn benchmarks/knn.py
+run augment benchmarks/augment.py

@@ -1,0 +1,116 @@
+"""`python -m simdino.demo`: one-line data errors, a reproducible recipe command, and a short end-to-end
+run (train for a few seconds, k-NN of teacher / random init / pixels, results.json and both figures)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from simdino import demo, main_dino
+
+FASHION_MNIST_ROOT = Path(demo.DEFAULT_FASHION_MNIST_ROOT)
+HAS_FASHION_MNIST = all(
+    p.is_file() for split in ("TRAIN", "TEST") for p in demo.fashion_mnist_paths(split, FASHION_MNIST_ROOT)
+)
+
+
+def exit_message(excinfo: pytest.ExceptionInfo) -> str:
+    message = str(excinfo.value.code)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_missing_fashion_mnist_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "DEFAULT_FASHION_MNIST_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit) as excinfo:
+        demo.main(["--seconds", "1", "--output_dir", str(tmp_path / "out")])
+    message = exit_message(excinfo)
+    assert "sudo apt-get install dataset-fashion-mnist" in message and "--data_path" in message
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_data_path_needs_train_and_val_folders(tmp_path):
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(SystemExit) as excinfo:
+        demo.main(["--seconds", "1", "--output_dir", str(tmp_path / "out"), "--data_path", str(tmp_path / "data")])
+    message = exit_message(excinfo)
+    assert "val" in message and "ImageFolder" in message
+
+
+def test_recipe_command_reproduces_the_run_arguments(tmp_path):
+    args = demo.recipe_args(123.0, tmp_path, "FashionMNIST:split=TRAIN", num_workers=1, eps=0.05)
+    assert args.time_budget == 123.0 and args.eps == 0.05 and args.patch_size == demo.DEMO_RECIPE["patch_size"]
+    argv = shlex.split(demo.recipe_command(args))[2:]  # drop "python simdino/main_dino.py"
+    parsed = main_dino.get_args_parser().parse_args(argv)
+    for key, value in vars(args).items():
+        got = getattr(parsed, key)
+        assert (list(got) if isinstance(got, tuple) else got) == (list(value) if isinstance(value, tuple) else value), key
+    with pytest.raises(ValueError, match="not main_dino flags: depthh"):
+        demo.recipe_args(1.0, tmp_path, "x", depthh=3)
+
+
+def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
+    assert demo.default_threads(2, 0.2) == 2  # idle: every core
+    assert demo.default_threads(2, 1.0) == 1  # one core busy elsewhere: the free one only
+    assert demo.default_threads(2, 6.0) == 1  # never fewer than one
+    assert demo.default_threads(16, 4.2) == 12
+    assert demo.default_num_workers(2) == 1 and demo.default_num_workers(16) == 4
+    assert demo.default_knn_images(demo.DEFAULT_SECONDS) == (None, None)  # the real demo: every image
+    bank, queries = demo.default_knn_images(30)
+    assert 0 < queries < bank < 60000
+
+
+def test_pixel_features_are_the_flattened_input():
+    images = torch.randn(2, 3, 4, 4)
+    assert torch.equal(demo.pixel_features()(images), images.reshape(2, -1))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs the Debian package dataset-fashion-mnist")
+def test_short_demo_end_to_end(tmp_path, capsys):
+    seconds = 30.0
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # a previous demo's files are replaced, others are kept
+    (out / "notes.txt").write_text("mine")
+    previous_threads = torch.get_num_threads()
+    try:
+        results = demo.main([
+            "--seconds", str(seconds), "--output_dir", str(out), "--threads", "1",
+            "--knn_train_images", "2000", "--knn_test_images", "400",
+        ])  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    for key in ("knn_top1", "random_init_knn_top1", "pixels_knn_top1"):
+        assert 0.0 <= on_disk[key] <= 100.0
+    assert on_disk["knn_top1"] == on_disk["knn"]["teacher"][str(demo.KNN_K)]["top1"]
+    assert set(on_disk["knn"]["teacher"]) == {str(k) for k in demo.KNN_KS}
+    for entry in on_disk["knn"].values():
+        for k in entry.values():
+            assert k["top1"] <= k["top5"] <= 100.0
+    # The budget is honoured: training stops at the first iteration that would start after it.
+    assert seconds <= on_disk["train_seconds"] < seconds + 30
+    batch = on_disk["recipe"]["batch_size_per_gpu"]
+    assert on_disk["images_seen"] == on_disk["iterations"] * batch > 0
+    assert on_disk["knn_train_images"] == 2000 and on_disk["knn_test_images"] == 400
+    assert on_disk["train_images"] == 60000
+    assert "--time_budget 30.0" in on_disk["command"]
+
+    for name in ("loss_curve.png", "attention.png"):
+        with Image.open(out / name) as image:
+            assert image.width > 200 and image.height > 200
+    assert (out / "notes.txt").read_text() == "mine"
+    metrics = [json.loads(line) for line in (out / "training_metrics.json").read_text().splitlines()]
+    assert {"iteration", "loss", "comp_loss", "expa_loss", "lr"} <= set(metrics[0])
+
+    printed = capsys.readouterr().out
+    for row in ("SimDINO teacher (trained)", "same network, random init", "raw pixels"):
+        assert row in printed
