@@ -38,7 +38,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from simdino import main_dino
-from simdinov2.data.datasets.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, INSTALL_HINT, fashion_mnist_paths
+from simdinov2.data.datasets.fashion_mnist import (
+    DEFAULT_FASHION_MNIST_ROOT,
+    INSTALL_HINT,
+    fashion_mnist_paths,
+)
 
 logger = logging.getLogger("simdinov2")
 
@@ -295,7 +299,6 @@ def save_attention_figure(
 
     from simdino.visualize_attention import cls_attention_maps
     from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
-
     from simdinov2.eval.features import dataset_labels
 
     labels = dataset_labels(dataset)
