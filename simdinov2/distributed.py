@@ -125,8 +125,15 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_m
 
 
 def destroy() -> None:
+    """Tear the process group down on every rank together.
+
+    The barrier first: a rank that destroys its gloo group while a peer still has collectives in flight
+    can abort the peer at exit ("terminate called without an active exception")."""
     if is_enabled():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 class _AllReduceSumWithGrad(torch.autograd.Function):
