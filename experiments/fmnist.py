@@ -213,8 +213,8 @@ def calibrate_v2(config_file: str, output_dir: Path, opts: Sequence[str], second
     while steps < warmup_steps + 3 or timed < seconds:
         start = time.perf_counter()
         batch = next(batches)
-        # Values well after the warm-up: the step costs the same whatever the lr, but must not diverge.
-        values = {name: schedule[min(epoch_len, len(schedule.schedule) - 1)] for name, schedule in schedules.items()}
+        # Mid-run schedule values (a step costs the same whatever they are); the weights are thrown away.
+        values = {name: schedule[len(schedule) // 2] for name, schedule in schedules.items()}
         v2_train.train_step(model, optimizer, batch, values, float(cfg.optim.clip_grad))
         if steps >= warmup_steps:
             timed += time.perf_counter() - start
@@ -260,15 +260,17 @@ def train_v2(
     train_seconds = time.perf_counter() - start
     last = int(result["iteration"])
     snapshot = out / "eval" / f"training_{last}" / "teacher_checkpoint.pth"
-    command = ["python simdinov2/train/train.py", "--config-file", f"simdinov2/configs/{V2_METHODS[method]}",
-               "--output-dir", str(out), *final_opts]  # fmt: skip
     return {
         "train_seconds": train_seconds,
         "images_seen": (last + 1) * int(cfg.train.batch_size_per_gpu),
         "iterations": last + 1,
         "calibration": calibration,
         "teacher_snapshot": str(snapshot),
-        "trainer_command": " ".join(shlex.quote(part) if " " in part else part for part in command),
+        # config.yaml holds the resolved configuration; its "epochs" are iterations (epoch length 1, set
+        # by this script: train.py alone would use len(dataset) // batch iterations per epoch).
+        "trainer_config": str(out / "config.yaml"),
+        "trainer_overrides": final_opts,
+        "epoch_length_iterations": 1,
     }
 
 
@@ -489,14 +491,16 @@ def markdown_table(results_dir: str | Path) -> str:
         raise FileNotFoundError(f"no */results.json under {results_dir}")
     records.sort(key=lambda r: r.get("date", ""))
     lines = [
-        "| row | method | seed | budget (s) | trained (s) | images seen | k-NN top-1 @20 | linear top-1 | eff. rank |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | method | seed | budget (s) | trained (s) | images seen | k-NN top-1 @20 | linear top-1 | eff. rank "
+        "| load (1 min, start → end) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
+        load = [r["machine"].get(f"load_average_{when}") or [None] for when in ("before", "after")]
         lines.append(
             f"| {r['name']} | {r['method']} | {r['seed']} | {_fmt(r.get('time_budget_seconds'), '.0f')} | "
             f"{_fmt(r.get('train_seconds'), '.0f')} | {_fmt(r.get('images_seen'), ',')} | {r['knn_top1']:.2f} | "
-            f"{r['linear_top1']:.2f} | {r['effective_rank']:.1f} |"
+            f"{r['linear_top1']:.2f} | {r['effective_rank']:.1f} | {_fmt(load[0][0], '.1f')} → {_fmt(load[1][0], '.1f')} |"
         )
     lines.append("")
     lines += [f"- `{r['name']}`: `{r['command']}`" for r in records]
