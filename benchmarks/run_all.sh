@@ -16,7 +16,7 @@ run() {
     echo "== $name took $((SECONDS - start)) s (load after: $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/$name.txt"
 }
 run train_step benchmarks/train_step.py --profile
-run train_step_fused_adamw benchmarks/train_step.py --ours-adamw fused --methods simdino dino simdinov2
+run train_step_foreach_adamw benchmarks/train_step.py --ours-adamw foreach --methods simdino dino simdinov2 --dtypes bf16
 run optim_pieces benchmarks/optim_pieces.py
 run loss benchmarks/loss.py --collapse
 run knn benchmarks/knn.py

@@ -89,6 +89,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default 16 (for 16x16 patches). Using smaller values leads to better performance but requires more
         memory. Applies only for ViTs. If <16, we recommend disabling mixed precision training
         (--use_fp16 false) to avoid instabilities.""")
+    parser.add_argument("--depth", default=0, type=int, help="""Number of transformer blocks of the ViT
+        (0: the arch's own, e.g. 12 for vit_tiny). Width and heads stay the arch's; a shallower network
+        trains faster, e.g. on small images with a small compute budget (the CPU demo uses 6).""")
     parser.add_argument("--out_dim", default=65536, type=int, help="""Dimensionality of the DINO head output
         (number of prototypes). Only used by the DINO baseline (--use_simdino false): SimDINO has no
         prototype layer and feeds the --z_dim features to the coding-rate loss.""")
@@ -246,9 +249,10 @@ def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> tuple[nn.
     """The DINO v1 ViT (no mask token, position embedding sized for the global crops) or a torchvision
     convnet with its classifier removed. Returns (backbone, embedding dim)."""
     if args.arch in ARCHS:
+        depth = {"depth": args.depth} if getattr(args, "depth", 0) else {}  # 0 / absent: the arch's
         model = build_vit(
             args.arch, patch_size=args.patch_size, v1=True,
-            img_size=args.global_crops_size, drop_path_rate=drop_path_rate,
+            img_size=args.global_crops_size, drop_path_rate=drop_path_rate, **depth,
         )  # fmt: skip
         return model, model.embed_dim
     import torchvision.models as tvm
@@ -375,18 +379,8 @@ class ExperimentTrackers:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _clean_key(key: str) -> str:
-    # torch.compile wraps modules in `_orig_mod.`, DDP in `module.`: neither belongs to the weights.
-    key = key.replace("_orig_mod.", "")
-    return key[len("module."):] if key.startswith("module.") else key
-
-
-def clean_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {_clean_key(k): v for k, v in state_dict.items()}
-
-
 def _load_checkpoint_file(path: Path) -> dict[str, Any]:
-    from simdinov2.checkpoint import safe_torch_load
+    from simdinov2.checkpoint import safe_torch_load  # lazy: the loader pulls in safetensors
 
     return safe_torch_load(str(path))
 
@@ -407,15 +401,17 @@ def restart_from_checkpoint(
     ckpt = _load_checkpoint_file(path)
     previous = ckpt.get("args")
     previous = vars(previous) if isinstance(previous, argparse.Namespace) else (previous or {})
-    for key in ("arch", "patch_size", "use_simdino"):
+    for key in ("arch", "patch_size", "depth", "use_simdino"):
         if key in previous and previous[key] != getattr(args, key):
             raise ValueError(
                 f"cannot resume from {path}: it was trained with --{key} {previous[key]} but this run uses "
                 f"--{key} {getattr(args, key)}; use the same setting or another --output_dir"
             )
+    from simdinov2.checkpoint import strip_wrapper_prefixes
+
     try:
-        student.load_state_dict(clean_state_dict(ckpt["student"]))
-        teacher.load_state_dict(clean_state_dict(ckpt["teacher"]))
+        student.load_state_dict(strip_wrapper_prefixes(ckpt["student"]))
+        teacher.load_state_dict(strip_wrapper_prefixes(ckpt["teacher"]))
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
         raise ValueError(
@@ -530,6 +526,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--time_budget must be >= 0 seconds (got {args.time_budget}); 0 means no budget")
     if args.local_crops_number < 0:
         raise ValueError(f"--local_crops_number must be >= 0 (got {args.local_crops_number})")
+    if getattr(args, "depth", 0) < 0:
+        raise ValueError(f"--depth must be >= 1 blocks, or 0 for the arch's own (got {args.depth})")
     if args.arch in ARCHS and args.global_crops_size % args.patch_size:
         logger.warning("--global_crops_size %d is not a multiple of --patch_size %d: border pixels are dropped",
                        args.global_crops_size, args.patch_size)
@@ -623,7 +621,8 @@ def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentT
         # DDP broadcast rank 0's initial weights: the teacher starts from exactly those.
         teacher_without_ddp.load_state_dict(student_without_ddp.state_dict())
     n_params = sum(p.numel() for p in student_without_ddp.parameters())
-    logger.info(f"Student and Teacher are built: they are both {args.arch} network ({n_params / 1e6:.2f}M parameters).")
+    blocks = f" with {args.depth} blocks" if getattr(args, "depth", 0) else ""
+    logger.info(f"Student and Teacher are built: they are both {args.arch} network{blocks} ({n_params / 1e6:.2f}M parameters).")
 
     # ============ preparing loss ... ============
     if args.use_simdino:

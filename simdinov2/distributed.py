@@ -7,6 +7,7 @@ process group at all). The backend follows the device: nccl on CUDA, gloo on CPU
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -125,15 +126,21 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_m
 
 
 def destroy() -> None:
-    """Tear the process group down on every rank together.
+    """Tear the process group down on every rank together, while the interpreter is fully alive.
 
-    The barrier first: a rank that destroys its gloo group while a peer still has collectives in flight
-    can abort the peer at exit ("terminate called without an active exception")."""
+    - The barrier first: a rank that destroys its gloo group while a peer still has collectives in
+      flight can abort the peer at exit.
+    - `gc.collect()` before and after: DDP's reducer (and pending gloo work holding tensors) keeps the
+      backend alive past `destroy_process_group` when the model sits in a reference cycle. Freed only
+      during interpreter finalisation, gloo's worker threads then abort the process ("terminate called
+      without an active exception", SIGABRT after a successful run). Collecting here frees them first."""
     if is_enabled():
+        gc.collect()
         try:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+            gc.collect()
 
 
 class _AllReduceSumWithGrad(torch.autograd.Function):

@@ -23,6 +23,7 @@ from .loader import (
     load_backbone_weights,
     load_dcp_checkpoint,
     safe_torch_load,
+    strip_wrapper_prefixes,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "resolve_weights",
     "safe_torch_load",
     "sha256_of",
+    "strip_wrapper_prefixes",
 ]

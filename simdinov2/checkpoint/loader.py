@@ -324,6 +324,12 @@ def _normalize_key(key: str) -> str:
     return ".".join(part for part in key.split(".") if part not in _WRAPPER_SEGMENTS)
 
 
+def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`state_dict` without the `module.` (DDP) and `_orig_mod.` (torch.compile) segments in its keys:
+    the weights of a wrapped model, loadable into the bare one."""
+    return {_normalize_key(key): value for key, value in state_dict.items()}
+
+
 def _flatten(obj: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
     """Nested dicts -> {"a.b.c": tensor}; non-tensor leaves (args, epoch, lists) are left out."""
     out = {} if out is None else out

@@ -342,43 +342,33 @@ class DinoVisionTransformer(nn.Module):
 # ---------------------------------------------------------------------- arch functions
 def vit_tiny(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
     """ViT-Ti: width 192, 12 blocks, 3 heads (DINO v1 / DeiT-Ti)."""
-    return DinoVisionTransformer(
-        patch_size=patch_size, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4,
-        num_register_tokens=num_register_tokens, **kwargs,
-    )  # fmt: skip
+    kwargs = {"embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4, **kwargs}  # overridable
+    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
 
 
 def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
     """ViT-S: width 384, 12 blocks, 6 heads."""
-    return DinoVisionTransformer(
-        patch_size=patch_size, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4,
-        num_register_tokens=num_register_tokens, **kwargs,
-    )  # fmt: skip
+    kwargs = {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4, **kwargs}  # overridable
+    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
 
 
 def vit_base(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
     """ViT-B: width 768, 12 blocks, 12 heads (~86M parameters)."""
-    return DinoVisionTransformer(
-        patch_size=patch_size, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4,
-        num_register_tokens=num_register_tokens, **kwargs,
-    )  # fmt: skip
+    kwargs = {"embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4, **kwargs}  # overridable
+    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
 
 
 def vit_large(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
     """ViT-L: width 1024, 24 blocks, 16 heads (~304M parameters)."""
-    return DinoVisionTransformer(
-        patch_size=patch_size, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4,
-        num_register_tokens=num_register_tokens, **kwargs,
-    )  # fmt: skip
+    kwargs = {"embed_dim": 1024, "depth": 24, "num_heads": 16, "mlp_ratio": 4, **kwargs}  # overridable
+    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
 
 
 def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
     """ViT-g/2 of DINOv2: width 1536, 24 heads (head dim 64), SwiGLU FFN unless told otherwise."""
     kwargs.setdefault("ffn_layer", "swiglufused")
-    return DinoVisionTransformer(
-        patch_size=patch_size, embed_dim=1536, depth=40, num_heads=24, mlp_ratio=4,
-        num_register_tokens=num_register_tokens, **kwargs,
-    )  # fmt: skip
+    kwargs = {"embed_dim": 1536, "depth": 40, "num_heads": 24, "mlp_ratio": 4, **kwargs}  # overridable
+    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
 
 
 ARCHS: dict[str, Callable[..., DinoVisionTransformer]] = {

@@ -37,19 +37,25 @@ def test_missing_fashion_mnist_says_what_to_install(monkeypatch, tmp_path):
 def test_data_path_needs_train_and_val_folders(tmp_path):
     (tmp_path / "data" / "train" / "a").mkdir(parents=True)
     with pytest.raises(SystemExit) as excinfo:
-        demo.main(["--seconds", "1", "--output_dir", str(tmp_path / "out"), "--data_path", str(tmp_path / "data")])
+        demo.main(
+            ["--seconds", "1", "--output_dir", str(tmp_path / "out"), "--data_path", str(tmp_path / "data")]
+        )
     message = exit_message(excinfo)
     assert "val" in message and "ImageFolder" in message
 
 
 def test_recipe_command_reproduces_the_run_arguments(tmp_path):
     args = demo.recipe_args(123.0, tmp_path, "FashionMNIST:split=TRAIN", num_workers=1, eps=0.05)
-    assert args.time_budget == 123.0 and args.eps == 0.05 and args.patch_size == demo.DEMO_RECIPE["patch_size"]
+    assert (
+        args.time_budget == 123.0 and args.eps == 0.05 and args.patch_size == demo.DEMO_RECIPE["patch_size"]
+    )
     argv = shlex.split(demo.recipe_command(args))[2:]  # drop "python simdino/main_dino.py"
     parsed = main_dino.get_args_parser().parse_args(argv)
     for key, value in vars(args).items():
         got = getattr(parsed, key)
-        assert (list(got) if isinstance(got, tuple) else got) == (list(value) if isinstance(value, tuple) else value), key
+        assert (list(got) if isinstance(got, tuple) else got) == (
+            list(value) if isinstance(value, tuple) else value
+        ), key
     with pytest.raises(ValueError, match="not main_dino flags: depthh"):
         demo.recipe_args(1.0, tmp_path, "x", depthh=3)
 
@@ -63,6 +69,30 @@ def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
     assert demo.default_knn_images(demo.DEFAULT_SECONDS) == (None, None)  # the real demo: every image
     bank, queries = demo.default_knn_images(30)
     assert 0 < queries < bank < 60000
+
+
+def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_path):
+    # With a zero learning rate and weight decay nothing moves: the saved teacher is the initial network,
+    # which random_init_backbone must rebuild exactly from the run's arguments.
+    args = demo.recipe_args(
+        0.0, tmp_path, str(Path(tiny_imagefolder) / "train"), num_workers=0,
+        lr=0.0, min_lr=0.0, weight_decay=0.0, weight_decay_end=0.0, epochs=1, batch_size_per_gpu=40,
+        local_crops_number=1, hidden_dim=64, use_fp16=False,
+    )  # fmt: skip
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = demo.train_for_budget(args)
+    finally:
+        torch.set_num_threads(previous_threads)
+    assert summary["iterations"] == 3  # 120 images, batch 40
+    teacher = demo.trained_teacher(tmp_path).state_dict()
+    initial = demo.random_init_backbone(args).state_dict()
+    assert teacher.keys() == initial.keys()
+    for key in teacher:
+        assert torch.equal(teacher[key], initial[key]), key
+    other_seed = demo.random_init_backbone(demo.recipe_args(0.0, tmp_path, "x", seed=1)).state_dict()
+    assert not torch.equal(other_seed["pos_embed"], initial["pos_embed"])
 
 
 def test_pixel_features_are_the_flattened_input():

@@ -1,5 +1,6 @@
 """`main_dino.py --time_budget`: training stops at the budget, the schedules follow the elapsed fraction of
-it, and a resumed run keeps its clock. A fake clock (one second per reading) makes every run exact."""
+it, and a resumed run keeps its clock. A fake clock (one second per reading) makes every run exact.
+Also `--depth` (a shallower ViT of the arch's width), which the CPU demo uses."""
 
 from __future__ import annotations
 
@@ -109,3 +110,21 @@ def test_negative_budget_is_one_line(train_dir, tmp_path):
         main_dino.main(main_dino.get_args_parser().parse_args(
             [*TINY, "--data_path", str(train_dir), "--output_dir", str(tmp_path), "--time_budget", "-1"]
         ))  # fmt: skip
+
+
+def test_depth_builds_a_shallower_vit_of_the_arch_width_and_resume_checks_it(train_dir, tmp_path):
+    from simdinov2.checkpoint import build_backbone_from_checkpoint
+
+    args = main_dino.get_args_parser().parse_args([*TINY, "--depth", "3"])
+    backbone, embed_dim = main_dino.build_backbone(args, 0.0)
+    assert (len(backbone.block_list()), embed_dim, backbone.num_heads) == (3, 192, 3)
+    default, _ = main_dino.build_backbone(main_dino.get_args_parser().parse_args(TINY), 0.0)
+    assert len(default.block_list()) == 12  # --depth 0: vit_tiny's own
+
+    out = tmp_path / "run"
+    argv = [*TINY, "--depth", "3", "--data_path", str(train_dir), "--output_dir", str(out), "--epochs", "1"]
+    main_dino.train_dino(main_dino.get_args_parser().parse_args(argv))
+    teacher = build_backbone_from_checkpoint(str(out / "checkpoint.pth"), "teacher", verbose=False)
+    assert len(teacher.block_list()) == 3  # the depth is read back from the weights
+    with pytest.raises(SystemExit, match="trained with --depth 3 but this run uses --depth 2"):
+        main_dino.main(main_dino.get_args_parser().parse_args([*argv[:-2], "--epochs", "2", "--depth", "2"]))

@@ -102,6 +102,44 @@ def test_clip_gradients_per_parameter():
     assert math.isclose(model.weight.grad.norm().item(), 1.0, rel_tol=1e-4)
 
 
+def test_clip_gradients_matches_dinos_per_tensor_loop():
+    from simdinov2.train.optim import _clip_gradients_per_tensor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+    grads = [torch.randn_like(p) * scale for p, scale in zip(model.parameters(), (10.0, 0.01, 3.0, 0.1))]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    norms = clip_gradients(model, 1.0)
+    expected = [g.clone() for g in grads]
+    expected_norms = _clip_gradients_per_tensor(expected, 1.0)
+    assert norms == pytest.approx(expected_norms, rel=1e-6)
+    for p, e in zip(model.parameters(), expected):
+        assert torch.allclose(p.grad, e, rtol=1e-6, atol=0)
+    assert all(p.grad.norm().item() <= 1.0 + 1e-5 for p in model.parameters())
+    assert torch.equal(list(model.parameters())[1].grad, grads[1])  # small gradients are left alone
+
+
+def test_adamw_is_fused_on_plain_tensors_and_matches_foreach():
+    torch.manual_seed(0)
+    models = [nn.Linear(6, 5), nn.Linear(6, 5)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_optimizer("adamw", param_groups(models[0]))
+    assert fused.defaults["fused"] is True
+    reference = torch.optim.AdamW(param_groups(models[1]), foreach=True)
+    for opt in (fused, reference):
+        for group in opt.param_groups:
+            group["lr"], group["weight_decay"] = 1e-2, group.get("weight_decay", 0.04)
+    for _ in range(5):
+        x = torch.randn(4, 6)
+        for model, opt in zip(models, (fused, reference)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_cancel_gradients_last_layer():
     model = nn.Module()
     model.last_layer = nn.Linear(2, 2)

@@ -26,7 +26,8 @@ def free_port() -> int:
 
 def run_train(args: list[str], nproc: int | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """The training CLI in a subprocess: `torchrun --nproc_per_node=N train.py ...` or `python train.py ...`."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # faulthandler: should a rank ever die of a signal (e.g. SIGABRT at exit), its Python stack is printed.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
     if nproc:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
     else:
