@@ -2,14 +2,17 @@
 # Run every benchmark with its defaults (each about 3 minutes or less on a 2-core CPU) and keep the printed
 # tables and JSON under benchmarks/results/. Numbers are only meaningful on a quiet machine: the scripts
 # print a warning when the 1-minute load average is 1 or more.
-#   bash benchmarks/run_all.sh            # from the repository root
+#   bash benchmarks/run_all.sh            # from the repository root; all of them
+#   bash benchmarks/run_all.sh knn loss   # only these (names as below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results
 mkdir -p "$OUT"
+ONLY=" $* "
 run() {
     local name=$1; shift
+    if [ "$ONLY" != "  " ] && [[ "$ONLY" != *" $name "* ]]; then return 0; fi
     echo "== $name: $PY $*  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
     local start=$SECONDS
     "$PY" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
@@ -21,3 +24,4 @@ run optim_pieces benchmarks/optim_pieces.py
 run loss benchmarks/loss.py --collapse
 run knn benchmarks/knn.py
 run augment benchmarks/augment.py
+run attention benchmarks/attention.py

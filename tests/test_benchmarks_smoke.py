@@ -146,3 +146,15 @@ def test_optim_pieces_quick(capsys):
     # DINO's per-tensor clipping loop must give what ours (multi-tensor) gives: norms and clipped gradients.
     assert clip_rows and all(r["same result"] == "yes" for r in clip_rows)
     assert all(r["ms"] > 0 for r in result["rows"])
+
+
+def test_attention_small(capsys):
+    from benchmarks import attention
+
+    result = attention.main(["--dim", "32", "--heads", "2", "--batch", "4", "--tokens", "5", "--repeats", "1",
+                             "--threads", "1"])  # fmt: skip
+    assert "| dtype" in capsys.readouterr().out
+    rows = {r["dtype"]: r for r in result["rows"]}
+    assert rows["fp32"]["shipped"] == "sdpa" and rows["bf16"]["shipped"] == "explicit"
+    assert rows["fp32"]["out rel err"] < 1e-5 and rows["bf16"]["out rel err"] < 2e-2
+    assert all(r["sdpa ms"] > 0 and r["explicit ms"] > 0 for r in result["rows"])

@@ -4,12 +4,19 @@ The fused kernel is `torch.nn.functional.scaled_dot_product_attention`. xformers
 `memory_efficient_attention` is used only when it imports AND the tensors live on CUDA (it is never
 required; set `XFORMERS_DISABLED=1` to skip it). `attention_probs` computes the softmax explicitly for
 attention maps (DINO's `get_last_selfattention`).
+
+One exception, measured: on the CPU in bf16/fp16 (autocast), torch's fused SDPA kernel is 5-10x slower
+than the explicit softmax(Q Kᵀ) V for ViT token counts (forward + backward, 10-200 tokens, head dim 64:
+benchmarks/RESULTS.md), and it was 30% of the whole CPU training step. There, sequences of at most
+`EXPLICIT_CPU_MAX_TOKENS` tokens take the explicit path (softmax in fp32); fp32 on the CPU and everything on
+CUDA keep SDPA.
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,6 +29,14 @@ try:  # optional accelerator; the plain torch path is always available
 except Exception:  # ImportError, or a broken build that fails at import time
     _xformers_attention = None
     XFORMERS_AVAILABLE = False
+
+
+# Above this many tokens the explicit path's [B, heads, N, N] probabilities cost too much memory.
+EXPLICIT_CPU_MAX_TOKENS = 1024
+
+
+def _use_explicit_attention(q: Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= EXPLICIT_CPU_MAX_TOKENS
 
 
 class Attention(nn.Module):
@@ -69,15 +84,22 @@ class Attention(nn.Module):
             except NotImplementedError:  # no xformers kernel for this dtype/shape/GPU: use SDPA
                 pass
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, N, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        if _use_explicit_attention(q):
+            probs = self._probs(q, k).to(v.dtype)
+            out = F.dropout(probs, dropout_p) @ v if dropout_p else probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(batch, tokens, channels)
         return self.proj_drop(self.proj(out))
+
+    def _probs(self, q: Tensor, k: Tensor) -> Tensor:
+        """softmax(Q Kᵀ / sqrt(d)) in fp32: [B, heads, N, N]."""
+        return ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
 
     def attention_probs(self, x: Tensor) -> Tensor:
         """The attention probabilities softmax(Q Kᵀ / sqrt(d)): [B, heads, N, N] (rows sum to 1)."""
         q, k, _ = self._qkv(x).permute(2, 0, 3, 1, 4)
-        logits = (q * self.scale) @ k.transpose(-2, -1)
-        return logits.float().softmax(dim=-1).to(q.dtype)
+        return self._probs(q, k).to(q.dtype)
 
 
 __all__ = ["Attention", "XFORMERS_AVAILABLE"]

@@ -379,6 +379,33 @@ def test_attention_matches_explicit_softmax_reference():
         torch.testing.assert_close(attn.attention_probs(x), probs, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tokens", [10, 50])
+def test_cpu_bf16_explicit_attention_matches_sdpa(tokens, monkeypatch):
+    """Under CPU bf16 autocast short sequences take the explicit softmax path (faster there); it must give
+    what SDPA gives, forward and backward, to bf16 accuracy."""
+    from simdinov2.layers import attention as attention_module
+
+    torch.manual_seed(0)
+    attn = Attention(dim=192, num_heads=3, qkv_bias=True)
+    x = torch.randn(8, tokens, 192)
+    results = {}
+    for name, limit in (("explicit", attention_module.EXPLICIT_CPU_MAX_TOKENS), ("sdpa", 0)):
+        monkeypatch.setattr(attention_module, "EXPLICIT_CPU_MAX_TOKENS", limit)
+        assert attention_module._use_explicit_attention(torch.empty(1, 1, tokens, 8, dtype=torch.bfloat16)) == (
+            name == "explicit"
+        )
+        attn.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attn(xi)
+        out.float().square().mean().backward()
+        results[name] = (out.float(), xi.grad.clone(), attn.qkv.weight.grad.clone())
+    for got, want in zip(results["explicit"], results["sdpa"]):
+        assert (got - want).norm() / want.norm() < 2e-2
+    assert not attention_module._use_explicit_attention(torch.empty(1, 1, 10, 8))  # fp32 keeps SDPA
+    assert not attention_module._use_explicit_attention(torch.empty(1, 1, 2000, 8, dtype=torch.bfloat16))
+
+
 # ---------------------------------------------------------------------- config builder
 def test_build_model_from_config_node():
     omegaconf = pytest.importorskip("omegaconf")
