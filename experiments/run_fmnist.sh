@@ -2,7 +2,7 @@
 # Every row of docs/RESULTS.md, in pairs: the two members of a comparison train at the same time, each
 # pinned to its own core with one thread, so both see the same machine. Needs 2 cores; about 18 minutes
 # per pair at the default 900 s budget (training + calibration / evaluation).
-#   bash experiments/run_fmnist.sh [SECONDS] [OUT_ROOT] [PAIR ...]   (pairs: baselines v1 v2 sweep_a sweep_b sweep_c repeat_b)
+#   bash experiments/run_fmnist.sh [SECONDS] [OUT_ROOT] [PAIR ...]   (pairs: baselines v1 v2 sweep_a sweep_b sweep_c repeat_b demo_v1 demo_sweep)
 # The sweep rows are read against the v1 pair (SimDINO eps 0.5, batch 128; DINO teacher temperature
 # 0.04 -> 0.07 over the first 30% of the run).
 set -euo pipefail
@@ -45,7 +45,13 @@ for p in $PAIRS; do
                       "dino_temp0.04 dino -- --warmup_teacher_temp 0.04 --teacher_temp 0.04 --warmup_teacher_temp_epochs 0" ;;
         # the batch-size comparison again, both members at the same time (seed 1): a clean pair, and a repeat
         repeat_b) pair "simdino_seed1 simdino --seed 1" "simdino_bs32_seed1 simdino --seed 1 -- --batch_size_per_gpu 32" ;;
-        *) echo "unknown pair $p (baselines v1 v2 sweep_a sweep_b sweep_c repeat_b)" >&2; exit 2 ;;
+        # the v1 pair again with the tuned `make demo` recipe (6 blocks, teacher momentum 0.98; SimDINO eps 0.02)
+        demo_v1) pair "simdino_demo simdino -- --depth 6 --eps 0.02 --momentum_teacher 0.98" \
+                      "dino_demo dino -- --depth 6 --momentum_teacher 0.98" ;;
+        # its random-init baseline (6 blocks), and SimDINO with upstream's eps 0.5 in that recipe
+        demo_sweep) pair "random_init_d6 random_init -- --depth 6" \
+                         "simdino_demo_eps0.5 simdino -- --depth 6 --eps 0.5 --momentum_teacher 0.98" ;;
+        *) echo "unknown pair $p (baselines v1 v2 sweep_a sweep_b sweep_c repeat_b demo_v1 demo_sweep)" >&2; exit 2 ;;
     esac
 done
 "$PY" experiments/fmnist.py --table "$ROOT"
