@@ -130,10 +130,10 @@ def destroy() -> None:
 
     - The barrier first: a rank that destroys its gloo group while a peer still has collectives in
       flight can abort the peer at exit.
-    - `gc.collect()` before and after: DDP's reducer (and pending gloo work holding tensors) keeps the
-      backend alive past `destroy_process_group` when the model sits in a reference cycle. Freed only
-      during interpreter finalisation, gloo's worker threads then abort the process ("terminate called
-      without an active exception", SIGABRT after a successful run). Collecting here frees them first."""
+    - `gc.collect()` before and after, so that whatever still holds the backend (a model in a reference
+      cycle, finished work objects holding tensors) is freed now, not during interpreter finalisation,
+      where gloo's worker threads can abort a process that finished its run ("terminate called without
+      an active exception", SIGABRT; seen rarely in CI with 2-process DDP runs)."""
     if is_enabled():
         gc.collect()
         try:

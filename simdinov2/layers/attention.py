@@ -5,11 +5,12 @@ The fused kernel is `torch.nn.functional.scaled_dot_product_attention`. xformers
 required; set `XFORMERS_DISABLED=1` to skip it). `attention_probs` computes the softmax explicitly for
 attention maps (DINO's `get_last_selfattention`).
 
-One exception, measured: on the CPU in bf16/fp16 (autocast), torch's fused SDPA kernel is 5-10x slower
-than the explicit softmax(Q Kᵀ) V for ViT token counts (forward + backward, 10-200 tokens, head dim 64:
-benchmarks/RESULTS.md), and it was 30% of the whole CPU training step. There, sequences of at most
-`EXPLICIT_CPU_MAX_TOKENS` tokens take the explicit path (softmax in fp32); fp32 on the CPU and everything on
-CUDA keep SDPA.
+One exception, measured: on the CPU in bf16/fp16 (autocast), torch's fused SDPA kernel is several times
+slower than the explicit softmax(Q Kᵀ) V at ViT token counts; its backward was 30% of the whole CPU
+training step, and one attention layer (projections included) runs 2.4-2.7x faster with the explicit
+path at 10-50 tokens (benchmarks/attention.py, benchmarks/RESULTS.md §7). There, sequences of at most
+`EXPLICIT_CPU_MAX_TOKENS` tokens take the explicit path (softmax in fp32); fp32 on the CPU and everything
+on CUDA keep SDPA.
 """
 
 from __future__ import annotations

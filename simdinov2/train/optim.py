@@ -150,8 +150,8 @@ def build_optimizer(
     name = name.lower()
     if name == "adamw":
         # Fused (one kernel for the whole update) where every parameter is a plain floating tensor: on
-        # this project's 2-core CPU the optimizer step is 5.6-8.3x faster than foreach
-        # (benchmarks/optim_pieces.py). FSDP2 shards (DTensor) keep the multi-tensor foreach path.
+        # this project's 2-core CPU the optimizer step is ~5x faster than foreach, which on the CPU is a
+        # per-tensor loop (benchmarks/RESULTS.md §3). FSDP2 shards (DTensor) keep the foreach path.
         params = [p for g in groups for p in g["params"]]
         fused = bool(params) and all(_fusable(p) for p in params)
         return torch.optim.AdamW(groups, betas=tuple(betas), **({"fused": True} if fused else {"foreach": True}))
@@ -175,8 +175,8 @@ def clip_gradients(model: nn.Module, clip: float) -> list[float]:
     """DINO's per-parameter clipping: each tensor's gradient norm is capped at `clip`; returns the norms.
 
     Multi-tensor kernels and one host sync instead of one norm, comparison and sync per parameter
-    (3.2-3.6x faster on this CPU, benchmarks/optim_pieces.py); same rule: coefficient
-    clip / (norm + 1e-6), applied only where it is < 1."""
+    (1.1-1.5x faster on this CPU, more under load or on CUDA: benchmarks/RESULTS.md §3); same rule:
+    coefficient clip / (norm + 1e-6), applied only where it is < 1."""
     grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
     if not grads:
         return []
