@@ -67,7 +67,7 @@ RUN_FILES = (
 #   directions in such short runs and k-NN ended below random init; 0.05 was 1.2 points below 0.02, 0.01
 #   level with it; coeff 2 lost 4 points;
 # - teacher momentum 0.98 (0.99 left the teacher 1.4 points behind its student), lr 0.002 (0.004 worse);
-# - bf16 autocast: ~1.45x the fp32 speed on this CPU (avx512_bf16).
+# - bf16 autocast: ~1.9x the fp32 step on this CPU (avx512_bf16; benchmarks/RESULTS.md §1).
 DEMO_RECIPE: dict[str, Any] = {
     "arch": "vit_tiny",
     "depth": 6,
