@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None):
     args = get_args_parser().parse_args(argv)
     try:
         return submit.submit_jobs("simdino.main_dino:main", args, name="simdino")
-    except ValueError as e:
+    except submit.LauncherError as e:
         raise SystemExit(f"run_with_submitit.py: error: {e}") from None
 
 

@@ -1,10 +1,13 @@
 """The one submitit launcher core of both trees (v1 `simdino/run_with_submitit.py`, v2
 `simdinov2/run/{train,eval}/*.py`).
 
-It owns: the launcher flags (`--ngpus --nodes --timeout --partition --use_volta32 --comment --exclude
---cpus_per_task --mem_gb --cluster`), the executor set-up for SLURM / a local machine / in-process
-debugging, the translation of submitit's job environment into torch.distributed's `env://` variables,
-and requeueing: when SLURM (or the local controller) signals a timeout or a preemption, submitit calls
+It owns: the launcher flags (`--ngpus --ntasks_per_node --nodes --timeout --partition --use_volta32
+--comment --exclude --cpus_per_task --mem_gb --cluster`), the choice of where to run (`--cluster auto`:
+SLURM only when a cluster answers `scontrol ping`, this machine otherwise), the executor set-up for
+SLURM (GPU or CPU-only partitions: `--ngpus 0` requests CPUs and tasks only, and the job trains on
+gloo) / a local machine (sized to its GPUs or cores) / in-process debugging, the translation of
+submitit's job environment into torch.distributed's `env://` variables, one-line launcher errors,
+the console summary of where the results are, and requeueing: when SLURM (or the local controller) signals a timeout or a preemption, submitit calls
 `SubmititTask.checkpoint`, which resubmits the same task; the program then resumes from the checkpoint
 it wrote in its output folder (v1: `checkpoint.pth`, v2: its resumable checkpoints).
 
@@ -15,10 +18,14 @@ module imports neither torch nor the programs it launches until the job runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +33,13 @@ from typing import Any
 
 logger = logging.getLogger("simdinov2")
 
-CLUSTERS = ("local", "debug", "slurm")
+CLUSTERS = ("auto", "slurm", "local", "debug")
+# How long `--cluster auto` waits for `scontrol ping` before running on this machine.
+SLURM_PING_TIMEOUT_S = 10
+
+
+class LauncherError(ValueError):
+    """A submission that cannot go ahead (bad flags, sbatch refused the job, a task failed): one line."""
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,7 +58,10 @@ def get_args_parser(
     parser = argparse.ArgumentParser(description=description, parents=list(parents or []), add_help=add_help)
     group = parser.add_argument_group("submitit launcher")
     group.add_argument("--ngpus", "--gpus", "--gpus-per-node", dest="ngpus", default=ngpus, type=int,
-                       help="Processes (GPUs) per node; on a CPU-only machine, CPU processes per node")
+                       help="""GPUs per node, one process each. 0: a CPU job (SLURM: no GPU requested, CPU-only
+        partitions work; training uses gloo)""")
+    group.add_argument("--ntasks_per_node", "--ntasks-per-node", dest="ntasks_per_node", default=None, type=int,
+                       help="Processes per node (default: --ngpus, or 1 when --ngpus is 0)")
     group.add_argument("--nodes", "--nnodes", dest="nodes", default=nodes, type=int, help="Number of nodes to request")
     group.add_argument("--timeout", default=timeout, type=int, help="Duration of the job, in minutes")
     group.add_argument("--partition", default=None, type=str, help="SLURM partition (default: the cluster's default)")
@@ -57,11 +73,11 @@ def get_args_parser(
     group.add_argument("--cpus_per_task", "--cpus-per-task", dest="cpus_per_task", default=10, type=int,
                        help="CPU cores per process (data-loading workers + main thread)")
     group.add_argument("--mem_gb", "--mem-gb", dest="mem_gb", default=None, type=int,
-                       help="Memory per node in GB (default: 40 x ngpus)")
-    group.add_argument("--cluster", default=None, choices=CLUSTERS,
-                       help="""Where to run: slurm (sbatch), local (subprocesses on this machine, requeue works
-        too) or debug (in this process, one task, for debugging). Default: slurm when sbatch is available,
-        else local.""")
+                       help="Memory per node in GB (default: 40 x ngpus; CPU jobs: the cluster's default)")
+    group.add_argument("--cluster", default="auto", choices=CLUSTERS,
+                       help="""Where to run: slurm (sbatch), local (processes on this machine, as many as its
+        GPUs, or its cores / --cpus_per_task, allow; requeue works too), debug (in this process, one task)
+        or auto (default): slurm when `scontrol ping` reaches a SLURM controller, local otherwise.""")
     return parser
 
 
@@ -148,21 +164,151 @@ def _ensure_repo_importable() -> None:
         sys.path.insert(0, str(_REPO_ROOT))
 
 
-def _which_cluster(requested: str | None) -> str:
-    if requested:
-        return requested
-    import shutil
+def detect_cluster() -> tuple[str, str]:
+    """("slurm" or "local", why): SLURM only when `sbatch` exists and a controller answers `scontrol ping`
+    within `SLURM_PING_TIMEOUT_S` (an installed but unconfigured SLURM says "Could not establish a
+    configuration source" and must not be used)."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return "local", "no SLURM commands (sbatch) on this machine"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=SLURM_PING_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return "local", f"no SLURM controller answered `scontrol ping` within {SLURM_PING_TIMEOUT_S} s"
+    except OSError as e:
+        return "local", f"`scontrol ping` failed ({e})"
+    if ping.returncode == 0 and " UP" in ping.stdout:
+        return "slurm", ping.stdout.strip().splitlines()[0]
+    return "local", f"no SLURM cluster answers ({_last_line(ping.stderr or ping.stdout) or 'scontrol ping failed'})"
 
-    return "slurm" if shutil.which("sbatch") else "local"
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _which_cluster(requested: str | None) -> str:
+    if requested and requested != "auto":
+        return requested
+    cluster, why = detect_cluster()
+    hint = "--cluster local to skip this check" if cluster == "slurm" else "--cluster slurm to insist"
+    _say(f"--cluster auto: {why}: running {'on SLURM' if cluster == 'slurm' else 'on this machine'} ({hint})")
+    return cluster
+
+
+def _say(message: str) -> None:
+    """A launcher message for the person at the console (and the log)."""
+    logger.info(message)
+    print(message, flush=True)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _local_tasks(requested: int, ngpus: int, cpus_per_task: int) -> tuple[int, int, str]:
+    """(processes, GPUs, description) of a local run sized to this machine: one process per GPU when it has
+    GPUs and the run asks for them, else as many processes of `cpus_per_task` cores as its cores hold."""
+    gpus = _cuda_device_count() if ngpus > 0 else 0
+    if gpus > 0:
+        tasks = min(requested, gpus)
+        return tasks, tasks, f"{gpus} GPU(s)"
+    cores = _usable_cores()
+    per_task = max(1, min(cpus_per_task, cores))
+    tasks = max(1, min(requested, cores // per_task))
+    return tasks, 0, f"{cores} CPU core(s), --cpus_per_task {cpus_per_task}"
 
 
 def _cuda_device_count() -> int:
     try:
-        import torch
+        import torch  # only when sizing a local run: the launcher itself does not need torch
 
         return torch.cuda.device_count()
     except Exception:  # pragma: no cover - torch import failure
         return 0
+
+
+def _check_flags(args: argparse.Namespace, cluster: str) -> int:
+    """Validate the launcher flags; return the processes per node asked for."""
+    if cluster not in CLUSTERS:
+        raise LauncherError(f"--cluster must be one of {', '.join(CLUSTERS)} (got {cluster!r})")
+    if args.nodes < 1 or args.ngpus < 0:
+        raise LauncherError(f"--nodes must be >= 1 and --ngpus >= 0 (got {args.nodes} and {args.ngpus})")
+    tasks = getattr(args, "ntasks_per_node", None)
+    tasks = tasks if tasks is not None else max(args.ngpus, 1)
+    if tasks < 1:
+        raise LauncherError(f"--ntasks_per_node must be >= 1 (got {tasks})")
+    if args.ngpus > 0 and tasks != args.ngpus:
+        raise LauncherError(
+            f"one process per GPU: --ntasks_per_node {tasks} differs from --ngpus {args.ngpus} "
+            "(use --ngpus 0 for a CPU job with several processes)"
+        )
+    if cluster == "local" and args.nodes > 1:
+        raise LauncherError(f"--cluster local runs on this machine only: use --nodes 1 (got {args.nodes})")
+    return tasks
+
+
+def _slurm_parameters(args: argparse.Namespace, tasks_per_node: int) -> dict[str, Any]:
+    parameters: dict[str, Any] = dict(nodes=args.nodes, tasks_per_node=tasks_per_node)
+    if args.ngpus > 0:
+        parameters["gpus_per_node"] = args.ngpus
+    # CPU jobs (--ngpus 0) request no generic resource at all: CPU-only partitions refuse any gres.
+    mem_gb = args.mem_gb if args.mem_gb is not None else (40 * args.ngpus or None)
+    if mem_gb is not None:
+        parameters["mem_gb"] = mem_gb
+    # SIGUSR2 2 minutes before the time limit, so the job can be requeued and resume in time.
+    parameters["slurm_signal_delay_s"] = 120
+    if args.partition:
+        parameters["slurm_partition"] = args.partition
+    if args.use_volta32:
+        parameters["slurm_constraint"] = "volta32gb"
+    if args.comment:
+        parameters["slurm_comment"] = args.comment
+    if args.exclude:
+        parameters["slurm_exclude"] = args.exclude
+    return parameters
+
+
+def _submission_error(error: Exception, cluster: str, args: argparse.Namespace) -> LauncherError:
+    """One line from a failed submission (sbatch's own last line, with the likely fix)."""
+    line = _last_line(getattr(error, "stderr", None) or str(error)) or type(error).__name__
+    if cluster != "slurm":
+        return LauncherError(f"could not start the job on this machine: {line}")
+    hint = "--cluster local runs on this machine"
+    if "gres" in line.lower() or "generic resource" in line.lower():
+        hint = f"does partition {args.partition or '(default)'} have GPUs? --ngpus 0 submits a CPU job"
+    elif "configuration" in line.lower() or "unable to contact" in line.lower():
+        hint = "is SLURM configured here? --cluster local runs on this machine"
+    elif "node configuration is not available" in line.lower():
+        hint = "ask for fewer --cpus_per_task / --mem_gb / --ntasks_per_node, or another --partition"
+    return LauncherError(f"sbatch refused the job: {line} ({hint})")
+
+
+def _failed_task_error(job: Any) -> LauncherError:
+    """One line from a task that ended with an exception; its traceback stays in the job's log."""
+    message = str(job.exception() or "")
+    # submitit's message: a header, the task's traceback between dashed rules, then where the logs are.
+    parts = message.split("----------------------")
+    reason = _last_line(parts[1] if len(parts) > 2 else message) or "unknown error"
+    return LauncherError(f"job {job.job_id} failed: {reason} (full log: {job.paths.stderr})")
+
+
+def summarize_outputs(output_dir: str | os.PathLike) -> list[str]:
+    """Console lines saying where the results of a finished run are: the last record of each results /
+    metrics file the programs of both trees write (`results_eval_*.json`, `log.txt`,
+    `training_metrics.json`), else the folder."""
+    folder = Path(output_dir)
+    lines = [f"Results in {folder}"]
+    candidates = sorted(folder.glob("results*.json")) + [folder / "log.txt", folder / "training_metrics.json"]
+    for path in candidates:
+        if path.is_file():
+            with open(path, errors="replace") as f:
+                last = _last_line(f.read())
+            if last:
+                lines.append(f"  {path.name} (last record): {last[:400]}")
+    return lines
 
 
 def submit_jobs(entry: str, args: argparse.Namespace, name: str, wait: bool | None = None) -> Any:
@@ -170,66 +316,64 @@ def submit_jobs(entry: str, args: argparse.Namespace, name: str, wait: bool | No
 
     `args.output_dir` (may contain `%j`) is the job folder (submitit logs) and the program's output
     folder; empty means `get_shared_folder()/%j`. Local and debug jobs are waited for (`wait=None`) and
-    their result returned by `job.result()`; SLURM jobs return right after submission.
+    the results summarized on the console; SLURM jobs return right after submission with the commands to
+    follow them. Raises `LauncherError` (one line) for bad flags, a refused submission or a failed task.
     """
     import submitit
 
     cluster = _which_cluster(getattr(args, "cluster", None))
-    if cluster not in CLUSTERS:
-        raise ValueError(f"--cluster must be one of {', '.join(CLUSTERS)} (got {cluster!r})")
-    if args.nodes < 1 or args.ngpus < 1:
-        raise ValueError(f"--nodes and --ngpus must be >= 1 (got {args.nodes} and {args.ngpus})")
-    if cluster == "local" and args.nodes > 1:
-        raise ValueError(f"--cluster local runs on this machine only: use --nodes 1 (got {args.nodes})")
-    if cluster == "debug" and args.nodes * args.ngpus > 1:
-        logger.warning("--cluster debug runs one task in this process: ignoring --nodes/--ngpus")
-        print("--cluster debug runs one task in this process: ignoring --nodes/--ngpus")
+    tasks_per_node = _check_flags(args, cluster)
+    if cluster == "debug" and args.nodes * tasks_per_node > 1:
+        _say("--cluster debug runs one task in this process: ignoring --nodes/--ngpus/--ntasks_per_node")
 
     _ensure_repo_importable()
     if not getattr(args, "output_dir", None) or str(args.output_dir) == ".":
         args.output_dir = str(get_shared_folder() / "%j")
     args.output_dir = str(Path(args.output_dir).expanduser().absolute())
-    Path(args.output_dir.split("%j")[0]).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(args.output_dir.split("%j")[0]).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LauncherError(f"cannot create the output folder {args.output_dir}: {e.strerror or e}") from None
 
     executor = submitit.AutoExecutor(folder=args.output_dir, cluster=cluster, slurm_max_num_timeout=30)
-    tasks_per_node = 1 if cluster == "debug" else args.ngpus
-    parameters: dict[str, Any] = dict(
-        name=name,
-        timeout_min=args.timeout,
-        nodes=1 if cluster == "debug" else args.nodes,
-        tasks_per_node=tasks_per_node,
-        cpus_per_task=args.cpus_per_task,
-        mem_gb=args.mem_gb if args.mem_gb is not None else 40 * args.ngpus,
-    )
+    parameters: dict[str, Any] = dict(name=name, timeout_min=args.timeout, cpus_per_task=args.cpus_per_task)
     if cluster == "slurm":
-        parameters["gpus_per_node"] = args.ngpus
-        # SIGUSR2 2 minutes before the time limit, so the job can be requeued and resume in time.
-        parameters["slurm_signal_delay_s"] = 120
-        if args.partition:
-            parameters["slurm_partition"] = args.partition
-        if args.use_volta32:
-            parameters["slurm_constraint"] = "volta32gb"
-        if args.comment:
-            parameters["slurm_comment"] = args.comment
-        if args.exclude:
-            parameters["slurm_exclude"] = args.exclude
+        parameters.update(_slurm_parameters(args, tasks_per_node))
     elif cluster == "local":
-        # Give the local processes GPUs only when this machine has them (CPU runs use gloo).
-        parameters["gpus_per_node"] = min(args.ngpus, _cuda_device_count())
+        tasks, gpus, machine = _local_tasks(tasks_per_node, args.ngpus, args.cpus_per_task)
+        if tasks != tasks_per_node:
+            _say(f"local run sized to this machine ({machine}): {tasks} process(es) instead of {tasks_per_node}")
+        parameters.update(tasks_per_node=tasks, gpus_per_node=gpus)
+    else:
+        parameters.update(nodes=1, tasks_per_node=1)
     executor.update_parameters(**parameters)
 
     # The rendezvous port of local jobs is picked now (free on this machine); SLURM jobs derive it from
     # the job id, which is stable across requeues.
     master_port = _free_port() if cluster == "local" else None
     task = SubmititTask(entry, args, master_port=master_port)
-    job = executor.submit(task)
-    logger.info("Submitted job_id: %s", job.job_id)
-    print(f"Submitted job_id: {job.job_id}")
-    print(f"Logs and checkpoints will be saved at: {args.output_dir.replace('%j', str(job.job_id))}")
+    sbatch_stderr = io.StringIO()  # submitit echoes sbatch's stderr; the one line below replaces it
+    try:
+        with contextlib.redirect_stderr(sbatch_stderr):
+            job = executor.submit(task)
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
+        raise _submission_error(e, cluster, args) from None
+    output_dir = args.output_dir.replace("%j", str(job.job_id))
+    if cluster == "slurm":
+        _say(f"Submitted SLURM job {job.job_id} ({args.nodes} node(s) x {tasks_per_node} task(s), "
+             f"{args.ngpus} GPU(s) per node); follow it with: squeue -j {job.job_id}; tail -f {job.paths.stdout}")
+        _say(f"Logs, checkpoints and results will be in {output_dir}")
+    else:
+        _say(f"Started job {job.job_id} on this machine; logs: {job.paths.stdout}")
     if wait is None:
         wait = cluster in ("local", "debug")
     if wait:
-        job.results()  # raises if a task failed (its log tail is in the message)
+        try:
+            job.results()
+        except submitit.core.utils.UncompletedJobError:
+            raise _failed_task_error(job) from None
+        for line in summarize_outputs(output_dir):
+            _say(line)
     return job
 
 
@@ -256,8 +400,18 @@ def launch(
         raise SystemExit(f"{name}: error: --config-file {config_file} does not exist")
     try:
         return submit_jobs(f"{program}:main", args, name=name)
-    except ValueError as e:
+    except LauncherError as e:
         raise SystemExit(f"{name}: error: {e}") from None
 
 
-__all__ = ["CLUSTERS", "SubmititTask", "get_args_parser", "get_shared_folder", "launch", "submit_jobs"]
+__all__ = [
+    "CLUSTERS",
+    "LauncherError",
+    "SubmititTask",
+    "detect_cluster",
+    "get_args_parser",
+    "get_shared_folder",
+    "launch",
+    "submit_jobs",
+    "summarize_outputs",
+]

@@ -42,6 +42,17 @@ PROGRAM = textwrap.dedent(
         return out
 
 
+    def failing(args):
+        raise ValueError("the dataset folder /nowhere does not exist")
+
+
+    def evaluate(args):
+        """Write a results file as the eval programs do."""
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "results_eval_knn.json").write_text(json.dumps({"top1": 61.5}) + "\\n")
+        return 0
+
+
     def preemptible(args):
         """First run: announce the pid, then wait to be preempted. Requeued run: finish."""
         folder = Path(args.output_dir)
@@ -80,7 +91,7 @@ def test_flags_both_spellings_and_defaults():
     args = submit.get_args_parser().parse_args([])
     assert (args.ngpus, args.nodes, args.timeout, args.cpus_per_task) == (8, 1, 2800, 10)
     assert args.partition is None and not args.use_volta32 and args.comment == "" and args.exclude == ""
-    assert args.cluster is None and args.mem_gb is None
+    assert args.cluster == "auto" and args.mem_gb is None and args.ntasks_per_node is None
     dino = ["--use_volta32", "--cpus_per_task", "4", "--mem_gb", "64"]
     dinov2 = ["--use-volta32", "--cpus-per-task", "4", "--mem-gb", "64"]
     for argv in (dino, dinov2):
@@ -121,7 +132,13 @@ def test_checkpoint_requeues_the_same_task():
 
 def test_user_errors_are_one_line(tmp_path):
     args = launcher_args(tmp_path, "--cluster", "local", "--nodes", "2")
-    with pytest.raises(ValueError, match="use --nodes 1"):
+    with pytest.raises(submit.LauncherError, match="use --nodes 1"):
+        submit.submit_jobs("json:dumps", args, name="test")
+    args = launcher_args(tmp_path, "--cluster", "local", "--ngpus", "-1")
+    with pytest.raises(submit.LauncherError, match="--ngpus >= 0"):
+        submit.submit_jobs("json:dumps", args, name="test")
+    args = launcher_args(tmp_path, "--cluster", "local", "--ngpus", "2", "--ntasks_per_node", "3")
+    with pytest.raises(submit.LauncherError, match="one process per GPU"):
         submit.submit_jobs("json:dumps", args, name="test")
     with pytest.raises(SystemExit) as exc:
         submit.launch("simdinov2.eval.knn", "k-NN", "simdinov2:knn", ["--cluster", "debug"],
@@ -136,7 +153,8 @@ def test_user_errors_are_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_local_cluster_gives_each_task_a_torch_distributed_environment(program, tmp_path):
-    args = launcher_args(tmp_path / "%j", "--cluster", "local", "--ngpus", "2", "--timeout", "5", "--collective")
+    args = launcher_args(tmp_path / "%j", "--cluster", "local", "--ngpus", "0", "--ntasks_per_node", "2",
+                         "--cpus_per_task", "1", "--timeout", "5", "--collective")  # fmt: skip
     job = submit.submit_jobs(f"{program}:record", args, name="test")
     results = job.results()
     assert sorted(r["rank"] for r in results) == ["0", "1"]
@@ -147,7 +165,7 @@ def test_local_cluster_gives_each_task_a_torch_distributed_environment(program, 
 @pytest.mark.slow
 def test_local_job_is_requeued_after_preemption_and_resumes(program, tmp_path):
     out = tmp_path / "preempt"
-    args = launcher_args(out, "--cluster", "local", "--ngpus", "1", "--timeout", "5")
+    args = launcher_args(out, "--cluster", "local", "--ngpus", "1", "--cpus_per_task", "1", "--timeout", "5")
     job = submit.submit_jobs(f"{program}:preemptible", args, name="test", wait=False)
     deadline = time.time() + 120
     while not (out / "pid").exists():
@@ -201,3 +219,118 @@ def test_v2_eval_launcher_passes_parsed_args_to_the_program(tmp_path, monkeypatc
     assert seen["config_file"] == str(config) and seen["nb_knn"] == [10, 20]
     assert "%j" not in seen["output_dir"] and "DEBUG" in seen["output_dir"]
     assert json.dumps(seen["nb_knn"]) == "[10, 20]"
+
+
+# ------------------------------------------------------------------------------ choosing where to run
+def _fake_command(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    """A folder first on PATH where a test writes fake `sbatch` / `scontrol` commands."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", os.pathsep.join([str(folder), os.environ["PATH"]]))
+    return folder
+
+
+def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_slurm, program, tmp_path, capsys):
+    """The newcomer's case: `sbatch` exists, SLURM is not configured."""
+    _fake_command(fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1")
+    _fake_command(fake_slurm, "scontrol", "echo 'scontrol: error: fetch_config: DNS SRV lookup failed' >&2\n"
+                  "echo 'scontrol: fatal: Could not establish a configuration source' >&2; exit 1")  # fmt: skip
+    assert submit.detect_cluster() == (
+        "local", "no SLURM cluster answers (scontrol: fatal: Could not establish a configuration source)"
+    )
+    args = launcher_args(tmp_path / "%j", "--cpus_per_task", "1")
+    assert args.cluster == "auto"
+    submit.submit_jobs(f"{program}:evaluate", args, name="test")
+    out = capsys.readouterr().out
+    assert "--cluster auto: no SLURM cluster answers" in out and "running on this machine" in out
+    assert "results_eval_knn.json (last record): {\"top1\": 61.5}" in out  # the results, not only a job id
+
+
+def test_auto_detection_without_sbatch_and_with_a_live_controller(fake_slurm, monkeypatch):
+    monkeypatch.setenv("PATH", str(fake_slurm))  # no sbatch anywhere
+    assert submit.detect_cluster()[0] == "local"
+    _fake_command(fake_slurm, "sbatch", "exit 0")
+    _fake_command(fake_slurm, "scontrol", "echo 'Slurmctld(primary) at node1 is UP'")
+    assert submit.detect_cluster() == ("slurm", "Slurmctld(primary) at node1 is UP")
+    _fake_command(fake_slurm, "scontrol", "exec /bin/sleep 5")
+    monkeypatch.setattr(submit, "SLURM_PING_TIMEOUT_S", 0.5)
+    cluster, why = submit.detect_cluster()
+    assert cluster == "local" and "within 0.5 s" in why
+
+
+def _sbatch_recorder(folder: Path, record: Path) -> None:
+    """A fake sbatch that keeps the batch script it was given and accepts it."""
+    _fake_command(folder, "sbatch", f'cp "$1" {record}; echo "Submitted batch job 4242"')
+
+
+def test_cpu_job_requests_cpus_and_tasks_but_no_gpu(fake_slurm, tmp_path, capsys):
+    script = tmp_path / "script.sh"
+    _sbatch_recorder(fake_slurm, script)
+    args = launcher_args(tmp_path / "%j", "--cluster", "slurm", "--ngpus", "0", "--ntasks_per_node", "3",
+                         "--cpus_per_task", "2", "--partition", "cpu")  # fmt: skip
+    job = submit.submit_jobs("json:dumps", args, name="test")
+    assert job.job_id == "4242"
+    sbatch = script.read_text()
+    assert "gpu" not in sbatch and "gres" not in sbatch
+    assert "#SBATCH --ntasks-per-node=3" in sbatch and "#SBATCH --cpus-per-task=2" in sbatch
+    assert "#SBATCH --partition=cpu" in sbatch and "--mem" not in sbatch  # the cluster's default memory
+    out = capsys.readouterr().out
+    assert "Submitted SLURM job 4242" in out and "squeue -j 4242" in out and str(tmp_path / "4242") in out
+
+    args = launcher_args(tmp_path / "%j", "--cluster", "slurm", "--ngpus", "2")
+    submit.submit_jobs("json:dumps", args, name="test")
+    sbatch = script.read_text()
+    assert "#SBATCH --gpus-per-node=2" in sbatch and "#SBATCH --ntasks-per-node=2" in sbatch
+    assert "#SBATCH --mem=80GB" in sbatch
+
+
+def test_refused_submission_is_one_line_with_the_fix(fake_slurm, tmp_path, capsys):
+    _fake_command(fake_slurm, "sbatch", "echo 'sbatch: error: Batch job submission failed: Invalid generic "
+                  "resource (gres) specification' >&2; exit 1")  # fmt: skip
+    args = launcher_args(tmp_path / "%j", "--cluster", "slurm", "--ngpus", "8")
+    with pytest.raises(submit.LauncherError) as exc:
+        submit.submit_jobs("json:dumps", args, name="test")
+    message = str(exc.value)
+    assert "\n" not in message and "Invalid generic resource (gres) specification" in message
+    assert "--ngpus 0 submits a CPU job" in message
+    assert capsys.readouterr().err == ""  # submitit's echo of sbatch's stderr is replaced by that line
+
+    _fake_command(fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1")
+    with pytest.raises(SystemExit) as exit_info:
+        submit.launch("simdinov2.eval.knn", "k-NN", "simdinov2:knn",
+                      ["--config-file", str(Path(submit.__file__).parent.parent / "configs" / "simdino_config.yaml"),
+                       "--pretrained-weights", "w", "--output-dir", str(tmp_path / "%j"), "--cluster", "slurm"])  # fmt: skip
+    assert exit_info.value.code == (
+        "simdinov2:knn: error: sbatch refused the job: sbatch: fatal: Could not establish a configuration source "
+        "(is SLURM configured here? --cluster local runs on this machine)"
+    )
+
+
+def test_local_runs_are_sized_to_the_machine(monkeypatch):
+    monkeypatch.setattr(submit, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(submit, "_cuda_device_count", lambda: 0)
+    assert submit._local_tasks(8, 8, 10)[:2] == (1, 0)  # not 8 processes on 2 cores
+    assert submit._local_tasks(8, 8, 1)[:2] == (2, 0)
+    assert submit._local_tasks(1, 0, 1)[:2] == (1, 0)
+    monkeypatch.setattr(submit, "_cuda_device_count", lambda: 4)
+    assert submit._local_tasks(8, 8, 10)[:2] == (4, 4)  # one process per GPU present
+    assert submit._local_tasks(2, 0, 1)[:2] == (2, 0)  # --ngpus 0: a CPU run even on a GPU machine
+
+
+@pytest.mark.slow
+def test_failed_local_task_is_one_line_naming_its_log(program, tmp_path, capsys):
+    args = launcher_args(tmp_path / "%j", "--cluster", "local", "--ngpus", "0", "--timeout", "5")
+    with pytest.raises(submit.LauncherError) as exc:
+        submit.submit_jobs(f"{program}:failing", args, name="test")
+    message = str(exc.value)
+    assert "\n" not in message
+    assert "failed: ValueError: the dataset folder /nowhere does not exist (full log: " in message
+    log = Path(message.split("(full log: ")[1].rstrip(")"))
+    assert "Traceback" in log.read_text()  # the traceback is kept, in the log
