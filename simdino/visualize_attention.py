@@ -28,6 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from simdinov2.data.datasets import load_rgb_image  # noqa: E402
 from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit  # noqa: E402
 
 logger = logging.getLogger("simdinov2")
@@ -76,11 +77,7 @@ def load_image(image_path: str | None) -> Image.Image:
     path = Path(image_path)
     if not path.is_file():
         raise FileNotFoundError(f"--image_path {image_path} is not a file")
-    try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except OSError as e:
-        raise ValueError(f"cannot read image {image_path} ({e})") from e
+    return load_rgb_image(path)  # 16-bit images scaled to 8 bit; a bad file is one ValueError line
 
 
 def preprocess(image: Image.Image, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:

@@ -28,6 +28,8 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from .datasets.image_folder import to_rgb
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
@@ -71,7 +73,7 @@ class ToRGB:
             img = Image.fromarray(img)
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL image, numpy array or tensor, got {type(img).__name__}")
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return to_rgb(img)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

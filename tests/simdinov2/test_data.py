@@ -285,6 +285,45 @@ def test_imagefolder_bad_inputs(tmp_path: Path) -> None:
         ds[0]
 
 
+def _write_16bit_gradient(path: Path) -> np.ndarray:
+    """A real 16-bit grayscale PNG (PIL from a uint16 array) spanning the whole 0..65535 range."""
+    levels = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(levels).save(path)
+    assert Image.open(path).mode == "I;16"  # what Pillow makes of it (convert("RGB") would clip it)
+    return levels
+
+
+def test_16bit_png_is_scaled_to_8bit_not_saturated(tmp_path: Path) -> None:
+    levels = _write_16bit_gradient(tmp_path / "root" / "a" / "deep.png")
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(tmp_path / "root" / "a" / "rgb.png")
+    dataset = ImageFolderDataset(tmp_path / "root")
+    image = dataset.get_image(0)
+    assert image.mode == "RGB"
+    pixels = np.asarray(image)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all()
+    expected = np.floor(levels.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(pixels[..., 0], expected)
+    assert (pixels == 255).mean() < 0.01  # clipping made about 99.6% of this gradient 255
+    assert np.unique(pixels).size == 256  # every 8-bit level is used
+    np.testing.assert_array_equal(np.asarray(dataset.get_image(1)), 7)  # 8-bit images unchanged
+
+
+def test_16bit_images_through_the_augmentation_and_deeper_images_refused(tmp_path: Path) -> None:
+    from simdinov2.data.augmentations import ToRGB
+    from simdinov2.data.datasets import UnreadableImageError, load_rgb_image
+
+    levels = _write_16bit_gradient(tmp_path / "deep.png")
+    pixels = np.asarray(ToRGB()(Image.open(tmp_path / "deep.png")))
+    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and pixels[32, 0, 0] == round(levels[32, 0] / 257)
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "int32.tif")
+    with pytest.raises(UnreadableImageError, match=r"int32.tif is a 32-bit integer image with values in \[70000, 70000\]"):
+        load_rgb_image(tmp_path / "int32.tif")
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(UnreadableImageError, match="float.tif is a floating-point image"):
+        load_rgb_image(tmp_path / "float.tif")
+
+
 def test_dataset_strings(
     tiny_imagefolder: Path, tiny_idx_root: Path, mini_imagenet: Path, tmp_path: Path
 ) -> None:

@@ -8,7 +8,7 @@ from .fashion_mnist import (
     parse_idx,
     read_idx,
 )
-from .image_folder import IMG_EXTENSIONS, ImageFolderDataset, UnreadableImageError, load_rgb_image
+from .image_folder import IMG_EXTENSIONS, ImageFolderDataset, UnreadableImageError, load_rgb_image, to_rgb
 from .image_net import ImageNet, ImageNet22k, read_labels
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "parse_idx",
     "read_idx",
     "read_labels",
+    "to_rgb",
 ]

@@ -2,7 +2,8 @@
 
 `ImageFolderDataset` is what `ImageFolder:root=R` builds and what the v1 scripts read from
 `--data_path`: classes are the sorted sub-folder names of `root`, images are found recursively
-below each class folder (extensions in `IMG_EXTENSIONS`, any case). Images load as RGB.
+below each class folder (extensions in `IMG_EXTENSIONS`, any case). Images load as 8-bit RGB;
+16-bit grayscale files (PNG, TIFF) are scaled to 8 bit (`to_rgb`), never clipped.
 
 Policy for bad input:
 - missing root -> FileNotFoundError; no class folders or no images -> ValueError, one line.
@@ -28,23 +29,53 @@ logger = logging.getLogger("simdinov2")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+# Pillow's single-channel integer modes deeper than 8 bits (16-bit grayscale PNG / TIFF open as "I;16",
+# some as "I"). Pillow's convert("RGB") clips them at 255 instead of scaling: a 16-bit PNG would lose
+# every level above 255/65535 of its range, silently.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+UINT16_MAX = 65535
+
+
 class UnreadableImageError(ValueError):
-    """An image file exists but PIL cannot decode it."""
+    """An image file exists but PIL cannot decode it (or holds values no 8-bit RGB image can show)."""
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """An 8-bit RGB version of a PIL image: 16-bit grayscale is scaled (65535 -> 255, rounded), other
+    modes go through Pillow's conversion. Floating-point and > 16-bit images are refused (one line):
+    their range is unknown, and guessing it would change the data without a word."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        levels = np.asarray(image).astype(np.int64)
+        if levels.size and (levels.min() < 0 or levels.max() > UINT16_MAX):
+            raise UnreadableImageError(
+                f"{name} is a 32-bit integer image with values in [{levels.min()}, {levels.max()}], outside "
+                "16 bit; convert it to an 8- or 16-bit image"
+            )
+        eight_bit = ((levels * 255 + UINT16_MAX // 2) // UINT16_MAX).astype(np.uint8)
+        return Image.fromarray(eight_bit).convert("RGB")
+    if image.mode == "F":
+        raise UnreadableImageError(
+            f"{name} is a floating-point image (unknown value range); convert it to an 8- or 16-bit image"
+        )
+    return image.convert("RGB")
 
 
 def load_rgb_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as a fully decoded RGB PIL image; a clear error names a bad file."""
+    """Open an image file as a fully decoded 8-bit RGB PIL image (`to_rgb`); a clear error names a bad
+    file."""
     try:
         with open(path, "rb") as f:
             image = Image.open(f)
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"image file {path} does not exist (was the dataset moved?)") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(
             f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace this file"
         ) from e
+    return to_rgb(image, name=f"image {path}")
 
 
 def is_image_file(name: str) -> bool:
