@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class Run:
     name: str
     job_id: str
     output_dir: Path
-    progress: callable
+    progress: Callable[[], int]
     requeue_at: int
     requeued_at_progress: int | None = None
     states: list[str] = field(default_factory=list)
