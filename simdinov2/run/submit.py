@@ -321,7 +321,11 @@ def submit_jobs(entry: str, args: argparse.Namespace, name: str, wait: bool | No
     """
     import submitit
 
-    cluster = _which_cluster(getattr(args, "cluster", None))
+    requested = getattr(args, "cluster", None)
+    cluster = _which_cluster(requested)
+    if cluster == "local" and requested in (None, "auto") and args.nodes > 1:
+        _say(f"one machine: 1 node instead of --nodes {args.nodes}")
+        args.nodes = 1
     tasks_per_node = _check_flags(args, cluster)
     if cluster == "debug" and args.nodes * tasks_per_node > 1:
         _say("--cluster debug runs one task in this process: ignoring --nodes/--ngpus/--ntasks_per_node")

@@ -245,11 +245,12 @@ def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_s
     assert submit.detect_cluster() == (
         "local", "no SLURM cluster answers (scontrol: fatal: Could not establish a configuration source)"
     )
-    args = launcher_args(tmp_path / "%j", "--cpus_per_task", "1")
+    args = launcher_args(tmp_path / "%j", "--cpus_per_task", "1", "--nodes", "2")  # v1's default is 2 nodes
     assert args.cluster == "auto"
     submit.submit_jobs(f"{program}:evaluate", args, name="test")
     out = capsys.readouterr().out
     assert "--cluster auto: no SLURM cluster answers" in out and "running on this machine" in out
+    assert "1 node instead of --nodes 2" in out
     assert "results_eval_knn.json (last record): {\"top1\": 61.5}" in out  # the results, not only a job id
 
 
