@@ -52,6 +52,7 @@ class SlurmCluster:
         self.munge_socket = self.root / "munge" / "munge.socket.2"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.processes: dict[str, subprocess.Popen] = {}
+        self._exported = False
         self._saved_slurm_conf: str | None = None
 
     # ------------------------------------------------------------------------------------ set-up
@@ -136,6 +137,7 @@ class SlurmCluster:
         self._wait(self._node_idle, timeout, "slurmd did not register an idle node")
         self._saved_slurm_conf = os.environ.get("SLURM_CONF")
         os.environ["SLURM_CONF"] = str(self.conf)
+        self._exported = True
 
     def _ok(self, argv: list[str]) -> bool:
         try:
@@ -198,10 +200,12 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
-        if self._saved_slurm_conf is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = self._saved_slurm_conf
+        if self._exported:
+            if self._saved_slurm_conf is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = self._saved_slurm_conf
+            self._exported = False
 
     def running(self) -> list[str]:
         """Names of the daemons still alive."""
