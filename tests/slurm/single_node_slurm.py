@@ -3,7 +3,8 @@
 folder, started in the foreground so that each daemon is ours by PID and stopped by PID.
 
 Client commands (`sbatch`, `squeue`, `scontrol`, submitit) find this cluster through `SLURM_CONF`,
-which `SlurmCluster.env` holds and `start()` exports to this process.
+which `SlurmCluster.env` holds: pass it to the processes that should see the cluster. It is not exported
+to the test process, so other tests' `--cluster auto` never finds this cluster.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ class SlurmCluster:
         self.munge_socket = self.root / "munge" / "munge.socket.2"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.processes: dict[str, subprocess.Popen] = {}
-        self._exported = False
-        self._saved_slurm_conf: str | None = None
 
     # ------------------------------------------------------------------------------------ set-up
     def _write_munge_key(self) -> Path:
@@ -135,9 +134,7 @@ class SlurmCluster:
         self._wait(lambda: self._ok(["scontrol", "ping"]), timeout, "slurmctld does not answer")
         self._spawn("slurmd", [_program("slurmd"), "-D", "-N", self.hostname, "-f", str(self.conf)])
         self._wait(self._node_idle, timeout, "slurmd did not register an idle node")
-        self._saved_slurm_conf = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = str(self.conf)
-        self._exported = True
+
 
     def _ok(self, argv: list[str]) -> bool:
         try:
@@ -200,12 +197,6 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
-        if self._exported:
-            if self._saved_slurm_conf is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = self._saved_slurm_conf
-            self._exported = False
 
     def running(self) -> list[str]:
         """Names of the daemons still alive."""
