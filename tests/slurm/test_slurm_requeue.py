@@ -5,6 +5,7 @@ checkpoints with contiguous logs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from single_node_slurm import SlurmCluster
+from single_node_slurm import APT_PACKAGES, SlurmCluster, missing_programs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 V1_EPOCHS = 4
@@ -140,3 +141,25 @@ def test_both_launchers_requeued_mid_run_resume_with_contiguous_logs(slurm_clust
     assert len(resumed_at) == 1 and resumed_at[0] >= runs[1].requeue_at, console[-3000:]
     assert _v2_iterations_logged(v2_out) == list(range(V2_EPOCHS * V2_EPOCH_LEN))
     print(f"slurm requeue test: {time.monotonic() - started:.0f} s; states {[r.states for r in runs]}")
+
+
+@pytest.mark.slurm
+def test_installed_but_unconfigured_slurm_is_not_used(tmp_path):
+    """The newcomer's machine: Debian's SLURM installed, no configuration. `--cluster auto` runs locally and
+    quotes SLURM's own complaint, in one line, without waiting."""
+    if missing_programs():
+        pytest.skip(f"SLURM is not installed: as root, apt-get install {APT_PACKAGES}")
+    if Path("/etc/slurm/slurm.conf").exists():
+        pytest.skip("this machine has a SLURM configuration (/etc/slurm/slurm.conf)")
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    env["PATH"] = os.pathsep.join([env.get("PATH", ""), "/usr/sbin"])
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", "import json; from simdinov2.run.submit import detect_cluster; print(json.dumps(detect_cluster()))"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cluster, why = json.loads(result.stdout)
+    assert cluster == "local" and why.startswith("no SLURM cluster answers (scontrol: fatal: "), why
+    assert "\n" not in why
+    assert time.monotonic() - started < 30
