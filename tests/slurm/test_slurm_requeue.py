@@ -55,6 +55,7 @@ class Run:
     output_dir: Path
     progress: Callable[[], int]
     requeue_at: int
+    total: int
     requeued_at_progress: int | None = None
     states: list[str] = field(default_factory=list)
 
@@ -102,8 +103,9 @@ def test_both_launchers_requeued_mid_run_resume_with_contiguous_logs(slurm_clust
         REPO_ROOT, slurm_cluster,
     )  # fmt: skip
     runs = [
-        Run("v1", v1_id, v1_out, lambda: len(_v1_epochs_logged(v1_out)), requeue_at=1),
-        Run("v2", v2_id, v2_out, lambda: len(_v2_iterations_logged(v2_out)), requeue_at=2),
+        Run("v1", v1_id, v1_out, lambda: len(_v1_epochs_logged(v1_out)), requeue_at=1, total=V1_EPOCHS),
+        Run("v2", v2_id, v2_out, lambda: len(_v2_iterations_logged(v2_out)), requeue_at=2,
+            total=V2_EPOCHS * V2_EPOCH_LEN),
     ]
 
     # Requeue each job once it has checkpointed some progress, then let it finish.
@@ -127,6 +129,7 @@ def test_both_launchers_requeued_mid_run_resume_with_contiguous_logs(slurm_clust
     for run in runs:
         assert run.states[-1] == "COMPLETED", f"{run.states}\n{_log_tail(run)}"
         assert run.requeued_at_progress is not None, f"{run.name} finished before it could be requeued"
+        assert run.requeued_at_progress < run.total, f"{run.name} was requeued after its last unit: not mid-run"
         show = slurm_cluster.run(["scontrol", "show", "job", "-o", run.job_id])
         assert "Restarts=1" in show, show
         assert "DUE TO JOB REQUEUE" in "".join(p.read_text() for p in run.output_dir.glob("*_log.*"))
