@@ -10,7 +10,7 @@ included). `training_metrics.json` gives the share of that time spent waiting fo
 step alone can be told apart from an input-bound run. Once the last timed line is seen the run is
 stopped (its process group gets SIGTERM): no end-of-epoch checkpoint is waited for.
 
-Peak memory is sampled every 50 ms through NVML on CUDA (device memory in use minus what was in use
+Peak memory is sampled every 50 ms through NVML (or `nvidia-smi`) on CUDA (device memory in use minus what was in use
 before the launch: the CUDA context plus everything PyTorch's caching allocator reserved, i.e. what
 decides whether a batch fits), and is the peak resident set size of the run's processes on the CPU.
 
@@ -25,7 +25,6 @@ import json
 import os
 import queue
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -36,6 +35,9 @@ from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from benchmarks.augment import write_jpegs
 from benchmarks.common import REPO_ROOT, write_json
@@ -104,7 +106,9 @@ class TrainerRun:
 
 def validate(run: TrainerRun) -> None:
     if run.trainer not in ("v1", "v2") or run.method not in ("simdino", "dino"):
-        raise SystemExit(f"--trainer must be v1|v2 and --method simdino|dino (got {run.trainer} {run.method})")
+        raise SystemExit(
+            f"--trainer must be v1|v2 and --method simdino|dino (got {run.trainer} {run.method})"
+        )
     if run.iters < 1 or run.warmup < 0 or run.batch < 1:
         raise SystemExit("--iters and --batch must be >= 1, --warmup >= 0")
     if run.trainer == "v1" and run.warmup % V1_LOG_EVERY:
@@ -126,11 +130,21 @@ def image_folder(scratch: Path, pool: list[Path], count: int) -> Path:
 
 
 def jpeg_pool(scratch: Path, size: int, n: int = 48) -> list[Path]:
+    """`n` distinct size-px JPEGs: cut from scikit-image's sample photographs (as benchmarks/augment.py),
+    or smooth random colour fields where those are unavailable."""
     folder = scratch / f"jpegs_{size}"
     if not folder.is_dir():
         tmp = scratch / f"jpegs_{size}.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        write_jpegs(tmp, n, size=size)
+        try:
+            write_jpegs(tmp, n, size=size)
+        except (ImportError, OSError, ValueError):
+            rng = np.random.default_rng(0)
+            for i in range(n):
+                coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(
+                    tmp / f"img_{i:04d}.jpg", quality=90
+                )
         tmp.rename(folder)
     return sorted(p.resolve() for p in folder.glob("*.jpg"))
 
@@ -170,25 +184,42 @@ def dataset_size(run: TrainerRun) -> int:
 
 
 # ------------------------------------------------------------------------------------------- memory
-class GpuMemorySampler:
-    """Peak of NVML's device memory in use while the run lasts, minus what was in use before it."""
-
-    def __init__(self, index: int = 0, period: float = 0.05) -> None:
-        import pynvml  # nvidia-ml-py: installed with PyTorch's CUDA wheels' environments
+def _nvml_reader() -> tuple[Any, float]:
+    """(a function returning the MiB in use on GPU 0, that GPU's total MiB): NVML, else `nvidia-smi`."""
+    try:
+        import pynvml  # nvidia-ml-py, beside PyTorch's CUDA builds
 
         pynvml.nvmlInit()
-        self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        self.total_mib = pynvml.nvmlDeviceGetMemoryInfo(self._handle).total / 2**20
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        return (lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20), (
+            pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20
+        )
+    except Exception as exc:  # no bindings (ImportError) or no library / driver (pynvml's own NVMLError)
+        nvml_error = f"{type(exc).__name__}: {exc}"
+    query = ["nvidia-smi", "--id=0", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"]
+
+    def read() -> list[float]:
+        try:
+            out = subprocess.run(query, capture_output=True, text=True, check=True).stdout
+            return [float(v) for v in out.split(",")]
+        except (OSError, subprocess.CalledProcessError, ValueError) as err:
+            raise SystemExit(f"cannot read GPU memory (NVML: {nvml_error}; nvidia-smi: {err})") from None
+
+    return (lambda: read()[0]), read()[1]
+
+
+class GpuMemorySampler:
+    """Peak of the device memory in use while the run lasts (sampled every `period` s), minus what was
+    in use before it."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        self.used_mib, self.total_mib = _nvml_reader()
         self.baseline_mib = self.used_mib()
         self.peak_mib = self.baseline_mib
         self._period = period
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
-
-    def used_mib(self) -> float:
-        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -202,10 +233,7 @@ class GpuMemorySampler:
 
 
 def gpu_capacity_mib() -> float:
-    import pynvml
-
-    pynvml.nvmlInit()
-    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total / 2**20
+    return _nvml_reader()[1]
 
 
 # ------------------------------------------------------------------------------------------- launch
@@ -340,7 +368,9 @@ def launch(run: TrainerRun, scratch: Path, timeout: float, log: Path | None = No
 def _same_config(run: TrainerRun, row: dict[str, Any]) -> bool:
     """Whether `row` (a `launch` result) measured `run`'s configuration, whatever its batch and timing."""
     timing = ("batch", "warmup", "iters")
-    return row.get("status") == "ok" and all(row.get(k) == v for k, v in asdict(run).items() if k not in timing)
+    return row.get("status") == "ok" and all(
+        row.get(k) == v for k, v in asdict(run).items() if k not in timing
+    )
 
 
 def fit(
@@ -424,8 +454,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--timed", action="store_true", help="fit: time the confirming run like `run`")
     p.add_argument("--reuse", default=None,
                    help="fit: JSON of an earlier `run` of the same configuration at a probe batch (skips that probe)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds for everything this command launches")
-    p.add_argument("--scratch", default=None, help="folder for the dataset and run outputs (default: a temp dir)")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds for everything this command launches"
+    )
+    p.add_argument(
+        "--scratch", default=None, help="folder for the dataset and run outputs (default: a temp dir)"
+    )
     p.add_argument("--log", default=None, help="append every launched command and its output here")
     p.add_argument("--json", default=None)
     return p
@@ -433,7 +467,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
-    overrides = [] if args.gradient_checkpointing is None else [f"{GC_KEY}={str(args.gradient_checkpointing).lower()}"]
+    overrides = (
+        []
+        if args.gradient_checkpointing is None
+        else [f"{GC_KEY}={str(args.gradient_checkpointing).lower()}"]
+    )
     if overrides and args.trainer != "v2":
         raise SystemExit("--gradient-checkpointing is a v2 option (student.gradient_checkpointing)")
     run = TrainerRun(
@@ -449,7 +487,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             capacity = args.capacity_mib or (gpu_capacity_mib() if args.device == "cuda" else 0.0)
             if capacity <= 0:
                 raise SystemExit("fit on the CPU needs --capacity-mib (the memory to fill)")
-            known = json.loads(Path(args.reuse).read_text()) if args.reuse and Path(args.reuse).is_file() else None
+            known = (
+                json.loads(Path(args.reuse).read_text())
+                if args.reuse and Path(args.reuse).is_file()
+                else None
+            )
             result = fit(run, Path(tmp), args.timeout, tuple(args.probe_batches), capacity, args.max_batch,
                          args.timed, log, known)  # fmt: skip
     shown = {k: v for k, v in result.items() if k not in ("tail", "runs", "confirm", "command")}

@@ -21,7 +21,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import current_rss_mb, machine_info, peak_rss_mb, resolve_device, synchronize, write_json
+from benchmarks.common import (
+    current_rss_mb,
+    machine_info,
+    peak_rss_mb,
+    resolve_device,
+    synchronize,
+    write_json,
+)
 from simdinov2.eval.knn import knn_classify
 
 SLICE = 131072  # rows generated at a time

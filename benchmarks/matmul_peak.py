@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
 from benchmarks.common import DTYPES, machine_info, measure_matmul_peak, resolve_device, write_json
 
 

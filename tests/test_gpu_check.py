@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_fit_predicts_from_two_probes_and_steps_down_when_it_does_not_fit(monkey
     assert result["status"] == "ok" and result["largest_batch"] == 136
     # an earlier run of the same configuration at a probe batch replaces that probe
     launched.clear()
-    known = {**gpu_trainers.asdict(gpu_trainers.replace(run, batch=64)), "status": "ok", "peak_mem_mib": 4200.0}
+    known = {**asdict(replace(run, batch=64)), "status": "ok", "peak_mem_mib": 4200.0}
     gpu_trainers.fit(run, tmp_path, 60, (32, 64), capacity, 4096, timed=False, known=known)
     assert launched[:1] == [32] and 64 not in launched
 
