@@ -1,20 +1,21 @@
 """The GPU readiness check: every step of `benchmarks/gpu_check.sh`, each in its own process under its
 own time cap, inside one overall budget (8 minutes on one H100/H200), then one summary table.
 
-Steps (each a command of its own, so one failure or hang costs at most its cap):
- 1. the `gpu`-marked tests (`pytest -m gpu`);
- 2. the card's bf16 matmul peak (`benchmarks.matmul_peak`), the denominator of every MFU below;
- 3. v1 SimDINO ViT-B/16, 2x224 + 10x96 crops, batch 64, fp16 autocast + grad scaler, `--compile true`
+Steps (each a command of its own, so one failure or hang costs at most its cap), in this order, the
+most needed first: what the budget leaves out is reported as skipped and can be rerun with `--only`:
+ 1. the card's bf16 matmul peak (`benchmarks.matmul_peak`), the denominator of every MFU below;
+ 2. v1 SimDINO ViT-B/16, 2x224 + 10x96 crops, batch 64, fp16 autocast + grad scaler, `--compile true`
     (`benchmarks.gpu_trainers run`, i.e. `simdino/main_dino.py` on a synthetic ImageFolder), 30 timed
     iterations after 10 warm-up ones;
- 4. the data loader's side: 12-crop images/s per worker on 224-px JPEGs on this machine's CPU
+ 3. the data loader's side: 12-crop images/s per worker on 224-px JPEGs on this machine's CPU
     (`benchmarks.augment`), hence the loader workers per GPU the measured step needs;
- 5. k-NN of 50k queries against a 1.28M x 768 bank (`benchmarks.knn_scale`);
- 6. v2 SimDINOv2 ViT-L/16 (`simdino_config.yaml`: bf16 student backbone), batch 64, through torchrun
+ 4. k-NN of 50k queries against a 1.28M x 768 bank (`benchmarks.knn_scale`);
+ 5. v2 SimDINOv2 ViT-L/16 (`simdino_config.yaml`: bf16 student backbone), batch 64, through torchrun
     on one rank with `train.sharding=fsdp`;
+ 6. the largest SimDINOv2 batch that fits, timed at that batch, then the same with
+    `student.gradient_checkpointing=true` (`benchmarks.gpu_trainers fit`);
  7. the v1 DINO and v2 DINOv2 baselines at the same shapes;
- 8. the largest SimDINOv2 batch that fits, timed at that batch, then with
-    `student.gradient_checkpointing=true` (`benchmarks.gpu_trainers fit`).
+ 8. the `gpu`-marked tests (`pytest -m gpu -v`; outcomes counted even when stopped at the cap).
 MFU is the training step's model FLOPs (`benchmarks.flops`, counted analytically) times the step's
 images/s (loader waits taken out), over the measured matmul peak.
 
@@ -30,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +54,7 @@ ANCHORS = {
     "SimDINO ViT-B/16, 100 epochs": {"days_on_8_gpus": 1.5},
     "SimDINOv2 ViT-L/16, 100 epochs": {"days_on_8_gpus": 1.0},
 }
+PYTEST_OUTCOME = re.compile(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", re.MULTILINE)
 MAX_LOADER_WORKERS_PER_GPU = 10  # about what an 8-GPU node's CPU cores allow
 GPU_BUDGET_S = 465.0  # 7:45 for the steps: with the wheels and the summary, under 8 minutes
 DRY_BUDGET_S = 1800.0
@@ -73,7 +76,9 @@ class Step:
     name: str
     what: str
     cap_s: float
-    argv: Callable[[Path, float], list[str]]  # (json path, cap in s) -> command line; the result goes to the path
+    argv: Callable[
+        [Path, float], list[str]
+    ]  # (json path, cap in s) -> command line; the result goes to the path
     skip: str = ""  # non-empty: not run, this is why
 
 
@@ -98,7 +103,18 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
                   "--global-size", "224", "--local-size", "96", "--local-crops", "10"]  # fmt: skip
         v1 = common + ["--arch", "vit_base", "--patch-size", "16", "--batch", "64", "--warmup", "10", "--iters", "30",
                        "--compile", "true"]  # fmt: skip
-        v2 = common + ["--arch", "vit_large", "--patch-size", "16", "--batch", "64", "--warmup", "5", "--iters", "30"]
+        v2 = common + [
+            "--arch",
+            "vit_large",
+            "--patch-size",
+            "16",
+            "--batch",
+            "64",
+            "--warmup",
+            "5",
+            "--iters",
+            "30",
+        ]
         fit = ["--probe-batches", "32", "64"]
         peak = ["--device", "cuda", "--sizes", "8192", "16384", "--min-time", "1"]
         knn = ["--device", "cuda"]
@@ -107,29 +123,31 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
 
     def trainer(mode: str, args: list[str]) -> Callable[[Path, float], list[str]]:
         # the trainer launcher stops its own runs a little before the step's cap
-        return lambda out, cap: py + [trainers, mode, *args, "--timeout", str(max(cap - 10, 5)), "--json", str(out)]
+        return lambda out, cap: (
+            py + [trainers, mode, *args, "--timeout", str(max(cap - 10, 5)), "--json", str(out)]
+        )
 
     # the batch-64 SimDINOv2 run is also the largest-batch search's second probe
     reuse = ["--reuse", str(scratch / "v2_simdinov2.json")]
 
+    # Ordered by what a short lease most needs; the budget skips what does not fit (rerun those with --only).
     steps = [
-        Step("gpu_tests", "pytest -m gpu", 75, lambda out, cap: py + ["pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-             f"--junitxml={out.with_suffix('.xml')}", "tests"],
-             skip="dry run: no CUDA (the gpu tests skip themselves)" if dry else ""),  # fmt: skip
         Step("matmul_peak", "bf16 matmul peak", 30, lambda out, cap: py + ["benchmarks.matmul_peak", *peak, "--json", str(out)]),
-        Step("v1_simdino", "v1 SimDINO ViT-B/16 fp16 compiled", 150,
+        Step("v1_simdino", "v1 SimDINO ViT-B/16 fp16 compiled", 200,
              trainer("run", v1 + ["--trainer", "v1", "--method", "simdino"])),
         Step("augment", "12-crop augmentation per loader worker", 40,
              lambda out, cap: py + ["benchmarks.augment", *augment, "--json", str(out)]),
         Step("knn", "k-NN 50k x 1.28M x 768", 60, lambda out, cap: py + ["benchmarks.knn_scale", *knn, "--json", str(out)]),
         Step("v2_simdinov2", "v2 SimDINOv2 ViT-L/16 bf16 FSDP2", 75,
              trainer("run", v2 + ["--trainer", "v2", "--method", "simdino"])),
-        Step("v1_dino", "v1 DINO ViT-B/16 fp16 compiled", 110, trainer("run", v1 + ["--trainer", "v1", "--method", "dino"])),
-        Step("v2_dinov2", "v2 DINOv2 ViT-L/16 bf16 FSDP2", 75, trainer("run", v2 + ["--trainer", "v2", "--method", "dino"])),
         Step("v2_largest_batch", "v2 SimDINOv2 largest batch, timed", 120,
              trainer("fit", v2 + fit + reuse + ["--trainer", "v2", "--method", "simdino", "--timed"])),
         Step("v2_largest_batch_gc", "v2 SimDINOv2 largest batch, gradient checkpointing", 90,
              trainer("fit", v2 + fit + ["--trainer", "v2", "--method", "simdino", "--gradient-checkpointing", "true"])),
+        Step("v1_dino", "v1 DINO ViT-B/16 fp16 compiled", 120, trainer("run", v1 + ["--trainer", "v1", "--method", "dino"])),
+        Step("v2_dinov2", "v2 DINOv2 ViT-L/16 bf16 FSDP2", 75, trainer("run", v2 + ["--trainer", "v2", "--method", "dino"])),
+        Step("gpu_tests", "pytest -m gpu", 120, lambda out, cap: py + ["pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "tests"],
+             skip="dry run: no CUDA (the gpu tests skip themselves)" if dry else ""),
     ]  # fmt: skip
     if dry:  # a 2-core CPU shared with other work: generous caps, the dry run only has to finish
         for step in steps:
@@ -140,21 +158,27 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
 def run_step(step: Step, cap: float, scratch: Path, log: Path) -> dict[str, Any]:
     """Run one step under `cap` seconds (its whole process group is killed at the cap)."""
     out = scratch / f"{step.name}.json"
+    output = scratch / f"{step.name}.out"
     cmd = step.argv(out, cap)
     start = time.perf_counter()
-    with open(log, "a") as f:
-        f.write(f"\n===== {step.name}: {' '.join(cmd)}  (cap {cap:.0f} s)\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(output, "w") as f:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code = proc.wait(timeout=cap)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             code = None
-        elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    printed = output.read_text(errors="replace")
+    with open(log, "a") as f:
+        f.write(f"\n===== {step.name}: {' '.join(cmd)}  (cap {cap:.0f} s)\n{printed}")
         f.write(f"===== {step.name}: exit {code} after {elapsed:.1f} s\n")
     result: dict[str, Any] = {"exit": code, "seconds": elapsed, "command": " ".join(cmd)}
+    if step.name == "gpu_tests":  # counted from pytest -v lines, so a run stopped at its cap still counts
+        result["data"] = pytest_outcomes(printed)
     if code is None:
         result["status"] = f"timeout after {cap:.0f} s"
     elif out.is_file():
@@ -162,22 +186,23 @@ def run_step(step: Step, cap: float, scratch: Path, log: Path) -> dict[str, Any]
         result["status"] = result["data"].get("status", "ok") if code == 0 else f"exit {code}"
     elif step.name == "gpu_tests":
         result["status"] = "ok" if code == 0 else f"exit {code}"
-        result["data"] = _junit_counts(out.with_suffix(".xml"))
     else:
         result["status"] = f"exit {code}, no result"
     return result
 
 
-def _junit_counts(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    import xml.etree.ElementTree as ET  # noqa: PLC0415 - only this step's result needs it
-
-    root = ET.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    if suite is None:
-        return {}
-    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+def pytest_outcomes(printed: str) -> dict[str, Any]:
+    """Outcome counts (and the failed tests) from `pytest -v` output lines `path::test OUTCOME`."""
+    counts: dict[str, Any] = {}
+    failed = []
+    for match in PYTEST_OUTCOME.finditer(printed):
+        test, outcome = match.groups()
+        counts[outcome.lower()] = counts.get(outcome.lower(), 0) + 1
+        if outcome in ("FAILED", "ERROR"):
+            failed.append(test)
+    if failed:
+        counts["failed tests"] = " ".join(failed)
+    return counts
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -185,7 +210,9 @@ def _gib(mib: Any) -> float | None:
     return mib / 1024.0 if isinstance(mib, (int, float)) and math.isfinite(mib) else None
 
 
-def _trainer_row(step: Step, res: dict[str, Any], peak_tflops: float | None, row: dict[str, Any]) -> dict[str, Any]:
+def _trainer_row(
+    step: Step, res: dict[str, Any], peak_tflops: float | None, row: dict[str, Any]
+) -> dict[str, Any]:
     data = res.get("data") or {}
     run = data.get("confirm", data)  # fit: the confirming run at the largest batch
     status = res["status"] if res["status"] != "ok" else data.get("status", "ok")
@@ -228,7 +255,9 @@ def summarize(steps: list[Step], results: dict[str, dict[str, Any]], dry: bool) 
         if step.name.startswith(("v1_", "v2_")) and res["status"] != "skipped":
             _trainer_row(step, res, peak, row)
         elif step.name == "matmul_peak" and data:
-            row["notes"] = f"{data['peak_tflops']:.4g} TFLOP/s {data['dtype']} ({data['machine'].get('gpu', 'cpu')})"
+            row["notes"] = (
+                f"{data['peak_tflops']:.4g} TFLOP/s {data['dtype']} ({data['machine'].get('gpu', 'cpu')})"
+            )
         elif step.name == "gpu_tests" and data:
             row["notes"] = ", ".join(f"{k} {v}" for k, v in data.items())
         elif step.name == "knn" and data:
@@ -236,7 +265,11 @@ def summarize(steps: list[Step], results: dict[str, dict[str, Any]], dry: bool) 
             row["notes"] = (f"{data['queries']} x {data['bank']} x {data['dim']}: {data['knn_s']:.2f} s, "
                             f"features {data['features_mib'] / 1024:.2f} GiB + {data['peak_extra_mib']:.0f} MiB extra")  # fmt: skip
         elif step.name == "augment" and data:
-            jpeg = [r for r in data.get("rows", []) if r["data"] == "224px JPEG" and r["method"].startswith("ours")]
+            jpeg = [
+                r
+                for r in data.get("rows", [])
+                if r["data"] == "224px JPEG" and r["method"].startswith("ours")
+            ]
             if jpeg:
                 row["img/s"] = jpeg[0]["img/s"]
                 row["notes"] = "images/s of one single-threaded worker, 2x224 + 10x96 crops"
@@ -244,7 +277,14 @@ def summarize(steps: list[Step], results: dict[str, dict[str, Any]], dry: bool) 
             row["notes"] = res["skip"]
         rows.append(row)
     goals = _goals(rows, peak, dry)
-    return {"dry_run": dry, "peak_tflops": peak, "peak_dtype": peak_data.get("dtype"), "rows": rows, "goals": goals, "anchors": ANCHORS}
+    return {
+        "dry_run": dry,
+        "peak_tflops": peak,
+        "peak_dtype": peak_data.get("dtype"),
+        "rows": rows,
+        "goals": goals,
+        "anchors": ANCHORS,
+    }
 
 
 def _goals(rows: list[dict[str, Any]], peak: float | None, dry: bool) -> dict[str, Any]:
@@ -270,7 +310,9 @@ def _goals(rows: list[dict[str, Any]], peak: float | None, dry: bool) -> dict[st
         goals["loader_img_s_per_worker"] = worker
         goals["workers_per_gpu_for_12h_goal"] = needed / worker
         goals["workers_per_gpu_at_45pct_mfu"] = (
-            GOAL_MFU_PCT / 100 * peak * 1e3 / v1["GFLOP/img"] / worker if peak and v1.get("GFLOP/img") else None
+            GOAL_MFU_PCT / 100 * peak * 1e3 / v1["GFLOP/img"] / worker
+            if peak and v1.get("GFLOP/img")
+            else None
         )
         if isinstance(v1.get("step img/s"), float):
             goals["workers_per_gpu_for_measured_v1_step"] = v1["step img/s"] / worker
@@ -282,7 +324,18 @@ def _goals(rows: list[dict[str, Any]], peak: float | None, dry: bool) -> dict[st
 
 def render(summary: dict[str, Any]) -> str:
     g = summary["goals"]
-    columns = ["step", "status", "batch", "img/s", "step img/s", "GFLOP/img", "MFU %", "peak mem GiB", "seconds", "notes"]
+    columns = [
+        "step",
+        "status",
+        "batch",
+        "img/s",
+        "step img/s",
+        "GFLOP/img",
+        "MFU %",
+        "peak mem GiB",
+        "seconds",
+        "notes",
+    ]
     lines = [
         "# GPU check" + (" (DRY RUN: CPU, tiny shapes; the numbers say nothing about a GPU)" if summary["dry_run"] else ""),
         "",
@@ -327,8 +380,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for summary.md, summary.json, log.txt, trainers.log")
     p.add_argument("--dry-run", action="store_true", help="the same steps on the CPU with tiny shapes")
-    p.add_argument("--budget", type=float, default=None,
-                   help=f"seconds for all steps together (default {GPU_BUDGET_S:.0f}; dry run {DRY_BUDGET_S:.0f})")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help=f"seconds for all steps together (default {GPU_BUDGET_S:.0f}; dry run {DRY_BUDGET_S:.0f})",
+    )
     p.add_argument("--only", nargs="+", default=None, help="run only these steps (names as in the table)")
     return p
 
@@ -348,7 +405,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = build_steps(args.dry_run, trainer_log, Path(tmp))
         names = {s.name for s in steps}
         if args.only and not set(args.only) <= names:
-            raise SystemExit(f"--only: unknown step(s) {sorted(set(args.only) - names)}; steps: {', '.join(sorted(names))}")
+            raise SystemExit(
+                f"--only: unknown step(s) {sorted(set(args.only) - names)}; steps: {', '.join(sorted(names))}"
+            )
         for step in steps:
             left = deadline - time.perf_counter()
             if args.only and step.name not in args.only:

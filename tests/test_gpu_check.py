@@ -126,3 +126,14 @@ def test_dry_run_writes_every_row(tmp_path):
     for name in expected:
         assert f"| {name}" in text
     assert (out / "log.txt").stat().st_size > 0 and (out / "trainers.log").stat().st_size > 0
+
+
+def test_pytest_outcomes_are_counted_from_verbose_lines():
+    printed = (
+        "tests/a.py::test_one PASSED                [ 33%]\n"
+        "tests/b.py::test_two[x] FAILED             [ 66%]\n"
+        "tests/b.py::test_three SKIPPED (needs X)   [100%]\n"
+        "FAILED tests/b.py::test_two[x] - AssertionError\n"
+    )
+    outcomes = gpu_check.pytest_outcomes(printed)
+    assert outcomes == {"passed": 1, "failed": 1, "skipped": 1, "failed tests": "tests/b.py::test_two[x]"}
