@@ -94,8 +94,9 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
                   "--workers", "0", "--fp32", "--log", str(log)]  # fmt: skip
         v1, v2 = common + ["--compile", "true"], common
         fit = ["--probe-batches", "2", "4", "--max-batch", "8", "--capacity-mib", "4096"]
+        fit_gc = fit
         # the dry-run trainers compute in fp32 (bf16 GEMMs of tiny shapes are slow on CPUs): an fp32 peak
-        peak = ["--device", "cpu", "--dtype", "fp32", "--sizes", "256", "--min-time", "0"]
+        peak = ["--device", "cpu", "--dtype", "fp32", "--sizes", "512", "--min-time", "0.2"]
         knn = ["--device", "cpu", "--bank", "5000", "--queries", "500", "--classes", "100"]
         augment = ["--quick", "--ours-only"]
     else:
@@ -116,6 +117,9 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
             "30",
         ]
         fit = ["--probe-batches", "32", "64"]
+        # with recomputation an image costs little memory: probes further apart for the slope; a batch of
+        # 1024 already takes one loader worker about 15 s to fill (a worker builds a whole batch)
+        fit_gc = ["--probe-batches", "64", "128", "--max-batch", "1024"]
         peak = ["--device", "cuda", "--sizes", "8192", "16384", "--min-time", "1"]
         knn = ["--device", "cuda"]
         augment = ["--images", "60", "--min-time", "3", "--jpegs", "32", "--ours-only"]
@@ -142,8 +146,8 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
              trainer("run", v2 + ["--trainer", "v2", "--method", "simdino"])),
         Step("v2_largest_batch", "v2 SimDINOv2 largest batch, timed", 120,
              trainer("fit", v2 + fit + reuse + ["--trainer", "v2", "--method", "simdino", "--timed"])),
-        Step("v2_largest_batch_gc", "v2 SimDINOv2 largest batch, gradient checkpointing", 90,
-             trainer("fit", v2 + fit + ["--trainer", "v2", "--method", "simdino", "--gradient-checkpointing", "true"])),
+        Step("v2_largest_batch_gc", "v2 SimDINOv2 largest batch, gradient checkpointing", 100,
+             trainer("fit", v2 + fit_gc + ["--trainer", "v2", "--method", "simdino", "--gradient-checkpointing", "true"])),
         Step("v1_dino", "v1 DINO ViT-B/16 fp16 compiled", 120, trainer("run", v1 + ["--trainer", "v1", "--method", "dino"])),
         Step("v2_dinov2", "v2 DINOv2 ViT-L/16 bf16 FSDP2", 75, trainer("run", v2 + ["--trainer", "v2", "--method", "dino"])),
         Step("gpu_tests", "pytest -m gpu", 120, lambda out, cap: py + ["pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "tests"],
@@ -222,7 +226,7 @@ def _trainer_row(
     if isinstance(step_img_s, float) and math.isfinite(step_img_s) and peak_tflops:
         mfu = 100.0 * step_img_s * run["gflop_per_img"] / (peak_tflops * 1e3)
     notes = []
-    if "largest_batch" in data:
+    if data.get("largest_batch") is not None:
         notes.append(f"largest batch {data['largest_batch']} (predicted {data.get('predicted_batch')}, "
                      f"{data.get('mib_per_image', float('nan')):.0f} MiB/img)")  # fmt: skip
     if run.get("data_wait_pct") is not None:
