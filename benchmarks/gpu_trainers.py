@@ -297,6 +297,8 @@ def launch(run: TrainerRun, scratch: Path, timeout: float, log: Path | None = No
     data = image_folder(scratch, pool, dataset_size(run))
     output = Path(tempfile.mkdtemp(prefix="run_", dir=scratch))
     cmd = trainer_command(run, data, output)
+    # unbuffered: progress lines are timed as they arrive. One intra-op thread unless told otherwise: on a
+    # GPU the trainer's CPU work is small, and loader workers and inductor's compile pool need the cores.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     sampler = GpuMemorySampler() if run.device == "cuda" else None
