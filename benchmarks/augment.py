@@ -67,7 +67,7 @@ def write_jpegs(folder: Path, n: int, size: int = 224, seed: int = 0) -> list[Pa
 
 
 def build_transforms(
-    global_size: int, local_size: int, n_local: int
+    global_size: int, local_size: int, n_local: int, ours_only: bool = False
 ) -> dict[str, Callable[[Any], Any] | str]:
     """Ours and (when importable) lightly's multi-crop transform at the same settings."""
     from simdinov2.data.augmentations import DataAugmentationDINO
@@ -82,6 +82,9 @@ def build_transforms(
             flat=True,
         )
     }
+    if ours_only:
+        out[PEER] = "not measured (--ours-only)"
+        return out
     try:
         from lightly.transforms import DINOTransform
     except Exception as exc:
@@ -129,6 +132,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jpegs", type=int, default=64, help="distinct JPEG files written and cycled through")
     p.add_argument("--quick", action="store_true", help="smoke setting: 10 images, no minimum time")
+    p.add_argument("--ours-only", action="store_true", help="only our transform on the 224-px JPEGs (no peer, no Fashion-MNIST)")
     p.add_argument("--json", default=None)
     return p
 
@@ -146,17 +150,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     skipped: dict[str, str] = {}
 
     # Real Fashion-MNIST through our dataset class (PIL "L" 28x28 images).
-    try:
-        from simdinov2.data import FashionMNIST
+    suites = []
+    if args.ours_only:
+        skipped["Fashion-MNIST"] = "not measured (--ours-only)"
+    else:
+        try:
+            from simdinov2.data import FashionMNIST
 
-        kwargs = {"root": args.fmnist_root} if args.fmnist_root else {}
-        fmnist = FashionMNIST("TRAIN", **kwargs)
-        n_fmnist = len(fmnist)
-        suites = [("Fashion-MNIST 28px", lambda i: fmnist.get_image(i % n_fmnist), 28, 12, args.fmnist_local)]
-    except (FileNotFoundError, ImportError) as exc:
-        skipped["Fashion-MNIST"] = str(exc)
-        print(f"  skipping Fashion-MNIST: {exc}")
-        suites = []
+            kwargs = {"root": args.fmnist_root} if args.fmnist_root else {}
+            fmnist = FashionMNIST("TRAIN", **kwargs)
+            n_fmnist = len(fmnist)
+            suites = [("Fashion-MNIST 28px", lambda i: fmnist.get_image(i % n_fmnist), 28, 12, args.fmnist_local)]
+        except (FileNotFoundError, ImportError) as exc:
+            skipped["Fashion-MNIST"] = str(exc)
+            print(f"  skipping Fashion-MNIST: {exc}")
 
     with tempfile.TemporaryDirectory(prefix="augment_bench_") as tmp:
         paths = write_jpegs(Path(tmp), args.jpegs)
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         )
         for suite, load, gsize, lsize, n_local in suites:
-            transforms = build_transforms(gsize, lsize, n_local)
+            transforms = build_transforms(gsize, lsize, n_local, args.ours_only)
             results = {}
             for name, transform in transforms.items():
                 if isinstance(transform, str):
