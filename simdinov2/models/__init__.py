@@ -1,7 +1,7 @@
 """Backbone construction for both trees: `build_vit` (v1 scripts, hubconf) and `build_model` (v2 config).
 
-The ViT itself lives in `vision_transformer.py`; this module only turns an arch name or a config node
-into models.
+The ViT and the arch table (`ARCH_SPECS`) live in `vision_transformer.py`; this module only turns an
+arch name or a config node into models.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from .vision_transformer import (
+    ARCH_SPECS,
     ARCHS,
     FFN_LAYERS,
+    ArchSpec,
     DinoVisionTransformer,
     remap_block_keys,
     vit_base,
+    vit_from_arch,
     vit_giant2,
     vit_large,
     vit_small,
@@ -106,13 +109,16 @@ def build_model_from_cfg(cfg: Any, only_teacher: bool = False):
 
 __all__ = [
     "ARCHS",
+    "ARCH_SPECS",
     "FFN_LAYERS",
+    "ArchSpec",
     "DinoVisionTransformer",
     "build_model",
     "build_model_from_cfg",
     "build_vit",
     "remap_block_keys",
     "vit_base",
+    "vit_from_arch",
     "vit_giant2",
     "vit_large",
     "vit_small",

@@ -1,8 +1,10 @@
 """The Vision Transformer used by both trees (DINO v1 scripts and the DINOv2-style package).
 
 Owns: `DinoVisionTransformer` (registers, LayerScale, SwiGLU, block chunks, iBOT mask token,
-position-embedding interpolation for any crop size, multi-crop list input), the arch functions
-`vit_tiny/small/base/large/giant2` with `ARCHS`, and `remap_block_keys` (flat <-> chunked block names).
+position-embedding interpolation for any crop size, multi-crop list input), the arch table
+`ARCH_SPECS` (name -> width, depth, heads, mlp ratio, FFN) with its builders `vit_from_arch`,
+`vit_tiny/small/base/large/giant2` and `ARCHS` (name -> builder), and `remap_block_keys` (flat <->
+chunked block names).
 
 Parameter names follow DINO/DINOv2 exactly (`cls_token`, `pos_embed`, `register_tokens`, `mask_token`,
 `patch_embed.proj`, `blocks.{i}` or `blocks.{chunk}.{i}`, `norm`) so their checkpoints load strict=True.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -339,38 +342,69 @@ class DinoVisionTransformer(nn.Module):
         return last.attn.attention_probs(last.norm1(x))
 
 
-# ---------------------------------------------------------------------- arch functions
-def vit_tiny(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
-    """ViT-Ti: width 192, 12 blocks, 3 heads (DINO v1 / DeiT-Ti)."""
-    kwargs = {"embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4, **kwargs}  # overridable
+# ---------------------------------------------------------------------- the arch table
+@dataclass(frozen=True)
+class ArchSpec:
+    """What an arch name fixes: width, depth, heads, FFN width ratio and FFN type."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    ffn_layer: str = "mlp"
+
+    def vit_kwargs(self) -> dict[str, Any]:
+        """These fields as `DinoVisionTransformer` keyword arguments."""
+        return asdict(self)
+
+
+# The one table of architectures: the builders below and the checkpoint loader both read it.
+ARCH_SPECS: dict[str, ArchSpec] = {
+    "vit_tiny": ArchSpec(embed_dim=192, depth=12, num_heads=3),  # DINO v1 / DeiT-Ti
+    "vit_small": ArchSpec(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": ArchSpec(embed_dim=768, depth=12, num_heads=12),  # ~86M parameters
+    "vit_large": ArchSpec(embed_dim=1024, depth=24, num_heads=16),  # ~304M parameters
+    # DINOv2's ViT-g/2: head dim 64, SwiGLU FFN unless told otherwise
+    "vit_giant2": ArchSpec(embed_dim=1536, depth=40, num_heads=24, ffn_layer="swiglufused"),
+}
+
+
+def vit_from_arch(
+    arch: str, patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any
+) -> DinoVisionTransformer:
+    """`DinoVisionTransformer` with the `ARCH_SPECS[arch]` dimensions; `kwargs` override any of them."""
+    if arch not in ARCH_SPECS:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCH_SPECS)}")
+    kwargs = {**ARCH_SPECS[arch].vit_kwargs(), **kwargs}
     return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
+
+
+def vit_tiny(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
+    """ViT-Ti: width 192, 12 blocks, 3 heads."""
+    return vit_from_arch("vit_tiny", patch_size, num_register_tokens, **kwargs)
 
 
 def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
     """ViT-S: width 384, 12 blocks, 6 heads."""
-    kwargs = {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4, **kwargs}  # overridable
-    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
+    return vit_from_arch("vit_small", patch_size, num_register_tokens, **kwargs)
 
 
 def vit_base(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
-    """ViT-B: width 768, 12 blocks, 12 heads (~86M parameters)."""
-    kwargs = {"embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4, **kwargs}  # overridable
-    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
+    """ViT-B: width 768, 12 blocks, 12 heads."""
+    return vit_from_arch("vit_base", patch_size, num_register_tokens, **kwargs)
 
 
 def vit_large(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
-    """ViT-L: width 1024, 24 blocks, 16 heads (~304M parameters)."""
-    kwargs = {"embed_dim": 1024, "depth": 24, "num_heads": 16, "mlp_ratio": 4, **kwargs}  # overridable
-    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
+    """ViT-L: width 1024, 24 blocks, 16 heads."""
+    return vit_from_arch("vit_large", patch_size, num_register_tokens, **kwargs)
 
 
 def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
-    """ViT-g/2 of DINOv2: width 1536, 24 heads (head dim 64), SwiGLU FFN unless told otherwise."""
-    kwargs.setdefault("ffn_layer", "swiglufused")
-    kwargs = {"embed_dim": 1536, "depth": 40, "num_heads": 24, "mlp_ratio": 4, **kwargs}  # overridable
-    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs)
+    """ViT-g/2 of DINOv2: width 1536, 40 blocks, 24 heads, SwiGLU FFN."""
+    return vit_from_arch("vit_giant2", patch_size, num_register_tokens, **kwargs)
 
 
+# name -> builder, in the order of ARCH_SPECS (command-line choices, hub entries)
 ARCHS: dict[str, Callable[..., DinoVisionTransformer]] = {
     "vit_tiny": vit_tiny,
     "vit_small": vit_small,
@@ -413,6 +447,8 @@ def remap_block_keys(state_dict: dict[str, Any], model: DinoVisionTransformer) -
 
 __all__ = [
     "ARCHS",
+    "ARCH_SPECS",
+    "ArchSpec",
     "DinoVisionTransformer",
     "FFN_LAYERS",
     "remap_block_keys",
@@ -420,5 +456,6 @@ __all__ = [
     "vit_giant2",
     "vit_large",
     "vit_small",
+    "vit_from_arch",
     "vit_tiny",
 ]
