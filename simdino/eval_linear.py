@@ -46,7 +46,8 @@ from simdinov2.eval.linear import (  # noqa: E402
     train_step,
 )
 from simdinov2.logging import MetricLogger  # noqa: E402
-from simdinov2.utils.utils import atomic_torch_save, bool_flag, fix_random_seeds  # noqa: E402
+from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
+from simdinov2.utils.utils import bool_flag, fix_random_seeds  # noqa: E402
 
 logger = logging.getLogger("simdinov2")
 

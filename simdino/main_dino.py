@@ -53,7 +53,8 @@ from simdinov2.train.optim import (  # noqa: E402
     resolve_amp,
 )
 from simdinov2.utils.schedules import cosine_scheduler_epochs  # noqa: E402
-from simdinov2.utils.utils import atomic_torch_save, bool_flag, fix_random_seeds, get_sha  # noqa: E402
+from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
+from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha  # noqa: E402
 
 logger = logging.getLogger("simdinov2")
 

@@ -56,7 +56,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> DinoVisionTran
     """The ViT with `--pretrained_weights` loaded strictly (architecture read from the weights and checked
     against --arch/--patch_size), or random weights with a warning when no weights are given."""
     if args.pretrained_weights:
-        from simdinov2.checkpoint.loader import build_backbone_from_checkpoint
+        from simdinov2.checkpoint import build_backbone_from_checkpoint
 
         model = build_backbone_from_checkpoint(
             args.pretrained_weights, args.checkpoint_key, arch=args.arch, patch_size=args.patch_size

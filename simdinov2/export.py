@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from simdinov2.checkpoint.loader import (
+from simdinov2.checkpoint import (
     CheckpointError,
     build_backbone_from_checkpoint,
     describe_vit_config,
@@ -149,7 +149,7 @@ def _save(tensors: dict[str, Tensor], out: Path, metadata: dict[str, str]) -> No
             ) from None
         save_file(tensors, str(out), metadata=metadata)
     else:
-        from simdinov2.utils.utils import atomic_torch_save
+        from simdinov2.checkpoint import atomic_torch_save
 
         atomic_torch_save(tensors, out)
 

@@ -1,9 +1,20 @@
-"""Checkpoint loading for both trees: every layout, safely (see docs/DESIGN.md).
+"""Checkpoints for both trees: saving atomically, resuming v2 runs, and loading a backbone from any layout.
 
-`loader` finds and loads a ViT backbone in any supported layout; `download` turns a `weights=` value
-(path, file:// or http(s) URL, Google Drive link) into a local file.
+Every file is read without running anything it contains (see docs/DESIGN.md). Modules:
+- `atomic`: `atomic_torch_save` / `atomic_write_text` (temporary + rename, umask honoured, disk full =
+  one `DiskFullError` line);
+- `safe_load`: `safe_torch_load` and the restricted readers of DCP directories;
+- `layouts`: where the backbone is inside a checkpoint (`extract_backbone_state_dict`,
+  `strip_wrapper_prefixes`); `timm_layout`: timm-layout state dicts back into ours;
+- `infer`: the architecture from tensor shapes (`infer_vit_config`, `describe_vit_config`);
+- `loader`: `load_backbone_weights`, `build_backbone_from_checkpoint`;
+- `dcp`: the v2 resumable checkpoints (`Checkpointer`) and the consolidated `save_teacher_snapshot`;
+- `download`: a `weights=` value (path, file:// or http(s) URL, Google Drive link) -> a local file;
+- `errors`: `CheckpointError`, `CheckpointNotFoundError`, `DiskFullError` (all `simdinov2.errors.UserError`).
 """
 
+from .atomic import atomic_torch_save, atomic_write_text
+from .dcp import TRAINER_STATE, Checkpointer, full_state_dict, save_teacher_snapshot
 from .download import (
     ChecksumError,
     DownloadError,
@@ -13,35 +24,37 @@ from .download import (
     resolve_weights,
     sha256_of,
 )
-from .loader import (
-    CheckpointError,
-    LoadReport,
-    build_backbone_from_checkpoint,
-    describe_vit_config,
-    extract_backbone_state_dict,
-    infer_vit_config,
-    load_backbone_weights,
-    load_dcp_checkpoint,
-    safe_torch_load,
-    strip_wrapper_prefixes,
-)
+from .errors import CheckpointError, CheckpointNotFoundError, DiskFullError
+from .infer import describe_vit_config, infer_vit_config
+from .layouts import extract_backbone, extract_backbone_state_dict, strip_wrapper_prefixes
+from .loader import LoadReport, build_backbone_from_checkpoint, load_backbone_weights
+from .safe_load import load_dcp_checkpoint, safe_torch_load
 
 __all__ = [
+    "TRAINER_STATE",
     "CheckpointError",
+    "CheckpointNotFoundError",
+    "Checkpointer",
     "ChecksumError",
+    "DiskFullError",
     "DownloadError",
     "LoadReport",
+    "atomic_torch_save",
+    "atomic_write_text",
     "build_backbone_from_checkpoint",
     "cache_dir",
     "describe_vit_config",
     "download_weights",
+    "extract_backbone",
     "extract_backbone_state_dict",
+    "full_state_dict",
     "google_drive_file_id",
     "infer_vit_config",
     "load_backbone_weights",
     "load_dcp_checkpoint",
     "resolve_weights",
     "safe_torch_load",
+    "save_teacher_snapshot",
     "sha256_of",
     "strip_wrapper_prefixes",
 ]

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .loader import CheckpointError
+from .errors import CheckpointError
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60

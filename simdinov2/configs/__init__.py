@@ -243,7 +243,7 @@ def apply_scaling_rules_to_cfg(cfg: DictConfig, world_size: int) -> DictConfig:
 
 def write_config(cfg: DictConfig, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved configuration (atomically) to `output_dir/name`; returns the path."""
-    from simdinov2.utils.utils import atomic_write_text
+    from simdinov2.checkpoint import atomic_write_text
 
     path = Path(output_dir) / name
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

@@ -314,7 +314,8 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     )
     from simdinov2.eval.features import dataset_labels, make_eval_loader
     from simdinov2.eval.setup import eval_image_size, setup_and_build_model
-    from simdinov2.utils.utils import atomic_torch_save, fix_random_seeds
+    from simdinov2.checkpoint import atomic_torch_save
+    from simdinov2.utils.utils import fix_random_seeds
 
     for flag in ("epochs", "batch_size", "save_checkpoint_frequency"):
         if getattr(args, flag) < 1:

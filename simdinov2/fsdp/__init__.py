@@ -1,4 +1,4 @@
-"""How the v2 student and teacher are spread over processes, and their resumable checkpoints.
+"""How the v2 student and teacher are spread over processes (their checkpoints: `simdinov2.checkpoint.dcp`).
 
 - `resolve_sharding`: `train.sharding` (`auto | fsdp | ddp | none`) for this launch.
 - `shard_module`: FSDP2 (`fully_shard`) with one unit per transformer block plus one for the rest of
@@ -6,8 +6,6 @@
 - `wrap_ddp`: torch DDP for a student module (the teacher needs no wrapper: it has no gradients and
   its EMA update is identical on every rank).
 - `resolve_dtype`: config dtype names; fp16 on CPU runs as bf16 (logged once).
-- `Checkpointer` (checkpointer.py): torch.distributed.checkpoint save / load, keep-last-k, atomic
-  renames; `save_teacher_snapshot`: the consolidated `{"teacher": state_dict}` file for evaluation.
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ import torch
 from torch import nn
 
 from simdinov2 import distributed
-
-from .checkpointer import Checkpointer, full_state_dict, save_teacher_snapshot
 
 logger = logging.getLogger("simdinov2")
 
@@ -44,12 +40,9 @@ warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a v
 
 __all__ = [
     "SHARDING_MODES",
-    "Checkpointer",
-    "full_state_dict",
     "mixed_precision_policy",
     "resolve_dtype",
     "resolve_sharding",
-    "save_teacher_snapshot",
     "shard_module",
     "wrap_ddp",
 ]

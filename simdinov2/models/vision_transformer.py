@@ -3,8 +3,8 @@
 Owns: `DinoVisionTransformer` (registers, LayerScale, SwiGLU, block chunks, iBOT mask token,
 position-embedding interpolation for any crop size, multi-crop list input), the arch table
 `ARCH_SPECS` (name -> width, depth, heads, mlp ratio, FFN) with its builders `vit_from_arch`,
-`vit_tiny/small/base/large/giant2` and `ARCHS` (name -> builder), and `remap_block_keys` (flat <->
-chunked block names).
+`vit_tiny/small/base/large/giant2` and `ARCHS` (name -> builder), and `parse_block_key` /
+`remap_block_keys` (flat <-> chunked block names).
 
 Parameter names follow DINO/DINOv2 exactly (`cls_token`, `pos_embed`, `register_tokens`, `mask_token`,
 `patch_embed.proj`, `blocks.{i}` or `blocks.{chunk}.{i}`, `norm`) so their checkpoints load strict=True.
@@ -419,6 +419,20 @@ _CHUNKED_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
 _FLAT_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
+def parse_block_key(key: str) -> tuple[int, int | None, str] | None:
+    """(global block index, chunk index or None, rest of the key) of a `blocks.i.*` / `blocks.c.i.*` key.
+
+    None for keys outside the blocks. Keys must be stripped of prefixes (`module.`, `backbone.`...).
+    """
+    chunked = _CHUNKED_KEY.match(key)
+    if chunked:
+        return int(chunked.group(2)), int(chunked.group(1)), chunked.group(3)
+    flat = _FLAT_KEY.match(key)
+    if flat:
+        return int(flat.group(1)), None, flat.group(2)
+    return None
+
+
 def remap_block_keys(state_dict: dict[str, Any], model: DinoVisionTransformer) -> dict[str, Any]:
     """Rename `blocks.i.*` / `blocks.c.i.*` keys to the block layout of `model` (flat or chunked).
 
@@ -430,15 +444,11 @@ def remap_block_keys(state_dict: dict[str, Any], model: DinoVisionTransformer) -
     target_names = model.block_names()
     remapped: dict[str, Any] = {}
     for key, value in state_dict.items():
-        chunked = _CHUNKED_KEY.match(key)
-        flat = None if chunked else _FLAT_KEY.match(key)
-        if chunked:
-            block_index, rest = int(chunked.group(2)), chunked.group(3)
-        elif flat:
-            block_index, rest = int(flat.group(1)), flat.group(2)
-        else:
+        parsed = parse_block_key(key)
+        if parsed is None:
             remapped[key] = value
             continue
+        block_index, _chunk, rest = parsed
         if block_index < len(target_names):
             key = f"{target_names[block_index]}.{rest}"
         remapped[key] = value
@@ -451,6 +461,7 @@ __all__ = [
     "ArchSpec",
     "DinoVisionTransformer",
     "FFN_LAYERS",
+    "parse_block_key",
     "remap_block_keys",
     "vit_base",
     "vit_giant2",

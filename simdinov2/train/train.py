@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from simdinov2 import distributed
+from simdinov2.checkpoint import Checkpointer, save_teacher_snapshot
 from simdinov2.configs import apply_scaling_rules_to_cfg, get_cfg, write_config
-from simdinov2.fsdp import Checkpointer, resolve_sharding, save_teacher_snapshot
+from simdinov2.fsdp import resolve_sharding
 from simdinov2.logging import MetricLogger, SmoothedValue, setup_logging
 from simdinov2.train.optim import apply_optim_schedule, build_optimizer
 from simdinov2.train.ssl_meta_arch import SSLMetaArch, ibot_enabled

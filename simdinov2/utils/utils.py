@@ -1,4 +1,5 @@
-"""Seeds, argparse booleans and atomic checkpoint writes, shared by both trees."""
+"""Seeds, argparse booleans and the git commit of the code, shared by both trees (atomic writes:
+`simdinov2.checkpoint.atomic`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,6 @@ import argparse
 import os
 import random
 import subprocess
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,35 +29,6 @@ def bool_flag(s: str | bool) -> bool:
     if value in {"0", "false", "no", "off", "f", "n"}:
         return False
     raise argparse.ArgumentTypeError(f"invalid boolean {s!r}: use true or false")
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash mid-write leaves the previous checkpoint intact (rename is atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def get_sha() -> str:

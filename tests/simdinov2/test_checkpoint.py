@@ -1,6 +1,7 @@
-"""simdinov2.checkpoint.loader: every released/our layout, safe unpickling, inference, strict loads."""
+"""simdinov2.checkpoint loading: every released/our layout, safe unpickling, inference, strict loads."""
 
 import argparse
+import logging
 import os
 import pathlib
 import pickle
@@ -88,17 +89,23 @@ def v2_teacher_snapshot(teacher: nn.Module) -> dict:
 V2_KW = dict(num_register_tokens=4, init_values=1e-5, block_chunks=4)
 
 
-def test_v1_compiled_ddp_checkpoint_picks_teacher_or_student(tmp_path, capsys):
+def test_v1_compiled_ddp_checkpoint_picks_teacher_or_student(tmp_path, caplog):
     teacher, student = random_vit(0, v1=True), random_vit(1, v1=True)
     path = tmp_path / "checkpoint.pth"
     torch.save(v1_training_checkpoint(teacher, student), path)
 
     model = build_vit("vit_tiny", PATCH, v1=True, img_size=IMG)
-    report = load_backbone_weights(model, path)
+    project_logger = logging.getLogger("simdinov2")  # may not propagate (setup_logging): listen on it
+    project_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="simdinov2"):
+            report = load_backbone_weights(model, path)
+    finally:
+        project_logger.removeHandler(caplog.handler)
     assert torch.equal(features(model.eval()), features(teacher))
     assert sorted(report.skipped_keys) == ["head.mlp.0.bias", "head.mlp.0.weight"]
     assert "v1 training checkpoint" in report.summary() and "head.* (2)" in report.summary()
-    assert "loaded" in capsys.readouterr().out  # one-line summary printed
+    assert set(caplog.messages) == {report.summary()}  # the one-line summary, logged
 
     load_backbone_weights(model, path, checkpoint_key="student", verbose=False)
     assert torch.equal(features(model), features(student))

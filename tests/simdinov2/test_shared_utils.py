@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from simdinov2.checkpoint import atomic_torch_save
 from simdinov2.train.optim import (
     LARS,
     build_optimizer,
@@ -18,7 +19,7 @@ from simdinov2.train.optim import (
     resolve_amp,
 )
 from simdinov2.utils.schedules import CosineScheduler, cosine_schedule, cosine_scheduler_epochs
-from simdinov2.utils.utils import atomic_torch_save, bool_flag
+from simdinov2.utils.utils import bool_flag
 
 
 def test_cosine_schedule_warmup_and_ends():

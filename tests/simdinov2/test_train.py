@@ -6,7 +6,7 @@ import pytest
 import torch
 from train_utils import STEP_VALUES, collate, synthetic_images, tiny_cfg
 
-from simdinov2.fsdp import Checkpointer, full_state_dict
+from simdinov2.checkpoint import Checkpointer, full_state_dict
 from simdinov2.train import train as train_module
 from simdinov2.train.optim import build_optimizer
 from simdinov2.train.ssl_meta_arch import SSLMetaArch
@@ -176,7 +176,7 @@ def test_checkpoint_roundtrip_keep_last_and_snapshot(tmp_path):
     assert all(torch.equal(fresh_adam[k], saved_adam[k]) for k in saved_adam)
 
     from simdinov2.checkpoint import load_backbone_weights
-    from simdinov2.fsdp import save_teacher_snapshot
+    from simdinov2.checkpoint import save_teacher_snapshot
 
     path = save_teacher_snapshot(model.teacher, tmp_path / "eval" / "training_2" / "teacher_checkpoint.pth")
     snapshot = torch.load(path, weights_only=True)

@@ -127,7 +127,7 @@ STEP_VALUES = {
 def run_steps(cfg: Any, batches: list[dict[str, Any]], values: dict[str, float] | None = None) -> dict[str, Any]:
     """Build the model as train.py does, run one `train_step` per batch; the losses and the full teacher
     before and after."""
-    from simdinov2.fsdp import full_state_dict
+    from simdinov2.checkpoint import full_state_dict
     from simdinov2.train import train as train_module
     from simdinov2.train.optim import build_optimizer
 

@@ -3,10 +3,14 @@
 Layout under `<output-dir>/ckpt/`: one folder per saved iteration, `checkpoint_<iteration:08d>/`, holding
 the DCP shards of `{"model": ..., "optimizer": ...}` (every rank writes its own shards; the files load
 under any other world size or sharding mode), `trainer_state.json` (iteration, grad-scaler state, ...)
-and `rng_rank<r>.pt` (each process's python / numpy / torch random states, so a resumed run draws the
-same crops, masks and stochastic depth as an uninterrupted one). A checkpoint is written into a hidden
-`.tmp_<iteration>` folder and renamed once complete, so a reader never sees a partial one; only the
-newest `max_to_keep` are kept.
+and `rng_rank<r>.pt` (each process's python / numpy / torch random states as tensors and plain numbers,
+so a resumed run draws the same crops, masks and stochastic depth as an uninterrupted one). A checkpoint
+is written into a hidden `.tmp_checkpoint_<iteration>` folder and renamed once complete, so a reader
+never sees a partial one; only the newest `max_to_keep` are kept. A full disk removes the temporary
+folder and raises one `DiskFullError` line.
+
+Resuming reads nothing unsafely: `.metadata` through the restricted unpickler, byte entries and RNG files
+weights_only (see `safe_load`); a refused, corrupt or truncated file is one `CheckpointError` line.
 
 `save_teacher_snapshot` writes `{"teacher": state_dict}` with plain CPU tensors (keys `backbone.*`,
 `dino_head.*`) for the evaluation scripts.
@@ -27,10 +31,30 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from simdinov2 import distributed
-from simdinov2.utils.utils import atomic_torch_save, atomic_write_text
+
+from .atomic import atomic_torch_save, atomic_write_text, disk_full_error, is_disk_full, tensor_bytes
+from .errors import CheckpointError, CheckpointNotFoundError
+from .safe_load import (
+    SafeFileSystemReader,
+    SafeLoadPlanner,
+    check_dcp_files,
+    corrupt_error,
+    dcp_load_error,
+    read_dcp_metadata,
+    safe_torch_load,
+)
 
 logger = logging.getLogger("simdinov2")
 
@@ -39,28 +63,55 @@ _MISMATCH = re.compile(r"mismatch|missing|unexpected|not found", re.IGNORECASE)
 TRAINER_STATE = "trainer_state.json"
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+# ---------------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """This process's python / numpy / torch (/ CUDA) random states as tensors and plain numbers.
+
+    Nothing here needs more than `torch.load(weights_only=True)` to read back (numpy's key array and
+    python's state tuple become int64 tensors).
+    """
+    version, python_state, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`."""
+    python, numpy_state = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"]))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ---------------------------------------------------------------------------------------------- snapshot
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict of `module` as plain CPU tensors on the main process.
 
     Collective under FSDP: every rank must call it; ranks other than 0 get an empty dict."""
     if distributed.is_enabled():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v.detach().clone() for k, v in sd.items()} if distributed.is_main_process() else {}
     inner = module.module if isinstance(getattr(module, "module", None), nn.Module) else module
@@ -86,6 +137,7 @@ def _quiet_single_process():
         yield
 
 
+# ---------------------------------------------------------------------------------------------- checkpointer
 class Checkpointer:
     """Save / find / load resumable checkpoints of a (possibly sharded) model and its optimizer."""
 
@@ -119,17 +171,16 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ state
     def _state(self, with_optimizer: bool) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
         state: dict[str, Any] = {"model": get_model_state_dict(self.model)}
         if with_optimizer and self.optimizer is not None:
             state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer)
         return state
 
     def save(self, iteration: int, trainer_state: dict[str, Any] | None = None) -> Path:
-        """Save model, optimizer, `trainer_state` and every rank's RNG state at `iteration` (collective)."""
-        import torch.distributed.checkpoint as dcp
+        """Save model, optimizer, `trainer_state` and every rank's RNG state at `iteration` (collective).
 
+        Out of disk space: the temporary folder is removed, the previous checkpoints are untouched, and
+        `DiskFullError` says how much space is needed."""
         final = self.root / f"checkpoint_{iteration:08d}"
         tmp = self.root / f".tmp_checkpoint_{iteration:08d}"
         if distributed.is_main_process():
@@ -137,14 +188,25 @@ class Checkpointer:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         distributed.barrier()
-        with _quiet_single_process():
-            dcp.save(self._state(with_optimizer=True), checkpoint_id=str(tmp))
-        torch.save(_rng_state(), tmp / f"rng_rank{distributed.get_rank()}.pt")
+        state = self._state(with_optimizer=True)
+        try:
+            with _quiet_single_process():
+                dcp.save(state, checkpoint_id=str(tmp))
+            atomic_torch_save(rng_state(), tmp / f"rng_rank{distributed.get_rank()}.pt")
+        except (Exception, CheckpointException) as exc:  # DCP gathers per-rank failures in a BaseException
+            if not is_disk_full(exc):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_full_error(final, tensor_bytes(state) * distributed.get_world_size()) from None
         distributed.barrier()
         if distributed.is_main_process():
-            state = {"iteration": int(iteration), "world_size": distributed.get_world_size()}
-            state.update(trainer_state or {})
-            atomic_write_text(tmp / TRAINER_STATE, json.dumps(state, indent=1))
+            record = {"iteration": int(iteration), "world_size": distributed.get_world_size()}
+            record.update(trainer_state or {})
+            try:
+                atomic_write_text(tmp / TRAINER_STATE, json.dumps(record, indent=1))
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if final.exists():  # saving the same iteration again (e.g. a rerun): replace it whole
                 old = self.root / f".old_checkpoint_{iteration:08d}"
                 shutil.rmtree(old, ignore_errors=True)
@@ -159,44 +221,80 @@ class Checkpointer:
         distributed.barrier()
         return final
 
+    @staticmethod
+    def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+        """The `trainer_state.json` of a checkpoint folder (missing / not JSON: one clear line)."""
+        file = Path(path) / TRAINER_STATE
+        if not file.is_file():
+            raise CheckpointNotFoundError(f"{path} is not a complete checkpoint (no {TRAINER_STATE})")
+        try:
+            state = json.loads(file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise corrupt_error(file, f"not JSON: {err}") from None
+        if not isinstance(state, dict) or "iteration" not in state:
+            raise corrupt_error(file, "no iteration recorded")
+        return state
+
     def load(self, path: str | os.PathLike, with_optimizer: bool = True) -> dict[str, Any]:
         """Load model (and optimizer) state from a checkpoint folder; returns its trainer state.
 
-        Raises one clear ValueError when the checkpoint was made by another model configuration."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
+        Raises one `CheckpointError` line when a file is refused (pickled code), corrupt or truncated,
+        or when the checkpoint was made by another model configuration."""
         path = Path(path)
-        if not (path / TRAINER_STATE).is_file():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {TRAINER_STATE})")
-        from torch.distributed.checkpoint.api import CheckpointException
-
+        trainer_state = self.read_trainer_state(path)
+        metadata = read_dcp_metadata(path)
+        check_dcp_files(path, metadata)
+        reader = SafeFileSystemReader(path, metadata)
         state = self._state(with_optimizer=with_optimizer)
         try:
             with _quiet_single_process():
-                dcp.load(state, checkpoint_id=str(path))
+                dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
         except (Exception, CheckpointException) as exc:  # DCP gathers per-rank failures in a BaseException
+            error = dcp_load_error(exc, path, reader)
+            if error is not None:
+                raise error from None
             reasons = [line.strip() for line in str(exc).splitlines() if _MISMATCH.search(line)]
             first = reasons[0].removeprefix("ValueError: ").removeprefix("RuntimeError: ") if reasons else ""
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {path} does not match this model (another student.arch, patch size, heads or "
                 f"registers?): {first or type(exc).__name__}; train with the configuration it was made with "
                 "or use another --output-dir"
-            ) from exc
+            ) from None
         set_model_state_dict(self.model, state["model"])
         if with_optimizer and self.optimizer is not None:
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
-        return json.loads((path / TRAINER_STATE).read_text())
+        return trainer_state
 
     @staticmethod
     def restore_rng(path: str | os.PathLike) -> bool:
-        """Set this rank's RNG states from a checkpoint (False when it holds none for this rank)."""
+        """Set this rank's RNG states from a checkpoint (False when it holds none for this rank).
+
+        The file is read weights_only: one written by an older version (numpy arrays pickled as objects)
+        or holding anything else is refused with one line saying how to resume without it."""
         rng_file = Path(path) / f"rng_rank{distributed.get_rank()}.pt"
         if not rng_file.is_file():
             logger.info("no RNG state for rank %d in %s: random streams restart", distributed.get_rank(), path)
             return False
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        try:
+            state = safe_torch_load(rng_file)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err}; to resume with fresh random streams instead, delete {rng_file}"
+            ) from None
+        if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= state.keys():
+            raise corrupt_error(rng_file, "not an RNG state")
+        try:
+            set_rng_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise corrupt_error(rng_file, f"not an RNG state: {err}") from None
         return True
 
 
-__all__ = ["Checkpointer", "TRAINER_STATE", "full_state_dict", "save_teacher_snapshot"]
+__all__ = [
+    "TRAINER_STATE",
+    "Checkpointer",
+    "full_state_dict",
+    "rng_state",
+    "save_teacher_snapshot",
+    "set_rng_state",
+]
