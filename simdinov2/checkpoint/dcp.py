@@ -248,7 +248,7 @@ class Checkpointer:
         state = self._state(with_optimizer=with_optimizer)
         try:
             with _quiet_single_process():
-                dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
+                dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(reader))
         except (Exception, CheckpointException) as exc:  # DCP gathers per-rank failures in a BaseException
             error = dcp_load_error(exc, path, reader)
             if error is not None:

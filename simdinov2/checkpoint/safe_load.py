@@ -154,8 +154,8 @@ def corrupt_error(path: str | os.PathLike, reason: str) -> CheckpointError:
 def _refusal(name: str, offenders: list[str]) -> CheckpointError:
     listed = ", ".join(f"GLOBAL {offender}" for offender in offenders)
     return CheckpointError(
-        f"refusing to load {name}: it contains pickled code/objects ({listed}) that weights_only loading "
-        "does not allow; nothing from it was run. Only use checkpoints from sources you trust, and re-save "
+        f"refusing to load {name}: it contains pickled code/objects ({listed}) that safe (weights-only) "
+        "loading does not allow; nothing from it was run. Only use checkpoints from sources you trust, and re-save "
         "their tensors (torch.save(state_dict)) to load them here"
     )
 
@@ -270,13 +270,15 @@ class _DCPMetadataUnpickler(pickle.Unpickler):
 def read_dcp_metadata(path: str | os.PathLike) -> dcp_metadata.Metadata:
     """The `.metadata` of a DCP directory, read with the restricted unpickler (refused / corrupt: one line)."""
     file = pathlib.Path(path) / DCP_METADATA
+    if file.stat().st_size == 0:
+        raise corrupt_error(file, "0 bytes")
     with open(file, "rb") as f:
         try:
             metadata = _DCPMetadataUnpickler(f).load()
         except _ForbiddenGlobal as err:
             raise _refusal(str(file), [str(err)]) from None
         except _CORRUPT_ERRORS as err:
-            raise corrupt_error(file, _first_line(err) if f.tell() else "0 bytes") from None
+            raise corrupt_error(file, _first_line(err)) from None
     if not isinstance(metadata, dcp_metadata.Metadata) or not isinstance(metadata.state_dict_metadata, dict):
         raise corrupt_error(file, f"holds a {type(metadata).__name__}, not DCP metadata")
     return metadata
@@ -324,9 +326,13 @@ class SafeFileSystemReader(FileSystemReader):
 class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default load planner, except that non-tensor entries (torch.save blobs) load weights_only."""
 
+    def __init__(self, reader: SafeFileSystemReader, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reader = reader  # names the shard file in a refusal
+
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         fqn = read_item.dest_index.fqn
-        obj = load_weights_only(value, f"DCP entry {fqn!r}")
+        obj = load_weights_only(value, f"{self.reader.current_file or self.reader.path} (entry {fqn!r})")
         if self.flatten_state_dict:
             target, key = self.original_state_dict, self.mappings[fqn]
             for part in key[:-1]:
@@ -372,7 +378,7 @@ def dcp_load_flat(path: pathlib.Path, metadata: dcp_metadata.Metadata, fqns: lis
         return flat
     check_dcp_files(path, metadata)
     reader = SafeFileSystemReader(path, metadata)
-    planner = SafeLoadPlanner(flatten_state_dict=False, flatten_sharded_tensors=False)
+    planner = SafeLoadPlanner(reader, flatten_state_dict=False, flatten_sharded_tensors=False)
     try:
         _quietly_load(flat, reader, planner, no_dist=True)
     except (Exception, CheckpointException) as exc:  # DCP gathers failures in a BaseException
