@@ -5,6 +5,7 @@ import logging
 import os
 import pathlib
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -297,3 +298,43 @@ def test_plain_and_wrapped_state_dicts_and_non_vit_modules():
     report = load_backbone_weights(net, ckpt, verbose=False)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
     assert sorted(report.skipped_keys) == ["head.mlp.0.bias", "head.mlp.0.weight"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_refusal_names_only_the_offending_objects(tmp_path, zip_format):
+    """State dicts are OrderedDicts, which weights_only loading allows: never blamed in a refusal."""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pth"
+    state = random_vit(11, v1=True).state_dict()
+    assert type(state).__name__ == "OrderedDict"
+    torch.save({"teacher": state, "x": _Booby(marker)}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as info:
+        safe_torch_load(path)
+    listed = re.search(r"pickled code/objects \((.*?)\)", str(info.value)).group(1)
+    assert listed == f"GLOBAL {os.system.__module__}.system"  # posix.system; not collections.OrderedDict
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is a text file\n", b"\x00" * 64, b"PK\x03\x04 cut"])
+def test_empty_text_or_garbage_files_are_corrupt_for_every_loader(tmp_path, content):
+    loaders = {
+        "safe_torch_load": safe_torch_load,
+        "extract_backbone_state_dict": extract_backbone_state_dict,
+        "build_backbone_from_checkpoint": lambda p: build_backbone_from_checkpoint(p, verbose=False),
+        "load_backbone_weights": lambda p: load_backbone_weights(vit_tiny(patch_size=PATCH), p, verbose=False),
+    }
+    for suffix in (".pth", ".safetensors"):
+        path = tmp_path / f"checkpoint{suffix}"
+        path.write_bytes(content)
+        for name, load in loaders.items():
+            with pytest.raises(CheckpointError) as info:
+                load(path)
+            message = str(info.value)
+            assert "\n" not in message and str(path) in message, (name, message)
+            assert "corrupt or not a checkpoint" in message, (name, message)
+    dcp_dir = tmp_path / "dcp"
+    dcp_dir.mkdir()
+    (dcp_dir / ".metadata").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"\.metadata is corrupt or not a checkpoint"):
+        build_backbone_from_checkpoint(dcp_dir, verbose=False)
