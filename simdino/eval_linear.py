@@ -35,6 +35,7 @@ from torch import nn  # noqa: E402
 
 from simdino.eval_knn import add_model_args, build_v1_eval_model, image_folder, run_v1_cli  # noqa: E402
 from simdinov2 import distributed  # noqa: E402
+from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
 from simdinov2.eval.features import make_eval_loader  # noqa: E402
 from simdinov2.eval.linear import (  # noqa: E402
     LinearClassifier,
@@ -46,7 +47,6 @@ from simdinov2.eval.linear import (  # noqa: E402
     train_step,
 )
 from simdinov2.logging import MetricLogger  # noqa: E402
-from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
 from simdinov2.utils.utils import bool_flag, fix_random_seeds  # noqa: E402
 
 logger = logging.getLogger("simdinov2")

@@ -38,6 +38,7 @@ from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
 
 from simdinov2 import distributed  # noqa: E402
+from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
 from simdinov2.data.augmentations import DataAugmentationDINO  # noqa: E402
 from simdinov2.data.datasets.image_folder import UnreadableImageError  # noqa: E402
 from simdinov2.layers import DINOHead  # noqa: E402
@@ -53,7 +54,6 @@ from simdinov2.train.optim import (  # noqa: E402
     resolve_amp,
 )
 from simdinov2.utils.schedules import cosine_scheduler_epochs  # noqa: E402
-from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
 from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha  # noqa: E402
 
 logger = logging.getLogger("simdinov2")

@@ -73,7 +73,11 @@ def rng_state() -> dict[str, Any]:
     version, python_state, gauss_next = random.getstate()
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
-        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss_next": gauss_next},
+        "python": {
+            "version": version,
+            "state": torch.tensor(python_state, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
         "numpy": {
             "kind": str(kind),
             "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -91,7 +95,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `rng_state`."""
     python, numpy_state = state["python"], state["numpy"]
-    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"]))
+    random.setstate(
+        (python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"])
+    )
     np.random.set_state(
         (
             numpy_state["kind"],
@@ -133,7 +139,9 @@ def save_teacher_snapshot(teacher: nn.Module, path: str | os.PathLike) -> Path |
 def _quiet_single_process():
     """DCP warns that it saves / loads "in a single process" when there is no process group: expected."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch.distributed is disabled, unavailable or uninitialized")
+        warnings.filterwarnings(
+            "ignore", message=r"torch.distributed is disabled, unavailable or uninitialized"
+        )
         yield
 
 
@@ -273,7 +281,9 @@ class Checkpointer:
         or holding anything else is refused with one line saying how to resume without it."""
         rng_file = Path(path) / f"rng_rank{distributed.get_rank()}.pt"
         if not rng_file.is_file():
-            logger.info("no RNG state for rank %d in %s: random streams restart", distributed.get_rank(), path)
+            logger.info(
+                "no RNG state for rank %d in %s: random streams restart", distributed.get_rank(), path
+            )
             return False
         try:
             state = safe_torch_load(rng_file)

@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from simdinov2.distributed import is_main_process
-from simdinov2.models.vision_transformer import ARCH_SPECS, DinoVisionTransformer, remap_block_keys, vit_from_arch
+from simdinov2.models.vision_transformer import (
+    ARCH_SPECS,
+    DinoVisionTransformer,
+    remap_block_keys,
+    vit_from_arch,
+)
 
 from .errors import CheckpointError
 from .infer import config_mismatch, describe_vit_config, infer_vit_config

@@ -160,7 +160,9 @@ def _refusal(name: str, offenders: list[str]) -> CheckpointError:
     )
 
 
-def _unpickling_error(name: str, source: pathlib.Path | bytes, err: pickle.UnpicklingError) -> CheckpointError:
+def _unpickling_error(
+    name: str, source: pathlib.Path | bytes, err: pickle.UnpicklingError
+) -> CheckpointError:
     """Refusal (naming what the pickle would import) or, when it imports nothing, corrupt / HTML page."""
     offenders = _unsafe_globals(source) or re.findall(r"GLOBAL ([\w.]+)", str(err))
     if offenders:
@@ -170,7 +172,9 @@ def _unpickling_error(name: str, source: pathlib.Path | bytes, err: pickle.Unpic
             source = f.read(64)
     head = source[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html")):
-        return CheckpointError(f"{name} is an HTML page, not a checkpoint (a failed download?); download it again")
+        return CheckpointError(
+            f"{name} is an HTML page, not a checkpoint (a failed download?); download it again"
+        )
     return corrupt_error(name, _first_line(err))
 
 
@@ -342,22 +346,27 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[fqn] = obj
 
 
-def dcp_load_error(exc: BaseException, path: pathlib.Path, reader: SafeFileSystemReader) -> CheckpointError | None:
+def dcp_load_error(
+    exc: BaseException, path: pathlib.Path, reader: SafeFileSystemReader
+) -> CheckpointError | None:
     """A failed `dcp.load` as one line: our own refusal, or a corrupt shard; None for anything else."""
     for current in exception_chain(exc):
         if isinstance(current, CheckpointError):
             return current
     for current in exception_chain(exc):
         if isinstance(current, pickle.UnpicklingError):
-            return _refusal(reader.current_file or str(path), re.findall(r"GLOBAL ([\w.]+)", str(current)) or [
-                _first_line(current)
-            ])
+            return _refusal(
+                reader.current_file or str(path),
+                re.findall(r"GLOBAL ([\w.]+)", str(current)) or [_first_line(current)],
+            )
         if isinstance(current, (EOFError, struct.error)) or "PytorchStreamReader" in str(current):
             return corrupt_error(reader.current_file or path, _first_line(current))
     return None
 
 
-def _quietly_load(state: dict[str, Any], reader: SafeFileSystemReader, planner: DefaultLoadPlanner, **kwargs: Any) -> None:
+def _quietly_load(
+    state: dict[str, Any], reader: SafeFileSystemReader, planner: DefaultLoadPlanner, **kwargs: Any
+) -> None:
     with warnings.catch_warnings():
         # "torch.distributed is disabled / not initialised": a single-process read is intended
         warnings.filterwarnings("ignore", message=r"torch.distributed")

@@ -306,6 +306,7 @@ def _summarise(iteration: int, results: dict[str, dict[str, float]], classifiers
 
 def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate the grid; returns the final summary record."""
+    from simdinov2.checkpoint import atomic_torch_save
     from simdinov2.data import (
         make_classification_eval_transform,
         make_classification_train_transform,
@@ -314,7 +315,6 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     )
     from simdinov2.eval.features import dataset_labels, make_eval_loader
     from simdinov2.eval.setup import eval_image_size, setup_and_build_model
-    from simdinov2.checkpoint import atomic_torch_save
     from simdinov2.utils.utils import fix_random_seeds
 
     for flag in ("epochs", "batch_size", "save_checkpoint_frequency"):

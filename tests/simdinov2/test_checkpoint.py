@@ -322,7 +322,9 @@ def test_empty_text_or_garbage_files_are_corrupt_for_every_loader(tmp_path, cont
         "safe_torch_load": safe_torch_load,
         "extract_backbone_state_dict": extract_backbone_state_dict,
         "build_backbone_from_checkpoint": lambda p: build_backbone_from_checkpoint(p, verbose=False),
-        "load_backbone_weights": lambda p: load_backbone_weights(vit_tiny(patch_size=PATCH), p, verbose=False),
+        "load_backbone_weights": lambda p: load_backbone_weights(
+            vit_tiny(patch_size=PATCH), p, verbose=False
+        ),
     }
     for suffix in (".pth", ".safetensors"):
         path = tmp_path / f"checkpoint{suffix}"

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint import filesystem as dcp_filesystem
 
-from simdinov2.checkpoint import Checkpointer, DiskFullError, atomic_torch_save, atomic_write_text, safe_torch_load
+from simdinov2.checkpoint import (
+    Checkpointer,
+    DiskFullError,
+    atomic_torch_save,
+    atomic_write_text,
+    safe_torch_load,
+)
 from simdinov2.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,8 +184,10 @@ def test_a_real_full_disk_on_a_small_tmpfs(tmp_path):
     """The same on a real 1 MiB file system (a tmpfs mounted in a private user + mount namespace)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    command = f'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; exec "$2" -c "$3" "$1"'
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    command = 'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; exec "$2" -c "$3" "$1"'
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
     run = subprocess.run(
         ["unshare", "-rm", "sh", "-c", command, "sh", str(disk), sys.executable, _TMPFS_SCRIPT],
         capture_output=True, text=True, env=env, timeout=300,

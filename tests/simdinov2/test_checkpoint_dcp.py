@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from simdinov2.checkpoint import CheckpointError, Checkpointer, safe_torch_load
+from simdinov2.checkpoint import Checkpointer, CheckpointError, safe_torch_load
 from simdinov2.checkpoint.dcp import rng_state, set_rng_state
 from simdinov2.errors import UserError
 
@@ -158,7 +158,8 @@ def test_rng_file_of_an_older_version_is_refused_with_the_way_out(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- corrupt files
 @pytest.mark.parametrize(
-    "damage", ["empty .metadata", "text .metadata", "truncated .distcp", "missing .distcp", "empty rng", "text json"]
+    "damage",
+    ["empty .metadata", "text .metadata", "truncated .distcp", "missing .distcp", "empty rng", "text json"],
 )
 def test_corrupt_or_truncated_files_say_corrupt_not_mismatch(tmp_path, damage):
     _, folder = _saved_run(tmp_path)

@@ -175,8 +175,7 @@ def test_checkpoint_roundtrip_keep_last_and_snapshot(tmp_path):
     fresh_adam = {k: v["exp_avg"] for k, v in enumerate(fresh_optimizer.state.values())}
     assert all(torch.equal(fresh_adam[k], saved_adam[k]) for k in saved_adam)
 
-    from simdinov2.checkpoint import load_backbone_weights
-    from simdinov2.checkpoint import save_teacher_snapshot
+    from simdinov2.checkpoint import load_backbone_weights, save_teacher_snapshot
 
     path = save_teacher_snapshot(model.teacher, tmp_path / "eval" / "training_2" / "teacher_checkpoint.pth")
     snapshot = torch.load(path, weights_only=True)
