@@ -145,6 +145,44 @@ def _quiet_single_process():
         yield
 
 
+# ---------------------------------------------------------------------------------------------- saving
+def _any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any process (collective; the flag itself without a process group)."""
+    if not distributed.is_enabled():
+        return flag
+    votes = torch.tensor([1.0 if flag else 0.0], device=distributed.get_device())
+    return bool(distributed.all_reduce_mean(votes).item() > 0)
+
+
+def _end_save_if_any_rank_failed(
+    error: BaseException | None, tmp: Path, final: Path, needed_bytes: int
+) -> None:
+    """Collective: when any rank failed, remove the temporary checkpoint and raise on every rank."""
+    if not _any_rank(error is not None):
+        return
+    if distributed.is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    if error is None:
+        raise CheckpointError(
+            f"saving {final} failed on another process (its log says why); the previous checkpoints are intact"
+        )
+    if is_disk_full(error):
+        raise disk_full_error(final, needed_bytes) from None
+    raise error
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the complete `tmp` folder to `final`, replacing a checkpoint of the same iteration whole."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".old_{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------------------- checkpointer
 class Checkpointer:
     """Save / find / load resumable checkpoints of a (possibly sharded) model and its optimizer."""
@@ -187,8 +225,9 @@ class Checkpointer:
     def save(self, iteration: int, trainer_state: dict[str, Any] | None = None) -> Path:
         """Save model, optimizer, `trainer_state` and every rank's RNG state at `iteration` (collective).
 
-        Out of disk space: the temporary folder is removed, the previous checkpoints are untouched, and
-        `DiskFullError` says how much space is needed."""
+        A failure on any rank ends the save on every rank (no rank waits in a barrier for it): the
+        temporary folder is removed and the previous checkpoints are untouched. Out of disk space is one
+        `DiskFullError` line with the space needed."""
         final = self.root / f"checkpoint_{iteration:08d}"
         tmp = self.root / f".tmp_checkpoint_{iteration:08d}"
         if distributed.is_main_process():
@@ -197,32 +236,25 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         distributed.barrier()
         state = self._state(with_optimizer=True)
+        needed = tensor_bytes(state) * distributed.get_world_size()
+        error: BaseException | None = None
         try:
             with _quiet_single_process():
                 dcp.save(state, checkpoint_id=str(tmp))
             atomic_torch_save(rng_state(), tmp / f"rng_rank{distributed.get_rank()}.pt")
         except (Exception, CheckpointException) as exc:  # DCP gathers per-rank failures in a BaseException
-            if not is_disk_full(exc):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise disk_full_error(final, tensor_bytes(state) * distributed.get_world_size()) from None
-        distributed.barrier()
+            error = exc
+        _end_save_if_any_rank_failed(error, tmp, final, needed)
         if distributed.is_main_process():
             record = {"iteration": int(iteration), "world_size": distributed.get_world_size()}
             record.update(trainer_state or {})
             try:
                 atomic_write_text(tmp / TRAINER_STATE, json.dumps(record, indent=1))
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            if final.exists():  # saving the same iteration again (e.g. a rerun): replace it whole
-                old = self.root / f".old_checkpoint_{iteration:08d}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+                _replace_dir(tmp, final)
+            except Exception as exc:
+                error = exc
+        _end_save_if_any_rank_failed(error, tmp, final, needed)
+        if distributed.is_main_process():
             for _, stale in self.checkpoints()[: -self.max_to_keep]:
                 shutil.rmtree(stale, ignore_errors=True)
             logger.info("checkpoint saved: %s", final)

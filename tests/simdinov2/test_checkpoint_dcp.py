@@ -4,17 +4,23 @@ and a corrupt, truncated or foreign file is one line that says so."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
+import json
 import os
 import pickle
 import random
+import socket
+import time
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 from simdinov2.checkpoint import Checkpointer, CheckpointError, safe_torch_load
+from simdinov2.checkpoint import dcp as dcp_module
 from simdinov2.checkpoint.dcp import rng_state, set_rng_state
 from simdinov2.errors import UserError
 
@@ -200,3 +206,60 @@ def test_clean_resume_restores_model_optimizer_and_trainer_state(tmp_path):
     saved_avg = [s["exp_avg"] for s in checkpointer.optimizer.state.values()]
     assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(saved_avg, resumed.optimizer.state.values()))
     assert resumed.optimizer.param_groups[0]["lr"] == 0.01  # byte entries came back through the planner
+
+
+# ---------------------------------------------------------------------------------------------- two processes
+def _two_rank_worker(rank: int, port: int, root: str, fail_rank: int) -> None:
+    """Save with 2 gloo ranks, then a save where `fail_rank`'s disk is full, then resume on both ranks."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    outcome = {}
+    try:
+        checkpointer = Checkpointer(root, *_trained_linear())
+        first = checkpointer.save(1)
+        real_save = dcp_module.atomic_torch_save
+
+        def full_disk(obj, path):
+            real_save(obj, path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        if rank == fail_rank:
+            dcp_module.atomic_torch_save = full_disk
+        try:
+            checkpointer.save(2)
+        except UserError as err:
+            outcome["error"] = f"{type(err).__name__}: {err}"
+        finally:
+            dcp_module.atomic_torch_save = real_save
+        resumed = _fresh_checkpointer(root)
+        outcome["iteration"] = resumed.load(first)["iteration"]
+        outcome["rng"] = Checkpointer.restore_rng(first)
+        outcome["equal"] = all(
+            torch.equal(resumed.model.state_dict()[k], v) for k, v in checkpointer.model.state_dict().items()
+        )
+    finally:
+        torch.distributed.destroy_process_group()
+        with open(os.path.join(root, f"outcome{rank}.json"), "w") as f:
+            json.dump(outcome, f)
+
+
+@pytest.mark.distributed
+def test_a_full_disk_on_one_rank_ends_the_save_on_every_rank_and_resume_works_sharded(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.start_processes(
+        _two_rank_worker, args=(port, str(tmp_path), 1), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        assert time.monotonic() < deadline, "a rank hung"
+    outcomes = [json.loads((tmp_path / f"outcome{rank}.json").read_text()) for rank in range(2)]
+    assert outcomes[1]["error"].startswith("DiskFullError: no space left on device while saving")
+    assert (
+        outcomes[0]["error"].startswith("CheckpointError: saving")
+        and "another process" in outcomes[0]["error"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["checkpoint_00000001"]
+    assert all(o["iteration"] == 1 and o["rng"] and o["equal"] for o in outcomes)
