@@ -108,14 +108,18 @@ def simdino_vitl16(pretrained: bool = True, weights: _Any = None, **kwargs: _Any
     return _load("simdino_vitl16", pretrained, weights, kwargs)
 
 
+# The released SimDINOv2 checkpoints were trained with upstream v2's position-embedding interpolation.
+_SIMDINOV2_INTERPOLATION = {"interpolate_antialias": True, "interpolate_offset": 0.0}
+
+
 def simdinov2_vitb16(pretrained: bool = True, weights: _Any = None, **kwargs: _Any) -> _Any:
     """SimDINOv2 ViT-B/16 (ImageNet-1k, 100 epochs; k-NN 78.1%, linear 79.7%), DINOv2 ViT layout."""
-    return _load("simdinov2_vitb16", pretrained, weights, kwargs)
+    return _load("simdinov2_vitb16", pretrained, weights, {**_SIMDINOV2_INTERPOLATION, **kwargs})
 
 
 def simdinov2_vitl16(pretrained: bool = True, weights: _Any = None, **kwargs: _Any) -> _Any:
     """SimDINOv2 ViT-L/16 (ImageNet-1k, 100 epochs; k-NN 81.1%, linear 82.4%), DINOv2 ViT layout."""
-    return _load("simdinov2_vitl16", pretrained, weights, kwargs)
+    return _load("simdinov2_vitl16", pretrained, weights, {**_SIMDINOV2_INTERPOLATION, **kwargs})
 
 
 def dino_vitb16(pretrained: bool = True, weights: _Any = None, **kwargs: _Any) -> _Any:

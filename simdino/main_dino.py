@@ -570,6 +570,7 @@ def _train(args: argparse.Namespace, device: torch.device, trackers: ExperimentT
     transform = DataAugmentationDINO(
         args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
         global_crops_size=args.global_crops_size, local_crops_size=args.local_crops_size, flat=True,
+        blur="dino",  # DINO v1's PIL blur with the drawn radius, as upstream v1
     )  # fmt: skip
     with user_errors():
         dataset = build_dataset(args.data_path, transform)

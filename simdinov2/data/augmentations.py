@@ -5,10 +5,10 @@ two global crops and `local_crops_number` local crops, each a RandomResizedCrop 
 horizontal flip, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8 and grayscale p=0.2; Gaussian blur p=1.0 on
 global 1, p=0.1 plus solarize p=0.2 on global 2, p=0.5 on the locals; ImageNet normalisation.
 
-Two things differ from the upstream recipe, both because our crops can be tiny (28 / 12 px on
-Fashion-MNIST): the blur kernel size is scaled with the crop size (9 px at 224 px as in DINOv2, odd,
-never below 3; sigma stays U(0.1, 2.0)), and grayscale inputs become 3-channel RGB first so every crop
-has the same shape.
+The Gaussian blur is each upstream tree's own (`blur=`): v1 (`"dino"`, DINO) blurs with PIL's
+`ImageFilter.GaussianBlur(radius)`, radius ~ U(0.1, 2.0), not truncated to a fixed kernel; v2 (`"dinov2"`,
+DINOv2) uses a 9-tap kernel, sigma ~ U(0.1, 2.0), on every crop, the 96-px locals included. Grayscale inputs
+become 3-channel RGB first so every crop has the same shape.
 
 Speed: every op runs on PIL images (C kernels) and draws its randomness from torch's default
 generator, like torchvision. The crop parameters and colour jitter are torchvision's; blur, grayscale,
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from .datasets.image_folder import to_rgb
 
@@ -36,16 +36,9 @@ IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
 IMAGENET_STD = IMAGENET_DEFAULT_STD
 
 # DINOv2 uses a 9-pixel blur kernel on 224-pixel crops; we keep that kernel/crop ratio.
-_REFERENCE_BLUR_KERNEL = 9
-_REFERENCE_CROP_SIZE = 224
-
-
-def blur_kernel_size(crop_size: int) -> int:
-    """Gaussian-blur kernel size for a crop: 9 at 224 px scaled linearly, odd, at least 3."""
-    k = int(round(crop_size * _REFERENCE_BLUR_KERNEL / _REFERENCE_CROP_SIZE))
-    if k % 2 == 0:
-        k += 1
-    return max(3, k)
+# DINOv2's blur kernel size, the same for every crop size.
+DINOV2_BLUR_KERNEL = 9
+BLUR_KINDS = ("dino", "dinov2")
 
 
 def _coin(p: float) -> bool:
@@ -174,6 +167,32 @@ class GaussianBlur:
         return f"{type(self).__name__}(kernel_size={self.kernel_size}, sigma={self.sigma}, p={self.p})"
 
 
+class PILGaussianBlur:
+    """DINO v1: with probability p, PIL's Gaussian blur with radius ~ U(radius_min, radius_max)."""
+
+    def __init__(self, p: float = 0.5, radius: Sequence[float] = (0.1, 2.0)) -> None:
+        self.p = p
+        self.radius = (float(radius[0]), float(radius[1]))
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if not _coin(self.p):
+            return img
+        radius = float(torch.empty(1).uniform_(self.radius[0], self.radius[1]).item())
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(radius={self.radius}, p={self.p})"
+
+
+def make_blur(kind: str, p: float) -> GaussianBlur | PILGaussianBlur:
+    """The blur of one upstream tree: `"dino"` (v1, PIL radius) or `"dinov2"` (v2, 9-tap kernel)."""
+    if kind == "dino":
+        return PILGaussianBlur(p=p)
+    if kind == "dinov2":
+        return GaussianBlur(DINOV2_BLUR_KERNEL, p=p)
+    raise ValueError(f"blur={kind!r} is not one of {', '.join(BLUR_KINDS)}")
+
+
 class RandomSolarize:
     """With probability p, invert the pixels >= threshold (torchvision / PIL semantics)."""
 
@@ -229,7 +248,8 @@ class DataAugmentationDINO:
     Called on one image, returns (DINOv2 layout)
     `{"global_crops": [g1, g2], "global_crops_teacher": [g1, g2], "local_crops": [l1, ..., ln]}`
     of float32 tensors [3, S, S]; with `flat=True` (v1 trainer) the list `[g1, g2, l1, ..., ln]`
-    (the same as `to_list` of the dict).
+    (the same as `to_list` of the dict). `blur`: `"dinov2"` (v2 tree) or `"dino"` (v1 tree), see the module
+    docstring.
     """
 
     def __init__(
@@ -242,6 +262,7 @@ class DataAugmentationDINO:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         flat: bool = False,
+        blur: str = "dinov2",
     ) -> None:
         if local_crops_number < 0:
             raise ValueError(f"local_crops_number must be >= 0 (got {local_crops_number})")
@@ -272,17 +293,17 @@ class DataAugmentationDINO:
         self.global_transfo1 = T.Compose(
             geometric(gs, self.global_crops_scale)
             + _color_jittering()
-            + [GaussianBlur(blur_kernel_size(gs), p=1.0), normalize]
+            + [make_blur(blur, 1.0), normalize]
         )
         self.global_transfo2 = T.Compose(
             geometric(gs, self.global_crops_scale)
             + _color_jittering()
-            + [GaussianBlur(blur_kernel_size(gs), p=0.1), RandomSolarize(threshold=128, p=0.2), normalize]
+            + [make_blur(blur, 0.1), RandomSolarize(threshold=128, p=0.2), normalize]
         )
         self.local_transfo = T.Compose(
             geometric(ls, self.local_crops_scale)
             + _color_jittering()
-            + [GaussianBlur(blur_kernel_size(ls), p=0.5), normalize]
+            + [make_blur(blur, 0.5), normalize]
         )
 
     def __call__(self, image: Any) -> dict[str, list[torch.Tensor]] | list[torch.Tensor]:
@@ -302,7 +323,7 @@ class DataAugmentationDINO:
         return (
             f"{type(self).__name__}(global 2x{self.global_crops_size}px scale={self.global_crops_scale}, "
             f"local {self.local_crops_number}x{self.local_crops_size}px scale={self.local_crops_scale}, "
-            f"flat={self.flat})"
+            f"blur={self.blur}, flat={self.flat})"
         )
 
 

@@ -24,7 +24,8 @@ from .vision_transformer import (
     vit_tiny,
 )
 
-# DINOv2's `student` defaults, used for keys a config node does not set.
+# `student` defaults for keys a config node does not set: DINOv2's layout (no registers, no chunks) with the
+# upstream SimDINOv2 position-embedding interpolation (antialiased, no offset; the v1 tree keeps DINO's +0.1).
 _STUDENT_DEFAULTS: dict[str, Any] = {
     "arch": "vit_large",
     "patch_size": 16,
@@ -37,8 +38,13 @@ _STUDENT_DEFAULTS: dict[str, Any] = {
     "proj_bias": True,
     "ffn_bias": True,
     "num_register_tokens": 0,
-    "interpolate_antialias": False,
-    "interpolate_offset": 0.1,
+    "interpolate_antialias": True,
+    "interpolate_offset": 0.0,
+    "qknorm": False,
+    "drop_masks": False,
+    "gradient_checkpointing": False,
+    "attn_drop": 0.0,
+    "ffn_drop": 0.0,
 }
 
 
@@ -76,7 +82,8 @@ def build_model(
     cfg_student: Any, only_teacher: bool = False, img_size: int = 224
 ) -> tuple[DinoVisionTransformer, DinoVisionTransformer, int] | tuple[DinoVisionTransformer, int]:
     """DINOv2-style: (student, teacher, embed_dim) from the `student` config node; (teacher, embed_dim)
-    when `only_teacher`. The teacher gets no stochastic depth; missing keys use DINOv2's defaults."""
+    when `only_teacher`. The teacher gets no stochastic depth, dropout or activation checkpointing; missing
+    keys use `_STUDENT_DEFAULTS`."""
     arch_fn = _arch_fn(str(_get(cfg_student, "arch")))
     vit_kwargs = dict(
         img_size=img_size,
@@ -90,14 +97,21 @@ def build_model(
         num_register_tokens=int(_get(cfg_student, "num_register_tokens")),
         interpolate_offset=float(_get(cfg_student, "interpolate_offset")),
         interpolate_antialias=bool(_get(cfg_student, "interpolate_antialias")),
+        qknorm=bool(_get(cfg_student, "qknorm")),
+        drop_masks=bool(_get(cfg_student, "drop_masks")),
     )
     teacher = arch_fn(**vit_kwargs)
     if only_teacher:
         return teacher, teacher.embed_dim
+    # Regularisers and the memory trade-off concern the student only (as upstream): the teacher runs
+    # without gradients, dropout or stochastic depth.
     student = arch_fn(
         **vit_kwargs,
         drop_path_rate=float(_get(cfg_student, "drop_path_rate")),
         drop_path_uniform=bool(_get(cfg_student, "drop_path_uniform")),
+        attn_drop=float(_get(cfg_student, "attn_drop")),
+        ffn_drop=float(_get(cfg_student, "ffn_drop")),
+        gradient_checkpointing=bool(_get(cfg_student, "gradient_checkpointing")),
     )
     return student, teacher, student.embed_dim
 

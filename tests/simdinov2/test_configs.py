@@ -31,7 +31,10 @@ def test_shipped_configs_exist_and_load():
 def test_simdino_config_is_the_simdinov2_recipe():
     cfg = get_cfg("simdinov2/configs/simdino_config.yaml")
     assert cfg.dino.use_mcr is True and cfg.ibot.use_mcr is True
-    assert dict(cfg.dino.mcr) == {"expa_type": 1, "reduce_cov": 0, "eps": 0.05, "eps_end": -1, "coeff": 1.0, "coeff_end": -1}
+    assert dict(cfg.dino.mcr) == {
+        "expa_loss": "mcr", "comp_loss": "cosine", "expa_type": 1, "reduce_cov": 0, "eps": 0.05, "eps_end": -1,
+        "coeff": 1.0, "coeff_end": -1,
+    }
     assert (cfg.dino.head_n_prototypes, cfg.dino.head_bottleneck_dim, cfg.dino.head_nlayers, cfg.dino.head_hidden_dim) == (
         256, 256, 3, 2048,
     )
@@ -45,19 +48,21 @@ def test_simdino_config_is_the_simdinov2_recipe():
     )
     assert (cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher) == (0.9, 1)
     o = cfg.optim
-    assert (o.optimizer, o.epochs, o.weight_decay, o.weight_decay_end, o.base_lr, o.warmup_epochs) == (
+    assert (o.opt, o.epochs, o.weight_decay, o.weight_decay_end, o.base_lr, o.warmup_epochs) == (
         "adamw", 100, 0.04, 0.4, 0.004, 10,
     )
     assert (o.min_lr, o.clip_grad, o.freeze_last_layer_epochs, o.layerwise_decay, o.patch_embed_lr_mult) == (
         1e-6, 3.0, 1, 0.9, 0.2,
     )
-    assert (o.adamw_beta1, o.adamw_beta2, o.scaling_rule) == (0.9, 0.999, "sqrt_wrt_1024")
+    assert (tuple(o.kwargs.betas), o.kwargs.foreach, o.scaling_rule) == ((0.9, 0.999), True, "sqrt_wrt_1024")
+    assert cfg.train.batch_size_per_gpu == 128
+    assert (s.interpolate_antialias, s.interpolate_offset) == (True, 0.0)
     c = cfg.crops
     assert list(c.global_crops_scale) == [0.4, 1.0] and c.global_crops_size == 224
     assert c.local_crops_number == 10 and list(c.local_crops_scale) == [0.05, 0.4] and c.local_crops_size == 96
     assert cfg.evaluation.eval_period_epochs == 10
     assert cfg.compute_precision.student.backbone.mixed_precision.param_dtype == "bf16"
-    assert cfg.compile is False
+    assert cfg.compile is True  # as upstream; skipped with one log line off CUDA
 
 
 def test_dinov2_baseline_config():
@@ -71,12 +76,22 @@ def test_dinov2_baseline_config():
 def test_layering_default_then_file_then_overrides(tmp_path):
     default = default_config()
     assert default.optim.epochs == 100
-    # train/vitb16.yaml starts from simdino_config.yaml (_base_) and changes the arch.
-    cfg = get_cfg("train/vitb16", ["optim.epochs=3", "crops.global_crops_scale=[0.5,1.0]"])
+    # A file may start from another one (_base_) and change the arch.
+    recipe = tmp_path / "vitb16_simdino.yaml"
+    recipe.write_text(f"_base_: {CONFIG_DIR / 'simdino_config.yaml'}\nstudent:\n  arch: vit_base\n")
+    cfg = get_cfg(recipe, ["optim.epochs=3", "crops.global_crops_scale=[0.5,1.0]"])
     assert cfg.student.arch == "vit_base" and cfg.dino.use_mcr is True  # file over its base over defaults
     assert cfg.optim.epochs == 3 and list(cfg.crops.global_crops_scale) == [0.5, 1.0]  # overrides last
     assert cfg.train.num_workers == default.train.num_workers  # untouched keys keep their defaults
-    assert "_base_" not in load_config_file("train/vitb16")
+    assert "_base_" not in load_config_file(recipe)
+
+
+def test_train_vitb16_means_what_upstream_file_means():
+    """Layered on the default (DINOv2) recipe, changing only batch, arch and chunks."""
+    cfg, default = get_cfg("train/vitb16"), default_config()
+    assert (cfg.train.batch_size_per_gpu, cfg.student.arch, cfg.student.block_chunks) == (64, "vit_base", 4)
+    assert cfg.dino.use_mcr is False and cfg.student.drop_path_rate == default.student.drop_path_rate
+    assert get_cfg("train/vitl16").student.arch == "vit_large" and get_cfg("train/vitl16").dino.use_mcr is False
 
 
 def test_struct_mode_rejects_reads_of_unknown_keys():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision.transforms.v2 import functional as TF
 
 from simdinov2.data import (
@@ -35,7 +35,8 @@ from simdinov2.data import (
 from simdinov2.data.augmentations import (
     IMAGENET_MEAN,
     ToNormalizedTensor,
-    blur_kernel_size,
+    DINOV2_BLUR_KERNEL,
+    PILGaussianBlur,
     gaussian_blur_array,
 )
 from simdinov2.data.datasets import UnreadableImageError, parse_idx
@@ -143,16 +144,28 @@ def test_flat_layout_matches_dict_layout() -> None:
     assert not torch.equal(other[0], as_list[0])  # random, not constant
 
 
-def test_blur_kernel_scales_with_crop_and_matches_torchvision() -> None:
-    assert blur_kernel_size(224) == 9
-    for size in (8, 12, 28, 32, 96, 160, 224, 518):
-        k = blur_kernel_size(size)
-        assert k % 2 == 1 and k >= 3 and k <= max(3, size // 10 + 2)
+def test_blur_is_each_trees_own_and_matches_its_reference() -> None:
     image = np.random.default_rng(3).integers(0, 256, (28, 21, 3), dtype=np.uint8)
+    # v2: DINOv2's 9-tap kernel whatever the crop size (torchvision's GaussianBlur values).
+    assert DINOV2_BLUR_KERNEL == 9
     for k, sigma in ((3, 0.7), (5, 1.9), (9, 1.3)):
         ours = np.rint(gaussian_blur_array(image.astype(np.float32), k, sigma))
         ref = TF.gaussian_blur_image(torch.from_numpy(image).permute(2, 0, 1), [k, k], [sigma, sigma])
         assert np.abs(ours - ref.permute(1, 2, 0).numpy()).max() <= 1
+    v2 = DataAugmentationDINO(global_crops_size=28, local_crops_size=12, local_crops_number=1)
+    blurs = [t for tr in (v2.global_transfo1, v2.local_transfo) for t in tr.transforms if "Blur" in type(t).__name__]
+    assert [b.kernel_size for b in blurs] == [9, 9]  # the local crops too, not a smaller kernel
+    # v1: PIL's blur with the drawn radius (not truncated to a kernel size).
+    v1 = DataAugmentationDINO(global_crops_size=28, local_crops_size=12, local_crops_number=1, blur="dino")
+    assert all(isinstance(t, PILGaussianBlur) for t in v1.global_transfo1.transforms if "Blur" in type(t).__name__)
+    pil = Image.fromarray(image)
+    torch.manual_seed(0)
+    radius = float(torch.empty(1).uniform_(0.1, 2.0).item())
+    torch.manual_seed(0)
+    ours = PILGaussianBlur(p=1.0)(pil)
+    assert np.array_equal(np.asarray(ours), np.asarray(pil.filter(ImageFilter.GaussianBlur(radius=radius))))
+    with pytest.raises(ValueError, match="blur"):
+        DataAugmentationDINO(blur="scaled")
 
 
 def test_normalisation_and_classification_transforms() -> None:

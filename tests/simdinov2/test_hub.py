@@ -131,10 +131,13 @@ def test_released_layouts_load_through_hub_from_path_and_file_url(tmp_path):
     loaded = hub_load("simdino_vitb16", weights=str(tmp_path / "checkpoint.pth"), arch="vit_tiny")
     assert loaded.mask_token is None and loaded.num_register_tokens == 0
     assert torch.equal(cls_features(loaded.eval()), cls_features(v1))
+    assert (loaded.interpolate_antialias, loaded.interpolate_offset) == (False, 0.1)  # DINO v1's +0.1
 
     url = (tmp_path / "teacher_checkpoint.pth").as_uri()
     loaded = hub_load("simdinov2_vitb16", weights=url, arch="vit_tiny")
     assert loaded.num_register_tokens == 4 and loaded.chunked_blocks
+    # The released SimDINOv2 checkpoints were trained with upstream v2's interpolation.
+    assert (loaded.interpolate_antialias, loaded.interpolate_offset) == (True, 0.0)
     assert torch.equal(cls_features(loaded.eval()), cls_features(v2))
     dense = loaded.forward_features(torch.zeros(1, 3, 224, 224))
     assert dense["x_norm_regtokens"].shape == (1, 4, 192) and dense["x_norm_patchtokens"].shape == (
