@@ -5,6 +5,9 @@ crop k of image b (the same order the teacher / student outputs are chunked in).
 crops, `int(2B · mask_probability)` get a block-wise mask; their target ratios are spread evenly
 over `mask_ratio_tuple` (crop i draws its ratio in the i-th of equal sub-intervals), the rest get an
 empty mask, and the list is shuffled so masked crops land anywhere in the batch.
+
+`drop_masks=True` (upstream's MAE-style option, `student.drop_masks`): every global crop masks the same
+number of uniformly random patches, N − int(N · (1 − mask_probability)), which the student then drops.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def collate_data_and_cast(
     n_tokens: int | None = None,
     mask_generator: Callable[[int], np.ndarray] | None = None,
     rng: random.Random | None = None,
+    drop_masks: bool = False,
 ) -> dict[str, Any]:
     """Collate `[(crops_dict, target), ...]` into the v2 trainer's batch dict.
 
@@ -52,7 +56,17 @@ def collate_data_and_cast(
         collated_local_crops = collated_global_crops.new_empty((0, *collated_global_crops.shape[1:]))
 
     n_crops = len(collated_global_crops)
-    if mask_generator is None:
+    if drop_masks:
+        if n_tokens is None:
+            raise ValueError("collate_data_and_cast with drop_masks needs n_tokens")
+        n_dropped = n_tokens - int(n_tokens * (1.0 - mask_probability))
+        masks_list = []
+        for _ in range(n_crops):
+            mask = torch.zeros(n_tokens, dtype=torch.bool)
+            mask[rng.sample(range(n_tokens), n_dropped)] = True
+            masks_list.append(mask)
+        upperbound = n_dropped * n_crops
+    elif mask_generator is None:
         if n_tokens is None:
             raise ValueError("collate_data_and_cast needs n_tokens or a mask_generator")
         masks_list = [torch.zeros(n_tokens, dtype=torch.bool) for _ in range(n_crops)]

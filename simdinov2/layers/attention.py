@@ -46,7 +46,9 @@ class Attention(nn.Module):
     """softmax(Q Kᵀ / sqrt(d)) V over `num_heads` heads, then an output projection.
 
     The qkv Linear's output is laid out (3, heads, head_dim) as in DINO/DINOv2, so their checkpoints'
-    `attn.qkv.weight` rows mean the same thing here.
+    `attn.qkv.weight` rows mean the same thing here. `qknorm` RMS-normalises each head's queries and keys
+    (`q_norm`, `k_norm`, learned per-channel scale starting at 1, so at init it equals upstream SimDINOv2's
+    parameter-free RMS norm) before the scaled dot product.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Attention(nn.Module):
         proj_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        qknorm: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -68,11 +71,17 @@ class Attention(nn.Module):
         self.attn_drop = float(attn_drop)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.q_norm = nn.RMSNorm(self.head_dim) if qknorm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if qknorm else None
 
     def _qkv(self, x: Tensor) -> Tensor:
-        """[B, N, C] -> [B, N, 3, heads, head_dim]."""
+        """[B, N, C] -> [B, N, 3, heads, head_dim], queries and keys normalised when `qknorm`."""
         batch, tokens, _ = x.shape
-        return self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        if self.q_norm is None:
+            return qkv
+        q, k, v = qkv.unbind(2)
+        return torch.stack((self.q_norm(q), self.k_norm(k), v), dim=2)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, channels = x.shape

@@ -52,6 +52,7 @@ class Block(nn.Module):
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         attn_class: Callable[..., nn.Module] = Attention,
         ffn_layer: Callable[..., nn.Module] = Mlp,
+        qknorm: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -62,6 +63,7 @@ class Block(nn.Module):
             proj_bias=proj_bias,
             attn_drop=attn_drop,
             proj_drop=drop,
+            qknorm=qknorm,
         )
         # LayerScale only when init_values is a positive number (None or 0 = off, as in DINOv2).
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()

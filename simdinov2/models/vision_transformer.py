@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from simdinov2.layers import Block, BlockChunk, Mlp, PatchEmbed, SwiGLUFFNFused
 
@@ -73,6 +74,11 @@ class DinoVisionTransformer(nn.Module):
         interpolate_antialias: bool = False,
         interpolate_offset: float = 0.1,
         use_mask_token: bool = True,
+        attn_drop: float = 0.0,
+        ffn_drop: float = 0.0,
+        qknorm: bool = False,
+        drop_masks: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if ffn_layer not in FFN_LAYERS:
@@ -94,6 +100,10 @@ class DinoVisionTransformer(nn.Module):
         self.num_register_tokens = num_register_tokens
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
+        # iBOT replaces masked patches by the mask token; MAE-style `drop_masks` removes them instead.
+        self.drop_masks = drop_masks
+        # Recompute each block's activations during the backward instead of storing them (training only).
+        self.gradient_checkpointing = gradient_checkpointing
 
         self.patch_embed = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim
@@ -125,6 +135,9 @@ class DinoVisionTransformer(nn.Module):
                 act_layer=act_layer,
                 ffn_layer=FFN_LAYERS[ffn_layer],
                 init_values=init_values,
+                drop=ffn_drop,
+                attn_drop=attn_drop,
+                qknorm=qknorm,
             )
             for i in range(depth)
         ]
@@ -209,7 +222,10 @@ class DinoVisionTransformer(nn.Module):
 
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
         """Images [B, C, H, W] -> tokens [B, 1 + R + N, D]: patch embed, mask token where `masks` [B, N] is
-        True (iBOT), CLS, position embedding, then the R register tokens after CLS (no pos embed, DINOv2)."""
+        True (iBOT), CLS, position embedding, then the R register tokens after CLS (no pos embed, DINOv2).
+
+        With `drop_masks` the masked patches are removed after the position embedding instead (MAE
+        style): every image must then mask the same number of patches, and N is the number kept."""
         height, width = x.shape[-2:]
         x = self.patch_embed(x)
         if masks is not None:
@@ -219,9 +235,17 @@ class DinoVisionTransformer(nn.Module):
                 raise ValueError(
                     f"masks must have shape [B, N]={tuple(x.shape[:2])}, got {tuple(masks.shape)}"
                 )
-            x = torch.where(masks.to(torch.bool).unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
+            masks = masks.to(torch.bool)
+            if not self.drop_masks:
+                x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x), dim=1)
         x = x + self.interpolate_pos_encoding(x, height, width)
+        if masks is not None and self.drop_masks:
+            kept = (~masks).sum(dim=1)
+            if bool((kept != kept[0]).any()):
+                raise ValueError("drop_masks needs the same number of masked patches in every image of a batch")
+            patches = x[:, 1:][~masks].reshape(x.shape[0], int(kept[0]), x.shape[-1])
+            x = torch.cat((x[:, :1], patches), dim=1)
         if self.register_tokens is not None:
             registers = self.register_tokens.expand(x.shape[0], -1, -1).to(x.dtype)
             x = torch.cat((x[:, :1], registers, x[:, 1:]), dim=1)
@@ -253,8 +277,14 @@ class DinoVisionTransformer(nn.Module):
 
     def _forward_features_single(self, x: Tensor, masks: Tensor | None) -> dict[str, Tensor | None]:
         x = self.prepare_tokens_with_masks(x, masks)
-        for block in self.blocks:
-            x = block(x)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # One checkpoint per block (not per chunk): only the block inputs stay in memory. The RNG
+            # state is replayed, so stochastic depth and dropout draw the same in the recomputation.
+            for block in self.block_list():
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            for block in self.blocks:
+                x = block(x)
         return self._features_dict(x, masks)
 
     def forward_features(
