@@ -246,11 +246,7 @@ def build_ours_v2(shapes: Shapes, dtype: str, device: torch.device, compile_mode
     distributed.init_distributed(device.type)
     model = v2_train.build_model(cfg)
     model.train()
-    optimizer = ours_optimizer(
-        str(cfg.optim.optimizer),
-        model.get_params_groups(),
-        betas=(float(cfg.optim.adamw_beta1), float(cfg.optim.adamw_beta2)),
-    )
+    optimizer = ours_optimizer(str(cfg.optim.opt), model.get_params_groups(), betas=tuple(cfg.optim.kwargs.betas))
     scaler = v2_train.build_grad_scaler(cfg, model)
 
     grid = shapes.global_size // shapes.patch_size

@@ -198,9 +198,9 @@ def calibrate_v2(config_file: str, output_dir: Path, opts: Sequence[str], second
     cfg = v2_train.setup(_v2_namespace(config_file, output_dir, opts))
     dataset, epoch_len, collate_fn = v2_train.build_data(cfg)
     model = v2_train.build_model(cfg)
+    # The shared builder's fused AdamW (what these measurements were made with), betas from optim.kwargs.
     optimizer = build_optimizer(
-        str(cfg.optim.optimizer), model.get_params_groups(),
-        betas=(float(cfg.optim.adamw_beta1), float(cfg.optim.adamw_beta2)),
+        str(cfg.optim.opt), model.get_params_groups(), betas=tuple(cfg.optim.kwargs.betas)
     )  # fmt: skip
     schedules = v2_train.build_schedulers(cfg, epoch_len)
     loader = make_data_loader(

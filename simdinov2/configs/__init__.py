@@ -22,15 +22,20 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .actions import Action, apply_actions, parse_actions
+
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "ssl_default_config.yaml"
 BASE_KEY = "_base_"
 SCALING_RULES = ("sqrt_wrt_1024", "linear_wrt_1024")
+# Sections whose keys are free-form: the keyword arguments of the optimizer chosen by `optim.opt`.
+FREE_FORM_SECTIONS = ("optim.kwargs",)
 
 __all__ = [
     "CONFIG_DIR",
     "DEFAULT_CONFIG_PATH",
     "SCALING_RULES",
+    "apply_actions",
     "apply_scaling_rules_to_cfg",
     "default_config",
     "get_cfg",
@@ -38,6 +43,7 @@ __all__ = [
     "merge_with_defaults",
     "parse_overrides",
     "resolve_config_path",
+    "scheduled_actions",
     "write_config",
 ]
 
@@ -148,7 +154,7 @@ def check_keys(candidate: DictConfig, reference: DictConfig, source: str) -> Non
     sections = _section_keys(reference)
     valid = sorted(set(valid_leaves) | sections)
     for key, value in _flat_keys(candidate).items():
-        if key in valid_leaves:
+        if key in valid_leaves or any(key.startswith(f"{section}.") for section in FREE_FORM_SECTIONS):
             continue
         if key in sections:
             if isinstance(value, (Mapping, DictConfig)):  # an empty mapping for a section: harmless
@@ -225,6 +231,20 @@ def _check_values(cfg: DictConfig) -> None:
     ratio = cfg.ibot.mask_ratio_min_max
     if not isinstance(ratio, (ListConfig, list)) or len(ratio) != 2:
         raise ValueError(f"ibot.mask_ratio_min_max must be a pair [min, max] (got {ratio})")
+    # Upstream names one implementation of each coding-rate term; other names are not silently ignored.
+    for key, only in (("expa_loss", "mcr"), ("comp_loss", "cosine")):
+        if str(cfg.dino.mcr[key]) != only:
+            raise ValueError(f"dino.mcr.{key}={cfg.dino.mcr[key]!r} is not implemented; the only choice is {only}")
+    if bool(cfg.student.drop_masks) and max(float(cfg.ibot.loss_weight), float(cfg.ibot.loss_weight_end)) > 0:
+        raise ValueError(
+            "student.drop_masks=true removes the masked patches the iBOT / patch loss needs: set ibot.loss_weight=0"
+        )
+    scheduled_actions(cfg)
+
+
+def scheduled_actions(cfg: DictConfig) -> list[Action]:
+    """`train.actions` checked against the run's keys: sorted (epoch, key, value) triples."""
+    return parse_actions(cfg.train.actions, [k for k in _flat_keys(cfg) if k != "train.actions"])
 
 
 def apply_scaling_rules_to_cfg(cfg: DictConfig, world_size: int) -> DictConfig:

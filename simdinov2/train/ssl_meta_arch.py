@@ -21,9 +21,11 @@ import logging
 from typing import Any
 
 import torch
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import Tensor, nn
 
 from simdinov2 import distributed
+from simdinov2.checkpoint import CheckpointError, extract_backbone_state_dict, infer_vit_config, load_backbone_weights
 from simdinov2.fsdp import resolve_dtype, shard_module, wrap_ddp
 from simdinov2.layers import DINOHead
 from simdinov2.loss import CosinePatchLoss, DINOLoss, KoLeoLoss, MCRLoss, iBOTPatchLoss
@@ -49,7 +51,48 @@ def _head(cfg_head: Any, in_dim: int) -> DINOHead:
         nlayers=int(cfg_head.head_nlayers),
         normalize=bool(cfg_head.head_normalize),
         remove_last_layer=bool(cfg_head.remove_last_layer),
+        # DINOv2 trains the prototypes' weight-norm gain (`last_layer.weight_g`); DINO v1 froze it.
+        norm_last_layer=False,
     )
+
+
+def load_pretrained_backbone(
+    backbone: nn.Module,
+    source: Any,
+    checkpoint_key: str = "teacher",
+    img_size: int | None = None,
+    patch_size: int | None = None,
+) -> Any:
+    """Load a checkpoint of any layout the loader reads into `backbone`, resized to it.
+
+    `img_size` / `patch_size` are those the weights were trained at (`student.pretrained_img_size` /
+    `pretrained_patch_size`; None = read from the weights). The position embedding is resampled to the
+    backbone's patch grid and the patch kernel to its patch size (FlexiViT's pseudo-inverse resize, as
+    upstream), then everything else loads strictly. Returns the loader's report."""
+    state_dict, _ = extract_backbone_state_dict(source, checkpoint_key)
+    found = infer_vit_config(state_dict)
+    for name, given in (("pretrained_img_size", img_size), ("pretrained_patch_size", patch_size)):
+        key = name.removeprefix("pretrained_")
+        if given is not None and int(given) != int(found[key]):
+            raise CheckpointError(
+                f"student.{name}={given} but the weights in {source} were trained with {key} {found[key]}: "
+                f"set student.{name}={found[key]} or null"
+            )
+    model = getattr(backbone, "module", backbone)
+    grid = model.pos_embed.shape[1] - 1
+    side = int(grid**0.5)
+    old_side = int((state_dict["pos_embed"].shape[1] - 1) ** 0.5)
+    resized = dict(state_dict)
+    if old_side != side:
+        resized["pos_embed"] = resample_abs_pos_embed(
+            state_dict["pos_embed"].float(), new_size=[side, side], old_size=[old_side, old_side], num_prefix_tokens=1
+        ).to(state_dict["pos_embed"].dtype)
+    kernel = state_dict["patch_embed.proj.weight"]
+    if kernel.shape[-1] != model.patch_size:
+        resized["patch_embed.proj.weight"] = resample_patch_embed(
+            kernel.float(), new_size=[model.patch_size, model.patch_size]
+        ).to(kernel.dtype)
+    return load_backbone_weights(model, resized, checkpoint_key=checkpoint_key, verbose=False)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -67,11 +110,15 @@ class SSLMetaArch(nn.Module):
             cfg.student, only_teacher=False, img_size=int(cfg.crops.global_crops_size)
         )
         if cfg.student.pretrained_weights:
-            from simdinov2.checkpoint import load_backbone_weights
-
-            load_backbone_weights(student_backbone, str(cfg.student.pretrained_weights))
-            logger.info("student backbone initialised from %s", cfg.student.pretrained_weights)
+            report = load_pretrained_backbone(
+                student_backbone,
+                str(cfg.student.pretrained_weights),
+                img_size=cfg.student.pretrained_img_size,
+                patch_size=cfg.student.pretrained_patch_size,
+            )
+            logger.info("student backbone initialised from %s: %s", cfg.student.pretrained_weights, report.summary())
         self.embed_dim = embed_dim
+        self.drop_masks = bool(cfg.student.drop_masks)
         self.n_local_crops = int(cfg.crops.local_crops_number)
 
         self.do_dino = float(cfg.dino.loss_weight) > 0
@@ -123,6 +170,8 @@ class SSLMetaArch(nn.Module):
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
+        if cfg.MODEL.WEIGHTS:
+            self.load_backbone_weights(str(cfg.MODEL.WEIGHTS))
         self.sharding = "none"
         self.device = torch.device("cpu")
         self._student_dtype: torch.dtype | None = None
@@ -186,6 +235,17 @@ class SSLMetaArch(nn.Module):
         self.teacher.eval()
         return self
 
+    def load_backbone_weights(self, path: str) -> None:
+        """`MODEL.WEIGHTS`: student and teacher backbones from a training checkpoint of any layout the loader
+        reads (its `student` / `teacher` entries; a single backbone goes to both). Heads start fresh; a
+        resumable checkpoint in the output directory, when there is one, replaces all of this."""
+        teacher_report = load_pretrained_backbone(self.teacher.backbone, path, checkpoint_key="teacher")
+        try:
+            student_report = load_pretrained_backbone(self.student.backbone, path, checkpoint_key="student")
+        except CheckpointError:  # no separate student entry (a teacher snapshot, an exported backbone)
+            student_report = load_pretrained_backbone(self.student.backbone, path, checkpoint_key="teacher")
+        logger.info("MODEL.WEIGHTS %s: teacher %s; student %s", path, teacher_report.summary(), student_report.summary())
+
     # ------------------------------------------------------------------ optimisation helpers
     def get_params_groups(self) -> list[dict]:
         """Layer-wise-decayed, fused parameter groups of every student module."""
@@ -197,6 +257,12 @@ class SSLMetaArch(nn.Module):
                 patch_embed_lr_mult=float(self.cfg.optim.patch_embed_lr_mult),
             )
         return fuse_param_groups(groups)
+
+    def release_backbone_gradients(self) -> None:
+        """`student.freeze_backbone_epochs`: drop the student backbone's gradients after the backward, so the
+        optimizer skips its parameters (as upstream's requires_grad=False; works under DDP and FSDP too)."""
+        for p in self.student.backbone.parameters():
+            p.grad = None
 
     def clip_gradients(self, max_norm: float) -> dict[str, float]:
         """Clip each student module's total gradient norm to `max_norm` (DINOv2); returns the norms."""
@@ -289,7 +355,7 @@ class SSLMetaArch(nn.Module):
         teacher_cls, teacher_masked = self._teacher_targets(global_crops, mask_indices, n_masked_tensor, teacher_temp)
 
         with self._autocast(self._student_dtype):
-            student_masks = masks if self.do_ibot else None
+            student_masks = masks if (self.do_ibot or self.drop_masks) else None
             if n_local:
                 global_out, local_out = self.student.backbone(
                     [global_crops, local_crops], masks=[student_masks, None], is_training=True
@@ -333,8 +399,9 @@ class SSLMetaArch(nn.Module):
             total = total + float(self.cfg.dino.loss_weight) * dino_loss
         if self.do_koleo:
             koleo = sum(self.koleo_loss(view) for view in global_cls.chunk(N_GLOBAL_CROPS))
-            loss_dict["koleo_loss"] = koleo.detach()
-            total = total + float(self.cfg.dino.koleo_loss_weight) * koleo
+            koleo = float(self.cfg.dino.koleo_loss_weight) * koleo
+            loss_dict["koleo_loss"] = koleo.detach()  # weighted, as upstream logs it
+            total = total + koleo
         if self.do_ibot:
             ibot_loss = self.ibot_patch_loss.forward_masked(
                 masked_after_head,

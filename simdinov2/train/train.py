@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from collections import defaultdict
@@ -34,10 +33,19 @@ from torch import nn
 
 from simdinov2 import distributed
 from simdinov2.checkpoint import Checkpointer, save_teacher_snapshot
-from simdinov2.configs import apply_scaling_rules_to_cfg, get_cfg, write_config
+from simdinov2.configs import apply_actions, apply_scaling_rules_to_cfg, get_cfg, scheduled_actions, write_config
 from simdinov2.fsdp import resolve_sharding
 from simdinov2.logging import MetricLogger, SmoothedValue, setup_logging
-from simdinov2.train.optim import apply_optim_schedule, build_optimizer
+from simdinov2.train.optim import apply_optim_schedule
+from simdinov2.train.recipe_keys import (
+    NonFiniteGuard,
+    backbone_frozen,
+    build_optimizer_by_name,
+    clip_grad_schedule,
+    compile_enabled,
+    epoch_length,
+    snapshot_period,
+)
 from simdinov2.train.ssl_meta_arch import SSLMetaArch, ibot_enabled
 from simdinov2.utils.schedules import CosineScheduler
 from simdinov2.utils.utils import fix_random_seeds
@@ -99,7 +107,7 @@ def build_data(cfg: DictConfig) -> tuple[Any, int, Any]:
     )
     dataset = make_dataset(str(cfg.train.dataset_path), transform=transform)
     global_batch = int(cfg.train.batch_size_per_gpu) * distributed.get_world_size()
-    epoch_len = len(dataset) // global_batch
+    epoch_len = epoch_length(len(dataset), global_batch, int(cfg.train.OFFICIAL_EPOCH_LENGTH))
     if epoch_len < 1:
         raise ValueError(
             f"dataset {cfg.train.dataset_path} has {len(dataset)} images, fewer than one global batch of "
@@ -111,10 +119,13 @@ def build_data(cfg: DictConfig) -> tuple[Any, int, Any]:
     collate_fn = partial(
         collate_data_and_cast,
         mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
-        mask_probability=float(cfg.ibot.mask_sample_probability) if ibot_enabled(cfg) else 0.0,
+        mask_probability=(
+            float(cfg.ibot.mask_sample_probability) if ibot_enabled(cfg) or cfg.student.drop_masks else 0.0
+        ),
         n_tokens=grid * grid,
         mask_generator=mask_generator,
         dtype=torch.float32,
+        drop_masks=bool(cfg.student.drop_masks),
     )
     return dataset, epoch_len, collate_fn
 
@@ -123,9 +134,11 @@ def build_schedulers(cfg: DictConfig, epoch_len: int) -> dict[str, CosineSchedul
     """Per-iteration schedules (cosine with warm-up) over `optim.epochs` epochs of `epoch_len` iterations."""
     total = int(cfg.optim.epochs) * epoch_len
     optim = cfg.optim
+    peak_iters = int(optim.peak_epochs) * epoch_len
     schedules = {
         "lr": CosineScheduler(
-            float(optim.lr), float(optim.min_lr), total, warmup_iters=int(optim.warmup_epochs) * epoch_len
+            float(optim.lr), float(optim.min_lr), total, warmup_iters=int(optim.warmup_epochs) * epoch_len,
+            peak_iters=peak_iters,
         ),
         "wd": CosineScheduler(float(optim.weight_decay), float(optim.weight_decay_end), total),
         "mom": CosineScheduler(
@@ -141,7 +154,8 @@ def build_schedulers(cfg: DictConfig, epoch_len: int) -> dict[str, CosineSchedul
     }
     # The prototype layer learns nothing during the first epoch(s) (DINO's collapse guard).
     last_layer_lr = CosineScheduler(
-        float(optim.lr), float(optim.min_lr), total, warmup_iters=int(optim.warmup_epochs) * epoch_len
+        float(optim.lr), float(optim.min_lr), total, warmup_iters=int(optim.warmup_epochs) * epoch_len,
+        peak_iters=peak_iters,
     )
     last_layer_lr.schedule[: int(optim.freeze_last_layer_epochs) * epoch_len] = 0.0
     schedules["last_layer_lr"] = last_layer_lr
@@ -159,6 +173,8 @@ def build_schedulers(cfg: DictConfig, epoch_len: int) -> dict[str, CosineSchedul
         schedules["mcr_eps"] = CosineScheduler(float(mcr.eps), float(mcr.eps_end), total)
     if float(mcr.coeff_end) != -1:
         schedules["mcr_coeff"] = CosineScheduler(float(mcr.coeff), float(mcr.coeff_end), total)
+    if float(optim.clip_grad_end) > 0:
+        schedules["clip_grad"] = clip_grad_schedule(float(optim.clip_grad), float(optim.clip_grad_end), total)
     return schedules
 
 
@@ -169,9 +185,7 @@ def build_model(cfg: DictConfig) -> SSLMetaArch:
     fix_random_seeds(int(cfg.train.seed))
     model = SSLMetaArch(cfg)
     sharding = resolve_sharding(str(cfg.train.sharding), distributed.get_world_size())
-    compile_blocks = bool(cfg.compile) and device.type == "cuda"
-    if bool(cfg.compile) and not compile_blocks:
-        logger.info("compile=true is honoured on CUDA only: running eagerly on %s", device)
+    compile_blocks = compile_enabled(bool(cfg.compile), device)
     model.prepare_for_distributed_training(sharding, device, compile_blocks=compile_blocks)
     # ... a different one per rank for everything random afterwards (stochastic depth, ...).
     fix_random_seeds(int(cfg.train.seed) + distributed.get_rank())
@@ -205,10 +219,14 @@ def train_step(
     values: dict[str, float],
     clip_grad: float,
     scaler: Any = None,
+    nan_guard: NonFiniteGuard | None = None,
+    freeze_backbone: bool = False,
+    iteration: int = 0,
 ) -> dict[str, float]:
     """One optimisation step with the schedule `values` of this iteration; returns the reduced losses.
 
-    Raises FloatingPointError (before touching the weights) when the loss is not finite."""
+    A non-finite loss raises FloatingPointError before touching the weights, or with `ignore_nan`
+    (`nan_guard`) skips the step; `freeze_backbone` leaves the student backbone unchanged."""
     apply_optim_schedule(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
     model.set_mcr_schedule(values.get("mcr_eps"), values.get("mcr_coeff"))
     optimizer.zero_grad(set_to_none=True)
@@ -218,9 +236,12 @@ def train_step(
     else:
         loss.backward()
     reduced = reduce_loss_dict(loss_dict)
-    if not all(math.isfinite(v) for v in reduced.values()):
-        parts = ", ".join(f"{k}={v:.4g}" for k, v in reduced.items())
-        raise FloatingPointError(f"non-finite loss ({parts})")
+    if not (nan_guard or NonFiniteGuard(False)).check(reduced, iteration):
+        optimizer.zero_grad(set_to_none=True)
+        return reduced
+    if freeze_backbone:
+        model.release_backbone_gradients()
+    clip_grad = values.get("clip_grad", clip_grad)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_grad > 0:
@@ -266,17 +287,17 @@ def do_train(
     output_dir = Path(cfg.train.output_dir)
     dataset, epoch_len, collate_fn = data if data is not None else build_data(cfg)
     max_iter = int(cfg.optim.epochs) * epoch_len
-    optimizer = build_optimizer(
-        str(cfg.optim.optimizer),
-        model.get_params_groups(),
-        betas=(float(cfg.optim.adamw_beta1), float(cfg.optim.adamw_beta2)),
-    )
+    optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
     scaler = build_grad_scaler(cfg, model)
     schedules = build_schedulers(cfg, epoch_len)
     checkpointer = Checkpointer(output_dir / "ckpt", model, optimizer, max_to_keep=int(cfg.checkpointing.max_to_keep))
     period = int(cfg.checkpointing.period)
     period = epoch_len if period <= 0 else period
-    eval_period = int(cfg.evaluation.eval_period_epochs) * epoch_len
+    eval_period = snapshot_period(
+        int(cfg.evaluation.eval_period_epochs), int(cfg.evaluation.eval_period_iterations), epoch_len
+    )
+    actions = scheduled_actions(cfg)
+    nan_guard = NonFiniteGuard(bool(cfg.ignore_nan), int(cfg.train.max_nan_steps))
 
     start_iter = 0
     latest = checkpointer.latest()
@@ -325,8 +346,13 @@ def do_train(
         data_iter, int(cfg.train.print_freq), "Training", n_iterations=max_iter, start_iteration=start_iter
     ):
         values = {name: schedule[iteration] for name, schedule in schedules.items()}
+        if actions and iteration % epoch_len == 0:
+            for key, value in apply_actions(cfg, actions, iteration // epoch_len).items():
+                logger.info("train.actions: %s=%s from epoch %d", key, value, iteration // epoch_len)
+            clip_grad = float(cfg.optim.clip_grad)
+        frozen = backbone_frozen(iteration, epoch_len, int(cfg.student.freeze_backbone_epochs))
         try:
-            losses = train_step(model, optimizer, batch, values, clip_grad, scaler)
+            losses = train_step(model, optimizer, batch, values, clip_grad, scaler, nan_guard, frozen, iteration)
         except FloatingPointError as exc:
             raise FloatingPointError(
                 f"{exc} at iteration {iteration}: training stopped; lower optim.base_lr or raise dino.mcr.eps and "

@@ -8,7 +8,7 @@ from train_utils import STEP_VALUES, collate, synthetic_images, tiny_cfg
 
 from simdinov2.checkpoint import Checkpointer, full_state_dict
 from simdinov2.train import train as train_module
-from simdinov2.train.optim import build_optimizer
+from simdinov2.train.recipe_keys import build_optimizer_by_name
 from simdinov2.train.ssl_meta_arch import SSLMetaArch
 
 DINOV2_TINY = ["dino.head_n_prototypes=64", "ibot.head_n_prototypes=64", "dino.koleo_loss_weight=0.1"]
@@ -16,7 +16,7 @@ DINOV2_TINY = ["dino.head_n_prototypes=64", "ibot.head_n_prototypes=64", "dino.k
 
 def _model_and_optimizer(cfg):
     model = train_module.build_model(cfg)
-    optimizer = build_optimizer(str(cfg.optim.optimizer), model.get_params_groups())
+    optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
     return model, optimizer
 
 

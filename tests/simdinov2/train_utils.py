@@ -129,10 +129,10 @@ def run_steps(cfg: Any, batches: list[dict[str, Any]], values: dict[str, float] 
     before and after."""
     from simdinov2.checkpoint import full_state_dict
     from simdinov2.train import train as train_module
-    from simdinov2.train.optim import build_optimizer
+    from simdinov2.train.recipe_keys import build_optimizer_by_name
 
     model = train_module.build_model(cfg)
-    optimizer = build_optimizer(str(cfg.optim.optimizer), model.get_params_groups())
+    optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
     initial_teacher = full_state_dict(model.teacher)
     losses = []
     for batch in batches:
