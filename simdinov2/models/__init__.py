@@ -57,7 +57,8 @@ def _arch_fn(arch: str):
 
 def build_vit(arch: str, patch_size: int = 16, v1: bool = False, **kwargs: Any) -> DinoVisionTransformer:
     """Build a ViT by arch name. `v1=True` gives the DINO v1 layout (no mask token, no registers, no
-    LayerScale, MLP FFN) so DINO / SimDINO v1 checkpoints load strict=True; other kwargs go to the ViT."""
+    LayerScale, MLP FFN, DINO's CLS-token init) so DINO / SimDINO v1 checkpoints load strict=True; other
+    kwargs go to the ViT."""
     fn = _arch_fn(arch)
     if v1:
         # None / 0 mean "off" for registers and LayerScale, so only truthy values are refused.
@@ -68,6 +69,7 @@ def build_vit(arch: str, patch_size: int = 16, v1: bool = False, **kwargs: Any) 
                     f"{key}={kwargs[key]!r} is not part of the DINO v1 ViT; drop it or build with v1=False"
                 )
         kwargs["use_mask_token"] = False
+        kwargs.setdefault("cls_token_init", "dino")  # trunc-normal(0.02), as DINO v1
         kwargs.setdefault("ffn_layer", "mlp")  # vit_giant2 would otherwise default to SwiGLU
     return fn(patch_size=patch_size, **kwargs)
 

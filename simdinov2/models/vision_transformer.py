@@ -79,6 +79,7 @@ class DinoVisionTransformer(nn.Module):
         qknorm: bool = False,
         drop_masks: bool = False,
         gradient_checkpointing: bool = False,
+        cls_token_init: str = "dinov2",
     ) -> None:
         super().__init__()
         if ffn_layer not in FFN_LAYERS:
@@ -89,6 +90,9 @@ class DinoVisionTransformer(nn.Module):
             raise ValueError(f"block_chunks must be between 0 and depth={depth} (got {block_chunks})")
         if num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0 (got {num_register_tokens})")
+        if cls_token_init not in ("dino", "dinov2"):
+            raise ValueError(f"cls_token_init must be dino or dinov2 (got {cls_token_init!r})")
+        self.cls_token_init = cls_token_init
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
         self.num_features = self.embed_dim = embed_dim
@@ -160,9 +164,13 @@ class DinoVisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ init / structure
     def init_weights(self) -> None:
-        """DINOv2 init: pos_embed trunc-normal(0.02), cls/register tokens normal(1e-6), mask token 0."""
+        """DINOv2 init: pos_embed trunc-normal(0.02), cls/register tokens normal(1e-6), mask token 0.
+        `cls_token_init="dino"` (the v1 tree): the CLS token trunc-normal(0.02), as DINO v1."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.cls_token_init == "dino":
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        else:
+            nn.init.normal_(self.cls_token, std=1e-6)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=1e-6)
         if self.mask_token is not None:

@@ -465,3 +465,15 @@ def test_bf16_autocast_forward_on_cuda():
     torch.testing.assert_close(reference, full, atol=0.1, rtol=0.05)
     attn = model.get_last_selfattention(x[0])
     torch.testing.assert_close(attn.sum(-1), torch.ones_like(attn.sum(-1)))
+
+
+def test_cls_token_init_is_each_trees_own():
+    """v1 (DINO): CLS token trunc-normal(std 0.02); v2 (DINOv2): normal(std 1e-6)."""
+    torch.manual_seed(0)
+    v1 = build_vit("vit_small", 16, v1=True)
+    v2 = build_vit("vit_small", 16)
+    assert v1.cls_token_init == "dino" and v2.cls_token_init == "dinov2"
+    assert 0.01 < float(v1.cls_token.std()) < 0.03 and float(v1.cls_token.abs().max()) <= 2.0
+    assert float(v2.cls_token.std()) < 1e-5
+    with pytest.raises(ValueError, match="cls_token_init"):
+        vit_tiny(cls_token_init="zeros")
