@@ -13,8 +13,12 @@ Core (used by `simdino/eval_linear.py` and by this module's CLI):
 
 CLI (v2, DINOv2 flags): `python simdinov2/eval/linear.py --config-file D/config.yaml
 --pretrained-weights W --output-dir L --train-dataset S --val-dataset S [--epochs 10] [--batch-size 128]
-[--epoch-length N] [--learning-rates ...] [--save-checkpoint-frequency E] [--eval-period-iterations N]`.
-Trains the grid (lrs × last {1, 4} blocks × avgpool {no, yes}) for `epochs × epoch_length` iterations
+[--epoch-length N] [--learning-rates ...] [--save-checkpoint-frequency E] [--eval-period-iterations N]
+[--full-grid]`. Defaults are upstream SimDINOv2's script, whose reported linear numbers come from it: 8
+learning rates × last {1, 2} blocks × avgpool only, 1250 iterations per epoch and between evaluations
+(`--epoch-length 0`: one pass over the training set). `--full-grid` trains DINOv2's richer grid instead
+(13 learning rates × last {1, 4} blocks × avgpool {no, yes}). The grid trains for `epochs × epoch_length`
+iterations
 (SGD momentum 0.9, cosine to 0, lr scaled by global batch / 256), resumes from
 `L/linear_checkpoint.pth`, and appends one JSON line per evaluation to `L/results_eval_linear.json`
 (best classifier on the validation set and the accuracy of every classifier).
@@ -47,8 +51,17 @@ from simdinov2.logging import MetricLogger
 
 logger = logging.getLogger("simdinov2")
 
-# DINOv2's learning-rate grid (before scaling by global batch / 256).
-DEFAULT_LEARNING_RATES = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1]
+# Grids (learning rates before scaling by global batch / 256, last-block counts, avgpool choices).
+# Upstream SimDINOv2's linear probe (the default):
+DEFAULT_LEARNING_RATES = [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2]
+DEFAULT_N_LAST_BLOCKS = [1, 2]
+DEFAULT_AVGPOOL = [True]
+# DINOv2's richer grid (`--full-grid`):
+FULL_GRID_LEARNING_RATES = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1]
+FULL_GRID_N_LAST_BLOCKS = [1, 4]
+FULL_GRID_AVGPOOL = [False, True]
+# Upstream's fixed epoch length and evaluation period (iterations).
+DEFAULT_EPOCH_LENGTH = 1250
 
 TokensList = Sequence[tuple[Tensor, Tensor]]
 
@@ -265,17 +278,21 @@ def get_args_parser(
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=128, help="images per process per iteration")
     parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
-    parser.add_argument("--epoch-length", type=int, default=None,
-                        help="iterations per epoch (default: one pass over the training set, "
+    parser.add_argument("--epoch-length", type=int, default=DEFAULT_EPOCH_LENGTH,
+                        help="iterations per epoch (upstream's 1250; <= 0: one pass over the training set, "
                              "len(dataset) // global batch)")
     parser.add_argument("--save-checkpoint-frequency", type=int, default=20,
                         help="save the resumable checkpoint every this many epochs (and at the end)")
-    parser.add_argument("--eval-period-iterations", type=int, default=None,
-                        help="evaluate every this many iterations (default: once per epoch)")
-    parser.add_argument("--learning-rates", nargs="+", type=float, default=DEFAULT_LEARNING_RATES,
-                        help="grid of base learning rates (each scaled by global batch / 256)")
-    parser.add_argument("--n-last-blocks", nargs="+", type=int, default=[1, 4],
-                        help="grid of how many last blocks' CLS tokens are concatenated")
+    parser.add_argument("--eval-period-iterations", type=int, default=DEFAULT_EPOCH_LENGTH,
+                        help="evaluate every this many iterations (upstream's 1250; <= 0: once per epoch)")
+    parser.add_argument("--learning-rates", nargs="+", type=float, default=None,
+                        help="grid of base learning rates, each scaled by global batch / 256 (default: upstream "
+                             f"SimDINOv2's {DEFAULT_LEARNING_RATES}; DINOv2's with --full-grid)")
+    parser.add_argument("--n-last-blocks", nargs="+", type=int, default=None,
+                        help="grid of how many last blocks' CLS tokens are concatenated (default: "
+                             f"{DEFAULT_N_LAST_BLOCKS}; {FULL_GRID_N_LAST_BLOCKS} with --full-grid)")
+    parser.add_argument("--full-grid", action="store_true",
+                        help="DINOv2's richer grid: 13 learning rates x last {1, 4} blocks x avgpool {no, yes}")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing linear_checkpoint.pth")
     parser.add_argument("--image-size", type=int, default=None,
                         help="crop size (default: crops.global_crops_size of the config)")
@@ -320,6 +337,12 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("epochs", "batch_size", "save_checkpoint_frequency"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    full = bool(getattr(args, "full_grid", False))
+    if args.learning_rates is None:
+        args.learning_rates = list(FULL_GRID_LEARNING_RATES if full else DEFAULT_LEARNING_RATES)
+    if args.n_last_blocks is None:
+        args.n_last_blocks = list(FULL_GRID_N_LAST_BLOCKS if full else DEFAULT_N_LAST_BLOCKS)
+    avgpool_list = FULL_GRID_AVGPOOL if full else DEFAULT_AVGPOOL
     if not args.learning_rates or min(args.learning_rates) <= 0:
         raise ValueError("--learning-rates must be positive numbers")
     fix_random_seeds(args.seed)
@@ -341,16 +364,18 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     feature_model = ModelWithIntermediateLayers(model, max(n_last_blocks_list), autocast_dtype)
     sample = feature_model(train_dataset[0][0][None].to(device))
     classifiers, groups = setup_linear_classifiers(
-        sample, n_last_blocks_list, [False, True], args.learning_rates, args.batch_size, num_classes
+        sample, n_last_blocks_list, avgpool_list, args.learning_rates, args.batch_size, num_classes
     )
     classifiers.to(device)
     trained: nn.Module = classifiers
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(classifiers)
     global_batch = args.batch_size * distributed.get_world_size()
-    epoch_length = args.epoch_length or max(len(train_dataset) // global_batch, 1)
+    epoch_length = args.epoch_length if args.epoch_length and args.epoch_length > 0 else None
+    epoch_length = epoch_length or max(len(train_dataset) // global_batch, 1)
     max_iter = args.epochs * epoch_length
-    eval_period = args.eval_period_iterations or epoch_length
+    eval_period = args.eval_period_iterations if args.eval_period_iterations and args.eval_period_iterations > 0 else None
+    eval_period = eval_period or epoch_length
     checkpoint_period = args.save_checkpoint_frequency * epoch_length
     optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_iter, eta_min=0.0)

@@ -8,6 +8,10 @@ there is one) on scikit-learn's objective, `C·Σᵢ CE(W xᵢ + b, yᵢ) + ½�
 divided by `C·n` so the loss scale does not depend on the data size. The `C` grid is split over the
 processes; every process then refits the winner, so nobody idles at a barrier.
 
+As upstream SimDINOv2's script (its reported numbers come from it): images resized to the crop size
+(224, bicubic) then center-cropped (no 256 → 224 resize), C = 10^linspace(−6, 5, 45), and the fit in
+float64 with tolerance 1e-12.
+
 CLI: `python simdinov2/eval/log_regression.py --config-file D/config.yaml --pretrained-weights W
 --output-dir R --train-dataset S --val-dataset S [--c-values ...] [--max-train-iters 1000]`; appends
 one JSON line to `R/results_eval_log_regression.json`.
@@ -37,20 +41,29 @@ from simdinov2 import distributed
 
 logger = logging.getLogger("simdinov2")
 
-DEFAULT_C_VALUES = [10.0**p for p in range(-6, 6)]
+DEFAULT_C_VALUES = [float(10.0**p) for p in torch.linspace(-6, 5, 45, dtype=torch.float64)]
+FIT_DTYPE = torch.float64
+FIT_TOLERANCE = 1e-12
 
 
 def fit_logistic_regression(
-    features: Tensor, labels: Tensor, num_classes: int, C: float, max_iter: int = 1000, tolerance: float = 1e-7
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    C: float,
+    max_iter: int = 1000,
+    tolerance: float = FIT_TOLERANCE,
+    dtype: torch.dtype = FIT_DTYPE,
 ) -> tuple[Tensor, Tensor]:
-    """(weight [num_classes, D], bias [num_classes]) minimising mean CE + ‖W‖² / (2·C·n) with L-BFGS."""
+    """(weight [num_classes, D], bias [num_classes]) minimising mean CE + ‖W‖² / (2·C·n) with L-BFGS, in
+    `dtype` (float64 by default, as upstream)."""
     if C <= 0:
         raise ValueError(f"C must be > 0 (got {C})")
     n, dim = features.shape
-    features = features.float()
+    features = features.to(dtype)
     labels = labels.to(features.device, torch.long)
-    weight = torch.zeros((num_classes, dim), device=features.device, requires_grad=True)
-    bias = torch.zeros((num_classes,), device=features.device, requires_grad=True)
+    weight = torch.zeros((num_classes, dim), device=features.device, dtype=dtype, requires_grad=True)
+    bias = torch.zeros((num_classes,), device=features.device, dtype=dtype, requires_grad=True)
     penalty = 1.0 / (2.0 * C * n)
     optimizer = torch.optim.LBFGS(
         [weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance, tolerance_change=tolerance * 1e-2,
@@ -72,7 +85,7 @@ def accuracy(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chu
     """Top-1 and top-5 accuracy (percent) of the linear model."""
     hits1 = hits5 = 0
     for start in range(0, features.shape[0], chunk):
-        logits = F.linear(features[start : start + chunk].to(weight.device).float(), weight, bias)
+        logits = F.linear(features[start : start + chunk].to(weight.device, weight.dtype), weight, bias)
         targets = labels[start : start + chunk].to(weight.device)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
         hits1 += int(top[:, :1].any(dim=1).sum().item())
@@ -154,7 +167,7 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
     start = time.time()
     model, autocast_dtype, config = setup_and_build_model(args)
     image_size = eval_image_size(args.image_size, config)
-    transform = make_classification_eval_transform(crop_size=image_size)
+    transform = make_classification_eval_transform(resize_size=image_size, crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     val_dataset = make_dataset(args.val_dataset_str, transform=transform)
     device = distributed.get_device()

@@ -230,8 +230,8 @@ def test_logistic_regression_matches_scikit_learn() -> None:
     for C in (0.05, 1.0):
         weight, bias = fit_logistic_regression(x, y, 3, C, max_iter=500, tolerance=1e-10)
         reference = sklearn.LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(x.numpy(), y.numpy())
-        ours = torch.softmax(x @ weight.T + bias, dim=1)
-        theirs = torch.from_numpy(reference.predict_proba(x.numpy())).float()
+        ours = torch.softmax(x.double() @ weight.T + bias, dim=1)  # fitted in float64
+        theirs = torch.from_numpy(reference.predict_proba(x.numpy())).double()
         assert torch.allclose(ours, theirs, atol=2e-3), C
     top1, top5 = accuracy(x, y, weight, bias)
     assert top1 > 80.0 and top5 == 100.0
@@ -304,24 +304,25 @@ def test_v2_linear_and_log_regression(v2_snapshot, tiny_imagefolder: Path, tmp_p
     def run(*extra: str) -> dict:
         return linear.run_linear_probe(linear.get_args_parser().parse_args(base + list(extra)))
 
-    summary = run("--epochs", "1", "--learning-rates", "0.01", "0.1", "--eval-period-iterations", "2")
+    summary = run("--epochs", "1", "--learning-rates", "0.01", "0.1", "--eval-period-iterations", "2",
+                  "--epoch-length", "0", "--full-grid")
     checkpoint = torch.load(out / "linear_checkpoint.pth", weights_only=True)
     epoch_length = 120 // 32
     assert checkpoint["iteration"] == epoch_length == summary["iteration"]
-    assert len(summary["classifiers"]) == 2 * 2 * 2  # lrs x {1, 4} blocks x avgpool
+    assert len(summary["classifiers"]) == 2 * 2 * 2  # lrs x {1, 4} blocks x avgpool (--full-grid)
     lines = [json.loads(line) for line in (out / "results_eval_linear.json").read_text().splitlines()]
     assert [line["iteration"] for line in lines] == [2, epoch_length]  # periodic eval, then the final one
     best = summary["best_classifier"]
     assert best["top1"] == max(summary["classifiers"].values())
     assert best["n_last_blocks"] in (1, 4)
     # rerun with 2 epochs: resumes at the saved iteration and trains only the second epoch
-    resumed = run("--epochs", "2", "--learning-rates", "0.01", "0.1")
+    resumed = run("--epochs", "2", "--learning-rates", "0.01", "0.1", "--epoch-length", "0", "--full-grid")
     assert resumed["iteration"] == 2 * epoch_length
     resumed_state = torch.load(out / "linear_checkpoint.pth", weights_only=True)
     assert resumed_state["iteration"] == 2 * epoch_length
     assert resumed_state["scheduler"]["T_max"] == 2 * epoch_length  # the cosine follows the new length
     with pytest.raises(ValueError, match="another classifier grid"):
-        run("--epochs", "2", "--learning-rates", "0.5")
+        run("--epochs", "2", "--learning-rates", "0.5", "--epoch-length", "0", "--full-grid")
 
     out_lr = tmp_path / "logreg"
     args = log_regression.get_args_parser().parse_args(
@@ -376,3 +377,28 @@ def test_cuda_knn_and_autocast_features_match_cpu() -> None:
     for (p_ref, c_ref), (p_half, c_half) in zip(reference, half):
         assert c_half.dtype == torch.float32  # classifiers always see float32
         assert torch.allclose(c_half, c_ref, atol=5e-2) and torch.allclose(p_half, p_ref, atol=5e-2)
+
+
+def test_v2_linear_defaults_are_upstream_simdinov2s() -> None:
+    """The reported SimDINOv2 linear numbers come from upstream's script: its grid and epoch length."""
+    from simdinov2.eval import linear
+
+    args = linear.get_args_parser().parse_args([])
+    assert args.epoch_length == 1250 and args.eval_period_iterations == 1250 and args.epochs == 10
+    assert args.learning_rates is None and args.n_last_blocks is None and not args.full_grid
+    assert linear.DEFAULT_LEARNING_RATES == [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2]
+    assert (linear.DEFAULT_N_LAST_BLOCKS, linear.DEFAULT_AVGPOOL) == ([1, 2], [True])
+    assert len(linear.FULL_GRID_LEARNING_RATES) == 13 and linear.FULL_GRID_AVGPOOL == [False, True]
+
+
+def test_log_regression_defaults_are_upstream_simdinov2s() -> None:
+    """C grid 10^linspace(-6, 5, 45), float64 fit with tolerance 1e-12, resize to the crop size."""
+    from simdinov2.eval import log_regression
+
+    c = log_regression.DEFAULT_C_VALUES
+    assert len(c) == 45 and math.isclose(c[0], 1e-6) and math.isclose(c[-1], 1e5)
+    assert math.isclose(c[1] / c[0], 10 ** (11 / 44))
+    assert log_regression.FIT_DTYPE == torch.float64 and log_regression.FIT_TOLERANCE == 1e-12
+    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    weight, bias = fit_logistic_regression(x, y, 3, 1.0, max_iter=50)
+    assert weight.dtype == bias.dtype == torch.float64
