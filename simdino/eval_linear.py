@@ -140,7 +140,8 @@ def main(args: argparse.Namespace) -> float:
     val_loader = make_eval_loader(val_dataset, args.batch_size_per_gpu, args.num_workers, pad=False)
     sample = feature_model(val_dataset[0][0][None].to(device))
     embed_dim = create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
-    classifier = LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=args.num_labels).to(device)
+    # Upstream v1's feature order, so its trained classifiers predict the same here.
+    classifier = LinearClassifier(embed_dim, n_last_blocks, avgpool, args.num_labels, dino_v1_order=True).to(device)
     trained: nn.Module = classifier
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(classifier)

@@ -98,32 +98,52 @@ class ModelWithIntermediateLayers(nn.Module):
         return tuple((patch.float(), cls.float()) for patch, cls in outputs)
 
 
-def create_linear_input(x_tokens_list: TokensList, use_n_blocks: int, use_avgpool: bool) -> Tensor:
-    """[CLS of each of the last `use_n_blocks` blocks] ⊕ [mean patch token of the last block]."""
+def create_linear_input(
+    x_tokens_list: TokensList, use_n_blocks: int, use_avgpool: bool, dino_v1_order: bool = False
+) -> Tensor:
+    """[CLS of each of the last `use_n_blocks` blocks] ⊕ [mean patch token of the last block].
+
+    `dino_v1_order` (v1 `eval_linear.py`): DINO v1 interleaves the CLS and mean-patch features channel by
+    channel ([c0, m0, c1, m1, ...]) when it avgpools one block, so a classifier trained by upstream v1 reads
+    its inputs in that order; with several blocks (which upstream v1 cannot avgpool) the order is ours."""
     if use_n_blocks > len(x_tokens_list):
         raise ValueError(f"use_n_blocks={use_n_blocks} but only {len(x_tokens_list)} blocks were extracted")
     intermediate = x_tokens_list[-use_n_blocks:]
     output = torch.cat([cls for _, cls in intermediate], dim=-1)
     if use_avgpool:
-        output = torch.cat((output, intermediate[-1][0].mean(dim=1)), dim=-1)
+        mean_patch = intermediate[-1][0].mean(dim=1)
+        if dino_v1_order and use_n_blocks == 1:
+            output = torch.stack((output, mean_patch), dim=-1).flatten(1)
+        else:
+            output = torch.cat((output, mean_patch), dim=-1)
     return output.float()
 
 
 class LinearClassifier(nn.Module):
     """One linear layer on `create_linear_input(...)`; N(0, 0.01) weights and zero bias (DINO)."""
 
-    def __init__(self, out_dim: int, use_n_blocks: int = 1, use_avgpool: bool = False, num_classes: int = 1000):
+    def __init__(
+        self,
+        out_dim: int,
+        use_n_blocks: int = 1,
+        use_avgpool: bool = False,
+        num_classes: int = 1000,
+        dino_v1_order: bool = False,
+    ):
         super().__init__()
         self.out_dim = int(out_dim)
         self.use_n_blocks = int(use_n_blocks)
         self.use_avgpool = bool(use_avgpool)
+        self.dino_v1_order = bool(dino_v1_order)
         self.num_classes = int(num_classes)
         self.linear = nn.Linear(self.out_dim, self.num_classes)
         self.linear.weight.data.normal_(mean=0.0, std=0.01)
         self.linear.bias.data.zero_()
 
     def forward(self, x_tokens_list: TokensList) -> Tensor:
-        return self.linear(create_linear_input(x_tokens_list, self.use_n_blocks, self.use_avgpool))
+        return self.linear(
+            create_linear_input(x_tokens_list, self.use_n_blocks, self.use_avgpool, self.dino_v1_order)
+        )
 
 
 class AllClassifiers(nn.Module):

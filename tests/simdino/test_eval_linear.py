@@ -96,3 +96,20 @@ def test_bad_inputs(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path)
                 torch.zeros(5)}, "optimizer": {}, "scheduler": {}, "best_acc": 0.0}, tmp_path / "checkpoint.pth.tar")
     with pytest.raises(ValueError, match="--num_labels"):
         main(_args(*common, "--data_path", str(tiny_imagefolder), "--output_dir", str(tmp_path), "--evaluate"))
+
+
+def test_avgpool_features_in_upstream_v1_order() -> None:
+    """Upstream v1 stacks CLS and mean patch token as [B, D, 2] and flattens (channel-interleaved): a
+    classifier it trained must see its inputs in that order here too."""
+    from simdinov2.eval.linear import LinearClassifier
+
+    torch.manual_seed(0)
+    patches, cls = torch.randn(3, 5, 8), torch.randn(3, 8)
+    upstream_features = torch.cat((cls.unsqueeze(-1), patches.mean(dim=1).unsqueeze(-1)), dim=-1).reshape(3, -1)
+    classifier = LinearClassifier(16, 1, True, num_classes=4, dino_v1_order=True)
+    expected = torch.nn.functional.linear(upstream_features, classifier.linear.weight, classifier.linear.bias)
+    torch.testing.assert_close(classifier(((patches, cls),)), expected, rtol=0, atol=0)
+    # v2 (DINOv2) keeps [CLS, mean patch] concatenated.
+    v2 = LinearClassifier(16, 1, True, num_classes=4)
+    v2.load_state_dict(classifier.state_dict())
+    assert not torch.equal(v2(((patches, cls),)), expected)
