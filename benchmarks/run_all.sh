@@ -25,3 +25,4 @@ run loss benchmarks/loss.py --collapse
 run knn benchmarks/knn.py
 run augment benchmarks/augment.py
 run attention benchmarks/attention.py
+run gradient_checkpointing benchmarks/gradient_checkpointing.py

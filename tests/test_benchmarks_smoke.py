@@ -158,3 +158,15 @@ def test_attention_small(capsys):
     assert rows["fp32"]["shipped"] == "sdpa" and rows["bf16"]["shipped"] == "explicit"
     assert rows["fp32"]["out rel err"] < 1e-5 and rows["bf16"]["out rel err"] < 2e-2
     assert all(r["sdpa ms"] > 0 and r["explicit ms"] > 0 for r in result["rows"])
+
+
+def test_gradient_checkpointing_small(capsys):
+    from benchmarks import gradient_checkpointing
+
+    result = gradient_checkpointing.main(["--arch", "vit_tiny", "--patch-size", "4", "--global-size", "16",
+                                          "--local-size", "8", "--local-crops", "1", "--batch", "2",
+                                          "--repeats", "1", "--threads", "1"])  # fmt: skip
+    assert "| dtype" in capsys.readouterr().out
+    off, on = result["rows"]
+    assert off["grads identical"] and on["grads identical"]
+    assert on["activations MB"] < off["activations MB"]  # only the block inputs stay
