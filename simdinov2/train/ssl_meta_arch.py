@@ -87,6 +87,13 @@ def load_pretrained_backbone(
         resized["pos_embed"] = resample_abs_pos_embed(
             state_dict["pos_embed"].float(), new_size=[side, side], old_size=[old_side, old_side], num_prefix_tokens=1
         ).to(state_dict["pos_embed"].dtype)
+    # Upstream's qknorm has no parameters: weights without `q_norm` / `k_norm` start from our scale 1 (the
+    # same function as upstream's norm).
+    for name, value in model.state_dict().items():
+        if name.endswith(("attn.q_norm.weight", "attn.k_norm.weight")):
+            flat_name = ".".join(part for i, part in enumerate(name.split(".")) if not (i == 1 and model.chunked_blocks))
+            if name not in resized and flat_name not in resized:
+                resized[flat_name] = value.detach().clone()
     kernel = state_dict["patch_embed.proj.weight"]
     if kernel.shape[-1] != model.patch_size:
         resized["patch_embed.proj.weight"] = resample_patch_embed(

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +191,19 @@ def test_effective_recipe_equals_upstream_key_by_key():
     }
 
 
+@pytest.fixture(scope="module")
+def images24(tiny_imagefolder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 training images (8 per class) of the session's tiny ImageFolder."""
+    root = tmp_path_factory.mktemp("images24") / "train"
+    for class_dir in sorted(p for p in (tiny_imagefolder / "train").iterdir() if p.is_dir()):
+        (root / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:8]:
+            shutil.copy(image, root / class_dir.name / image.name)
+    return root
+
+
 @pytest.mark.slow
-def test_upstream_config_file_trains_two_iterations(tiny_imagefolder: Path, tmp_path: Path):
+def test_upstream_config_file_trains_two_iterations(images24: Path, tmp_path: Path):
     """Every upstream key with its upstream value, as an upstream user's YAML file; only sizes overridden."""
     config = tmp_path / "upstream_simdino_config.yaml"
     config.write_text(yaml.safe_dump(_nested(UPSTREAM_SIMDINOV2), sort_keys=False))
@@ -199,8 +211,8 @@ def test_upstream_config_file_trains_two_iterations(tiny_imagefolder: Path, tmp_
     sizes = [
         "student.arch=vit_tiny", "student.patch_size=4",
         "crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2",
-        "train.batch_size_per_gpu=60", "optim.epochs=1",  # 120 images: 2 iterations
-        f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}", "train.num_workers=0",
+        "train.batch_size_per_gpu=12", "optim.epochs=1",  # 24 images: 2 iterations
+        f"train.dataset_path=ImageFolder:root={images24}", "train.num_workers=0",
     ]  # fmt: skip
     result = run_train(["--config-file", str(config), "--output-dir", str(out), *sizes])
     log = result.stdout + result.stderr
@@ -285,7 +297,14 @@ def test_drop_masks_removes_the_masked_patches():
     with pytest.raises(ValueError, match="drop_masks"):
         get_cfg(SIMDINO_CONFIG, ["student.drop_masks=true"])  # the patch loss needs the masked tokens
     cfg = tiny_cfg(extra=["student.drop_masks=true", "ibot.loss_weight=0"])
-    assert SSLMetaArch(cfg).drop_masks
+    model = train_module.build_model(cfg)
+    assert model.drop_masks
+    images = synthetic_images(4, 0, cfg)
+    samples = [({"global_crops": list(im["global"]), "local_crops": list(im["local"])}, None) for im in images]
+    batch = collate_data_and_cast(samples, (0.1, 0.5), 0.5, torch.float32, n_tokens=16, drop_masks=True)
+    optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
+    losses = train_module.train_step(model, optimizer, batch, dict(STEP_VALUES), 3.0)
+    assert "ibot_loss" not in losses and torch.isfinite(torch.tensor(losses["total_loss"]))
 
 
 def _save_backbone(path: Path, model: torch.nn.Module, entries=("teacher",)) -> dict[str, torch.Tensor]:
@@ -364,7 +383,7 @@ def test_koleo_logged_weighted_and_dinov2_head_trains_weight_g():
 
 # ---------------------------------------------------------------------------------------------- non-default run
 @pytest.mark.slow
-def test_simdino_config_with_every_key_changed_trains(tiny_imagefolder: Path, tmp_path: Path):
+def test_simdino_config_with_every_key_changed_trains(images24: Path, tmp_path: Path):
     """simdino_config.yaml with the upstream keys set to non-default values trains; effects in the outputs."""
     pretrained = tmp_path / "pretrained.pth"
     _save_backbone(pretrained, build_vit("vit_tiny", 8, img_size=32, num_register_tokens=0, init_values=0.1))
@@ -375,18 +394,19 @@ def test_simdino_config_with_every_key_changed_trains(tiny_imagefolder: Path, tm
         "ignore_nan": True,
         "student": {"gradient_checkpointing": True, "qknorm": True, "ffn_drop": 0.1, "attn_drop": 0.1,
                     "freeze_backbone_epochs": 1, "pretrained_weights": str(pretrained),
-                    "pretrained_img_size": 32, "pretrained_patch_size": 8, "num_register_tokens": 0},
+                    "pretrained_img_size": 32, "pretrained_patch_size": 8, "num_register_tokens": 0,
+                    "block": "flat", "rescale_weight": 2.0},
         "optim": {"opt": "sgd", "kwargs": {"betas": None, "foreach": True}, "peak_epochs": 1,
                   "clip_grad_end": 1.0, "warmup_epochs": 1, "epochs": 3},
         "train": {"OFFICIAL_EPOCH_LENGTH": 2, "actions": [[1, "dino.loss_weight=0.5"]], "print_freq": 1,
-                  "recipe": "other", "block": "flat", "cache_dataset": False},
+                  "recipe": "other", "cache_dataset": False},
         "evaluation": {"eval_period_iterations": 1, "img_size": 32, "patch_size": 4},
     }))  # fmt: skip
     out = tmp_path / "run"
     sizes = [
         "student.arch=vit_tiny", "student.patch_size=4",
         "crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2",
-        "train.batch_size_per_gpu=8", f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}",
+        "train.batch_size_per_gpu=4", f"train.dataset_path=ImageFolder:root={images24}",
         "train.num_workers=0", "dino.head_hidden_dim=64", "dino.head_bottleneck_dim=32",
     ]  # fmt: skip
     result = run_train(["--config-file", str(config), "--output-dir", str(out), *sizes])
@@ -395,7 +415,9 @@ def test_simdino_config_with_every_key_changed_trains(tiny_imagefolder: Path, tm
     records = [json.loads(line) for line in (out / "training_metrics.json").read_text().splitlines()]
     assert len(records) == 6  # OFFICIAL_EPOCH_LENGTH=2 x 3 epochs, not len(dataset) // batch
     lr = [r["lr"] for r in records]
-    assert lr[2] == lr[3] == max(lr) and lr[4] < lr[3]  # warm-up 1 epoch, peak 1 epoch, then cosine
+    # warm-up over epoch 0 (0 -> peak), the peak held through epoch 1, the cosine from epoch 2 (without
+    # peak_epochs the cosine would start at iteration 2)
+    assert lr[0] == 0.0 and lr[1:5] == [max(lr)] * 4 and lr[5] < lr[4]
     assert "train.actions: dino.loss_weight=0.5 from epoch 1" in log
     assert sorted(p.name for p in (out / "eval").iterdir()) == [f"training_{i}" for i in range(6)]
     assert "student backbone initialised from" in log and "compile=true is honoured on CUDA only" in log
