@@ -335,11 +335,14 @@ def do_train(
         # continues the saved random streams exactly.
         Checkpointer.restore_rng(latest)
 
+    # A resumed run first re-applies the actions of the epochs it already started.
+    for past_epoch in range(-(-start_iter // epoch_len)) if actions else ():
+        apply_actions(cfg, actions, past_epoch)
     wandb_run = _init_wandb(cfg)
     metric_logger = MetricLogger(delimiter="  ", output_file=output_dir / "training_metrics.json")
     # One value per iteration in training_metrics.json (no smoothing window), running mean on the console.
     metric_logger.meters = defaultdict(lambda: SmoothedValue(window_size=1, fmt="{value:.4f} ({global_avg:.4f})"))
-    clip_grad = float(cfg.optim.clip_grad)
+    clip_grad = float(cfg.optim.clip_grad)  # after the actions above, which may set it
     model.train()
     iteration = start_iter
     for batch in metric_logger.log_every(
