@@ -346,8 +346,13 @@ def test_v2_bad_inputs(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> N
     cfg = OmegaConf.load(config)
     cfg.student.arch = "vit_small"
     OmegaConf.save(cfg, other)
-    with pytest.raises(ValueError, match="vit_small"):
-        setup_and_build_model(parser.parse_args(_v2_args(other, weights, tiny_imagefolder, tmp_path)))
+    # a config describing another model: the checkpoint's architecture is evaluated (one log line)
+    model, _, _ = setup_and_build_model(parser.parse_args(_v2_args(other, weights, tiny_imagefolder, tmp_path)))
+    assert model.embed_dim == 192 and model.num_register_tokens == 4
+    # an explicit --opts statement that contradicts the weights: refused, naming the option to change
+    with pytest.raises(ValueError, match=r"--opts student.arch=vit_small contradicts .*--opts student.arch=vit_tiny"):
+        setup_and_build_model(parser.parse_args(
+            _v2_args(config, weights, tiny_imagefolder, tmp_path) + ["--opts", "student.arch=vit_small"]))
     # through the CLI entry point: one line, exit code 1
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
