@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,9 @@ from torch import Tensor, nn  # noqa: E402
 
 from simdinov2 import distributed  # noqa: E402
 from simdinov2.eval.backbone import (  # noqa: E402
-    arch_fields,
     build_eval_backbone,
+    check_v1_arch_flags,
     read_checkpoint,
-    refuse_contradiction,
     training_crop_size,
 )
 from simdinov2.eval.features import extract_features, l2_normalized, make_eval_loader  # noqa: E402
@@ -90,22 +89,6 @@ def _resolve_img_size(args: argparse.Namespace, checkpoint: Any) -> None:
         raise ValueError(f"--img_size must be positive (got {args.img_size})")
 
 
-def _check_flags(args: argparse.Namespace, source: str) -> Callable[[dict[str, Any]], None]:
-    """Refuse --arch / --patch_size values the checkpoint's ViT contradicts (an arch names the width;
-    the depth is the checkpoint's, e.g. main_dino.py --depth 6)."""
-
-    def check(weights: dict[str, Any]) -> None:
-        if args.arch is not None:
-            refuse_contradiction(weights, {"embed_dim": arch_fields(args.arch)["embed_dim"]}, f"--arch {args.arch}",
-                                 f"--arch {weights['arch'] or '(a ViT of width ' + str(weights['embed_dim']) + ')'}",
-                                 source)
-        if args.patch_size is not None:
-            refuse_contradiction(weights, {"patch_size": args.patch_size}, f"--patch_size {args.patch_size}",
-                                 f"--patch_size {weights['patch_size']}", source)
-
-    return check
-
-
 def build_v1_eval_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     """The backbone of `--pretrained_weights`, frozen, on `device`: a ViT built from the checkpoint's own
     tensors (flags checked against them), or the torchvision convnet `--arch` names. Fills in
@@ -128,7 +111,8 @@ def build_v1_eval_model(args: argparse.Namespace, device: torch.device) -> nn.Mo
         model.eval()
     else:
         model, config = build_eval_backbone(checkpoint, args.checkpoint_key, args.pretrained_weights,
-                                            check=_check_flags(args, args.pretrained_weights))
+                                            check=check_v1_arch_flags(args.arch, args.patch_size,
+                                                                      args.pretrained_weights))
         args.arch = args.arch or config["arch"] or f"vit (width {config['embed_dim']})"
         args.patch_size = config["patch_size"]
     return model.to(device)

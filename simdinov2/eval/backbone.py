@@ -104,6 +104,22 @@ def refuse_contradiction(weights: Mapping[str, Any], stated: Mapping[str, Any], 
         )
 
 
+def check_v1_arch_flags(arch: str | None, patch_size: int | None, source: str) -> Callable[[dict[str, Any]], None]:
+    """check(weights) refusing v1-style `--arch` / `--patch_size` values the weights contradict. An arch
+    names the width: the depth is the checkpoint's (e.g. a `main_dino.py --depth 6` run)."""
+
+    def check(weights: dict[str, Any]) -> None:
+        if arch is not None:
+            matching = weights["arch"] or f"(no standard arch has width {weights['embed_dim']})"
+            refuse_contradiction(weights, {"embed_dim": arch_fields(arch)["embed_dim"]}, f"--arch {arch}",
+                                 f"--arch {matching}", source)
+        if patch_size is not None:
+            refuse_contradiction(weights, {"patch_size": patch_size}, f"--patch_size {patch_size}",
+                                 f"--patch_size {weights['patch_size']}", source)
+
+    return check
+
+
 def build_eval_backbone(
     checkpoint: Any,
     checkpoint_key: str = "teacher",
@@ -139,6 +155,7 @@ def default_output_dir(weights: str, name: str) -> str:
 __all__ = [
     "arch_fields",
     "build_eval_backbone",
+    "check_v1_arch_flags",
     "default_output_dir",
     "describe",
     "differing_fields",
