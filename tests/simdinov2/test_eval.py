@@ -381,3 +381,31 @@ def test_cuda_knn_and_autocast_features_match_cpu() -> None:
     for (p_ref, c_ref), (p_half, c_half) in zip(reference, half):
         assert c_half.dtype == torch.float32  # classifiers always see float32
         assert torch.allclose(c_half, c_ref, atol=5e-2) and torch.allclose(p_half, p_ref, atol=5e-2)
+
+
+def test_linear_global_batch_arithmetic_in_one_line() -> None:
+    from simdinov2.eval.linear import check_global_batch
+
+    check_global_batch(1024, 128, 8)  # exactly one global batch trains
+    with pytest.raises(ValueError) as exc:
+        check_global_batch(500, 128, 8)
+    assert str(exc.value) == ("--batch-size 128 per process x 8 processes = global batch 1024 > 500 training images: "
+                              "pass --batch-size 62 or less (or use fewer processes)")
+    with pytest.raises(ValueError, match="use fewer processes"):
+        check_global_batch(3, 1, 4)
+
+
+@pytest.mark.slow
+def test_v2_linear_defaults_on_a_small_set_say_the_arithmetic(v2_snapshot, tiny_imagefolder: Path,
+                                                              tmp_path: Path) -> None:
+    """`python simdinov2/eval/linear.py` with the default --batch-size 128 on 120 training images."""
+    config, weights = v2_snapshot
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "simdinov2/eval/linear.py", *_v2_args(config, weights, tiny_imagefolder, tmp_path / "o")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --batch-size 128 per process x 1 process = global batch 128 > 120 training images: "
+        "pass --batch-size 120 or less")
