@@ -13,9 +13,12 @@ What is substituted (nothing else is changed):
   synthetic class patterns of conftest.py otherwise); `<OUT>`, `<OUTPUT>`, `<PATH/TO/OUTPUT/DIR>` -> the v1 or
   v2 run directory of this test; `<ITER>` -> the last v2 teacher snapshot's iteration; `<CKPT>` -> the v1
   `checkpoint.pth`;
-- sizes (`SIZES`): 8-process torchrun commands run 1 process, and the v1 linear probe trains 1 epoch (not 100).
+- sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), and
+  the attention maps use 64 px images (the default 480 px is 14400 tokens at the tiny model's patch 4).
 
-Takes about 2 minutes on 2 idle cores (two 2-process trainings, then evaluations).
+Time: the blocks other than the v2 training took 9 minutes together on the 2-core machine at a load average of
+10 (other jobs); the 2-process FSDP v2 training on CPU is the slowest block (its first iteration alone took over
+2 minutes under that load).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ MARKED_BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*\n```(shell|python)
 SIZES = (
     ("--nproc_per_node=8", "--nproc_per_node=1"),
     ("eval_linear.py", "eval_linear.py --epochs 1"),
+    ("visualize_attention.py", "visualize_attention.py --image_size 64"),  # 480 px at patch 4: 14400 tokens
 )
 
 

@@ -24,6 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from simdinov2 import distributed
+from simdinov2.checkpoint import infer_vit_config
+from simdinov2.eval.backbone import (
+    build_eval_backbone,
+    describe,
+    differing_fields,
+    read_checkpoint,
+    refuse_contradiction,
+    training_crop_size,
+)
+from simdinov2.models import build_model
 
 logger = logging.getLogger("simdinov2")
 
@@ -98,9 +108,6 @@ def _spelt_for(key: str, weights: dict[str, Any]) -> str:
 
 def _config_architecture(config: DictConfig) -> dict[str, Any]:
     """The architecture fields of the ViT `config.student` describes (built on the meta device)."""
-    from simdinov2.checkpoint import infer_vit_config
-    from simdinov2.models import build_model
-
     with torch.device("meta"):
         model, _ = build_model(config.student, only_teacher=True)
     return infer_vit_config(model.state_dict())
@@ -115,8 +122,6 @@ def _stated_student_keys(opts: Sequence[str]) -> list[str]:
 def _architecture_check(config: DictConfig, opts: Sequence[str], config_file: str | None, source: str):
     """check(weights) for `build_eval_backbone`: refuse `--opts student.*` that contradict the weights; log
     one line when the config file describes another model than the weights."""
-    from simdinov2.eval.backbone import describe, differing_fields, refuse_contradiction
-
     stated = _config_architecture(config)
 
     def check(weights: dict[str, Any]) -> None:
@@ -148,8 +153,6 @@ def build_model_for_eval(
     """The backbone of `pretrained_weights` (a path or an already read checkpoint), built from its own
     tensors and loaded strictly, frozen, in eval mode, on `device`. `opts` are the command-line config
     overrides (their `student.*` architecture keys must agree with the weights)."""
-    from simdinov2.eval.backbone import build_eval_backbone
-
     if "student" not in config:
         raise ValueError("the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml")
     source = source or str(pretrained_weights)
@@ -163,8 +166,6 @@ def build_model_for_eval(
 
 def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dtype, DictConfig]:
     """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags."""
-    from simdinov2.eval.backbone import read_checkpoint, training_crop_size
-
     if not args.pretrained_weights:
         raise ValueError("--pretrained-weights is required (a teacher_checkpoint.pth, or a v1 checkpoint.pth)")
     if not os.path.exists(args.pretrained_weights):

@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from simdinov2.checkpoint import CheckpointError
-from simdinov2.eval.backbone import build_eval_backbone, read_checkpoint, refuse_contradiction, training_crop_size
+from simdinov2.eval.backbone import (
+    build_eval_backbone,
+    read_checkpoint,
+    refuse_contradiction,
+    training_crop_size,
+)
 from simdinov2.models import build_vit
 
 REPO = Path(__file__).resolve().parents[2]
