@@ -16,9 +16,9 @@ What is substituted (nothing else is changed):
 - sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), and
   the attention maps use 64 px images (the default 480 px is 14400 tokens at the tiny model's patch 4).
 
-Time: the blocks other than the v2 training took 9 minutes together on the 2-core machine at a load average of
-10 (other jobs); the 2-process FSDP v2 training on CPU is the slowest block (its first iteration alone took over
-2 minutes under that load).
+Time: 12.5 minutes for all blocks on the shared 2-core machine at a load average of 5 to 10 (other jobs), far
+above the 2-minute aim; the 2-process FSDP v2 training on CPU is the slowest block (its first iteration alone
+took over 2 minutes under that load), then the attention maps, the v1 training and the v1 evaluations.
 """
 
 from __future__ import annotations
