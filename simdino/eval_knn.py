@@ -53,7 +53,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 # ------------------------------------------------------------------------------ v1 glue (also eval_linear)
 def arch_choices() -> list[str]:
-    from simdino.main_dino import TORCHVISION_ARCHS, VIT_ARCHS
+    from simdinov2.train.multicrop import TORCHVISION_ARCHS, VIT_ARCHS
 
     return VIT_ARCHS + TORCHVISION_ARCHS
 
@@ -93,8 +93,8 @@ def build_v1_eval_model(args: argparse.Namespace, device: torch.device) -> nn.Mo
     """The backbone of `--pretrained_weights`, frozen, on `device`: a ViT built from the checkpoint's own
     tensors (flags checked against them), or the torchvision convnet `--arch` names. Fills in
     `args.arch`, `args.patch_size` and `args.img_size` from the checkpoint when they were not given."""
-    from simdino.main_dino import TORCHVISION_ARCHS, build_backbone
     from simdinov2.checkpoint import load_backbone_weights
+    from simdinov2.train.multicrop import TORCHVISION_ARCHS, build_backbone
 
     if not args.pretrained_weights:
         raise ValueError("--pretrained_weights is required: the checkpoint to evaluate (e.g. OUTPUT_DIR/checkpoint.pth)")

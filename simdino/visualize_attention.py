@@ -29,6 +29,7 @@ from PIL import Image  # noqa: E402
 
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from simdinov2.data.datasets import load_rgb_image  # noqa: E402
+from simdinov2.eval.attention_maps import cls_attention_maps, threshold_masks  # noqa: E402
 from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint  # noqa: E402
 from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit  # noqa: E402
 
@@ -91,30 +92,6 @@ def preprocess(image: Image.Image, image_size: tuple[int, int], patch_size: int)
     x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     h, w = x.shape[1] - x.shape[1] % patch_size, x.shape[2] - x.shape[2] % patch_size
     return x[:, :h, :w].unsqueeze(0)
-
-
-@torch.no_grad()
-def cls_attention_maps(model: DinoVisionTransformer, img: torch.Tensor) -> torch.Tensor:
-    """CLS→patch attention of the last block per head, on the patch grid: [heads, H/p, W/p] (registers
-    are skipped)."""
-    patch = model.patch_size
-    rows, cols = img.shape[-2] // patch, img.shape[-1] // patch
-    attentions = model.get_last_selfattention(img)  # [1, heads, T, T]
-    first_patch = 1 + model.num_register_tokens
-    return attentions[0, :, 0, first_patch:].reshape(-1, rows, cols).float()
-
-
-def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per head, keep the patches with the largest attention until they hold `threshold` of the mass."""
-    heads = attn.shape[0]
-    flat = attn.reshape(heads, -1)
-    flat = flat / flat.sum(dim=1, keepdim=True)
-    values, order = torch.sort(flat, dim=1)
-    cumulative = torch.cumsum(values, dim=1)
-    keep_sorted = cumulative > (1 - threshold)
-    masks = torch.zeros_like(flat, dtype=torch.bool)
-    masks.scatter_(1, order, keep_sorted)
-    return masks.reshape(attn.shape)
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], alpha: float = 0.5) -> np.ndarray:

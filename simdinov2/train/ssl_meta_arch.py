@@ -24,10 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from simdinov2 import distributed
-from simdinov2.fsdp import resolve_dtype, shard_module, wrap_ddp
+from simdinov2.fsdp import shard_module, wrap_ddp
 from simdinov2.layers import DINOHead
 from simdinov2.loss import CosinePatchLoss, DINOLoss, KoLeoLoss, MCRLoss, iBOTPatchLoss
 from simdinov2.models import build_model
+from simdinov2.precision import autocast, resolve_dtype
 from simdinov2.train.optim import ema_update, fuse_param_groups, layerwise_param_groups
 
 logger = logging.getLogger("simdinov2")
@@ -170,9 +171,7 @@ class SSLMetaArch(nn.Module):
         logger.info("sharding: %s over %d process(es) on %s", sharding, distributed.get_world_size(), device)
 
     def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-        if dtype is None or dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, dtype)
 
     def compute_dtypes(self) -> list[torch.dtype]:
         """Precisions the student computes in (to decide whether fp16 loss scaling is needed)."""
