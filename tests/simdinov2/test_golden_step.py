@@ -17,7 +17,7 @@ import torch
 from golden_data import checksum, write_golden_imagefolder
 from train_utils import SIMDINO_CONFIG, fp32_overrides
 
-from simdinov2.fsdp import full_state_dict
+from simdinov2.checkpoint import full_state_dict
 from simdinov2.train import train as v2_train
 from simdinov2.train.ssl_meta_arch import SSLMetaArch
 
