@@ -15,9 +15,13 @@ Every entry takes `(pretrained=True, weights=None, **kwargs)`:
 With weights, the model is built from what the file contains (registers, LayerScale, FFN, block chunks)
 and loaded strictly, so it computes exactly the function of those weights; a file of another arch or
 patch size is refused with one line naming both.
+
+Any other name (a DINOv2 habit such as `dinov2_vitb14`, a ViT-S) is answered with the list of entries.
 """
 
 from __future__ import annotations
+
+import sys as _sys
 
 # Imported under private names: torch.hub.list() offers every public callable of this module. (No
 # dataclass: torch.hub executes this file without registering it in sys.modules, which dataclasses need.)
@@ -135,3 +139,35 @@ def dinov2_vitb16(pretrained: bool = True, weights: _Any = None, **kwargs: _Any)
 def dinov2_vitl16(pretrained: bool = True, weights: _Any = None, **kwargs: _Any) -> _Any:
     """DINOv2 ViT-L/16 trained by the SimDINO authors (k-NN 80.8%, linear 82.0%), DINOv2 ViT layout."""
     return _load("dinov2_vitl16", pretrained, weights, kwargs)
+
+
+def _unknown_entry(name: str) -> AttributeError:
+    meta = ""
+    if name.startswith(("dino_", "dinov2_")):
+        meta = (
+            "; Meta's own DINO / DINOv2 models (ViT-S, patch 8 or 14, ...) load from facebookresearch/dino or "
+            "facebookresearch/dinov2"
+        )
+    return AttributeError(
+        f"this repository's hubconf has no entry {name!r}; its entries are {', '.join(_RELEASES)} "
+        f"(the released ViT-B/16 and ViT-L/16 checkpoints){meta}"
+    )
+
+
+def __getattr__(name: str) -> _Any:
+    if name.startswith("__"):  # protocol look-ups (copy, pickle, ...) keep Python's plain answer
+        raise AttributeError(name)
+    raise _unknown_entry(name)
+
+
+def __dir__() -> list[str]:
+    # torch.hub checks `name in dir(hubconf)` before getattr and otherwise answers only "Cannot find
+    # callable"; for the name it is looking up (the `func_name` of torch.hub._load_attr_from_module),
+    # say it exists so that the lookup reaches __getattr__ and its list of entries. torch.hub.list()
+    # sees the plain names.
+    names = set(globals())
+    caller = _sys._getframe(1)
+    looked_up = caller.f_locals.get("func_name") if caller.f_code.co_name == "_load_attr_from_module" else None
+    if isinstance(looked_up, str):
+        names.add(looked_up)
+    return sorted(names)

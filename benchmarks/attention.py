@@ -7,19 +7,14 @@ short sequences, SDPA everywhere else). Both paths run the real layer (qkv and o
 included); only the kernel rule is switched (`_use_explicit_attention` patched to always / never). Each row also reports
 how far the explicit path's output and input gradient are from SDPA's (relative L2).
 
-    python benchmarks/attention.py     # vit_tiny width (192, 3 heads), 10 / 50 / 197 tokens, batch 128
+    python -m benchmarks.attention     # vit_tiny width (192, 3 heads), 10 / 50 / 197 tokens, batch 128
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 from unittest import mock
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

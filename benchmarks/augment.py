@@ -13,21 +13,17 @@ p=0.8, grayscale p=0.2, blur p=(1.0, 0.1, 0.5), solarize p=0.2 on the second glo
 normalisation. What still differs is each library's own choice: lightly resizes bilinearly and blurs
 with PIL's radius-only Gaussian, ours resizes bicubically (DINO) with an explicit kernel size.
 
-    python benchmarks/augment.py
+    python -m benchmarks.augment
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

@@ -14,7 +14,7 @@ checked against `knn_classify`'s so the agreement really is that of our core. Ea
 child process so that its peak resident memory (getrusage) is its own; the table reports the peak
 minus the process's memory once the features are loaded.
 
-    python benchmarks/knn.py                  # 60k x 10k, dims 192 and 768, k = 20
+    python -m benchmarks.knn                  # 60k x 10k, dims 192 and 768, k = 20
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

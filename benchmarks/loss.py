@@ -14,21 +14,16 @@ log-determinant step swapped (patched into the module for the measurement):
 Next to the time it reports how far each variant's loss and gradient are from ours, at the paper's
 eps = 0.05, and (with `--collapse`) on collapsed features (all rows equal), where float32 breaks.
 
-    python benchmarks/loss.py            # p in {128, 256, 1024}, batch {64, 256}, views {6, 12}
+    python -m benchmarks.loss            # p in {128, 256, 1024}, batch {64, 256}, views {6, 12}
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from unittest import mock
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F

@@ -8,18 +8,13 @@ parameter once or more per step and cost the same whatever the batch size, so th
 small batches and large heads (DINO's 65536 prototypes). Each alternative is checked to give the same
 result as the shipped one before it is timed.
 
-    python benchmarks/optim_pieces.py
+    python -m benchmarks.optim_pieces
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
@@ -34,6 +29,7 @@ from benchmarks.common import (
     time_fn,
     write_json,
 )
+from simdino import main_dino
 from simdinov2.train.optim import (
     _clip_gradients_per_tensor,
     build_optimizer,
@@ -52,7 +48,6 @@ def clip_gradients_per_tensor(model: nn.Module, clip: float) -> list[float]:
 def build_student(
     arch: str, patch: int, size: int, simdino: bool, out_dim: int
 ) -> tuple[nn.Module, nn.Module]:
-    from simdino import main_dino
 
     argv = [
         "--arch",

@@ -18,11 +18,11 @@ run() {
     "$PY" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
     echo "== $name took $((SECONDS - start)) s (load after: $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/$name.txt"
 }
-run train_step benchmarks/train_step.py --profile
-run train_step_foreach_adamw benchmarks/train_step.py --ours-adamw foreach --methods simdino dino simdinov2 --dtypes bf16
-run optim_pieces benchmarks/optim_pieces.py
-run loss benchmarks/loss.py --collapse
-run knn benchmarks/knn.py
-run augment benchmarks/augment.py
-run attention benchmarks/attention.py
-run gradient_checkpointing benchmarks/gradient_checkpointing.py
+run train_step -m benchmarks.train_step --profile
+run train_step_foreach_adamw -m benchmarks.train_step --ours-adamw foreach --methods simdino dino simdinov2 --dtypes bf16
+run optim_pieces -m benchmarks.optim_pieces
+run loss -m benchmarks.loss --collapse
+run knn -m benchmarks.knn
+run augment -m benchmarks.augment
+run attention -m benchmarks.attention
+run gradient_checkpointing -m benchmarks.gradient_checkpointing

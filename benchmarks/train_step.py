@@ -4,11 +4,11 @@
 Owns the measurement behind the issue's step goals: images/s of one full iteration (teacher forward on the
 2 global crops, student forward on all crops, loss, backward, gradient clipping, optimizer step, EMA)
 for
-- `ours v1 SimDINO`: the models, loss, optimizer and step of `simdino/main_dino.py` (coding-rate loss,
-  no prototype layer);
+- `ours v1 SimDINO`: the models, loss and optimizer of `simdino/main_dino.py` (coding-rate loss, no
+  prototype layer) through the trainers' own step, `simdinov2.train.step.train_step`;
 - `ours v1 DINO`: the same trainer with `--use_simdino false` (65536 prototypes, centering);
-- `ours v2 SimDINOv2`: `simdinov2.train.ssl_meta_arch.SSLMetaArch.forward_backward` (+ iBOT-style masked
-  patch term, shared head) when that trainer is importable;
+- `ours v2 SimDINOv2`: the same `train_step` on the v2 meta-architecture `SSLMetaArch` (+ iBOT-style
+  masked patch term, shared head) when that trainer is importable;
 - `lightly+timm DINO`: a timm `VisionTransformer` of the same shape (dynamic image size for the local
   crops), lightly's `DINOProjectionHead` + `DINOLoss`, `update_momentum` EMA and a default
   `torch.optim.AdamW`, written as lightly's DINO ViT benchmark does it (globals and locals batched).
@@ -19,8 +19,8 @@ the FLOPs of one step (counted with FlopCounterMode) and the achieved FLOP/s ove
 peak in the same dtype, measured in the same run (MFU). `--profile` adds a torch.profiler table of the
 top ops of the v1 SimDINO step.
 
-    python benchmarks/train_step.py                       # CPU defaults, ~2-3 min on 2 cores
-    python benchmarks/train_step.py --paper --device cuda # the paper's shapes
+    python -m benchmarks.train_step                       # CPU defaults, ~2-3 min on 2 cores
+    python -m benchmarks.train_step --paper --device cuda # the paper's shapes
 """
 
 from __future__ import annotations
@@ -28,18 +28,12 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python benchmarks/train_step.py` from anywhere
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
-from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import (
     DTYPES,
@@ -55,18 +49,16 @@ from benchmarks.common import (
     time_fn,
     write_json,
 )
-
-# The v1 trainer lives in a script directory (`simdino/`); import it as a module of the repo.
-from simdino import main_dino  # noqa: E402
-from simdinov2.loss import DINOLoss, MCRLoss  # noqa: E402
-from simdinov2.train.optim import (  # noqa: E402
-    build_optimizer,
-    cancel_gradients_last_layer,
-    clip_gradients,
-    ema_update,
-    param_groups,
-    resolve_amp,
-)
+from simdino import main_dino  # the v1 trainer's command line: its own defaults
+from simdinov2 import distributed
+from simdinov2.configs import get_cfg
+from simdinov2.data.collate import collate_data_and_cast
+from simdinov2.data.masking import MaskingGenerator
+from simdinov2.precision import resolve_amp
+from simdinov2.train import train as v2_train
+from simdinov2.train.multicrop import MultiCropStudentTeacher, build_loss, build_student_teacher
+from simdinov2.train.optim import build_optimizer, param_groups
+from simdinov2.train.step import train_step
 
 PEER = "lightly+timm DINO"
 
@@ -141,65 +133,28 @@ def v1_args(shapes: Shapes, simdino: bool, dtype: str, device: torch.device) -> 
 def build_ours_v1(
     shapes: Shapes, simdino: bool, dtype: str, device: torch.device, compile_model: bool
 ) -> BuiltStep:
-    """The body of `main_dino.train_one_epoch` for one batch (epoch 1: prototypes no longer frozen)."""
+    """The v1 trainer's step for one batch: `simdinov2.train.step.train_step` on the pair `main_dino.py`
+    builds (`MultiCropStudentTeacher`), at epoch 1 (prototypes no longer frozen)."""
     args = v1_args(shapes, simdino, dtype, device)
-    student, teacher = main_dino.build_student_teacher(args)
-    student.to(device).train()
-    teacher.to(device).train()
+    student, teacher = build_student_teacher(args)
+    student.to(device)
+    teacher.to(device)
     if compile_model:
         for module in (student.backbone, student.head, teacher.backbone, teacher.head):
             module.compile()
-    if simdino:
-        loss_fn: nn.Module = MCRLoss(
-            eps=args.eps, coeff=args.coeff, expa_type=args.expa_type, reduce_cov=args.reduce_cov
-        )
-    else:
-        loss_fn = DINOLoss(args.out_dim, student_temp=0.1, center_momentum=0.9)
-    loss_fn.to(device)
+    loss_fn = build_loss(args).to(device)
     optimizer = ours_optimizer(args.optimizer, param_groups(student))
     amp = resolve_amp(device, args.use_fp16, args.amp_dtype)
     scaler = amp.grad_scaler()
+    pair = MultiCropStudentTeacher(student, student, teacher, loss_fn, amp, simdino, args.freeze_last_layer)
+    pair.train()
     images = make_crops(shapes, device)
-    epoch, lr, wd, momentum, teacher_temp = (
-        1,
-        args.lr * shapes.batch / 256.0,
-        args.weight_decay,
-        args.momentum_teacher,
-        args.teacher_temp,
-    )
+    values = {"lr": args.lr * shapes.batch / 256.0, "wd": args.weight_decay, "mom": args.momentum_teacher,
+              "teacher_temp": args.teacher_temp, "epoch": 1}  # fmt: skip
 
     def step() -> float:
-        for i, group in enumerate(optimizer.param_groups):
-            group["lr"] = lr
-            if i == 0:
-                group["weight_decay"] = wd
-        with amp.autocast():
-            with torch.no_grad():
-                teacher_output = teacher(images[:2])
-            student_output = student(images)
-        if simdino:
-            loss, parts = loss_fn(list(student_output.chunk(len(images))), list(teacher_output.chunk(2)))
-        else:
-            loss = loss_fn.forward_v1(student_output, teacher_output, teacher_temp)
-            parts = {}
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError("non-finite loss in the benchmark step")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            clip_gradients(student, args.clip_grad)
-            cancel_gradients_last_layer(epoch, student, args.freeze_last_layer)
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            clip_gradients(student, args.clip_grad)
-            cancel_gradients_last_layer(epoch, student, args.freeze_last_layer)
-            scaler.step(optimizer)
-            scaler.update()
-        ema_update(teacher.parameters(), student.parameters(), momentum)
-        # The trainer logs these every iteration (each .item() is a device sync on CUDA).
-        return loss.item() + sum(v.item() for v in parts.values())
+        # The trainer's step returns the loss parts as floats (one device sync, as when it logs them).
+        return sum(train_step(pair, optimizer, images, values, args.clip_grad, scaler).values())
 
     name = "ours v1 SimDINO" if simdino else "ours v1 DINO"
     return BuiltStep(name, step, sum(p.numel() for p in student.parameters()))
@@ -216,15 +171,9 @@ def v2_available() -> str | None:
 
 
 def build_ours_v2(shapes: Shapes, dtype: str, device: torch.device, compile_model: bool) -> BuiltStep:
-    """`simdinov2.train.train.train_step` (forward_losses, backward, clip, AdamW, EMA) on the SimDINOv2
+    """`simdinov2.train.step.train_step` (forward_losses, backward, clip, AdamW, EMA) on the SimDINOv2
     recipe (`simdino_config.yaml`) with the benchmark's shapes. Registers are set to 0 and every module
     computes in `dtype`, so that the tokens and the precision match the v1 and lightly steps."""
-    from simdinov2 import distributed
-    from simdinov2.configs import get_cfg
-    from simdinov2.data.collate import collate_data_and_cast
-    from simdinov2.data.masking import MaskingGenerator
-    from simdinov2.train import train as v2_train
-
     precision = "fp32" if dtype == "fp32" else dtype
     overrides = [
         f"student.arch={shapes.arch}", f"student.patch_size={shapes.patch_size}",
@@ -266,8 +215,7 @@ def build_ours_v2(shapes: Shapes, dtype: str, device: torch.device, compile_mode
     clip = float(cfg.optim.clip_grad)
 
     def step() -> float:
-        reduced = v2_train.train_step(model, optimizer, batch, values, clip, scaler)
-        return sum(reduced.values())
+        return sum(train_step(model, optimizer, batch, values, clip, scaler).values())
 
     n_params = sum(p.numel() for p in model.student.parameters())
     return BuiltStep("ours v2 SimDINOv2", step, n_params)
@@ -368,8 +316,6 @@ def build(name: str, shapes: Shapes, dtype: str, device: torch.device, compile_m
 
 def profile_step(built: BuiltStep, device: torch.device, top: int) -> str:
     """torch.profiler table of one step (after a warm-up step), sorted by self time."""
-    from torch.profiler import ProfilerActivity, profile
-
     built.step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=False) as prof:

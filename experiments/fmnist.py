@@ -2,7 +2,7 @@
 """One row of docs/RESULTS.md: train one method on Fashion-MNIST for a fixed wall-clock budget, then
 evaluate its teacher with k-NN and a linear probe on frozen features.
 
-    python experiments/fmnist.py --method simdino|dino|simdinov2|dinov2|random_init|pixels \
+    python -m experiments.fmnist --method simdino|dino|simdinov2|dinov2|random_init|pixels \
         --seconds 900 --out outputs/results/NAME [--seed 0] [-- TRAINER OVERRIDES]
 
 Trainer overrides (after `--`) are `main_dino.py` flags for the v1 methods (`-- --eps 0.05
@@ -12,17 +12,15 @@ the table was measured: ViT-Ti, patch 7 on 28 px global crops, 4 local crops of 
 autocast); only what defines a method differs (loss, prototypes, centering, teacher temperature, iBOT
 masking, KoLeo).
 
-What this module owns: the per-method recipes (`V1_METHODS`, `v2_recipe_overrides`), the wall budget of
-the v2 trainer (which has no time option: its throughput is measured for `--calibration_seconds` on the
-real data and model, then its schedules are laid over the number of iterations that fit the budget, one
-"epoch" = one iteration so that warm-ups keep their fraction of the run), the evaluation protocol
+What this module owns: the per-method recipes (`V1_METHODS`, `v2_recipe_overrides`), the evaluation protocol
 (`evaluate`: k-NN top-1 at k=20, T=0.07 on the 10k test images with the 60k training images as memory, and
 logistic regression on standardised frozen CLS features with C chosen on a 10% held-out part of the
 training set), and `results.json` / the markdown table (`--table DIR`). Training is `main_dino` (v1) and
 `simdinov2/train/train.py` (v2); k-NN, features, logistic regression and checkpoints are the shared cores
 of `simdinov2`; data, random init and raw-pixel features come from `simdino.demo`.
 
-The training budget excludes start-up, calibration and evaluation. For comparisons, run the two members
+Both trees train for the wall-clock budget (`--time_budget` in v1, `train.time_budget` in v2), which
+excludes start-up and evaluation. For comparisons, run the two members
 of a pair at the same time, each pinned to its own core (`taskset -c 0 ...` / `taskset -c 1 ...`): both
 then train under the same conditions (one thread each: the default is the number of cores the process may
 use).
@@ -36,6 +34,7 @@ import json
 import logging
 import math
 import os
+import platform
 import shlex
 import sys
 import time
@@ -43,15 +42,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python experiments/fmnist.py`: import the repository, not this folder's siblings
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from simdino import demo, main_dino
+from simdinov2.checkpoint import build_backbone_from_checkpoint
+from simdinov2.errors import UserError
+from simdinov2.eval.features import extract_features, make_eval_loader
+from simdinov2.eval.knn import feasible_ks, knn_classify
+from simdinov2.eval.log_regression import accuracy, fit_logistic_regression, select_c
+from simdinov2.logging import setup_logging
+from simdinov2.train import train as v2_train
 
 logger = logging.getLogger("simdinov2")
 
@@ -103,22 +106,12 @@ V2_METHODS: dict[str, str] = {"simdinov2": "simdino_config.yaml", "dinov2": "din
 BASELINES = ("random_init", "pixels")
 METHODS = (*V1_METHODS, *V2_METHODS, *BASELINES)
 
-# v2 keys counted in epochs: converted from the nominal `optim.epochs` to fractions of the budget.
-V2_EPOCH_KEYS = (
-    "optim.warmup_epochs",
-    "optim.freeze_last_layer_epochs",
-    "teacher.warmup_teacher_temp_epochs",
-    "ibot.loss_weight_warmup_epochs",
-    "ibot.loss_weight_freeze_epochs",
-)
-
-
 # ------------------------------------------------------------------------------------------------ recipes
 def v2_recipe_overrides(train_source: str, seed: int, num_workers: int) -> list[str]:
     """Config entries that give the v2 trainer the demo recipe's network, crops and optimisation.
 
-    LayerScale and registers are off (the v1 ViT); the 100 nominal epochs are mapped onto the budget
-    by `train_v2`. The v1 learning rate is `lr · batch / 256`; v2 scales `base_lr · sqrt(batch / 1024)`:
+    LayerScale and registers are off (the v1 ViT); the 100 nominal epochs are laid over the budget
+    by `train.time_budget`. The v1 learning rate is `lr · batch / 256`; v2 scales `base_lr · sqrt(batch / 1024)`:
     `base_lr` is set so that both trees train at the same learning rate. DINOv2's extras (layer-wise lr
     decay 0.9, patch-embedding lr × 0.2, iBOT masking, its loss choices) stay as the configs have them."""
     r = RESULTS_RECIPE
@@ -181,104 +174,37 @@ def train_v1(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _v2_namespace(config_file: str, output_dir: Path, opts: Sequence[str]) -> argparse.Namespace:
-    from simdinov2.train import train as v2_train
 
     return v2_train.get_args_parser().parse_args(
         ["--config-file", config_file, "--output-dir", str(output_dir), "--no-resume", *opts]
     )
 
 
-def calibrate_v2(config_file: str, output_dir: Path, opts: Sequence[str], seconds: float) -> dict[str, float]:
-    """Seconds per v2 training iteration: real steps (data loading included) of the run's own model and
-    data for `seconds` after two warm-up steps. The network is then thrown away."""
-    from simdinov2.data import make_data_loader
-    from simdinov2.train import train as v2_train
-    from simdinov2.train.optim import build_optimizer
-
-    cfg = v2_train.setup(_v2_namespace(config_file, output_dir, opts))
-    dataset, epoch_len, collate_fn = v2_train.build_data(cfg)
-    model = v2_train.build_model(cfg)
-    # The shared builder's fused AdamW (what these measurements were made with), betas from optim.kwargs.
-    optimizer = build_optimizer(
-        str(cfg.optim.opt), model.get_params_groups(), betas=tuple(cfg.optim.kwargs.betas)
-    )  # fmt: skip
-    schedules = v2_train.build_schedulers(cfg, epoch_len)
-    loader = make_data_loader(
-        dataset, batch_size=int(cfg.train.batch_size_per_gpu), num_workers=int(cfg.train.num_workers),
-        shuffle=True, seed=int(cfg.train.seed) + 1, sampler_type="infinite", drop_last=True, collate_fn=collate_fn,
-    )  # fmt: skip
-    batches = iter(loader)
-    model.train()
-    warmup_steps, timed, steps = 2, 0.0, 0
-    while steps < warmup_steps + 3 or timed < seconds:
-        start = time.perf_counter()
-        batch = next(batches)
-        # Mid-run schedule values (a step costs the same whatever they are); the weights are thrown away.
-        values = {name: schedule[len(schedule) // 2] for name, schedule in schedules.items()}
-        v2_train.train_step(model, optimizer, batch, values, float(cfg.optim.clip_grad))
-        if steps >= warmup_steps:
-            timed += time.perf_counter() - start
-        steps += 1
-    seconds_per_iteration = timed / (steps - warmup_steps)
-    logger.info("v2 calibration: %.3f s per iteration over %d steps", seconds_per_iteration, steps - warmup_steps)
-    return {"seconds_per_iteration": seconds_per_iteration, "calibration_steps": steps - warmup_steps}
-
-
-def v2_budget_overrides(cfg: Any, iterations: int) -> list[str]:
-    """Entries that lay the run's schedules over `iterations` iterations (one "epoch" per iteration):
-    every epoch-valued key keeps its fraction of the nominal `optim.epochs`, one teacher snapshot and one
-    resumable checkpoint at the end."""
-    nominal = float(cfg.optim.epochs)
-    out = [f"optim.epochs={iterations}"]
-    for key in V2_EPOCH_KEYS:
-        section, name = key.split(".")
-        value = float(cfg[section][name])
-        out.append(f"{key}={int(round(value / nominal * iterations))}")
-    out += [f"evaluation.eval_period_epochs={iterations}", f"checkpointing.period={iterations}"]
-    return out
-
-
-def train_v2(
-    method: str, seconds: float, out: Path, opts: Sequence[str], calibration_seconds: float
-) -> dict[str, Any]:
-    """Calibrate, then run the v2 trainer over the iterations that fit `seconds`; returns the summary and
-    the path of the final teacher snapshot."""
-    from simdinov2.configs import get_cfg
-    from simdinov2.train import train as v2_train
-
+def train_v2(method: str, seconds: float, out: Path, opts: Sequence[str]) -> dict[str, Any]:
+    """Run the v2 trainer for `seconds` of training (`train.time_budget`: its schedules follow the elapsed
+    fraction of the budget, so every warm-up keeps its fraction of the nominal epochs); returns the
+    summary and the path of the final teacher snapshot."""
     config_file = str(V2_CONFIG_DIR / V2_METHODS[method])
-    calibration = calibrate_v2(config_file, out / "calibration", opts, calibration_seconds)
-    iterations = max(1, int(seconds / calibration["seconds_per_iteration"]))
-    nominal_cfg = get_cfg(config_file, list(opts))
-    final_opts = [*opts, *v2_budget_overrides(nominal_cfg, iterations)]
+    final_opts = [*opts, f"train.time_budget={float(seconds)}"]
     cfg = v2_train.setup(_v2_namespace(config_file, out, final_opts))
-    dataset, _, collate_fn = v2_train.build_data(cfg)
+    data = v2_train.build_data(cfg)
     model = v2_train.build_model(cfg)
-    start = time.perf_counter()
-    # epoch length 1: the schedules are indexed by iteration over exactly `iterations` steps.
-    result = v2_train.do_train(cfg, model, resume=False, data=(dataset, 1, collate_fn))
-    train_seconds = time.perf_counter() - start
+    result = v2_train.do_train(cfg, model, resume=False, data=data)
     last = int(result["iteration"])
     snapshot = out / "eval" / f"training_{last}" / "teacher_checkpoint.pth"
     return {
-        "train_seconds": train_seconds,
+        "train_seconds": float(result["train_seconds"]),
         "images_seen": (last + 1) * int(cfg.train.batch_size_per_gpu),
         "iterations": last + 1,
-        "calibration": calibration,
         "teacher_snapshot": str(snapshot),
-        # config.yaml holds the resolved configuration; its "epochs" are iterations (epoch length 1, set
-        # by this script: train.py alone would use len(dataset) // batch iterations per epoch).
         "trainer_config": str(out / "config.yaml"),
         "trainer_overrides": final_opts,
-        "epoch_length_iterations": 1,
     }
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
 def extract_raw(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: int) -> tuple[Tensor, Tensor]:
     """Frozen features (not normalised) and labels of every image of `dataset`."""
-    from simdinov2.eval.features import extract_features, make_eval_loader
-
     loader = make_eval_loader(dataset, batch_size=batch_size, num_workers=num_workers)
     device = next(iter(model.parameters()), torch.empty(0)).device
     model.eval()
@@ -292,8 +218,6 @@ def linear_probe(
 ) -> dict[str, Any]:  # fmt: skip
     """Logistic regression on standardised features (training-set mean / std): C chosen on a held-out
     part of the training set, refit on all of it, top-1 / top-5 on the test set (percent)."""
-    from simdinov2.eval.log_regression import accuracy, fit_logistic_regression, select_c
-
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     num_classes = int(max(train_y.max().item(), test_y.max().item())) + 1
@@ -320,8 +244,6 @@ def evaluate(
 ) -> dict[str, Any]:  # fmt: skip
     """k-NN (every k of DINO, T=0.07, on L2-normalised features) and the linear probe of `model`'s
     frozen features, plus the effective rank of the test features."""
-    from simdinov2.eval.knn import feasible_ks, knn_classify
-
     start = time.perf_counter()
     train_x, train_y = extract_raw(model, train_set, batch_size, num_workers)
     test_x, test_y = extract_raw(model, test_set, batch_size, num_workers)
@@ -351,7 +273,6 @@ def _cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:  # pragma: no cover - not Linux
         pass
-    import platform
 
     return platform.processor() or platform.machine()
 
@@ -376,7 +297,7 @@ def _last_json_line(path: Path) -> dict[str, Any] | None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        "python experiments/fmnist.py",
+        "python -m experiments.fmnist",
         description="Train one method on Fashion-MNIST for a wall budget, then k-NN / linear-probe its teacher "
         "(one row of docs/RESULTS.md). Trainer overrides go after '--'.",
     )
@@ -388,8 +309,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="ImageFolder root with train/ and val/ (default: Fashion-MNIST from the Debian package)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores this process may use)")
     parser.add_argument("--num_workers", type=int, default=0, help="data-loading workers for training")
-    parser.add_argument("--calibration_seconds", type=float, default=45.0,
-                        help="v2 only: seconds of throughput measurement before training (outside the budget)")
     parser.add_argument("--knn_train_images", type=int, default=None, help="evaluation memory: random subset size")
     parser.add_argument("--knn_test_images", type=int, default=None, help="evaluation queries: random subset size")
     parser.add_argument("--c_values", type=float, nargs="+", default=list(DEFAULT_C_VALUES),
@@ -412,7 +331,6 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
     if (out / "results.json").exists() or (out / "checkpoint.pth").exists() or (out / "ckpt").exists():
         raise ValueError(f"{out} already holds a run: pass another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
-    from simdinov2.logging import setup_logging
 
     setup_logging(out)  # progress on the console and in out/output.log (the trainers log there too)
     threads = args.threads or demo.default_threads()
@@ -435,10 +353,9 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
         eval_size = int(v1.global_crops_size)
     elif args.method in V2_METHODS:
         opts = [*v2_recipe_overrides(train_source, args.seed, args.num_workers), *overrides]
-        summary = train_v2(args.method, args.seconds, out, opts, args.calibration_seconds)
+        summary = train_v2(args.method, args.seconds, out, opts)
         record.update(summary, time_budget_seconds=float(args.seconds), tree="v2")
         record["final_train_stats"] = _last_json_line(out / "training_metrics.json")
-        from simdinov2.checkpoint import build_backbone_from_checkpoint
 
         model = build_backbone_from_checkpoint(summary["teacher_snapshot"], "teacher", verbose=False)
         eval_size = int(RESULTS_RECIPE["global_crops_size"])
@@ -459,7 +376,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
         knn_test_images=len(test_set),
         knn_temperature=KNN_TEMPERATURE,
         overrides=list(overrides),
-        command=" ".join(["python experiments/fmnist.py", *(shlex.quote(a) for a in argv)]),
+        command=" ".join(["python -m experiments.fmnist", *(shlex.quote(a) for a in argv)]),
         date=started.isoformat(timespec="seconds"),
         machine={
             "cpu": _cpu_model(),
@@ -517,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | str:
             print(table)
             return table
         return run(args, overrides, argv)
-    except (ValueError, FileNotFoundError, main_dino.UserInputError) as e:
+    except UserError as e:
         raise SystemExit(f"fmnist: error: {e}") from None
 
 

@@ -15,7 +15,7 @@ PY=${PYTHON:-.venv/bin/python}
 row() {  # row CORE NAME METHOD [-- OVERRIDES]
     local core=$1 name=$2 method=$3
     shift 3
-    taskset -c "$core" "$PY" experiments/fmnist.py --method "$method" --seconds "$SECONDS_BUDGET" \
+    taskset -c "$core" "$PY" -m experiments.fmnist --method "$method" --seconds "$SECONDS_BUDGET" \
         --out "$ROOT/$name" --threads 1 "$@" > "$ROOT/$name.log" 2>&1
 }
 pair() {  # pair "NAME METHOD [-- ...]" "NAME METHOD [-- ...]"
@@ -54,4 +54,4 @@ for p in $PAIRS; do
         *) echo "unknown pair $p (baselines v1 v2 sweep_a sweep_b sweep_c repeat_b demo_v1 demo_sweep)" >&2; exit 2 ;;
     esac
 done
-"$PY" experiments/fmnist.py --table "$ROOT"
+"$PY" -m experiments.fmnist --table "$ROOT"

@@ -34,6 +34,12 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from simdinov2 import distributed  # noqa: E402
+from simdinov2.eval.backbone import (  # noqa: E402
+    build_eval_backbone,
+    check_v1_arch_flags,
+    read_checkpoint,
+    training_crop_size,
+)
 from simdinov2.eval.features import extract_features, l2_normalized, make_eval_loader  # noqa: E402
 from simdinov2.eval.knn import feasible_ks, format_knn_result, knn_classify_sharded  # noqa: E402
 from simdinov2.logging import setup_logging  # noqa: E402
@@ -47,43 +53,68 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 # ------------------------------------------------------------------------------ v1 glue (also eval_linear)
 def arch_choices() -> list[str]:
-    from simdino.main_dino import TORCHVISION_ARCHS, VIT_ARCHS
+    from simdinov2.train.multicrop import TORCHVISION_ARCHS, VIT_ARCHS
 
     return VIT_ARCHS + TORCHVISION_ARCHS
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The backbone flags common to the v1 evaluations."""
-    parser.add_argument("--arch", default="vit_small", type=str, choices=arch_choices(), metavar="ARCH",
+    """The backbone flags common to the v1 evaluations. A ViT's architecture is read from the checkpoint;
+    --arch / --patch_size, when given, are checked against it."""
+    parser.add_argument("--arch", default=None, type=str, choices=arch_choices(), metavar="ARCH",
                         help="architecture of the evaluated backbone: vit_tiny, vit_small, vit_base, vit_large, "
-                             "vit_giant2 or a torchvision convnet (resnet50, ...)")
-    parser.add_argument("--patch_size", default=16, type=int, help="patch resolution of the ViT")
+                             "vit_giant2 or a torchvision convnet (resnet50, ...). Default: the ViT the checkpoint "
+                             "holds (width, depth, registers, LayerScale read from its tensors); a given ViT arch "
+                             "must agree with the weights. Required for convnets")
+    parser.add_argument("--patch_size", default=None, type=int,
+                        help="patch resolution of the ViT (default: the checkpoint's; checked when given)")
     parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="checkpoint to evaluate (main_dino.py's checkpoint.pth, a released checkpoint, ...)")
+                        help="checkpoint to evaluate (main_dino.py's checkpoint.pth, a v2 teacher_checkpoint.pth, "
+                             "a released checkpoint, ...)")
     parser.add_argument("--checkpoint_key", default="teacher", type=str,
                         help='key of the checkpoint holding the backbone (e.g. "teacher" or "student")')
-    parser.add_argument("--img_size", default=224, type=int,
-                        help="evaluation crop: images are resized to img_size*8/7 (256 for 224) and centre-cropped")
+    parser.add_argument("--img_size", default=None, type=int,
+                        help="evaluation crop: images are resized to img_size*8/7 (256 for 224) and centre-cropped. "
+                             "Default: the training crop stored in the checkpoint's args (main_dino.py runs), "
+                             "else 224")
+
+
+def _resolve_img_size(args: argparse.Namespace, checkpoint: Any) -> None:
+    if args.img_size is None:
+        trained_at = training_crop_size(checkpoint)
+        args.img_size = trained_at or 224
+        origin = "the training crop stored in the checkpoint" if trained_at else "the default; the checkpoint stores none"
+        logger.info("evaluation crop %d px (%s; --img_size changes it)", args.img_size, origin)
+    if args.img_size <= 0:
+        raise ValueError(f"--img_size must be positive (got {args.img_size})")
 
 
 def build_v1_eval_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
-    """The v1 backbone named by `--arch/--patch_size` with `--pretrained_weights` loaded (strict on the
-    backbone; the projection head and other entries are ignored and listed), frozen, on `device`."""
-    from simdino.main_dino import build_backbone
+    """The backbone of `--pretrained_weights`, frozen, on `device`: a ViT built from the checkpoint's own
+    tensors (flags checked against them), or the torchvision convnet `--arch` names. Fills in
+    `args.arch`, `args.patch_size` and `args.img_size` from the checkpoint when they were not given."""
     from simdinov2.checkpoint import load_backbone_weights
+    from simdinov2.train.multicrop import TORCHVISION_ARCHS, build_backbone
 
     if not args.pretrained_weights:
         raise ValueError("--pretrained_weights is required: the checkpoint to evaluate (e.g. OUTPUT_DIR/checkpoint.pth)")
-    if not os.path.isfile(args.pretrained_weights):
+    if not os.path.exists(args.pretrained_weights):
         raise FileNotFoundError(f"--pretrained_weights {args.pretrained_weights} does not exist")
-    if args.img_size <= 0:
-        raise ValueError(f"--img_size must be positive (got {args.img_size})")
-    backbone_args = argparse.Namespace(arch=args.arch, patch_size=args.patch_size, global_crops_size=args.img_size)
-    model, _ = build_backbone(backbone_args, drop_path_rate=0.0)
-    report = load_backbone_weights(model, args.pretrained_weights, checkpoint_key=args.checkpoint_key, verbose=False)
-    logger.info("Pretrained weights found at %s: %s", args.pretrained_weights, report.summary())
-    model.requires_grad_(False)
-    model.eval()
+    checkpoint = read_checkpoint(args.pretrained_weights)
+    _resolve_img_size(args, checkpoint)
+    if args.arch in TORCHVISION_ARCHS:
+        backbone_args = argparse.Namespace(arch=args.arch, patch_size=args.patch_size, global_crops_size=args.img_size)
+        model, _ = build_backbone(backbone_args, drop_path_rate=0.0)
+        report = load_backbone_weights(model, checkpoint, checkpoint_key=args.checkpoint_key, verbose=False)
+        logger.info("Pretrained weights found at %s: %s", args.pretrained_weights, report.summary())
+        model.requires_grad_(False)
+        model.eval()
+    else:
+        model, config = build_eval_backbone(checkpoint, args.checkpoint_key, args.pretrained_weights,
+                                            check=check_v1_arch_flags(args.arch, args.patch_size,
+                                                                      args.pretrained_weights))
+        args.arch = args.arch or config["arch"] or f"vit (width {config['embed_dim']})"
+        args.patch_size = config["patch_size"]
     return model.to(device)
 
 

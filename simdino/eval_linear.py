@@ -36,6 +36,7 @@ from torch import nn  # noqa: E402
 from simdino.eval_knn import add_model_args, build_v1_eval_model, image_folder, run_v1_cli  # noqa: E402
 from simdinov2 import distributed  # noqa: E402
 from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
+from simdinov2.eval.backbone import default_output_dir  # noqa: E402
 from simdinov2.eval.features import make_eval_loader  # noqa: E402
 from simdinov2.eval.linear import (  # noqa: E402
     LinearClassifier,
@@ -73,8 +74,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="folder with train/ and val/ ImageFolder trees (one sub-folder per class)")
     parser.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
     parser.add_argument("--val_freq", default=1, type=int, help="epoch frequency of the validation")
-    parser.add_argument("--output_dir", default=".", help="where checkpoint.pth.tar and log.txt are written")
-    parser.add_argument("--num_labels", default=1000, type=int, help="number of classes of the linear layer")
+    parser.add_argument("--output_dir", default=None,
+                        help="where checkpoint.pth.tar and log.txt are written (default: eval_linear/ next to "
+                             "--pretrained_weights, e.g. OUTPUT_DIR/eval_linear for OUTPUT_DIR/checkpoint.pth)")
+    parser.add_argument("--num_labels", default=None, type=int,
+                        help="number of classes of the linear layer (default: the number of class folders of "
+                             "the dataset; a different value is refused)")
     parser.add_argument("--evaluate", dest="evaluate", action="store_true",
                         help="only evaluate the trained classifier (output_dir/checkpoint.pth.tar or --linear_weights)")
     parser.add_argument("--linear_weights", default=None, type=str,
@@ -85,7 +90,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> None:
     for flag in ("epochs", "batch_size_per_gpu", "val_freq", "num_labels", "n_last_blocks"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
     if args.lr <= 0:
         raise ValueError(f"--lr must be > 0 (got {args.lr})")
@@ -117,6 +122,31 @@ def _load_classifier(classifier: LinearClassifier, state: dict, source: str) -> 
         ) from None
 
 
+def resolve_num_labels(args: argparse.Namespace, train_dataset, val_dataset) -> int:
+    """The classifier's number of classes: the dataset's class folders, which a given --num_labels must
+    match (a larger head trains silently on absent classes; a smaller one cannot take the labels)."""
+    reference = train_dataset if train_dataset is not None else val_dataset
+    if train_dataset is not None and list(train_dataset.classes) != list(val_dataset.classes):
+        only_train = sorted(set(train_dataset.classes) - set(val_dataset.classes))[:3]
+        only_val = sorted(set(val_dataset.classes) - set(train_dataset.classes))[:3]
+        raise ValueError(
+            f"{args.data_path}/train has {len(train_dataset.classes)} class folders and {args.data_path}/val "
+            f"{len(val_dataset.classes)}, not the same ones (only in train: {only_train or 'none'}, only in val: "
+            f"{only_val or 'none'}); both need the same class sub-folders"
+        )
+    found = len(reference.classes)
+    if args.num_labels is None:
+        logger.info("%d classes in %s: a %d-way linear classifier (--num_labels changes it)", found, reference.root,
+                    found)
+        return found
+    if args.num_labels != found:
+        raise ValueError(
+            f"--num_labels {args.num_labels} does not match the {found} class folders of {reference.root}: drop "
+            f"--num_labels (the dataset's count is used) or pass --num_labels {found}"
+        )
+    return found
+
+
 def main(args: argparse.Namespace) -> float:
     """Train (or with --evaluate only evaluate) the linear probe; returns the best validation top-1."""
     from simdinov2.data import (
@@ -135,13 +165,21 @@ def main(args: argparse.Namespace) -> float:
     if is_vit and n_last_blocks > model.depth:
         raise ValueError(f"--n_last_blocks {n_last_blocks} exceeds the {model.depth} blocks of {args.arch}")
     feature_model = ModelWithIntermediateLayers(model, n_last_blocks)
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args.pretrained_weights, "eval_linear")
+        logger.info("--output_dir not given: writing to %s (next to the evaluated checkpoint)", args.output_dir)
 
     val_dataset = image_folder(args.data_path, "val", make_classification_eval_transform(crop_size=args.img_size))
+    train_dataset = None
+    if not args.evaluate:
+        train_dataset = image_folder(args.data_path, "train",
+                                     make_classification_train_transform(crop_size=args.img_size))
+    num_labels = resolve_num_labels(args, train_dataset, val_dataset)
     val_loader = make_eval_loader(val_dataset, args.batch_size_per_gpu, args.num_workers, pad=False)
     sample = feature_model(val_dataset[0][0][None].to(device))
     embed_dim = create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
     # Upstream v1's feature order, so its trained classifiers predict the same here.
-    classifier = LinearClassifier(embed_dim, n_last_blocks, avgpool, args.num_labels, dino_v1_order=True).to(device)
+    classifier = LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=num_labels, dino_v1_order=True).to(device)
     trained: nn.Module = classifier
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(classifier)
@@ -158,7 +196,6 @@ def main(args: argparse.Namespace) -> float:
             print(f"Accuracy of the network on the {len(val_dataset)} test images: {stats['top1']:.1f}%", flush=True)
         return stats["top1"]
 
-    train_dataset = image_folder(args.data_path, "train", make_classification_train_transform(crop_size=args.img_size))
     train_loader = make_data_loader(train_dataset, args.batch_size_per_gpu, args.num_workers, shuffle=True,
                                     seed=args.seed, sampler_type="distributed", drop_last=False)
     logger.info("Data loaded with %d train and %d val imgs.", len(train_dataset), len(val_dataset))

@@ -10,15 +10,9 @@ It only joins `main_dino.py`'s command line to the shared launcher flags of `sim
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
-if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - run from simdino/ without install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from simdino import main_dino  # noqa: E402
-from simdinov2.run import submit  # noqa: E402
+from simdino import main_dino
+from simdinov2.run import submit
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,8 @@ from PIL import Image  # noqa: E402
 
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from simdinov2.data.datasets import load_rgb_image  # noqa: E402
+from simdinov2.eval.attention_maps import cls_attention_maps, threshold_masks  # noqa: E402
+from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint  # noqa: E402
 from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit  # noqa: E402
 
 logger = logging.getLogger("simdinov2")
@@ -36,8 +38,12 @@ logger = logging.getLogger("simdinov2")
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Visualize Self-Attention maps", add_help=add_help)
-    parser.add_argument("--arch", default="vit_small", type=str, choices=list(ARCHS), help="Architecture (ViTs only).")
-    parser.add_argument("--patch_size", default=8, type=int, help="Patch resolution of the model.")
+    parser.add_argument("--arch", default=None, type=str, choices=list(ARCHS),
+                        help="Architecture (ViTs only). Default: the checkpoint's (checked when given); vit_small "
+                             "without --pretrained_weights.")
+    parser.add_argument("--patch_size", default=None, type=int,
+                        help="Patch resolution of the model. Default: the checkpoint's (checked when given); 8 "
+                             "without --pretrained_weights.")
     parser.add_argument("--pretrained_weights", default="", type=str,
                         help="Path to pretrained weights to load (any layout: v1 checkpoint.pth, v2 teacher_checkpoint.pth, ...).")
     parser.add_argument("--checkpoint_key", default="teacher", type=str,
@@ -53,17 +59,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> DinoVisionTransformer:
-    """The ViT with `--pretrained_weights` loaded strictly (architecture read from the weights and checked
-    against --arch/--patch_size), or random weights with a warning when no weights are given."""
+    """The ViT with `--pretrained_weights` loaded strictly (architecture read from the weights; --arch and
+    --patch_size, when given, must agree), or random weights with a warning when no weights are given."""
     if args.pretrained_weights:
-        from simdinov2.checkpoint import build_backbone_from_checkpoint
-
-        model = build_backbone_from_checkpoint(
-            args.pretrained_weights, args.checkpoint_key, arch=args.arch, patch_size=args.patch_size
-        )
+        checkpoint = read_checkpoint(args.pretrained_weights)
+        check = check_v1_arch_flags(args.arch, args.patch_size, args.pretrained_weights)
+        model, _ = build_eval_backbone(checkpoint, args.checkpoint_key, args.pretrained_weights, check=check)
     else:
         print("No --pretrained_weights given: the attention maps are those of a randomly initialised model.")
-        model = build_vit(args.arch, patch_size=args.patch_size)
+        model = build_vit(args.arch or "vit_small", patch_size=args.patch_size or 8)
     for p in model.parameters():
         p.requires_grad = False
     return model.eval().to(device)
@@ -88,30 +92,6 @@ def preprocess(image: Image.Image, image_size: tuple[int, int], patch_size: int)
     x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     h, w = x.shape[1] - x.shape[1] % patch_size, x.shape[2] - x.shape[2] % patch_size
     return x[:, :h, :w].unsqueeze(0)
-
-
-@torch.no_grad()
-def cls_attention_maps(model: DinoVisionTransformer, img: torch.Tensor) -> torch.Tensor:
-    """CLS→patch attention of the last block per head, on the patch grid: [heads, H/p, W/p] (registers
-    are skipped)."""
-    patch = model.patch_size
-    rows, cols = img.shape[-2] // patch, img.shape[-1] // patch
-    attentions = model.get_last_selfattention(img)  # [1, heads, T, T]
-    first_patch = 1 + model.num_register_tokens
-    return attentions[0, :, 0, first_patch:].reshape(-1, rows, cols).float()
-
-
-def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per head, keep the patches with the largest attention until they hold `threshold` of the mass."""
-    heads = attn.shape[0]
-    flat = attn.reshape(heads, -1)
-    flat = flat / flat.sum(dim=1, keepdim=True)
-    values, order = torch.sort(flat, dim=1)
-    cumulative = torch.cumsum(values, dim=1)
-    keep_sorted = cumulative > (1 - threshold)
-    masks = torch.zeros_like(flat, dtype=torch.bool)
-    masks.scatter_(1, order, keep_sorted)
-    return masks.reshape(attn.shape)
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], alpha: float = 0.5) -> np.ndarray:
@@ -161,6 +141,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         device = resolve_device(args.device)
         image = load_image(args.image_path)
         model = load_model(args, device)
+        args.patch_size = model.patch_size
         size = tuple(args.image_size) * 2 if len(args.image_size) == 1 else tuple(args.image_size[:2])
         img = preprocess(image, size, args.patch_size).to(device)
         if img.shape[-1] < args.patch_size or img.shape[-2] < args.patch_size:

@@ -17,6 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from simdinov2.errors import UserError
+
 logger = logging.getLogger("simdinov2")
 
 _LOCAL_RANK = 0
@@ -53,9 +55,9 @@ def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
     """Map `auto|cpu|cuda` to a torch.device (auto = CUDA when available)."""
     pref = (pref or "auto").lower()
     if pref not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be one of auto, cpu, cuda (got {pref!r})")
+        raise UserError(f"device must be one of auto, cpu, cuda (got {pref!r})")
     if pref == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available; use --device cpu or auto")
+        raise UserError("--device cuda was requested but CUDA is not available; use --device cpu or auto")
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
@@ -125,11 +127,13 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_m
     return dev
 
 
-def destroy() -> None:
+def destroy(barrier: bool = True) -> None:
     """Tear the process group down on every rank together, while the interpreter is fully alive.
 
     - The barrier first: a rank that destroys its gloo group while a peer still has collectives in
-      flight can abort the peer at exit.
+      flight can abort the peer at exit. A failing rank passes `barrier=False`: its peers may never
+      reach the barrier (they are blocked in a collective, or failing too), and the launcher ends them
+      when this rank exits non-zero.
     - `gc.collect()` before and after, so that whatever still holds the backend (a model in a reference
       cycle, finished work objects holding tensors) is freed now, not during interpreter finalisation,
       where gloo's worker threads can abort a process that finished its run ("terminate called without
@@ -137,7 +141,8 @@ def destroy() -> None:
     if is_enabled():
         gc.collect()
         try:
-            dist.barrier()
+            if barrier:
+                dist.barrier()
         finally:
             dist.destroy_process_group()
             gc.collect()

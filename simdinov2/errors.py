@@ -1,5 +1,37 @@
-"""User errors: problems the user must fix, reported as one line (no traceback)."""
+"""The user-error types of both trees (the command-line wrapper that reports them is `simdinov2.cli`).
+
+Owns:
+- `UserError`: a problem the user must fix (bad path, bad flag, bad dataset, mismatched checkpoint, ...),
+  raised only where the program knows the cause; its message is one line naming the problem and the fix.
+  It derives from ValueError so that library callers catching ValueError keep working, but the wrapper
+  `simdinov2.cli.run_cli` catches `UserError` only: a built-in ValueError or KeyError is a bug and keeps its traceback.
+- `MissingFileError`: the user-error kind of a missing file or folder (also a FileNotFoundError).
+- `NonFiniteLossError`: training stopped on a NaN/inf loss (on every rank together).
+- `PeerFailedError`: the quiet error of a rank whose peer failed in a set-up block.
+"""
+
+from __future__ import annotations
 
 
-class UserError(Exception):
-    """A problem with the user's input that the program knows the cause and fix of."""
+class UserError(ValueError):
+    """A problem with the user's input that the program can name together with its fix (one line)."""
+
+    def __init__(self, message: str, report: bool = True) -> None:
+        super().__init__(message)
+        # False on the ranks that stay quiet because another rank reports the same failure.
+        self.report = report
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist (also a FileNotFoundError, for library callers)."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The loss became NaN/inf: training stops on every rank together, before the weights change."""
+
+
+class PeerFailedError(UserError):
+    """Another rank failed during a set-up block: this rank stops quietly (the failing rank reports)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"another process failed while {what}", report=False)

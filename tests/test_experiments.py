@@ -22,7 +22,7 @@ def _check_record(record: dict, out, method: str) -> None:
     for key in ("knn_top1", "linear_top1", "effective_rank"):
         assert math.isfinite(on_disk[key])
     assert 0.0 <= on_disk["knn_top1"] <= 100.0 and 0.0 <= on_disk["linear_top1"] <= 100.0
-    assert on_disk["command"].startswith("python experiments/fmnist.py")
+    assert on_disk["command"].startswith("python -m experiments.fmnist")
     assert on_disk["machine"]["threads"] == 1
 
 
@@ -57,30 +57,19 @@ def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefol
 
 
 @pytest.mark.slow
-def test_v2_row_calibrates_then_fits_its_schedules_into_the_budget(tmp_path, tiny_imagefolder):
+def test_v2_row_trains_for_the_time_budget(tmp_path, tiny_imagefolder):
     out = tmp_path / "simdinov2"
     record = fmnist.main(["--method", "simdinov2", "--seconds", "4", "--out", str(out), "--data_path",
-                          str(tiny_imagefolder), "--threads", "1", "--calibration_seconds", "1",
+                          str(tiny_imagefolder), "--threads", "1",
                           "--c_values", "1", "--max_iter", "50", "--", "train.batch_size_per_gpu=16"])  # fmt: skip
     _check_record(record, out, "simdinov2")
     assert record["tree"] == "v2"
-    expected = max(1, int(4 / record["calibration"]["seconds_per_iteration"]))
-    assert record["iterations"] == expected and record["images_seen"] == 16 * expected
+    # The trainer's own budget: it stopped at the first iteration after 4 s of training.
+    assert 4.0 <= record["train_seconds"] < 4.0 + 30.0
+    assert record["iterations"] >= 1 and record["images_seen"] == 16 * record["iterations"]
     config = OmegaConf.load(out / "config.yaml")
-    assert config.optim.epochs == expected and config.student.arch == "vit_tiny"
+    assert config.train.time_budget == 4.0 and config.optim.epochs == 100 and config.student.arch == "vit_tiny"
     assert config.crops.global_crops_size == 28 and config.train.batch_size_per_gpu == 16
-
-
-def test_v2_budget_overrides_keep_each_warmup_fraction():
-    cfg = OmegaConf.create({
-        "optim": {"epochs": 100, "warmup_epochs": 3, "freeze_last_layer_epochs": 1},
-        "teacher": {"warmup_teacher_temp_epochs": 30},
-        "ibot": {"loss_weight_warmup_epochs": 0, "loss_weight_freeze_epochs": 10},
-    })  # fmt: skip
-    entries = dict(e.split("=") for e in fmnist.v2_budget_overrides(cfg, 1000))
-    assert entries["optim.epochs"] == "1000" and entries["optim.warmup_epochs"] == "30"
-    assert entries["teacher.warmup_teacher_temp_epochs"] == "300" and entries["optim.freeze_last_layer_epochs"] == "10"
-    assert entries["ibot.loss_weight_freeze_epochs"] == "100" and entries["evaluation.eval_period_epochs"] == "1000"
 
 
 def test_v2_recipe_matches_the_v1_learning_rate():

@@ -22,6 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from simdinov2.errors import MissingFileError, UserError
+
 from .actions import Action, apply_actions, parse_actions
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -56,7 +58,7 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"config file {str(name_or_path)!r} not found (give a path, or a name in {CONFIG_DIR} such as simdino_config)"
     )
 
@@ -70,25 +72,25 @@ def load_config_file(name_or_path: str | os.PathLike) -> DictConfig:
         path = path.resolve()
         if path in chain:
             cycle = " -> ".join(str(p) for p in [*chain, path])
-            raise ValueError(f"config files include each other in a cycle: {cycle}")
+            raise UserError(f"config files include each other in a cycle: {cycle}")
         chain.append(path)
         try:
             cfg = OmegaConf.load(path)
         except (OSError, OmegaConfBaseException, ValueError) as exc:
-            raise ValueError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from exc
+            raise UserError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from exc
         except Exception as exc:  # yaml.YAMLError and friends
-            raise ValueError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
         if cfg is None:
             cfg = OmegaConf.create({})
         if not isinstance(cfg, DictConfig):
-            raise ValueError(f"config file {path} must hold a mapping of keys, not a {type(cfg).__name__}")
+            raise UserError(f"config file {path} must hold a mapping of keys, not a {type(cfg).__name__}")
         layers.append(cfg)
         base = cfg.pop(BASE_KEY, None) if BASE_KEY in cfg else None
         if not base:
             break
         base_path = (path.parent / str(base)).resolve()
         if not base_path.is_file():
-            raise FileNotFoundError(f"config file {path} names {BASE_KEY}: {base}, but {base_path} does not exist")
+            raise MissingFileError(f"config file {path} names {BASE_KEY}: {base}, but {base_path} does not exist")
         path = base_path
     return OmegaConf.merge(*reversed(layers)) if len(layers) > 1 else layers[0]  # type: ignore[return-value]
 
@@ -104,13 +106,13 @@ def parse_overrides(overrides: Iterable[str] | None) -> DictConfig:
     for item in items:
         key = item.split("=", 1)[0]
         if "=" not in item or not key.strip():
-            raise ValueError(f"config override {item!r} is not of the form key=value (e.g. optim.epochs=10)")
+            raise UserError(f"config override {item!r} is not of the form key=value (e.g. optim.epochs=10)")
         if key.startswith("-"):
-            raise ValueError(f"unrecognised option {item!r}: config overrides are key=value without dashes")
+            raise UserError(f"unrecognised option {item!r}: config overrides are key=value without dashes")
     try:
         return OmegaConf.from_dotlist(items)
     except OmegaConfBaseException as exc:
-        raise ValueError(f"cannot parse config overrides {items}: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot parse config overrides {items}: {str(exc).splitlines()[0]}") from exc
 
 
 def _flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -159,13 +161,13 @@ def check_keys(candidate: DictConfig, reference: DictConfig, source: str) -> Non
         if key in sections:
             if isinstance(value, (Mapping, DictConfig)):  # an empty mapping for a section: harmless
                 continue
-            raise ValueError(
+            raise UserError(
                 f"config key {key!r} ({source}) is a section, not a value: set its keys, e.g. {key}.<name>=..."
             )
         parent = key.rsplit(".", 1)[0]
         while parent and parent != key:
             if parent in valid_leaves:
-                raise ValueError(
+                raise UserError(
                     f"config key {parent!r} ({source}) is a value, not a section: it has no key {key[len(parent) + 1:]!r}"
                 )
             if "." not in parent:
@@ -173,7 +175,7 @@ def check_keys(candidate: DictConfig, reference: DictConfig, source: str) -> Non
             parent = parent.rsplit(".", 1)[0]
         close = _closest_keys(key, valid)
         hint = f"; closest valid keys: {', '.join(close)}" if close else "; see simdinov2/configs/ssl_default_config.yaml"
-        raise ValueError(f"unknown config key {key!r} ({source}){hint}")
+        raise UserError(f"unknown config key {key!r} ({source}){hint}")
 
 
 def merge_with_defaults(
@@ -194,7 +196,7 @@ def merge_with_defaults(
     try:
         merged = OmegaConf.merge(default, *layers)
     except OmegaConfBaseException as exc:
-        raise ValueError(f"cannot merge the configuration: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot merge the configuration: {str(exc).splitlines()[0]}") from exc
     OmegaConf.set_struct(merged, True)
     return merged  # type: ignore[return-value]
 
@@ -213,30 +215,30 @@ def get_cfg(config_file: str | os.PathLike | None = None, overrides: Iterable[st
 def _check_values(cfg: DictConfig) -> None:
     """Value checks that can be done without a dataset or a device (one clear line each)."""
     if cfg.optim.scaling_rule not in SCALING_RULES:
-        raise ValueError(f"optim.scaling_rule={cfg.optim.scaling_rule!r} is not one of {', '.join(SCALING_RULES)}")
+        raise UserError(f"optim.scaling_rule={cfg.optim.scaling_rule!r} is not one of {', '.join(SCALING_RULES)}")
     if cfg.train.centering not in ("centering", "sinkhorn_knopp", "none"):
-        raise ValueError(
+        raise UserError(
             f"train.centering={cfg.train.centering!r} is not one of centering, sinkhorn_knopp, none"
         )
     if cfg.train.sharding not in ("auto", "fsdp", "ddp", "none"):
-        raise ValueError(f"train.sharding={cfg.train.sharding!r} is not one of auto, fsdp, ddp, none")
+        raise UserError(f"train.sharding={cfg.train.sharding!r} is not one of auto, fsdp, ddp, none")
     if int(cfg.train.batch_size_per_gpu) < 1:
-        raise ValueError(f"train.batch_size_per_gpu must be >= 1 (got {cfg.train.batch_size_per_gpu})")
+        raise UserError(f"train.batch_size_per_gpu must be >= 1 (got {cfg.train.batch_size_per_gpu})")
     if int(cfg.optim.epochs) < 1:
-        raise ValueError(f"optim.epochs must be >= 1 (got {cfg.optim.epochs})")
+        raise UserError(f"optim.epochs must be >= 1 (got {cfg.optim.epochs})")
     for key in ("global_crops_scale", "local_crops_scale"):
         value = cfg.crops[key]
         if not isinstance(value, (ListConfig, list)) or len(value) != 2:
-            raise ValueError(f"crops.{key} must be a pair [min, max] (got {value})")
+            raise UserError(f"crops.{key} must be a pair [min, max] (got {value})")
     ratio = cfg.ibot.mask_ratio_min_max
     if not isinstance(ratio, (ListConfig, list)) or len(ratio) != 2:
-        raise ValueError(f"ibot.mask_ratio_min_max must be a pair [min, max] (got {ratio})")
+        raise UserError(f"ibot.mask_ratio_min_max must be a pair [min, max] (got {ratio})")
     # Upstream names one implementation of each coding-rate term; other names are not silently ignored.
     for key, only in (("expa_loss", "mcr"), ("comp_loss", "cosine")):
         if str(cfg.dino.mcr[key]) != only:
-            raise ValueError(f"dino.mcr.{key}={cfg.dino.mcr[key]!r} is not implemented; the only choice is {only}")
+            raise UserError(f"dino.mcr.{key}={cfg.dino.mcr[key]!r} is not implemented; the only choice is {only}")
     if bool(cfg.student.drop_masks) and max(float(cfg.ibot.loss_weight), float(cfg.ibot.loss_weight_end)) > 0:
-        raise ValueError(
+        raise UserError(
             "student.drop_masks=true removes the masked patches the iBOT / patch loss needs: set ibot.loss_weight=0"
         )
     scheduled_actions(cfg)
@@ -256,7 +258,7 @@ def apply_scaling_rules_to_cfg(cfg: DictConfig, world_size: int) -> DictConfig:
     elif rule == "linear_wrt_1024":
         factor = global_batch / 1024.0
     else:
-        raise ValueError(f"optim.scaling_rule={rule!r} is not one of {', '.join(SCALING_RULES)}")
+        raise UserError(f"optim.scaling_rule={rule!r} is not one of {', '.join(SCALING_RULES)}")
     cfg.optim.lr = float(cfg.optim.base_lr) * factor
     return cfg
 

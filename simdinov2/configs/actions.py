@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from simdinov2.errors import UserError
+
 __all__ = ["Action", "apply_actions", "parse_actions"]
 
 # A dotted config key: letters, digits and underscores, starting with a letter or underscore.
@@ -23,8 +25,8 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 Action = tuple[int, str, str]  # (epoch, dotted key, value text)
 
 
-def _refuse(item: Any, why: str) -> ValueError:
-    return ValueError(
+def _refuse(item: Any, why: str) -> UserError:
+    return UserError(
         f"train.actions entry {item!r} {why}: write [epoch, \"key=value\"], e.g. [10, \"ibot.loss_weight=0.5\"] "
         "(config overrides only; code is never executed)"
     )
@@ -33,7 +35,7 @@ def _refuse(item: Any, why: str) -> ValueError:
 def parse_actions(actions: Sequence[Any] | None, valid_keys: Iterable[str]) -> list[Action]:
     """`[[epoch, "key=value" | ["key=value", ...]], ...]` -> sorted (epoch, key, value) triples.
 
-    Raises one ValueError line for an entry that is not of that form, a key not in `valid_keys`, or a
+    Raises one UserError line for an entry that is not of that form, a key not in `valid_keys`, or a
     string that is not `key=value` (e.g. upstream's Python statements)."""
     valid = set(valid_keys)
     parsed: list[Action] = []

@@ -34,6 +34,8 @@ _EXPORTS = {
     "InfiniteSampler": ".samplers",
     "SamplerType": ".samplers",
     "make_data_loader": ".samplers",
+    "available_cores": ".samplers",
+    "usable_num_workers": ".samplers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from torch.utils.data import Dataset
 
+from simdinov2.errors import UserError
+
 from .datasets import FashionMNIST, ImageFolderDataset, ImageNet, ImageNet22k
 from .samplers import SamplerType, make_data_loader
 
@@ -38,7 +40,7 @@ EXPECTED_FORMS = ", ".join(form for *_, form in _DATASETS.values())
 
 def _bad(dataset_str: str, problem: str, form: str | None = None) -> ValueError:
     expected = form or f"one of {EXPECTED_FORMS}"
-    return ValueError(f"bad dataset string {dataset_str!r}: {problem}; expected {expected}")
+    return UserError(f"bad dataset string {dataset_str!r}: {problem}; expected {expected}")
 
 
 def parse_dataset_str(dataset_str: str) -> tuple[type, dict[str, str]]:

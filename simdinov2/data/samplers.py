@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import os
 import random
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -31,6 +33,28 @@ from torch.utils.data._utils.collate import default_collate
 from simdinov2 import distributed
 
 _SEED_MASK = (1 << 64) - 1
+logger = logging.getLogger("simdinov2")
+_capped_requests: set[tuple[int, int]] = set()  # (requested, cores) already reported by this process
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM or container allotment)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
+def usable_num_workers(requested: int) -> int:
+    """`requested` loader workers, capped at the cores available: defaults sized for an 8-GPU node (10
+    workers) would oversubscribe a small machine and make torch warn on every loader. One log line per
+    process says when the cap applies."""
+    cores = available_cores()
+    if requested <= cores:
+        return max(int(requested), 0)
+    if (requested, cores) not in _capped_requests:
+        _capped_requests.add((requested, cores))
+        logger.info("num_workers %d capped at %d: the CPU cores available to this process", requested, cores)
+    return cores
 
 
 class SamplerType(str, Enum):
@@ -205,8 +229,11 @@ def make_data_loader(
     - `distributed`: torch's DistributedSampler (one pass per epoch, padded to equal shards;
       call `loader.sampler.set_epoch(e)` to reshuffle).
     - `none` / None: plain sequential (or shuffled, seeded) single-process sampling.
+
+    `num_workers` is capped at the cores available (`usable_num_workers`).
     """
     kind = SamplerType.parse(sampler_type)
+    num_workers = usable_num_workers(num_workers)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     if sampler_advance and kind is not SamplerType.INFINITE:

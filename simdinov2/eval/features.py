@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from simdinov2 import distributed
+from simdinov2.data.samplers import usable_num_workers
 from simdinov2.logging import MetricLogger
 
 logger = logging.getLogger("simdinov2")
@@ -77,7 +78,8 @@ class ShardSampler(Sampler[int]):
 def make_eval_loader(
     dataset: Dataset, batch_size: int, num_workers: int = 0, pad: bool = True, with_indices: bool = True
 ) -> DataLoader:
-    """An ordered, sharded loader over `dataset` for evaluation (see `ShardSampler` for `pad`)."""
+    """An ordered, sharded loader over `dataset` for evaluation (see `ShardSampler` for `pad`); workers
+    capped at the cores available (`usable_num_workers`)."""
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("the evaluation dataset is empty; check the dataset path")
     wrapped = IndexedDataset(dataset) if with_indices else dataset
@@ -85,7 +87,7 @@ def make_eval_loader(
         wrapped,
         batch_size=batch_size,
         sampler=ShardSampler(len(dataset), pad=pad),  # type: ignore[arg-type]
-        num_workers=num_workers,
+        num_workers=usable_num_workers(num_workers),
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
         persistent_workers=False,

@@ -26,19 +26,19 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-
-if __name__ == "__main__" and not __package__:  # `python simdinov2/eval/knn.py`: import the package, not siblings
-    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from simdinov2 import distributed
+from simdinov2.data import make_classification_eval_transform, make_dataset
+from simdinov2.errors import UserError
+from simdinov2.eval.features import class_balanced_subset, extract_features, l2_normalized, make_eval_loader
+from simdinov2.eval.setup import eval_image_size, run_cli, run_main, setup_and_build_model
+from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 
 logger = logging.getLogger("simdinov2")
 
@@ -174,7 +174,7 @@ def feasible_ks(ks: Sequence[int], num_train: int) -> list[int]:
     if dropped:
         logger.warning("skipping k=%s: only %d training samples", ", ".join(map(str, dropped)), num_train)
     if not kept:
-        raise ValueError(f"every requested k ({list(ks)}) exceeds the {num_train} training samples")
+        raise UserError(f"every requested k ({list(ks)}) exceeds the {num_train} training samples")
     return kept
 
 
@@ -189,8 +189,6 @@ def get_args_parser(
 ) -> argparse.ArgumentParser:
     """DINOv2's k-NN flags on top of the shared setup flags (`--config-file --pretrained-weights
     --output-dir --opts`)."""
-    from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
-
     setup_parser = get_setup_args_parser(add_help=False)
     parser = argparse.ArgumentParser(
         description=description or "Weighted k-NN evaluation of a SimDINOv2 teacher on frozen features",
@@ -232,13 +230,6 @@ def eval_knn_with_model(
 ) -> list[dict]:
     """Extract L2-normalised CLS features of both datasets once, then run the vote for every
     (n_per_class, try, k). Returns one record per (n_per_class, k), tries averaged."""
-    from simdinov2.eval.features import (
-        class_balanced_subset,
-        extract_features,
-        l2_normalized,
-        make_eval_loader,
-    )
-
     device = distributed.get_device()
     model.eval()
     features_of = l2_normalized(model)
@@ -281,13 +272,10 @@ def eval_knn_with_model(
 def run_knn(args: argparse.Namespace) -> list[dict]:
     """The v2 k-NN evaluation (process group already set up); appends to `output_dir/results_eval_knn.json`
     on the main process and returns the records."""
-    from simdinov2.data import make_classification_eval_transform, make_dataset
-    from simdinov2.eval.setup import eval_image_size, setup_and_build_model
-
     if args.temperature <= 0:
-        raise ValueError(f"--temperature must be > 0 (got {args.temperature})")
+        raise UserError(f"--temperature must be > 0 (got {args.temperature})")
     if args.n_tries < 1:
-        raise ValueError(f"--n-tries must be >= 1 (got {args.n_tries})")
+        raise UserError(f"--n-tries must be >= 1 (got {args.n_tries})")
     model, autocast_dtype, config = setup_and_build_model(args)
     image_size = eval_image_size(args.image_size, config)
     transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
@@ -318,16 +306,12 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of the launchers: process group and logging, then `run_knn`."""
-    from simdinov2.eval.setup import run_main
-
     run_main(run_knn, args)
     return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, set up logging and the process group, turn user errors into one line."""
-    from simdinov2.eval.setup import run_cli
-
     return run_cli(get_args_parser(add_help=True), main, argv)
 
 

@@ -341,6 +341,21 @@ def _summarise(iteration: int, results: dict[str, dict[str, float]], classifiers
     }
 
 
+def check_global_batch(n_images: int, batch_size: int, processes: int) -> None:
+    """The probe trains on whole global batches (drop_last): refuse a training set smaller than one, with
+    the arithmetic and the fix."""
+    global_batch = batch_size * processes
+    if n_images < global_batch:
+        fitting = n_images // processes
+        fix = f"pass --batch-size {fitting} or less" if fitting >= 1 else "use fewer processes"
+        if fitting >= 1 and processes > 1:
+            fix += " (or use fewer processes)"
+        raise ValueError(
+            f"--batch-size {batch_size} per process x {processes} process{'es' if processes != 1 else ''} = global batch {global_batch} > "
+            f"{n_images} training images: {fix}"
+        )
+
+
 def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate the grid; returns the final summary record."""
     from simdinov2.checkpoint import atomic_torch_save
@@ -370,6 +385,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     device = distributed.get_device()
     image_size = eval_image_size(args.image_size, config)
     train_dataset = make_dataset(args.train_dataset_str, transform=make_classification_train_transform(crop_size=image_size))
+    check_global_batch(len(train_dataset), args.batch_size, distributed.get_world_size())
     val_dataset = make_dataset(args.val_dataset_str, transform=make_classification_eval_transform(crop_size=image_size))
     train_labels = dataset_labels(train_dataset)
     if train_labels is None:
@@ -428,9 +444,6 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] | None = None
     iteration = start_iteration
     if start_iteration < max_iter:
-        if len(train_dataset) < global_batch:
-            raise ValueError(f"the training set ({len(train_dataset)} images) is smaller than one global batch "
-                             f"({global_batch}); lower --batch-size")
         # Endless sharded stream, advanced past the batches a resumed run already trained on.
         batches = make_data_loader(
             train_dataset, args.batch_size, args.num_workers, shuffle=True, seed=args.seed, sampler_type="infinite",

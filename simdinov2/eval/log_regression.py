@@ -23,14 +23,9 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-if __name__ == "__main__" and not __package__:  # `python simdinov2/eval/log_regression.py`: import the package
-    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import torch
 import torch.distributed as dist
@@ -38,6 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simdinov2 import distributed
+from simdinov2.data import make_classification_eval_transform, make_dataset
+from simdinov2.errors import UserError
+from simdinov2.eval.features import extract_features, make_eval_loader
+from simdinov2.eval.setup import eval_image_size, run_cli, run_main, setup_and_build_model
+from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 
 logger = logging.getLogger("simdinov2")
 
@@ -97,11 +97,11 @@ def accuracy(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chu
 def holdout_split(num_samples: int, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
     """(fit indices, held-out indices), a seeded random split identical on every rank."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--holdout-fraction must lie in (0, 1) (got {fraction})")
+        raise UserError(f"--holdout-fraction must lie in (0, 1) (got {fraction})")
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
     n_holdout = max(1, int(round(num_samples * fraction)))
     if n_holdout >= num_samples:
-        raise ValueError(f"the training set ({num_samples} images) is too small to hold out a validation part")
+        raise UserError(f"the training set ({num_samples} images) is too small to hold out a validation part")
     return order[n_holdout:], order[:n_holdout]
 
 
@@ -129,7 +129,6 @@ def select_c(
 def get_args_parser(
     add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
 ) -> argparse.ArgumentParser:
-    from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 
     parser = argparse.ArgumentParser(
         description=description or "Logistic regression on frozen SimDINOv2 features (torch L-BFGS, no cuML)",
@@ -156,14 +155,10 @@ def get_args_parser(
 def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation (process group already set up); appends the record to
     `output_dir/results_eval_log_regression.json` on the main process and returns it."""
-    from simdinov2.data import make_classification_eval_transform, make_dataset
-    from simdinov2.eval.features import extract_features, make_eval_loader
-    from simdinov2.eval.setup import eval_image_size, setup_and_build_model
-
     if not args.c_values or min(args.c_values) <= 0:
-        raise ValueError("--c-values must be positive numbers")
+        raise UserError("--c-values must be positive numbers")
     if args.max_train_iters < 1:
-        raise ValueError(f"--max-train-iters must be >= 1 (got {args.max_train_iters})")
+        raise UserError(f"--max-train-iters must be >= 1 (got {args.max_train_iters})")
     start = time.time()
     model, autocast_dtype, config = setup_and_build_model(args)
     image_size = eval_image_size(args.image_size, config)
@@ -204,14 +199,11 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of the launchers: process group and logging, then `run_log_regression`."""
-    from simdinov2.eval.setup import run_main
-
     run_main(run_log_regression, args)
     return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    from simdinov2.eval.setup import run_cli
 
     return run_cli(get_args_parser(add_help=True), main, argv)
 

@@ -1,10 +1,14 @@
 """Set-up shared by the v2 evaluation CLIs (k-NN, linear, logistic regression).
 
 Owns: the common flags (`--config-file --pretrained-weights --output-dir --opts`), loading the training
-config (a resolved `config.yaml` of a run, or any config layered on the defaults), building the frozen
-teacher backbone from it with the pretrained weights (through the shared checkpoint loader), the
-autocast dtype the config asks for, the evaluation crop size, and `run_cli` (process group, logging,
-user errors turned into one line and a non-zero exit).
+config (a resolved `config.yaml` of a run, any config layered on the defaults, or the defaults alone),
+building the frozen teacher backbone, the autocast dtype the config asks for, the evaluation crop size,
+and `run_cli` (process group, logging, user errors turned into one line and a non-zero exit).
+
+The backbone is built from the checkpoint's own tensors (`simdinov2.eval.backbone`), so v1 checkpoints
+evaluate here too. `--opts student.*=...` state the architecture explicitly: a contradiction with the
+weights is refused naming the option; a config file that describes another model is reported in one log
+line and the weights win. The config's forward-time options (position-embedding interpolation) apply.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from simdinov2 import distributed
+from simdinov2.checkpoint import infer_vit_config
+from simdinov2.eval.backbone import (
+    build_eval_backbone,
+    describe,
+    differing_fields,
+    read_checkpoint,
+    refuse_contradiction,
+    training_crop_size,
+)
+from simdinov2.models import build_model
 
 logger = logging.getLogger("simdinov2")
 
@@ -32,8 +46,10 @@ def get_args_parser(
     parser = argparse.ArgumentParser(
         description=description or "Evaluation set-up", parents=list(parents or []), add_help=add_help
     )
-    parser.add_argument("--config-file", type=str, required=add_help,
-                        help="training config (e.g. the run's resolved OUTPUT_DIR/config.yaml)")
+    parser.add_argument("--config-file", type=str, default=None,
+                        help="training config (e.g. the run's resolved OUTPUT_DIR/config.yaml): evaluation crop, "
+                             "precision, interpolation. Optional: without it the defaults apply, with the training "
+                             "crop a v1 checkpoint stores. The architecture always comes from the checkpoint")
     parser.add_argument("--pretrained-weights", type=str, required=add_help,
                         help="teacher snapshot, e.g. OUTPUT_DIR/eval/training_N/teacher_checkpoint.pth")
     parser.add_argument("--checkpoint-key", type=str, default="teacher",
@@ -43,16 +59,14 @@ def get_args_parser(
     return parser
 
 
-def load_eval_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
-    """The training config: `ssl_default_config.yaml` ⊕ `config_file` ⊕ `key=value` overrides, validated
-    by the v2 config loader (a run's resolved `config.yaml` passes through unchanged)."""
+def load_eval_config(config_file: str | None, opts: Sequence[str] = ()) -> DictConfig:
+    """The training config: `ssl_default_config.yaml` ⊕ `config_file` (when given) ⊕ `key=value`
+    overrides, validated by the v2 config loader (a run's resolved `config.yaml` passes through unchanged)."""
     from simdinov2.configs import get_cfg
 
-    if not config_file:
-        raise ValueError("--config-file is required (e.g. OUTPUT_DIR/config.yaml of the training run)")
-    if not os.path.isfile(config_file):
+    if config_file and not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file {config_file} does not exist")
-    return get_cfg(config_file, list(opts))
+    return get_cfg(config_file or None, list(opts))
 
 
 def get_autocast_dtype(config: DictConfig) -> torch.dtype:
@@ -70,31 +84,102 @@ def eval_image_size(requested: int | None, config: DictConfig) -> int:
     return int(OmegaConf.select(config, "crops.global_crops_size", default=224))
 
 
-def build_model_for_eval(
-    config: DictConfig, pretrained_weights: str, checkpoint_key: str = "teacher", device: torch.device | None = None
-) -> nn.Module:
-    """Teacher backbone of `config.student` with `pretrained_weights` loaded (strict on the backbone),
-    frozen, in eval mode, on `device`."""
-    from simdinov2.checkpoint import load_backbone_weights
-    from simdinov2.models import build_model
+# Config keys of `student` -> the architecture fields (as the checkpoint loader names them) they set.
+_STUDENT_KEY_FIELDS = {
+    "arch": ("embed_dim",),  # the width; the depth is the checkpoint's
+    "patch_size": ("patch_size",),
+    "num_register_tokens": ("num_register_tokens",),
+    "layerscale": ("init_values",),
+    "ffn_layer": ("ffn_layer", "mlp_ratio"),
+    "qkv_bias": ("qkv_bias",),
+    "proj_bias": ("proj_bias",),
+    "ffn_bias": ("ffn_bias",),
+}
+_STUDENT_FIELDS = tuple(f for fields in _STUDENT_KEY_FIELDS.values() for f in fields)
 
+
+def _spelt_for(key: str, weights: dict[str, Any]) -> str:
+    """The value of `student.<key>` that matches the weights, as an override would spell it."""
+    if key == "layerscale":
+        return "1e-5" if weights["init_values"] else "null"
+    value = weights[key] if key in weights else weights[_STUDENT_KEY_FIELDS[key][0]]
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _config_architecture(config: DictConfig) -> dict[str, Any]:
+    """The architecture fields of the ViT `config.student` describes (built on the meta device)."""
+    with torch.device("meta"):
+        model, _ = build_model(config.student, only_teacher=True)
+    return infer_vit_config(model.state_dict())
+
+
+def _stated_student_keys(opts: Sequence[str]) -> list[str]:
+    """The `student.*` architecture keys set explicitly on the command line (`--opts student.k=v`)."""
+    keys = [opt.split("=", 1)[0].strip().removeprefix("student.") for opt in opts if opt.startswith("student.")]
+    return [key for key in keys if key in _STUDENT_KEY_FIELDS]
+
+
+def _architecture_check(config: DictConfig, opts: Sequence[str], config_file: str | None, source: str):
+    """check(weights) for `build_eval_backbone`: refuse `--opts student.*` that contradict the weights; log
+    one line when the config file describes another model than the weights."""
+    stated = _config_architecture(config)
+
+    def check(weights: dict[str, Any]) -> None:
+        for key in _stated_student_keys(opts):
+            fields = {f: stated[f] for f in _STUDENT_KEY_FIELDS[key]}
+            value = OmegaConf.select(config, f"student.{key}")
+            refuse_contradiction(weights, fields, f"--opts student.{key}={value}",
+                                 f"--opts student.{key}={_spelt_for(key, weights)}", source)
+        if config_file:
+            differing = differing_fields(weights, {f: stated[f] for f in (*_STUDENT_FIELDS, "depth")})
+            if differing:
+                logger.info(
+                    "--config-file %s describes %s but the checkpoint holds %s: the checkpoint's architecture is "
+                    "evaluated", config_file, describe(stated, tuple(differing)), describe(weights, tuple(differing)),
+                )  # fmt: skip
+
+    return check
+
+
+def build_model_for_eval(
+    config: DictConfig,
+    pretrained_weights: Any,
+    checkpoint_key: str = "teacher",
+    device: torch.device | None = None,
+    opts: Sequence[str] = (),
+    config_file: str | None = None,
+    source: str = "",
+) -> nn.Module:
+    """The backbone of `pretrained_weights` (a path or an already read checkpoint), built from its own
+    tensors and loaded strictly, frozen, in eval mode, on `device`. `opts` are the command-line config
+    overrides (their `student.*` architecture keys must agree with the weights)."""
     if "student" not in config:
         raise ValueError("the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml")
-    img_size = int(OmegaConf.select(config, "crops.global_crops_size", default=224))
-    model, _ = build_model(config.student, only_teacher=True, img_size=img_size)
-    report = load_backbone_weights(model, pretrained_weights, checkpoint_key=checkpoint_key, verbose=False)
-    logger.info("pretrained weights %s: %s", pretrained_weights, report.summary())
-    model.requires_grad_(False)
-    model.eval()
+    source = source or str(pretrained_weights)
+    model, _ = build_eval_backbone(
+        pretrained_weights, checkpoint_key, source, check=_architecture_check(config, opts, config_file, source),
+        interpolate_offset=float(OmegaConf.select(config, "student.interpolate_offset", default=0.1)),
+        interpolate_antialias=bool(OmegaConf.select(config, "student.interpolate_antialias", default=False)),
+    )  # fmt: skip
     return model.to(device or distributed.get_device())
 
 
 def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dtype, DictConfig]:
     """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags."""
-    config = load_eval_config(args.config_file, getattr(args, "opts", []) or [])
     if not args.pretrained_weights:
-        raise ValueError("--pretrained-weights is required (a teacher_checkpoint.pth)")
-    model = build_model_for_eval(config, args.pretrained_weights, getattr(args, "checkpoint_key", "teacher"))
+        raise ValueError("--pretrained-weights is required (a teacher_checkpoint.pth, or a v1 checkpoint.pth)")
+    if not os.path.exists(args.pretrained_weights):
+        raise FileNotFoundError(f"--pretrained-weights {args.pretrained_weights} does not exist")
+    opts = list(getattr(args, "opts", []) or [])
+    config_file = getattr(args, "config_file", None)
+    checkpoint = read_checkpoint(args.pretrained_weights)
+    crop = training_crop_size(checkpoint)
+    if not config_file and crop:  # no run config: the crop the v1 checkpoint was trained at (opts still win)
+        opts = [f"crops.global_crops_size={crop}", *opts]
+        logger.info("no --config-file: evaluation crop %d px, the training crop stored in the checkpoint", crop)
+    config = load_eval_config(config_file, opts)
+    model = build_model_for_eval(config, checkpoint, getattr(args, "checkpoint_key", "teacher"), opts=opts,
+                                 config_file=config_file, source=args.pretrained_weights)
     return model, get_autocast_dtype(config), config
 
 

@@ -5,7 +5,7 @@
   the module, and a `MixedPrecisionPolicy` from that module's `compute_precision` entry.
 - `wrap_ddp`: torch DDP for a student module (the teacher needs no wrapper: it has no gradients and
   its EMA update is identical on every rank).
-- `resolve_dtype`: config dtype names; fp16 on CPU runs as bf16 (logged once).
+- `resolve_dtype`: re-exported from `simdinov2.precision` (config dtype names).
 """
 
 from __future__ import annotations
@@ -18,21 +18,12 @@ import torch
 from torch import nn
 
 from simdinov2 import distributed
+from simdinov2.precision import resolve_dtype
 
 logger = logging.getLogger("simdinov2")
 
 SHARDING_MODES = ("auto", "fsdp", "ddp", "none")
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
 _RESHARD_AFTER_FORWARD = {"SHARD_GRAD_OP": False, "FULL_SHARD": True}
-_warned_cpu_fp16 = False
 
 # Our backbone returns views (x_norm[:, 0], ...) and never edits them in place, which is the case
 # this FSDP2 warning is about.
@@ -46,21 +37,6 @@ __all__ = [
     "shard_module",
     "wrap_ddp",
 ]
-
-
-def resolve_dtype(name: Any, device: torch.device) -> torch.dtype:
-    """`fp32 | fp16 | bf16` (and long names) -> torch dtype; fp16 on CPU becomes bf16 (logged once)."""
-    global _warned_cpu_fp16
-    key = str(name).lower()
-    if key not in _DTYPES:
-        raise ValueError(f"unknown precision {name!r} in compute_precision: use fp32, fp16 or bf16")
-    dtype = _DTYPES[key]
-    if dtype == torch.float16 and device.type == "cpu":
-        if not _warned_cpu_fp16:
-            logger.info("compute_precision: fp16 requested on CPU, running bf16 instead")
-            _warned_cpu_fp16 = True
-        dtype = torch.bfloat16
-    return dtype
 
 
 def resolve_sharding(requested: str, world_size: int) -> str:

@@ -66,7 +66,8 @@ class MetricLogger:
     """Collects metrics and prints a progress line every `print_freq` iterations.
 
     If `output_file` is given, the main process also appends one JSON line per printed iteration
-    (DINOv2's `training_metrics.json`)."""
+    (DINOv2's `training_metrics.json`) with the values of that iteration (not window medians, so that
+    plotted schedules such as the lr are exact)."""
 
     def __init__(self, delimiter: str = "  ", output_file: str | Path | None = None) -> None:
         self.meters: defaultdict[str, SmoothedValue] = defaultdict(SmoothedValue)
@@ -101,7 +102,7 @@ class MetricLogger:
         if self.output_file is None or not distributed.is_main_process():
             return
         record = {"iteration": iteration, "iter_time": iter_time, "data_time": data_time}
-        record.update({name: meter.median for name, meter in self.meters.items()})
+        record.update({name: meter.value for name, meter in self.meters.items()})
         with open(self.output_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -113,11 +114,13 @@ class MetricLogger:
         n_iterations: int | None = None,
         start_iteration: int = 0,
         json_iteration_offset: int = 0,
+        images_per_iteration: int = 0,
     ) -> Iterator[Any]:
-        """Yield from `iterable`, printing `header [it/total] eta: ... metrics ... time: ... data: ...`.
+        """Yield from `iterable`, printing `header [it/total] eta: ... img/s: ... metrics ... time: ...`.
 
-        `json_iteration_offset` is added to the iteration written to `output_file` (a per-epoch loop
-        passes `epoch * iterations_per_epoch` so the JSON lines carry the global iteration)."""
+        `n_iterations` / `start_iteration` are those of the whole run when a per-epoch loop passes them
+        (then the ETA is that of the run); `images_per_iteration` (over all processes) adds the
+        throughput. `json_iteration_offset` is added to the iteration written to `output_file`."""
         i = start_iteration
         if n_iterations is None:
             n_iterations = len(iterable)  # type: ignore[arg-type]
@@ -126,19 +129,37 @@ class MetricLogger:
         iter_time = SmoothedValue(fmt="{avg:.4f}")
         data_time = SmoothedValue(fmt="{avg:.4f}")
         width = len(str(n_iterations))
+        # A per-epoch loop (a sized iterable within a longer run) also reports its epoch's last iteration.
+        try:
+            last_of_iterable = start_iteration + len(iterable) - 1  # type: ignore[arg-type]
+        except TypeError:  # an iterator, or a loader over an infinite sampler
+            last_of_iterable = -1
+        last_dumped = -1
         for obj in iterable:
             data_time.update(time.time() - end)
-            yield obj
+            try:
+                yield obj
+            except GeneratorExit:
+                # The consumer stopped early (e.g. at a time budget): the record ends with the last
+                # iteration it finished.
+                if i - 1 >= start_iteration and i - 1 != last_dumped:
+                    self._dump_json(i - 1 + json_iteration_offset, iter_time.avg, data_time.avg)
+                raise
             iter_time.update(time.time() - end)
-            if i % print_freq == 0 or i == n_iterations - 1:
+            if i % print_freq == 0 or i == n_iterations - 1 or i == last_of_iterable:
                 self._dump_json(i + json_iteration_offset, iter_time.avg, data_time.avg)
+                last_dumped = i
                 eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
                 eta = str(datetime.timedelta(seconds=int(eta_seconds)))
+                throughput = (
+                    [f"img/s: {images_per_iteration / iter_time.avg:.1f}"] if images_per_iteration and iter_time.avg else []
+                )
                 msg = self.delimiter.join(
                     [
                         header,
                         f"[{i:{width}d}/{n_iterations}]",
                         f"eta: {eta}",
+                        *throughput,
                         str(self),
                         f"time: {iter_time}",
                         f"data: {data_time}",

@@ -1,7 +1,7 @@
 """Masked-patch (iBOT) losses of the v2 tree.
 
 - `CosinePatchLoss`: SimDINOv2's replacement of iBOT's cross-entropy — negative cosine between
-  teacher and student features of the masked patches (REFERENCE.md §1), no centering or prototypes.
+  teacher and student features of the masked patches (the paper's SimDINOv2 patch objective), no centering or prototypes.
 - `iBOTPatchLoss`: DINOv2's baseline (teacher softmax with centering or Sinkhorn-Knopp, student
   log-softmax), kept for the paper's comparisons.
 

@@ -9,7 +9,8 @@ This module owns the one implementation of
   sharpening and prototype layer).
 
 The exact formulas (and the upstream conventions we keep, such as the world size `N` entering the
-scale even without a covariance all-reduce) are listed in REFERENCE.md §1. Whatever the input dtype
+scale even without a covariance all-reduce) are those of the paper (arXiv 2502.10385: the coding rate and the SimDINO objective) and of
+upstream SimDINO's `MCRLoss`. Whatever the input dtype
 or autocast state, the cosines are computed in float32 and the coding rate in float64 (see
 `coding_rate` for why), and the loss is returned in float32 (float64 for float64 inputs).
 """
@@ -132,7 +133,7 @@ def _as_views(views: ViewsLike, name: str) -> torch.Tensor:
 
 
 class MCRLoss(nn.Module):
-    """SimDINO's coding-rate loss: −coeff·comp − expa (REFERENCE.md §1).
+    """SimDINO's coding-rate loss: −coeff·comp − expa (the paper's SimDINO objective; upstream's `MCRLoss`).
 
     Args:
         eps: the coding-precision ε² in the scale p/(m·N·eps); smaller means a stronger expansion.
@@ -230,7 +231,7 @@ class MCRLoss(nn.Module):
         """γ · mean over the 2 global views of the coding rate."""
         z = student_globals if self.expa_type == 0 else 0.5 * (student_globals + teacher)
         m, p = z.shape[-2], z.shape[-1]
-        # Upstream convention kept on purpose (REFERENCE.md §1): the world size N enters the scale
+        # Upstream convention kept on purpose (upstream SimDINO's MCRLoss does the same): the world size N enters the scale
         # p/(m·N·eps) and γ even when reduce_cov=0 and each rank only sees its own m samples. With
         # reduce_cov=1, m·N is the global batch and the result is that of a single process holding
         # all N·m samples.

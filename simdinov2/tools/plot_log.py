@@ -3,7 +3,11 @@
 Reads, in this order of preference, the per-iteration `training_metrics.json` (v2 trainer, and the v1 trainer's
 per-iteration log) or the per-epoch `log.txt` of the v1 trainer (one JSON object per line). Every numeric key
 whose name contains "loss" is drawn against iterations (or epochs); learning rate and weight decay go to a
-second panel when present.
+last panel when present.
+
+Direction matters: the SimDINO objective is loss = -(coeff*comp + expa), minimised, while its parts are
+maximised (`comp_loss`: student-teacher cosine similarity; `expa_loss`: coding rate of the features). The
+maximised parts get their own panel and every legend entry says which way is good.
 """
 
 from __future__ import annotations
@@ -14,6 +18,27 @@ import sys
 from pathlib import Path
 
 LOG_FILES = ("training_metrics.json", "log.txt")
+# Parts of the SimDINO objective that training maximises, by name suffix (v1 `comp_loss`, v2 `dino_comp_loss`,
+# `train_` prefixes of log.txt), with what they measure.
+MAXIMISED_PARTS = {
+    "comp_loss": "student-teacher cosine similarity",
+    "expa_loss": "coding rate of the features",
+}
+
+
+def maximised_part(name: str) -> str | None:
+    """What a maximised loss part measures, or None for a minimised loss."""
+    return next((meaning for suffix, meaning in MAXIMISED_PARTS.items() if name.endswith(suffix)), None)
+
+
+def metric_label(name: str) -> str:
+    """Legend entry saying which way is good."""
+    meaning = maximised_part(name)
+    if meaning:
+        return f"{name}: {meaning} (maximised, higher is better)"
+    if name in ("loss", "train_loss", "total_loss", "dino_loss"):
+        return f"{name} (minimised, lower is better; SimDINO: -(coeff*comp + expa))"
+    return f"{name} (minimised, lower is better)"
 
 
 def read_json_lines(path: Path) -> list[dict]:
@@ -69,25 +94,26 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     if not records:
         raise ValueError(f"{log} is empty: the run has not logged anything yet")
     x_key, xs, losses, scheds = series(records)
-    n_panels = 2 if scheds else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
-    ax = axes[0][0]
-    for k, v in losses.items():
-        ax.plot(xs, v, label=k)
-    ax.set_xlabel(x_key)
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or f"{Path(run_dir).name}: losses")
+    minimised = {k: v for k, v in losses.items() if not maximised_part(k)}
+    maximised = {k: v for k, v in losses.items() if maximised_part(k)}
+    panels = [(title or f"{Path(run_dir).name}: losses (lower is better)", "loss", minimised, False)]
+    if maximised:
+        panels.append(("parts of the SimDINO loss (higher is better)", "value", maximised, False))
     if scheds:
-        ax2 = axes[0][1]
-        for k, v in scheds.items():
-            ax2.plot(xs, v, label=k)
-        ax2.set_xlabel(x_key)
-        ax2.set_yscale("log")
-        ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=8)
-        ax2.set_title("schedules")
+        panels.append(("schedules", None, scheds, True))
+    panels = [p for p in panels if p[2]] or panels[:1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (panel_title, ylabel, curves, log_scale) in zip(axes[0], panels):
+        for k, v in curves.items():
+            ax.plot(xs, v, label=k if log_scale else metric_label(k))
+        ax.set_xlabel(x_key)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        if log_scale:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(panel_title, fontsize=10)
     fig.tight_layout()
     out_path = Path(out) if out else (log.parent / "loss_curve.png")
     fig.savefig(out_path, dpi=110)

@@ -1,12 +1,11 @@
 """Training pieces shared by the v1 trainer (`simdino/main_dino.py`) and the v2 trainer (`simdinov2/train`):
 parameter groups (DINO's two groups; DINOv2's layer-wise lr decay groups), LARS, gradient clipping,
-last-layer freezing, the EMA teacher update and AMP settings."""
+last-layer freezing and the EMA teacher update (precision lives in `simdinov2.precision`)."""
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -220,44 +219,3 @@ def ema_update(teacher_params: Iterable[torch.Tensor], student_params: Iterable[
     if not t:
         return
     torch._foreach_lerp_(t, s, 1.0 - momentum)
-
-
-@dataclass
-class AmpSettings:
-    """What autocast does on this device: enabled, dtype, and whether a grad scaler is needed (fp16 only)."""
-
-    enabled: bool
-    dtype: torch.dtype
-    device_type: str
-
-    @property
-    def needs_scaler(self) -> bool:
-        return self.enabled and self.dtype == torch.float16
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype, enabled=self.enabled)
-
-    def grad_scaler(self) -> torch.amp.GradScaler | None:
-        return torch.amp.GradScaler(self.device_type) if self.needs_scaler else None
-
-
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def resolve_amp(device: torch.device, use_amp: bool, amp_dtype: str = "auto") -> AmpSettings:
-    """Choose autocast for `device`: fp16 (+ grad scaler) on CUDA by default, bf16 on CPU.
-
-    fp16 requested on CPU runs as bf16 (CPU fp16 autocast is slow and has no scaler); logged once."""
-    if not use_amp:
-        return AmpSettings(False, torch.float32, device.type)
-    amp_dtype = (amp_dtype or "auto").lower()
-    if amp_dtype not in ("auto", *_DTYPES):
-        raise ValueError(f"amp dtype must be auto, float16 or bfloat16 (got {amp_dtype!r})")
-    if amp_dtype == "auto":
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    else:
-        dtype = _DTYPES[amp_dtype]
-    if device.type == "cpu" and dtype == torch.float16:
-        logger.info("fp16 autocast requested on CPU: running bf16 instead (no grad scaler needed)")
-        dtype = torch.bfloat16
-    return AmpSettings(True, dtype, device.type)

@@ -15,7 +15,6 @@ the other config code in `simdinov2.configs.actions`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from timm.optim import create_optimizer_v2, list_optimizers
 
+from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.utils.schedules import CosineScheduler
 
 logger = logging.getLogger("simdinov2")
@@ -54,16 +54,16 @@ def build_optimizer_by_name(
     """The optimizer `opt` (any name of timm's `create_optimizer_v2`) over `param_groups`.
 
     The learning rate and weight decay start at 0: the per-iteration schedules set them in every group.
-    An unknown name or a keyword the optimizer does not take is one ValueError line."""
+    An unknown name or a keyword the optimizer does not take is one UserError line."""
     name = str(opt).lower()
     known = list_optimizers()
     if name not in known:
         close = [n for n in ("adamw", "sgd", "lars", "lamb", "adam", "momentum") if n in known]
-        raise ValueError(f"optim.opt={opt!r} is not an optimizer timm knows; e.g. {', '.join(close)}")
+        raise UserError(f"optim.opt={opt!r} is not an optimizer timm knows; e.g. {', '.join(close)}")
     try:
         return create_optimizer_v2(list(param_groups), opt=name, lr=0.0, weight_decay=0.0, **optimizer_kwargs(kwargs))
     except TypeError as exc:
-        raise ValueError(
+        raise UserError(
             f"optim.kwargs do not fit optim.opt={opt!r} ({exc}); set the ones it does not take to null, "
             "e.g. optim.kwargs.betas=null"
         ) from None
@@ -108,9 +108,9 @@ def compile_enabled(requested: bool, device: torch.device) -> bool:
 class NonFiniteGuard:
     """`ignore_nan`: decide what a non-finite loss does.
 
-    `ignore_nan=False`: `check` raises FloatingPointError (training stops, weights untouched). `True`: the
-    step is skipped (`check` returns False), counted in `skipped`, and training stops once `max_consecutive`
-    steps in a row were skipped (a run that only produces NaNs is not training)."""
+    `ignore_nan=False`: `skip` says no (training stops, weights untouched: `train_step` raises before the
+    backward). `True`: the step is skipped (`skip` returns True), counted in `skipped`, and training stops
+    once `max_consecutive` steps in a row were skipped (a run that only produces NaNs is not training)."""
 
     def __init__(self, ignore_nan: bool, max_consecutive: int = 100) -> None:
         self.ignore_nan = bool(ignore_nan)
@@ -118,20 +118,20 @@ class NonFiniteGuard:
         self.skipped = 0
         self.consecutive = 0
 
-    def check(self, losses: Mapping[str, float], iteration: int) -> bool:
-        """True when the step may be applied; False to skip it; raises when training must stop."""
-        if all(math.isfinite(float(v)) for v in losses.values()):
-            self.consecutive = 0
-            return True
-        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+    def passed(self) -> None:
+        """A finite step: the run of skipped steps is over."""
+        self.consecutive = 0
+
+    def skip(self, error: NonFiniteLossError, iteration: int) -> bool:
+        """True when the step that raised `error` is skipped; False when training must stop with it."""
         if not self.ignore_nan:
-            raise FloatingPointError(f"non-finite loss ({parts})")
+            return False
         self.skipped += 1
         self.consecutive += 1
         if self.consecutive >= self.max_consecutive:
-            raise FloatingPointError(
-                f"non-finite loss ({parts}) in {self.consecutive} steps in a row (ignore_nan=true, limit "
+            raise NonFiniteLossError(
+                f"{error} in {self.consecutive} steps in a row (ignore_nan=true, limit "
                 f"train.max_nan_steps={self.max_consecutive})"
-            )
-        logger.warning("non-finite loss at iteration %d (%s): step skipped (%d so far)", iteration, parts, self.skipped)
-        return False
+            ) from None
+        logger.warning("%s at iteration %d: step skipped (%d so far)", error, iteration, self.skipped)
+        return True

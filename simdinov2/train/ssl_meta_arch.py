@@ -25,11 +25,17 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import Tensor, nn
 
 from simdinov2 import distributed
-from simdinov2.checkpoint import CheckpointError, extract_backbone_state_dict, infer_vit_config, load_backbone_weights
-from simdinov2.fsdp import resolve_dtype, shard_module, wrap_ddp
+from simdinov2.checkpoint import (
+    CheckpointError,
+    extract_backbone_state_dict,
+    infer_vit_config,
+    load_backbone_weights,
+)
+from simdinov2.fsdp import shard_module, wrap_ddp
 from simdinov2.layers import DINOHead
 from simdinov2.loss import CosinePatchLoss, DINOLoss, KoLeoLoss, MCRLoss, iBOTPatchLoss
 from simdinov2.models import build_model
+from simdinov2.precision import autocast, resolve_dtype
 from simdinov2.train.optim import ema_update, fuse_param_groups, layerwise_param_groups
 
 logger = logging.getLogger("simdinov2")
@@ -226,9 +232,7 @@ class SSLMetaArch(nn.Module):
         logger.info("sharding: %s over %d process(es) on %s", sharding, distributed.get_world_size(), device)
 
     def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-        if dtype is None or dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, dtype)
 
     def compute_dtypes(self) -> list[torch.dtype]:
         """Precisions the student computes in (to decide whether fp16 loss scaling is needed)."""
@@ -265,11 +269,13 @@ class SSLMetaArch(nn.Module):
             )
         return fuse_param_groups(groups)
 
-    def release_backbone_gradients(self) -> None:
-        """`student.freeze_backbone_epochs`: drop the student backbone's gradients after the backward, so the
-        optimizer skips its parameters (as upstream's requires_grad=False; works under DDP and FSDP too)."""
-        for p in self.student.backbone.parameters():
-            p.grad = None
+    def cancel_frozen_gradients(self, values: dict[str, float]) -> None:
+        """`train_step`'s hook. `student.freeze_backbone_epochs` (`values["freeze_backbone"]` set): drop the
+        student backbone's gradients after the backward, so the optimizer skips its parameters (as upstream's
+        requires_grad=False; works under DDP and FSDP too). The prototypes freeze through a last-layer lr of 0."""
+        if values.get("freeze_backbone"):
+            for p in self.student.backbone.parameters():
+                p.grad = None
 
     def clip_gradients(self, max_norm: float) -> dict[str, float]:
         """Clip each student module's total gradient norm to `max_norm` (DINOv2); returns the norms."""

@@ -2,11 +2,13 @@
 
 Launch it with `torchrun` (gloo on CPU, nccl on CUDA, chosen by `simdinov2.distributed`), under SLURM
 (`simdinov2/run/train/train.py` submits `main` with submitit) or as a plain `python` process. This
-module owns the training loop: configuration set-up, the dataset and its epoch length
+module owns the v2 program: configuration set-up, the dataset and its epoch length
 (len(dataset) // global batch), the per-iteration schedules (lr, weight decay, teacher momentum and
-temperature, last-layer freeze, iBOT weight, coding-rate eps / coeff), the optimizer step with
-gradient clipping, the teacher EMA, logging (`training_metrics.json`, console with ETA, optional wandb),
-resumable checkpoints and the teacher snapshots under `eval/training_<iteration>/`.
+temperature, last-layer freeze, iBOT weight, coding-rate eps / coeff), and the iteration loop
+(`TrainingLoop`), which drives the shared core: `simdinov2.train.step.train_step` (the optimisation step
+of both trees), `simdinov2.train.clock.TrainingClock` (by iterations, or by `train.time_budget`
+seconds), `simdinov2.trackers` (wandb), progress and `training_metrics.json`, resumable checkpoints and
+the teacher snapshots under `eval/training_<iteration>/`.
 """
 
 from __future__ import annotations
@@ -15,28 +17,39 @@ import argparse
 import logging
 import os
 import sys
-from collections import defaultdict
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    # Run as a script path (`python simdinov2/train/train.py`): make the repository importable without
-    # relying on an editable install, and keep this folder from shadowing top-level modules.
-    _SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _SCRIPT_DIR]
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_SCRIPT_DIR)))
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from simdinov2 import distributed
+try:
+    from simdinov2 import cli, distributed
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise SystemExit(f"train.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 from simdinov2.checkpoint import Checkpointer, save_teacher_snapshot
-from simdinov2.configs import apply_actions, apply_scaling_rules_to_cfg, get_cfg, scheduled_actions, write_config
+from simdinov2.cli import agree_on_errors
+from simdinov2.configs import (
+    apply_actions,
+    apply_scaling_rules_to_cfg,
+    get_cfg,
+    scheduled_actions,
+    write_config,
+)
+from simdinov2.data import (
+    DataAugmentationDINO,
+    MaskingGenerator,
+    collate_data_and_cast,
+    make_data_loader,
+    make_dataset,
+)
+from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
 from simdinov2.fsdp import resolve_sharding
-from simdinov2.logging import MetricLogger, SmoothedValue, setup_logging
-from simdinov2.train.optim import apply_optim_schedule
+from simdinov2.logging import MetricLogger, setup_logging
+from simdinov2.trackers import ExperimentTrackers
+from simdinov2.train.clock import TrainingClock
 from simdinov2.train.recipe_keys import (
     NonFiniteGuard,
     backbone_frozen,
@@ -47,12 +60,11 @@ from simdinov2.train.recipe_keys import (
     snapshot_period,
 )
 from simdinov2.train.ssl_meta_arch import SSLMetaArch, ibot_enabled
+from simdinov2.train.step import train_step
 from simdinov2.utils.schedules import CosineScheduler
 from simdinov2.utils.utils import fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
-
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -95,9 +107,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
 def build_data(cfg: DictConfig) -> tuple[Any, int, Any]:
     """(dataset, epoch length in iterations, collate function) for this run.
 
-    Raises one clear ValueError when the dataset holds fewer images than one global batch."""
-    from simdinov2.data import DataAugmentationDINO, MaskingGenerator, collate_data_and_cast, make_dataset
-
+    Raises one clear `UserError` when the dataset holds fewer images than one global batch."""
     transform = DataAugmentationDINO(
         global_crops_scale=cfg.crops.global_crops_scale,
         local_crops_scale=cfg.crops.local_crops_scale,
@@ -109,7 +119,7 @@ def build_data(cfg: DictConfig) -> tuple[Any, int, Any]:
     global_batch = int(cfg.train.batch_size_per_gpu) * distributed.get_world_size()
     epoch_len = epoch_length(len(dataset), global_batch, int(cfg.train.OFFICIAL_EPOCH_LENGTH))
     if epoch_len < 1:
-        raise ValueError(
+        raise UserError(
             f"dataset {cfg.train.dataset_path} has {len(dataset)} images, fewer than one global batch of "
             f"{cfg.train.batch_size_per_gpu} x {distributed.get_world_size()} process(es) = {global_batch}: "
             "lower train.batch_size_per_gpu or use more images"
@@ -204,120 +214,34 @@ def build_grad_scaler(cfg: DictConfig, model: SSLMetaArch) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def reduce_loss_dict(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean of every loss part over processes (one all-reduce), as floats for logging."""
-    names = sorted(loss_dict)
-    values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names])
-    values = distributed.all_reduce_mean(values)
-    return dict(zip(names, values.tolist()))
-
-
-def train_step(
-    model: SSLMetaArch,
-    optimizer: torch.optim.Optimizer,
-    batch: dict[str, Any],
-    values: dict[str, float],
-    clip_grad: float,
-    scaler: Any = None,
-    nan_guard: NonFiniteGuard | None = None,
-    freeze_backbone: bool = False,
-    iteration: int = 0,
-) -> dict[str, float]:
-    """One optimisation step with the schedule `values` of this iteration; returns the reduced losses.
-
-    A non-finite loss raises FloatingPointError before touching the weights, or with `ignore_nan`
-    (`nan_guard`) skips the step; `freeze_backbone` leaves the student backbone unchanged."""
-    apply_optim_schedule(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
-    model.set_mcr_schedule(values.get("mcr_eps"), values.get("mcr_coeff"))
-    optimizer.zero_grad(set_to_none=True)
-    loss, loss_dict = model.forward_losses(batch, values["teacher_temp"], values["ibot_loss_weight"])
-    if scaler is not None:
-        scaler.scale(loss).backward()
-    else:
-        loss.backward()
-    reduced = reduce_loss_dict(loss_dict)
-    if not (nan_guard or NonFiniteGuard(False)).check(reduced, iteration):
-        optimizer.zero_grad(set_to_none=True)
-        return reduced
-    if freeze_backbone:
-        model.release_backbone_gradients()
-    clip_grad = values.get("clip_grad", clip_grad)
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    if clip_grad > 0:
-        reduced.update(model.clip_gradients(clip_grad))
-    # Upstream only stepped when clip_grad > 0; clip_grad=0 means "no clipping", never "no training".
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    model.update_teacher(values["mom"])
-    return reduced
-
-
 def _snapshot_path(output_dir: str | Path, iteration: int) -> Path:
     return Path(output_dir) / "eval" / f"training_{iteration}" / "teacher_checkpoint.pth"
 
 
-def _init_wandb(cfg: DictConfig) -> Any:
-    if not bool(cfg.train.wandb) or not distributed.is_main_process():
-        return None
-    try:
-        import wandb
-    except ImportError as exc:
-        raise ValueError("train.wandb=true needs the wandb package: pip install wandb (or set train.wandb=false)") from exc
-    return wandb.init(
-        project=str(cfg.train.wandb_project),
-        name=Path(cfg.train.output_dir).name,
-        dir=str(cfg.train.output_dir),
-        config=OmegaConf.to_container(cfg, resolve=True),
-        resume="allow",
-    )
-
-
-def do_train(
-    cfg: DictConfig, model: SSLMetaArch, resume: bool = True, data: tuple[Any, int, Any] | None = None
-) -> dict[str, Any]:
-    """Train until `optim.epochs` epochs; resumes from the latest checkpoint unless `resume=False`.
-
-    `data` is `build_data(cfg)` when the caller built it already."""
-    from simdinov2.data import make_data_loader
-
-    output_dir = Path(cfg.train.output_dir)
-    dataset, epoch_len, collate_fn = data if data is not None else build_data(cfg)
-    max_iter = int(cfg.optim.epochs) * epoch_len
-    optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
-    scaler = build_grad_scaler(cfg, model)
-    schedules = build_schedulers(cfg, epoch_len)
-    checkpointer = Checkpointer(output_dir / "ckpt", model, optimizer, max_to_keep=int(cfg.checkpointing.max_to_keep))
-    period = int(cfg.checkpointing.period)
-    period = epoch_len if period <= 0 else period
-    eval_period = snapshot_period(
-        int(cfg.evaluation.eval_period_epochs), int(cfg.evaluation.eval_period_iterations), epoch_len
-    )
-    actions = scheduled_actions(cfg)
-    nan_guard = NonFiniteGuard(bool(cfg.ignore_nan), int(cfg.train.max_nan_steps))
-
-    start_iter = 0
+def _resume(
+    checkpointer: Checkpointer, scaler: Any, clock: TrainingClock, resume: bool
+) -> tuple[int, Path | None]:
+    """(first iteration to run, checkpoint resumed from or None); restores the scaler and the clock."""
     latest = checkpointer.latest()
-    if latest is not None and resume:
+    if latest is None or not resume:
+        if latest is not None:
+            logger.info("--no-resume: ignoring the checkpoints in %s (they are replaced as training saves)", latest.parent)
+        return 0, None
+    try:
         state = checkpointer.load(latest)
-        start_iter = int(state["iteration"]) + 1
-        if scaler is not None and state.get("grad_scaler"):
-            scaler.load_state_dict(state["grad_scaler"])
-        logger.info("resumed from %s: continuing at iteration %d", latest, start_iter)
-    elif latest is not None:
-        logger.info("--no-resume: ignoring the checkpoints in %s (they are replaced as training saves)", latest.parent)
-    logger.info(
-        "dataset: %d images, %d iterations per epoch of %d x %d images, %d epochs = %d iterations",
-        len(dataset), epoch_len, int(cfg.train.batch_size_per_gpu), distributed.get_world_size(),
-        int(cfg.optim.epochs), max_iter,
-    )
-    if start_iter >= max_iter:
-        logger.info("training already complete (%d of %d iterations); raise optim.epochs to continue", start_iter, max_iter)
-        return {"iteration": start_iter - 1, "epoch_len": epoch_len}
+    except ValueError as exc:  # the checkpointer names the problem (corrupt, another model)
+        raise UserError(f"cannot resume from {latest}: {exc}; start over with --no-resume or another --output-dir") from exc
+    start_iter = int(state["iteration"]) + 1
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    clock.spent = float(state.get("train_seconds", 0.0))
+    clock.iterations = start_iter
+    logger.info("resumed from %s: continuing at iteration %d", latest, start_iter)
+    return start_iter, latest
 
+
+def _data_iterator(cfg: DictConfig, dataset: Any, collate_fn: Any, start_iter: int, latest: Path | None) -> Any:
+    """The infinite, seeded loader advanced past the `start_iter` iterations already trained."""
     data_loader = make_data_loader(
         dataset,
         batch_size=int(cfg.train.batch_size_per_gpu),
@@ -330,54 +254,146 @@ def do_train(
         collate_fn=collate_fn,
     )
     data_iter = iter(data_loader)
-    if latest is not None and resume:
+    if latest is not None:
         # After the loader's iterator exists (creating it draws from torch's RNG): the resumed run
         # continues the saved random streams exactly.
         Checkpointer.restore_rng(latest)
+    return data_iter
 
+
+def start_trackers(cfg: DictConfig) -> ExperimentTrackers:
+    """wandb (`train.wandb=true`) on the main process; a failure to start stops every rank."""
+    with agree_on_errors("starting the experiment trackers"):
+        return ExperimentTrackers(
+            cfg.train.output_dir, OmegaConf.to_container(cfg, resolve=True), str(cfg.train.wandb_project),
+            wandb=bool(cfg.train.wandb), flags={"wandb": "train.wandb=true", "swanlab": "swanlab"},
+        )  # fmt: skip
+
+
+def do_train(
+    cfg: DictConfig, model: SSLMetaArch, resume: bool = True, data: tuple[Any, int, Any] | None = None
+) -> dict[str, Any]:
+    """Train until `optim.epochs` epochs (or `train.time_budget` seconds); resumes from the latest
+    checkpoint unless `resume=False`. `data` is `build_data(cfg)` when the caller built it already."""
+    output_dir = Path(cfg.train.output_dir)
+    dataset, epoch_len, collate_fn = data if data is not None else build_data(cfg)
+    max_iter = int(cfg.optim.epochs) * epoch_len
+    optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
+    scaler = build_grad_scaler(cfg, model)
+    checkpointer = Checkpointer(output_dir / "ckpt", model, optimizer, max_to_keep=int(cfg.checkpointing.max_to_keep))
+    clock = TrainingClock(float(cfg.train.time_budget), total_iterations=max_iter, niter_per_epoch=epoch_len)
+    start_iter, latest = _resume(checkpointer, scaler, clock, resume)
+    logger.info(
+        "dataset: %d images, %d iterations per epoch of %d x %d images, %d epochs = %d iterations",
+        len(dataset), epoch_len, int(cfg.train.batch_size_per_gpu), distributed.get_world_size(),
+        int(cfg.optim.epochs), max_iter,
+    )  # fmt: skip
+    if start_iter >= max_iter or clock.exhausted(clock.spent):
+        logger.info("training already complete (%d of %d iterations); raise optim.epochs to continue", start_iter, max_iter)
+        return {"iteration": start_iter - 1, "epoch_len": epoch_len, "train_seconds": clock.spent}
+    data_iter = _data_iterator(cfg, dataset, collate_fn, start_iter, latest)
+    actions = scheduled_actions(cfg)
     # A resumed run first re-applies the actions of the epochs it already started.
     for past_epoch in range(-(-start_iter // epoch_len)) if actions else ():
         apply_actions(cfg, actions, past_epoch)
-    wandb_run = _init_wandb(cfg)
-    metric_logger = MetricLogger(delimiter="  ", output_file=output_dir / "training_metrics.json")
-    # One value per iteration in training_metrics.json (no smoothing window), running mean on the console.
-    metric_logger.meters = defaultdict(lambda: SmoothedValue(window_size=1, fmt="{value:.4f} ({global_avg:.4f})"))
-    clip_grad = float(cfg.optim.clip_grad)  # after the actions above, which may set it
-    model.train()
-    iteration = start_iter
-    for batch in metric_logger.log_every(
-        data_iter, int(cfg.train.print_freq), "Training", n_iterations=max_iter, start_iteration=start_iter
-    ):
-        values = {name: schedule[iteration] for name, schedule in schedules.items()}
-        if actions and iteration % epoch_len == 0:
-            for key, value in apply_actions(cfg, actions, iteration // epoch_len).items():
-                logger.info("train.actions: %s=%s from epoch %d", key, value, iteration // epoch_len)
-            clip_grad = float(cfg.optim.clip_grad)
-        frozen = backbone_frozen(iteration, epoch_len, int(cfg.student.freeze_backbone_epochs))
-        try:
-            losses = train_step(model, optimizer, batch, values, clip_grad, scaler, nan_guard, frozen, iteration)
-        except FloatingPointError as exc:
-            raise FloatingPointError(
-                f"{exc} at iteration {iteration}: training stopped; lower optim.base_lr or raise dino.mcr.eps and "
-                f"resume from the last checkpoint in {checkpointer.root} (or start over with --no-resume)"
-            ) from None
-        record = {k: v for k, v in values.items() if k != "teacher_temp" or model.uses_cross_entropy}
-        metric_logger.update(**record, **losses)
-        if wandb_run is not None:
-            wandb_run.log({**record, **losses}, step=iteration)
-        if (iteration + 1) % period == 0 or iteration + 1 == max_iter:
-            trainer_state = {"epoch_len": epoch_len, "epoch": (iteration + 1) / epoch_len}
-            if scaler is not None:
-                trainer_state["grad_scaler"] = scaler.state_dict()
-            checkpointer.save(iteration, trainer_state)
-        if eval_period > 0 and (iteration + 1) % eval_period == 0:
-            save_teacher_snapshot(model.teacher_for_snapshot(), _snapshot_path(output_dir, iteration))
-        iteration += 1
-    metric_logger.synchronize_between_processes()
-    if wandb_run is not None:
-        wandb_run.finish()
+    trackers = start_trackers(cfg)
+    try:
+        loop = TrainingLoop(cfg, model, optimizer, scaler, build_schedulers(cfg, epoch_len), checkpointer, trackers, clock)
+        iteration = loop.run(data_iter, start_iter)
+    finally:
+        trackers.finish()
     logger.info("training done: %d iterations", iteration)
-    return {"iteration": iteration - 1, "epoch_len": epoch_len}
+    return {"iteration": iteration - 1, "epoch_len": epoch_len, "train_seconds": clock.spent}
+
+
+class TrainingLoop:
+    """The v2 iteration loop: schedules (by iteration or by the time budget), `train_step`, progress,
+    metrics, periodic checkpoints and teacher snapshots."""
+
+    def __init__(
+        self, cfg: DictConfig, model: SSLMetaArch, optimizer: torch.optim.Optimizer, scaler: Any,
+        schedules: dict[str, CosineScheduler], checkpointer: Checkpointer, trackers: ExperimentTrackers,
+        clock: TrainingClock,
+    ) -> None:  # fmt: skip
+        self.cfg, self.model, self.optimizer, self.scaler = cfg, model, optimizer, scaler
+        self.schedules, self.checkpointer, self.trackers, self.clock = schedules, checkpointer, trackers, clock
+        self.epoch_len = clock.niter_per_epoch
+        period = int(cfg.checkpointing.period)
+        self.period = self.epoch_len if period <= 0 else period
+        self.eval_period = snapshot_period(
+            int(cfg.evaluation.eval_period_epochs), int(cfg.evaluation.eval_period_iterations), self.epoch_len
+        )
+        self.actions = scheduled_actions(cfg)
+        self.nan_guard = NonFiniteGuard(bool(cfg.ignore_nan), int(cfg.train.max_nan_steps))
+        self.output_dir = Path(cfg.train.output_dir)
+
+    def save(self, iteration: int) -> None:
+        trainer_state = {"epoch_len": self.epoch_len, "epoch": (iteration + 1) / self.epoch_len, **self.clock.state_dict()}
+        if self.scaler is not None:
+            trainer_state["grad_scaler"] = self.scaler.state_dict()
+        self.checkpointer.save(iteration, trainer_state)
+
+    def step(self, batch: dict[str, Any], iteration: int, index: int) -> dict[str, float]:
+        """One `train_step` at schedule position `index`; returns what is logged for the iteration."""
+        values = {name: schedule[index] for name, schedule in self.schedules.items()}
+        if self.actions and iteration % self.epoch_len == 0:
+            for key, value in apply_actions(self.cfg, self.actions, iteration // self.epoch_len).items():
+                logger.info("train.actions: %s=%s from epoch %d", key, value, iteration // self.epoch_len)
+        frozen = backbone_frozen(iteration, self.epoch_len, int(self.cfg.student.freeze_backbone_epochs))
+        values["freeze_backbone"] = float(frozen)
+        try:
+            # optim.clip_grad is read at every step: train.actions may change it.
+            losses = train_step(self.model, self.optimizer, batch, values, float(self.cfg.optim.clip_grad), self.scaler)
+            self.nan_guard.passed()
+        except NonFiniteLossError as exc:
+            if self.nan_guard.skip(exc, iteration):  # ignore_nan=true: the weights are untouched, go on
+                return {**values, "skipped_nan_steps": float(self.nan_guard.skipped)}
+            raise NonFiniteLossError(
+                f"{exc} at iteration {iteration}: training stopped; lower optim.base_lr or raise dino.mcr.eps and "
+                f"resume from the last checkpoint in {self.checkpointer.root} (or start over with --no-resume)",
+                report=exc.report,
+            ) from None
+        record = {
+            k: v for k, v in values.items()
+            if k != "freeze_backbone" and (k != "teacher_temp" or self.model.uses_cross_entropy)
+        }  # fmt: skip
+        return {**record, **losses}
+
+    def run(self, data_iter: Any, start_iter: int) -> int:
+        """Train from `start_iter`; returns the number of iterations done (resumed ones included)."""
+        clock, max_iter = self.clock, self.clock.total_iterations
+        metric_logger = MetricLogger(delimiter="  ", output_file=self.output_dir / "training_metrics.json")
+        images = int(self.cfg.train.batch_size_per_gpu) * distributed.get_world_size()
+        progress = metric_logger.log_every(
+            data_iter, int(self.cfg.train.print_freq), "Training", n_iterations=max_iter, start_iteration=start_iter,
+            images_per_iteration=images,
+        )  # fmt: skip
+        self.model.train()
+        clock.start()
+        iteration = start_iter
+        for batch in progress:
+            elapsed = clock.synchronized_elapsed(self.model.device)
+            if clock.exhausted(elapsed):
+                clock.stopped = True
+                break
+            metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
+            clock.iterations += 1
+            metric_logger.update(**metrics)
+            self.trackers.log(metrics, step=iteration)
+            if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
+                self.save(iteration)
+            if self.eval_period > 0 and (iteration + 1) % self.eval_period == 0:
+                save_teacher_snapshot(self.model.teacher_for_snapshot(), _snapshot_path(self.output_dir, iteration))
+            iteration += 1
+        if clock.stopped and iteration > start_iter:
+            # The budget's end is the run's end: its checkpoint and the teacher snapshot for evaluation.
+            logger.info("time budget of %.0f s reached after %d iterations: training stops here", clock.budget, iteration)
+            if iteration % self.period != 0:
+                self.save(iteration - 1)
+            if self.eval_period <= 0 or iteration % self.eval_period != 0:
+                save_teacher_snapshot(self.model.teacher_for_snapshot(), _snapshot_path(self.output_dir, iteration - 1))
+        metric_logger.synchronize_between_processes()
+        return iteration
 
 
 def latest_checkpoint(cfg: DictConfig) -> Path:
@@ -385,7 +401,7 @@ def latest_checkpoint(cfg: DictConfig) -> Path:
     root = Path(cfg.train.output_dir) / "ckpt"
     latest = Checkpointer(root, nn.Module()).latest()
     if latest is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--eval-only: no checkpoint in {root}; train first (without --eval-only) or give the "
             "--output-dir of a training run"
         )
@@ -407,26 +423,17 @@ def main(args: argparse.Namespace) -> dict[str, Any] | Path:
     if args.eval_only:
         latest_checkpoint(cfg)  # before building the model: no checkpoint is reported at once
         return do_eval_only(cfg, build_model(cfg))
-    data = build_data(cfg)  # before the model: a dataset problem is reported without waiting for it
+    with agree_on_errors("reading the dataset"):
+        data = build_data(cfg)  # before the model: a dataset problem is reported without waiting for it
     model = build_model(cfg)
     return do_train(cfg, model, resume=not args.no_resume, data=data)
 
 
-def run_cli(argv: list[str] | None = None) -> None:
-    """Parse `argv`, run `main`, turn user errors into one line on stderr and exit status 1."""
-    args = get_args_parser(add_help=True).parse_args(argv)
-    try:
-        main(args)
-    except USER_ERRORS as exc:
-        # One line from the main process; the other ranks exit quietly with the same status.
-        message = f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        raise SystemExit(message if distributed.get_rank() == 0 else 1) from None
-    finally:
-        if distributed.is_enabled():
-            try:
-                distributed.destroy()
-            except Exception:  # pragma: no cover - best effort at exit
-                pass
+def run_cli(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run `main` (console entry point `simdinov2-train`); a user error ends every rank
+    with one line and exit status 1."""
+    cli.run_cli("", main, get_args_parser(add_help=True).parse_args(argv))
+    return 0
 
 
 if __name__ == "__main__":

@@ -144,3 +144,36 @@ def test_short_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     for row in ("SimDINO teacher (trained)", "same network, random init", "raw pixels"):
         assert row in printed
+
+
+def test_reading_guide_says_which_way_is_good_and_what_a_smoke_run_shows():
+    smoke = demo.reading_guide(iterations=12, coeff=1.0)
+    assert "loss = -(1*comp_loss + expa_loss) is minimised" in smoke
+    assert "comp_loss: cosine similarity of student and teacher views" in smoke
+    assert "expa_loss: coding rate of the features" in smoke
+    assert "This was a smoke run (12 iterations" in smoke and "It cannot show how good the" in smoke
+    full = demo.reading_guide(iterations=560, coeff=1.0)
+    assert "smoke run" not in full and "both parts are maximised" in full
+
+
+@pytest.mark.slow
+def test_smoke_demo_prints_the_reading_guide(tiny_imagefolder, tmp_path, capsys):
+    """`python -m simdino.demo --seconds 3` (on an ImageFolder here): the summary labels the loss parts and
+    says what a smoke run can and cannot show."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_imagefolder, data)
+    for image in sorted((data / "train").glob("*/*.png")):  # 240 training images: one recipe batch is 128
+        shutil.copy(image, image.with_name(f"copy_{image.name}"))
+    previous_threads = torch.get_num_threads()
+    try:
+        results = demo.main(["--seconds", "3", "--output_dir", str(tmp_path / "demo"), "--threads", "1",
+                             "--data_path", str(data)])
+    finally:
+        torch.set_num_threads(previous_threads)
+    printed = capsys.readouterr().out
+    assert results["iterations"] < demo.SMOKE_RUN_ITERATIONS
+    assert f"This was a smoke run ({results['iterations']} iterations" in printed
+    assert "comp_loss: cosine similarity of student and teacher views" in printed
+    assert (tmp_path / "demo" / "loss_curve.png").is_file()

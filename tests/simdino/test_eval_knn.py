@@ -165,4 +165,26 @@ def test_checkpoint_of_another_arch_fails_with_one_line(tiny_imagefolder: Path, 
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "vit_small" in last and "vit_tiny" in last
+    assert last.startswith("error: --arch vit_tiny contradicts the checkpoint") and "pass --arch vit_small" in last
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_default_workers_are_capped_on_a_small_machine(v1_checkpoint: Path, tiny_imagefolder: Path,
+                                                       tmp_path: Path) -> None:
+    """The README command keeps the default --num_workers 10; on a 1-core allotment the loaders use 1
+    worker, say so once, and torch does not warn about too many workers."""
+    one_core = {min(os.sched_getaffinity(0))}
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "eval_knn.py", "--img_size", "28", "--nb_knn", "10", "--use_cuda", "false",
+         "--pretrained_weights", str(v1_checkpoint), "--data_path", str(tiny_imagefolder), "--output_dir",
+         str(tmp_path)],
+        cwd=SIMDINO, env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, one_core),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("num_workers 10 capped at 1: the CPU cores available to this process") == 1
+    assert "worker processes in total" not in output
+    assert parse_results(proc.stdout)

@@ -17,7 +17,7 @@ from simdinov2.models import build_vit
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_ARGS = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--num_workers", "0",
-              "--batch_size_per_gpu", "32", "--num_labels", "10", "--lr", "0.5"]
+              "--batch_size_per_gpu", "32", "--lr", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,8 @@ def test_one_epoch_then_resume_then_evaluate(v1_checkpoint: Path, tiny_imagefold
     checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
     assert set(checkpoint) == {"epoch", "state_dict", "optimizer", "scheduler", "best_acc"}
     assert checkpoint["epoch"] == 1
-    assert checkpoint["state_dict"]["linear.weight"].shape == (10, 4 * 192)  # 4 last CLS tokens, no avgpool
+    # the dataset's 3 class folders (no --num_labels), 4 last CLS tokens, no avgpool
+    assert checkpoint["state_dict"]["linear.weight"].shape == (3, 4 * 192)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # atomic writes leave no temp file
     first = json.loads((out / "log.txt").read_text())
     assert set(first) == {"train_loss", "train_lr", "epoch", "test_acc1", "test_acc5", "test_loss"}
@@ -113,3 +114,42 @@ def test_avgpool_features_in_upstream_v1_order() -> None:
     v2 = LinearClassifier(16, 1, True, num_classes=4)
     v2.load_state_dict(classifier.state_dict())
     assert not torch.equal(v2(((patches, cls),)), expected)
+
+
+def test_num_labels_mismatch_is_one_line(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path) -> None:
+    """`--num_labels 2` on 3 class folders used to end in `IndexError: Target 2 is out of bounds`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "eval_linear.py", *MODEL_ARGS, "--num_labels", "2", "--epochs", "1",
+                           "--pretrained_weights", str(v1_checkpoint), "--data_path", str(tiny_imagefolder),
+                           "--output_dir", str(tmp_path / "out")],
+                          cwd=REPO / "simdino", env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-2000:]
+    assert "--num_labels 2 does not match the 3 class folders" in lines[0]
+    assert "pass --num_labels 3" in lines[0]
+    assert not (tmp_path / "out" / "checkpoint.pth.tar").exists()
+
+
+def test_num_labels_and_output_dir_defaults(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path) -> None:
+    """No --num_labels: the dataset's class count; no --output_dir: eval_linear/ next to the checkpoint,
+    not the current directory (the repository when run from simdino/)."""
+    from simdino.eval_linear import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    weights = run_dir / "checkpoint.pth"
+    weights.write_bytes(v1_checkpoint.read_bytes())
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        main(_args(*MODEL_ARGS, "--pretrained_weights", str(weights), "--data_path", str(tiny_imagefolder),
+                   "--epochs", "1"))
+    finally:
+        os.chdir(cwd)
+    out = run_dir / "eval_linear"
+    checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert checkpoint["state_dict"]["linear.weight"].shape[0] == 3
+    assert (out / "log.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing written into the working directory
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pth", "eval_linear"]

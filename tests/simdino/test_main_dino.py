@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from simdino import main_dino
+from simdinov2.train.multicrop import MultiCropWrapper
 
 REPO = Path(__file__).resolve().parents[2]
 SIMDINO_DIR = REPO / "simdino"
@@ -97,7 +98,7 @@ def test_multicrop_wrapper_runs_each_resolution_once_and_is_view_major():
     torch.manual_seed(0)
     backbone = build_vit("vit_tiny", patch_size=4, v1=True, img_size=28)
     head = DINOHead(backbone.embed_dim, out_dim=32, hidden_dim=64, bottleneck_dim=32, remove_last_layer=True)
-    wrapper = main_dino.MultiCropWrapper(backbone, head).eval()
+    wrapper = MultiCropWrapper(backbone, head).eval()
     crops = [torch.randn(3, 3, 28, 28), torch.randn(3, 3, 28, 28), torch.randn(3, 3, 12, 12), torch.randn(3, 3, 12, 12)]
     calls = []
     backbone.register_forward_hook(lambda mod, inp, out: calls.append(len(inp[0])))

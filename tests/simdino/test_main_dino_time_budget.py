@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from simdino import main_dino
+from simdinov2.train import multicrop
+from simdinov2.train.clock import TrainingClock
 from simdinov2.utils.schedules import cosine_scheduler_epochs
 
 TINY = [
@@ -28,7 +30,7 @@ def one_thread_and_fake_clock(monkeypatch):
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     ticks = iter(range(10**6))
-    monkeypatch.setattr(main_dino.TrainingClock, "now", staticmethod(lambda: float(next(ticks))))
+    monkeypatch.setattr(TrainingClock, "now", staticmethod(lambda: float(next(ticks))))
     yield
     torch.set_num_threads(previous)
 
@@ -55,14 +57,14 @@ def metrics(out: Path) -> list[dict]:
 
 
 def test_clock_maps_elapsed_time_onto_the_schedules():
-    clock = main_dino.TrainingClock(100.0, total_iterations=1000, niter_per_epoch=10)
+    clock = TrainingClock(100.0, total_iterations=1000, niter_per_epoch=10)
     assert clock.schedule_index(3, elapsed=0.0) == 0
     assert clock.schedule_index(3, elapsed=25.0) == 250  # a quarter of the budget: a quarter of the curves
     assert clock.schedule_index(3, elapsed=99.99) == 999
     assert clock.schedule_index(3, elapsed=500.0) == 999  # never past the end
     assert clock.schedule_epoch(0, 250) == 25
     assert not clock.exhausted(99.9) and clock.exhausted(100.0)
-    no_budget = main_dino.TrainingClock(0.0, total_iterations=1000, niter_per_epoch=10)
+    no_budget = TrainingClock(0.0, total_iterations=1000, niter_per_epoch=10)
     assert no_budget.schedule_index(3, elapsed=50.0) == 3 and no_budget.schedule_epoch(7, 3) == 7
     assert not no_budget.exhausted(1e9)
     assert no_budget.state_dict() == {}  # budget-less checkpoints keep upstream's keys
@@ -116,9 +118,9 @@ def test_depth_builds_a_shallower_vit_of_the_arch_width_and_resume_checks_it(tra
     from simdinov2.checkpoint import build_backbone_from_checkpoint
 
     args = main_dino.get_args_parser().parse_args([*TINY, "--depth", "3"])
-    backbone, embed_dim = main_dino.build_backbone(args, 0.0)
+    backbone, embed_dim = multicrop.build_backbone(args, 0.0)
     assert (len(backbone.block_list()), embed_dim, backbone.num_heads) == (3, 192, 3)
-    default, _ = main_dino.build_backbone(main_dino.get_args_parser().parse_args(TINY), 0.0)
+    default, _ = multicrop.build_backbone(main_dino.get_args_parser().parse_args(TINY), 0.0)
     assert len(default.block_list()) == 12  # --depth 0: vit_tiny's own
 
     out = tmp_path / "run"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from simdino import main_dino, run_with_submitit
+from simdino import run_with_submitit
 from simdinov2.run import submit
+from simdinov2.train import dino_loop
 
 TINY = [
     "--arch", "vit_tiny", "--patch_size", "4", "--global_crops_size", "28", "--local_crops_size", "12",
@@ -53,14 +54,14 @@ def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, m
         class Preempted(BaseException):  # not an Exception: submitit's debug job would open pdb
             pass
 
-        real_train_one_epoch = main_dino.train_one_epoch
+        real_train_one_epoch = dino_loop.train_one_epoch
 
         def preempted_in_epoch_1(*a, **kw):
-            if a[10] >= 1:  # the epoch argument
+            if a[5] >= 1:  # the epoch argument
                 raise Preempted
             return real_train_one_epoch(*a, **kw)
 
-        monkeypatch.setattr(main_dino, "train_one_epoch", preempted_in_epoch_1)
+        monkeypatch.setattr(dino_loop, "train_one_epoch", preempted_in_epoch_1)
         with pytest.raises(Preempted):
             submit.submit_jobs("simdino.main_dino:main", args, name="simdino")
         (out,) = [p for p in tmp_path.iterdir() if p.name.startswith("DEBUG_")]
@@ -68,7 +69,7 @@ def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, m
         assert len((out / "log.txt").read_text().splitlines()) == 1
 
         # submitit calls checkpoint() on timeout / preemption; the resubmitted task resumes
-        monkeypatch.setattr(main_dino, "train_one_epoch", real_train_one_epoch)
+        monkeypatch.setattr(dino_loop, "train_one_epoch", real_train_one_epoch)
         resubmission = submit.SubmititTask("simdino.main_dino:main", args).checkpoint()
         import submitit
 

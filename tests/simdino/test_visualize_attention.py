@@ -60,9 +60,10 @@ def test_checkpoint_with_registers_skips_them_in_the_maps(tmp_path):
     source = build_vit("vit_tiny", patch_size=4, num_register_tokens=2, img_size=28).eval()
     ckpt = tmp_path / "teacher_checkpoint.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in source.state_dict().items()}}, ckpt)
-    args = va.get_args_parser().parse_args(["--arch", "vit_tiny", "--patch_size", "4", "--pretrained_weights", str(ckpt)])
+    # no --arch / --patch_size: the checkpoint's own architecture (the defaults vit_small/8 would not fit)
+    args = va.get_args_parser().parse_args(["--pretrained_weights", str(ckpt)])
     model = va.load_model(args, torch.device("cpu"))
-    assert model.num_register_tokens == 2
+    assert model.num_register_tokens == 2 and model.patch_size == 4 and model.embed_dim == 192
     maps = va.cls_attention_maps(model, torch.randn(1, 3, 24, 20))
     assert maps.shape == (model.num_heads, 6, 5)
 
@@ -88,7 +89,8 @@ def test_bad_inputs_are_one_line(tmp_path):
     save_compiled_v1_checkpoint(build_vit("vit_tiny", patch_size=4, v1=True, img_size=28), ckpt)
     with pytest.raises(SystemExit) as exc:
         va.main(["--arch", "vit_small", "--patch_size", "4", "--pretrained_weights", str(ckpt)])
-    assert "vit_tiny" in str(exc.value.code) and "\n" not in str(exc.value.code)
+    message = str(exc.value.code)
+    assert "--arch vit_small contradicts" in message and "pass --arch vit_tiny" in message and "\n" not in message
     with pytest.raises(SystemExit) as exc:
         va.main(["--arch", "vit_tiny", "--patch_size", "4", "--image_path", str(tmp_path / "none.jpg")])
     assert "is not a file" in str(exc.value.code)

@@ -33,10 +33,10 @@ from simdinov2.data import (
     to_list,
 )
 from simdinov2.data.augmentations import (
-    IMAGENET_MEAN,
-    ToNormalizedTensor,
     DINOV2_BLUR_KERNEL,
+    IMAGENET_MEAN,
     PILGaussianBlur,
+    ToNormalizedTensor,
     gaussian_blur_array,
 )
 from simdinov2.data.datasets import UnreadableImageError, parse_idx
@@ -570,3 +570,22 @@ def test_loader_pins_memory_on_cuda() -> None:
     batch = next(iter(loader))
     assert batch.is_pinned()
     assert batch.to("cuda", non_blocking=True).device.type == "cuda"
+
+
+def test_loader_workers_are_capped_at_the_available_cores(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import os
+
+    from simdinov2.data.samplers import available_cores, make_data_loader, usable_num_workers
+    from simdinov2.eval.features import make_eval_loader
+
+    cores = available_cores()
+    if hasattr(os, "sched_getaffinity"):
+        assert cores == len(os.sched_getaffinity(0))
+    assert usable_num_workers(0) == 0 and usable_num_workers(cores) == cores
+    dataset = torch.utils.data.TensorDataset(torch.zeros(4, 1), torch.zeros(4))
+    with caplog.at_level(logging.INFO, logger="simdinov2"):
+        assert make_eval_loader(dataset, 2, num_workers=cores + 8).num_workers == cores
+        assert make_data_loader(dataset, 2, num_workers=cores + 8, sampler_type="none").num_workers == cores
+    capped = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
+    assert capped == [f"num_workers {cores + 8} capped at {cores}: the CPU cores available to this process"]

@@ -347,8 +347,13 @@ def test_v2_bad_inputs(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> N
     cfg = OmegaConf.load(config)
     cfg.student.arch = "vit_small"
     OmegaConf.save(cfg, other)
-    with pytest.raises(ValueError, match="vit_small"):
-        setup_and_build_model(parser.parse_args(_v2_args(other, weights, tiny_imagefolder, tmp_path)))
+    # a config describing another model: the checkpoint's architecture is evaluated (one log line)
+    model, _, _ = setup_and_build_model(parser.parse_args(_v2_args(other, weights, tiny_imagefolder, tmp_path)))
+    assert model.embed_dim == 192 and model.num_register_tokens == 4
+    # an explicit --opts statement that contradicts the weights: refused, naming the option to change
+    with pytest.raises(ValueError, match=r"--opts student.arch=vit_small contradicts .*--opts student.arch=vit_tiny"):
+        setup_and_build_model(parser.parse_args(
+            _v2_args(config, weights, tiny_imagefolder, tmp_path) + ["--opts", "student.arch=vit_small"]))
     # through the CLI entry point: one line, exit code 1
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
@@ -402,3 +407,31 @@ def test_log_regression_defaults_are_upstream_simdinov2s() -> None:
     x, y = torch.randn(40, 6), torch.arange(40) % 3
     weight, bias = fit_logistic_regression(x, y, 3, 1.0, max_iter=50)
     assert weight.dtype == bias.dtype == torch.float64
+
+
+def test_linear_global_batch_arithmetic_in_one_line() -> None:
+    from simdinov2.eval.linear import check_global_batch
+
+    check_global_batch(1024, 128, 8)  # exactly one global batch trains
+    with pytest.raises(ValueError) as exc:
+        check_global_batch(500, 128, 8)
+    assert str(exc.value) == ("--batch-size 128 per process x 8 processes = global batch 1024 > 500 training images: "
+                              "pass --batch-size 62 or less (or use fewer processes)")
+    with pytest.raises(ValueError, match="use fewer processes"):
+        check_global_batch(3, 1, 4)
+
+
+@pytest.mark.slow
+def test_v2_linear_defaults_on_a_small_set_say_the_arithmetic(v2_snapshot, tiny_imagefolder: Path,
+                                                              tmp_path: Path) -> None:
+    """`python simdinov2/eval/linear.py` with the default --batch-size 128 on 120 training images."""
+    config, weights = v2_snapshot
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "simdinov2/eval/linear.py", *_v2_args(config, weights, tiny_imagefolder, tmp_path / "o")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --batch-size 128 per process x 1 process = global batch 128 > 120 training images: "
+        "pass --batch-size 120 or less")

@@ -110,6 +110,19 @@ def test_hubconf_offers_the_seven_release_entries_with_the_readme_links():
         assert download.google_drive_file_id(hubconf._RELEASES[name].url) == drive_id
 
 
+@pytest.mark.parametrize("name", ["dinov2_vitb14", "dinov2_vits14", "dino_vits16", "simdino_vits16", "vit_base"])
+def test_unknown_entries_answer_with_the_list_of_entries(name):
+    """DINOv2 habits through torch.hub.load(..., source="local"): the list of entries, not "Cannot find
+    callable"; the released entries still load."""
+    with pytest.raises(AttributeError) as exc:
+        hub_load(name)
+    message = str(exc.value)
+    assert f"no entry {name!r}" in message and "\n" not in message
+    assert ", ".join(README_DRIVE_IDS) in message
+    assert ("facebookresearch/dinov2" in message) == name.startswith(("dino_", "dinov2_"))
+    assert hub_load("dinov2_vitb16", pretrained=False, arch="vit_tiny").embed_dim == 192
+
+
 @pytest.mark.parametrize("name", list(README_DRIVE_IDS))
 def test_random_weight_models_have_the_release_layout(name):
     model = hub_load(name, pretrained=False, arch="vit_tiny")

@@ -42,3 +42,27 @@ def test_plot_errors(tmp_path, capsys):
     (tmp_path / "log.txt").write_text("{not json}\n")
     with pytest.raises(ValueError, match="log.txt:1"):
         plot_log.plot_run(tmp_path)
+
+
+def test_legends_say_which_way_is_good(tmp_path, monkeypatch):
+    """comp_loss / expa_loss are maximised parts (own panel, "higher is better"); the loss is minimised."""
+    import matplotlib.pyplot as plt
+
+    _write(tmp_path / "training_metrics.json", [
+        {"iteration": i, "loss": -1.0 - i / 100, "comp_loss": 0.5 - i / 200, "expa_loss": 1.5 + i / 50,
+         "lr": 1e-3, "wd": 0.04} for i in range(0, 50, 10)
+    ])  # fmt: skip
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_log.plot_run(tmp_path)
+    (fig,) = figures
+    panels = {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes}
+    assert panels[f"{tmp_path.name}: losses (lower is better)"] == [
+        "loss (minimised, lower is better; SimDINO: -(coeff*comp + expa))"]
+    assert panels["parts of the SimDINO loss (higher is better)"] == [
+        "comp_loss: student-teacher cosine similarity (maximised, higher is better)",
+        "expa_loss: coding rate of the features (maximised, higher is better)",
+    ]
+    assert panels["schedules"] == ["lr", "wd"]
+    assert plot_log.metric_label("dino_comp_loss").endswith("(maximised, higher is better)")
+    assert plot_log.metric_label("koleo_loss") == "koleo_loss (minimised, lower is better)"

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import timm.optim
 import torch
@@ -12,6 +10,7 @@ from omegaconf import OmegaConf
 
 from simdinov2.configs import apply_actions, get_cfg, scheduled_actions
 from simdinov2.configs.actions import parse_actions
+from simdinov2.errors import NonFiniteLossError
 from simdinov2.train.recipe_keys import (
     NonFiniteGuard,
     backbone_frozen,
@@ -104,18 +103,16 @@ def test_compile_is_honoured_on_cuda_only(caplog):
 
 # ---------------------------------------------------------------------------------------------- ignore_nan
 def test_ignore_nan_skips_counts_and_stops_after_the_limit():
-    strict = NonFiniteGuard(False)
-    assert strict.check({"loss": 1.0}, 0)
-    with pytest.raises(FloatingPointError, match="non-finite loss"):
-        strict.check({"loss": math.nan}, 1)
+    nan = NonFiniteLossError("non-finite loss (loss=nan)")
+    assert NonFiniteGuard(False).skip(nan, 1) is False  # ignore_nan=false: the error stops training
     guard = NonFiniteGuard(True, max_consecutive=3)
-    assert guard.check({"loss": math.nan}, 0) is False and guard.check({"loss": math.inf}, 1) is False
-    assert guard.check({"loss": 0.5}, 2) is True  # a finite step resets the run of skipped ones
+    assert guard.skip(nan, 0) is True and guard.skip(nan, 1) is True
+    guard.passed()  # a finite step resets the run of skipped ones
     assert guard.skipped == 2 and guard.consecutive == 0
-    guard.check({"loss": math.nan}, 3)
-    guard.check({"loss": math.nan}, 4)
-    with pytest.raises(FloatingPointError, match="3 steps in a row"):
-        guard.check({"loss": math.nan}, 5)
+    guard.skip(nan, 3)
+    guard.skip(nan, 4)
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
+        guard.skip(nan, 5)
 
 
 # ---------------------------------------------------------------------------------------------- train.actions

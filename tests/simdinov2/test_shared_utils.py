@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from simdinov2.precision import resolve_amp
 from simdinov2.train.optim import (
     LARS,
     build_optimizer,
@@ -15,7 +16,6 @@ from simdinov2.train.optim import (
     clip_gradients,
     ema_update,
     param_groups,
-    resolve_amp,
 )
 from simdinov2.utils.schedules import CosineScheduler, cosine_schedule, cosine_scheduler_epochs
 from simdinov2.utils.utils import bool_flag

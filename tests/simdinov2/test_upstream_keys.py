@@ -357,12 +357,12 @@ def test_frozen_backbone_gets_no_update_while_the_head_trains():
     optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
     before = {k: v.clone() for k, v in model.student.state_dict().items()}
     batch = collate(synthetic_images(4, 0, cfg))
-    train_module.train_step(model, optimizer, batch, dict(STEP_VALUES), 3.0, freeze_backbone=True)
+    train_module.train_step(model, optimizer, batch, {**STEP_VALUES, "freeze_backbone": 1.0}, 3.0)
     assert all(p.grad is None for p in model.student.backbone.parameters())
     after = model.student.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("dino_head."))
-    train_module.train_step(model, optimizer, batch, dict(STEP_VALUES), 3.0, freeze_backbone=False)
+    train_module.train_step(model, optimizer, batch, {**STEP_VALUES, "freeze_backbone": 0.0}, 3.0)
     assert any(not torch.equal(before[k], v) for k, v in model.student.state_dict().items() if k.startswith("backbone."))
 
 

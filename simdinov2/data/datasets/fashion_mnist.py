@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simdinov2.errors import MissingFileError, UserError
+
 from .base import LabelledImageDataset
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -60,16 +62,16 @@ _IDX_DTYPES = {
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode the bytes of one (uncompressed) IDX file into an array of its declared shape."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{source} is not an IDX file (bad magic number {data[:4].hex()})")
+        raise UserError(f"{source} is not an IDX file (bad magic number {data[:4].hex()})")
     dtype = _IDX_DTYPES[data[2]]
     ndim = data[3]
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise ValueError(f"{source}: IDX header truncated")
+        raise UserError(f"{source}: IDX header truncated")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header_size != expected:
-        raise ValueError(
+        raise UserError(
             f"{source}: IDX payload is {len(data) - header_size} bytes, header {shape} needs {expected}"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
@@ -90,7 +92,7 @@ def fashion_mnist_paths(
 ) -> tuple[Path, Path]:
     key = _SPLIT_ALIASES.get(str(split).upper())
     if key is None:
-        raise ValueError(f"Fashion-MNIST split must be TRAIN or TEST (VAL = TEST), got {split!r}")
+        raise UserError(f"Fashion-MNIST split must be TRAIN or TEST (VAL = TEST), got {split!r}")
     images, labels = _FILES[key]
     return Path(root) / images, Path(root) / labels
 
@@ -100,12 +102,12 @@ def _load_split(images_path: str, labels_path: str, mtime: float) -> tuple[np.nd
     images = read_idx(images_path)
     labels = read_idx(labels_path).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(
+        raise UserError(
             f"Fashion-MNIST files disagree: images {images.shape} from {images_path}, labels "
             f"{labels.shape} from {labels_path}"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
-        raise ValueError(f"{labels_path}: labels outside 0..9")
+        raise UserError(f"{labels_path}: labels outside 0..9")
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
@@ -134,7 +136,7 @@ class FashionMNIST(LabelledImageDataset):
         images_path, labels_path = fashion_mnist_paths(split, root)
         for path in (images_path, labels_path):
             if not path.is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"Fashion-MNIST file {path} not found: run '{INSTALL_HINT}' "
                     f"(or pass root= a folder holding the IDX .gz files)"
                 )

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simdinov2.errors import MissingFileError, UserError
+
 from .base import LabelledImageDataset
 
 logger = logging.getLogger("simdinov2")
@@ -36,7 +38,7 @@ HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 UINT16_MAX = 65535
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(UserError):
     """An image file exists but PIL cannot decode it (or holds values no 8-bit RGB image can show)."""
 
 
@@ -70,7 +72,7 @@ def load_rgb_image(path: str | os.PathLike) -> Image.Image:
             image = Image.open(f)
             image.load()
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"image file {path} does not exist (was the dataset moved?)") from e
+        raise MissingFileError(f"image file {path} does not exist (was the dataset moved?)") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(
             f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace this file"
@@ -86,14 +88,14 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
     """Return (sorted class names, [(image path, class index), ...]) of a class-per-folder tree."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
+        raise MissingFileError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
     with os.scandir(root) as it:
         entries = sorted(it, key=lambda e: e.name)
     classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
     if not classes:
         loose = sum(1 for e in entries if e.is_file() and is_image_file(e.name))
         hint = f" ({loose} images lie directly in it; move them into class sub-folders)" if loose else ""
-        raise ValueError(
+        raise UserError(
             f"image folder {root} has no class sub-folders{hint}; expected {root}/<class>/<image>"
         )
     if {"train", "val"} <= set(classes):
@@ -111,7 +113,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
                 if is_image_file(name):
                     samples.append((os.path.join(dirpath, name), class_index))
     if not samples:
-        raise ValueError(
+        raise UserError(
             f"image folder {root} has {len(classes)} class folders but no images "
             f"({', '.join(IMG_EXTENSIONS)}); expected {root}/<class>/<image>"
         )

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simdinov2.errors import MissingFileError, UserError
+
 from .base import LabelledImageDataset
 from .image_folder import IMG_EXTENSIONS, ImageFolderDataset, load_rgb_image
 
@@ -48,7 +50,7 @@ class Split(Enum):
         try:
             return cls[str(value).upper()]
         except KeyError:
-            raise ValueError(f"ImageNet split must be TRAIN, VAL or TEST (got {value!r})") from None
+            raise UserError(f"ImageNet split must be TRAIN, VAL or TEST (got {value!r})") from None
 
     def image_relpath(self, actual_index: int, class_id: str) -> str:
         if self is Split.TRAIN:
@@ -78,7 +80,7 @@ def read_labels(root: str | os.PathLike) -> list[tuple[str, str]]:
     """Parse `root/labels.txt` into [(class_id, class_name), ...] in file order."""
     path = Path(root) / "labels.txt"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} not found: ImageNet root needs labels.txt with 'class_id,class_name' lines"
         )
     labels: list[tuple[str, str]] = []
@@ -91,13 +93,13 @@ def read_labels(root: str | os.PathLike) -> list[tuple[str, str]]:
             class_id, sep, class_name = line.partition(",")
             class_id, class_name = class_id.strip(), class_name.strip()
             if not sep or not class_id or not class_name:
-                raise ValueError(f"{path} line {line_number}: expected 'class_id,class_name', got {line!r}")
+                raise UserError(f"{path} line {line_number}: expected 'class_id,class_name', got {line!r}")
             if class_id in seen:
-                raise ValueError(f"{path} line {line_number}: class id {class_id!r} appears twice")
+                raise UserError(f"{path} line {line_number}: class id {class_id!r} appears twice")
             seen.add(class_id)
             labels.append((class_id, class_name))
     if not labels:
-        raise ValueError(f"{path} is empty: expected one 'class_id,class_name' line per class")
+        raise UserError(f"{path} is empty: expected one 'class_id,class_name' line per class")
     return labels
 
 
@@ -114,11 +116,11 @@ def _scan_split(root: Path, split: Split, class_index_of: dict[str, int]) -> lis
             match = pattern.match(name)
             if match is None or (split is Split.TRAIN and match["cid"] != class_id):
                 expected = _EXPECTED_NAMES[split].replace("<class_id>", class_id or "<class_id>")
-                raise ValueError(f"{directory / name}: ImageNet {split.name} files must be named {expected}")
+                raise UserError(f"{directory / name}: ImageNet {split.name} files must be named {expected}")
             actual_index = int(match["n"])
             # The dataset rebuilds the path from the index: it must give this very file back.
             if Path(split.image_relpath(actual_index, class_id)).name != name:
-                raise ValueError(
+                raise UserError(
                     f"{directory / name}: file name must be {_EXPECTED_NAMES[split]} without extra zeros"
                 )
             class_index = class_index_of[class_id] if class_id else int(NO_CLASS_INDEX)
@@ -130,7 +132,7 @@ def _scan_split(root: Path, split: Split, class_index_of: dict[str, int]) -> lis
     class_dirs = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
     for class_id in class_dirs:
         if class_id not in class_index_of:
-            raise ValueError(
+            raise UserError(
                 f"{split_dir / class_id}: class {class_id!r} is not listed in {root / 'labels.txt'}"
             )
         add(split_dir / class_id, class_id)
@@ -159,7 +161,7 @@ class ImageNet(LabelledImageDataset):
         self.transform = transform
         self.target_transform = target_transform
         if not Path(self.root).is_dir():
-            raise FileNotFoundError(f"ImageNet root {self.root} does not exist")
+            raise MissingFileError(f"ImageNet root {self.root} does not exist")
         self._entries = self._load_extra(f"entries-{self.split.name}.npy")
         self._class_ids: np.ndarray | None = None
         self._class_names: np.ndarray | None = None
@@ -167,7 +169,7 @@ class ImageNet(LabelledImageDataset):
     def _load_extra(self, name: str) -> np.ndarray:
         path = Path(self.extra) / name
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"ImageNet extra file {path} not found: {_prepare_hint(self.root, self.extra)}"
             )
         return np.load(path, mmap_mode="r")
@@ -175,14 +177,14 @@ class ImageNet(LabelledImageDataset):
     # -- metadata -----------------------------------------------------------------------------
     def get_class_ids(self) -> np.ndarray:
         if self.split is Split.TEST:
-            raise ValueError("the ImageNet TEST split has no labels")
+            raise UserError("the ImageNet TEST split has no labels")
         if self._class_ids is None:
             self._class_ids = self._load_extra(f"class-ids-{self.split.name}.npy")
         return self._class_ids
 
     def get_class_names(self) -> np.ndarray:
         if self.split is Split.TEST:
-            raise ValueError("the ImageNet TEST split has no labels")
+            raise UserError("the ImageNet TEST split has no labels")
         if self._class_names is None:
             self._class_names = self._load_extra(f"class-names-{self.split.name}.npy")
         return self._class_names
@@ -216,7 +218,7 @@ class ImageNet(LabelledImageDataset):
         try:
             return load_rgb_image(path)
         except FileNotFoundError as e:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"ImageNet image {path} is listed in {self.extra} but missing: "
                 f"{_prepare_hint(self.root, self.extra)} again"
             ) from e
@@ -235,12 +237,12 @@ class ImageNet(LabelledImageDataset):
         root = Path(root).expanduser()
         extra = Path(extra).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"ImageNet root {root} does not exist")
+            raise MissingFileError(f"ImageNet root {root} does not exist")
         labels = read_labels(root)
         class_index_of = {class_id: i for i, (class_id, _) in enumerate(labels)}
         splits = [s for s in Split if (root / s.dirname).is_dir()]
         if not splits:
-            raise FileNotFoundError(f"ImageNet root {root} has none of the folders train/, val/, test/")
+            raise MissingFileError(f"ImageNet root {root} has none of the folders train/, val/, test/")
         id_width = max(1, max(len(cid) for cid, _ in labels))
         name_width = max(1, max(len(name) for _, name in labels))
         dtype = np.dtype(
@@ -256,7 +258,7 @@ class ImageNet(LabelledImageDataset):
         for split in splits:
             rows = _scan_split(root, split, class_index_of)
             if not rows:
-                raise ValueError(f"{root / split.dirname} holds no images named {_EXPECTED_NAMES[split]}")
+                raise UserError(f"{root / split.dirname} holds no images named {_EXPECTED_NAMES[split]}")
             entries = np.empty(len(rows), dtype=dtype)
             for i, (actual_index, class_index, class_id) in enumerate(rows):
                 class_name = labels[class_index][1] if class_id else ""

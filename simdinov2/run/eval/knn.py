@@ -5,13 +5,7 @@ the launcher flags of `simdinov2/run/submit.py`, e.g. `python simdinov2/run/eval
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__" and not __package__:  # `python simdinov2/run/eval/knn.py`: import the package
-    sys.path[0] = str(Path(__file__).resolve().parents[3])
-
-from simdinov2.run.submit import launch  # noqa: E402
+from simdinov2.run.submit import launch
 
 
 def main(argv: list[str] | None = None):
