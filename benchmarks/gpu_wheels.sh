@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 PYVER=${PYVER:-3.12}
 python3 -m pip download --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .wheels "omegaconf==2.4.0" "submitit==1.5.4"
+    -d .wheels "omegaconf==2.4.0" "submitit==1.5.4" "timm==1.0.31" "safetensors"
 ls -l .wheels
