@@ -98,10 +98,17 @@ def _environment_from_slurm() -> None:
     os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
 
 
+def _launched_with_rendezvous() -> bool:
+    """True when a launcher (torchrun, SLURM via submitit) set every variable of an env:// rendezvous."""
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def init_distributed(device: str = "auto", backend: str | None = None, timeout_minutes: int = 30) -> torch.device:
     """Initialise the process group if the launcher asked for one; return this process's device.
 
     - torchrun / SLURM with more than one task: env:// rendezvous, nccl on CUDA, gloo on CPU.
+    - a launcher that set the whole env:// rendezvous (torchrun, submitit) also at world size 1: a
+      group of one process, so that what needs a group (FSDP2 on one GPU) works there too.
     - plain `python script.py`: no process group; everything works with world size 1.
     """
     global _LOCAL_RANK, _DEVICE
@@ -112,7 +119,7 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_m
     dev = resolve_device(device, _LOCAL_RANK)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world_size > 1 and not is_enabled():
+    if (world_size > 1 or _launched_with_rendezvous()) and not is_enabled():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))

@@ -111,6 +111,22 @@ def test_torchrun_ddp_trains(small_imagefolder, tmp_path):
     assert _snapshot(output_dir, 2)["backbone.cls_token"].shape == (1, 1, 192)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_one_process_shards_with_fsdp(small_imagefolder, tmp_path):
+    """torchrun with one process still makes a process group, so FSDP2 runs on a single rank (one GPU)."""
+    output_dir = tmp_path / "run"
+    log = _ok(
+        run_train(
+            ["--config-file", SIMDINO_CONFIG, "--output-dir", str(output_dir), f"train.dataset_path=ImageFolder:root={small_imagefolder}",
+             *SMALL, "train.batch_size_per_gpu=8", "optim.epochs=1", "evaluation.eval_period_epochs=1", "train.sharding=fsdp"],
+            nproc=1,
+        )
+    )
+    assert "sharding: fsdp over 1 process(es) on cpu" in log
+    assert [r["iteration"] for r in _records(output_dir)] == [0, 1, 2]  # 24 images / 8
+
+
 # ---------------------------------------------------------------------------------------------- one process
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted_one(small_imagefolder, tmp_path):
