@@ -10,6 +10,7 @@ a datasheet number.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -29,6 +30,26 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# What the v1 model, loss and step builders of `simdinov2.train.multicrop` read, at the values of the v1
+# trainer's command line (`python simdino/main_dino.py --help`; tests/test_benchmarks_smoke.py keeps
+# them equal). The benchmarks give shapes explicitly and take the rest from here.
+V1_TRAINER_DEFAULTS: dict[str, Any] = {
+    "arch": "vit_small", "patch_size": 16, "depth": 0, "global_crops_size": 224, "local_crops_size": 96,
+    "local_crops_number": 8, "batch_size_per_gpu": 64, "out_dim": 65536, "z_dim": 256, "hidden_dim": 2048,
+    "use_bn_in_head": False, "norm_last_layer": True, "drop_path_rate": 0.1, "use_simdino": True,
+    "eps": 0.5, "coeff": 1.0, "expa_type": 1, "reduce_cov": 0, "optimizer": "adamw", "lr": 0.0005,
+    "weight_decay": 0.04, "momentum_teacher": 0.996, "teacher_temp": 0.04, "clip_grad": 3.0,
+    "freeze_last_layer": 1, "use_fp16": True, "amp_dtype": "auto",
+}  # fmt: skip
+
+
+def v1_model_args(**values: Any) -> argparse.Namespace:
+    """The v1 builders' arguments: `V1_TRAINER_DEFAULTS` with `values` replacing some of them."""
+    unknown = set(values) - set(V1_TRAINER_DEFAULTS)
+    if unknown:
+        raise ValueError(f"not v1 trainer settings: {', '.join(sorted(unknown))}")
+    return argparse.Namespace(**{**V1_TRAINER_DEFAULTS, **values})
 
 
 # ----------------------------------------------------------------------------- machine / environment

@@ -27,9 +27,10 @@ from benchmarks.common import (
     set_threads,
     summarize,
     time_fn,
+    v1_model_args,
     write_json,
 )
-from simdino import main_dino
+from simdinov2.train.multicrop import build_student_teacher
 from simdinov2.train.optim import (
     _clip_gradients_per_tensor,
     build_optimizer,
@@ -48,21 +49,9 @@ def clip_gradients_per_tensor(model: nn.Module, clip: float) -> list[float]:
 def build_student(
     arch: str, patch: int, size: int, simdino: bool, out_dim: int
 ) -> tuple[nn.Module, nn.Module]:
-
-    argv = [
-        "--arch",
-        arch,
-        "--patch_size",
-        str(patch),
-        "--global_crops_size",
-        str(size),
-        "--use_simdino",
-        str(simdino),
-        "--out_dim",
-        str(out_dim),
-    ]
-    args = main_dino.get_args_parser().parse_args(argv)
-    return main_dino.build_student_teacher(args)
+    """The v1 trainer's student and teacher at these shapes (its other settings at their defaults)."""
+    args = v1_model_args(arch=arch, patch_size=patch, global_crops_size=size, use_simdino=simdino, out_dim=out_dim)
+    return build_student_teacher(args)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

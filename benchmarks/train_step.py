@@ -47,9 +47,9 @@ from benchmarks.common import (
     set_threads,
     summarize,
     time_fn,
+    v1_model_args,
     write_json,
 )
-from simdino import main_dino  # the v1 trainer's command line: its own defaults
 from simdinov2 import distributed
 from simdinov2.configs import get_cfg
 from simdinov2.data.collate import collate_data_and_cast
@@ -115,19 +115,14 @@ def make_crops(shapes: Shapes, device: torch.device, seed: int = 0) -> list[torc
 
 
 # ------------------------------------------------------------------------------------------- ours, v1
-def v1_args(shapes: Shapes, simdino: bool, dtype: str, device: torch.device) -> argparse.Namespace:
-    """The trainer's own argument defaults, with the benchmark shapes."""
-    argv = [
-        "--arch", shapes.arch, "--patch_size", str(shapes.patch_size),
-        "--global_crops_size", str(shapes.global_size), "--local_crops_size", str(shapes.local_size),
-        "--local_crops_number", str(shapes.n_local), "--batch_size_per_gpu", str(shapes.batch),
-        "--out_dim", str(shapes.out_dim), "--z_dim", str(shapes.bottleneck_dim),
-        "--hidden_dim", str(shapes.hidden_dim), "--use_simdino", str(simdino),
-        "--use_fp16", str(dtype != "fp32"), "--device", device.type,
-    ]  # fmt: skip
-    if dtype != "fp32":
-        argv += ["--amp_dtype", {"bf16": "bfloat16", "fp16": "float16"}[dtype]]
-    return main_dino.get_args_parser().parse_args(argv)
+def v1_args(shapes: Shapes, simdino: bool, dtype: str) -> argparse.Namespace:
+    """The v1 trainer's settings (its defaults), with the benchmark shapes and precision."""
+    return v1_model_args(
+        arch=shapes.arch, patch_size=shapes.patch_size, global_crops_size=shapes.global_size,
+        local_crops_size=shapes.local_size, local_crops_number=shapes.n_local, batch_size_per_gpu=shapes.batch,
+        out_dim=shapes.out_dim, z_dim=shapes.bottleneck_dim, hidden_dim=shapes.hidden_dim, use_simdino=simdino,
+        use_fp16=dtype != "fp32", amp_dtype={"fp32": "auto", "bf16": "bfloat16", "fp16": "float16"}[dtype],
+    )  # fmt: skip
 
 
 def build_ours_v1(
@@ -135,7 +130,7 @@ def build_ours_v1(
 ) -> BuiltStep:
     """The v1 trainer's step for one batch: `simdinov2.train.step.train_step` on the pair `main_dino.py`
     builds (`MultiCropStudentTeacher`), at epoch 1 (prototypes no longer frozen)."""
-    args = v1_args(shapes, simdino, dtype, device)
+    args = v1_args(shapes, simdino, dtype)
     student, teacher = build_student_teacher(args)
     student.to(device)
     teacher.to(device)

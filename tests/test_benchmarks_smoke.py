@@ -30,6 +30,18 @@ def test_count_flops_matches_matmul_and_cpu_attention_formulas():
     assert flops == forward + int(2.5 * forward)
 
 
+def test_v1_settings_are_the_v1_trainers_defaults():
+    from simdino import main_dino  # the script under comparison, read here only for its defaults
+
+    defaults = vars(main_dino.get_args_parser().parse_args([]))
+    for key, value in common.V1_TRAINER_DEFAULTS.items():
+        assert defaults[key] == value, key
+    args = common.v1_model_args(arch="vit_tiny", use_simdino=False)
+    assert args.arch == "vit_tiny" and not args.use_simdino and args.z_dim == defaults["z_dim"]
+    with pytest.raises(ValueError, match="not v1 trainer settings: archh"):
+        common.v1_model_args(archh="vit_tiny")
+
+
 def test_format_table_and_matmul_peak():
     table = common.format_table([{"a": 1.23456, "b": "x"}, {"a": float("nan"), "b": None}])
     lines = table.splitlines()
