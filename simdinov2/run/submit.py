@@ -23,6 +23,7 @@ import importlib
 import io
 import logging
 import os
+import runpy
 import shutil
 import socket
 import subprocess
@@ -139,11 +140,19 @@ class SubmititTask:
         self.master_port = master_port
 
     def __call__(self) -> Any:
-        job_id = _export_torch_distributed_env(self.master_port)
-        if getattr(self.args, "output_dir", None):
-            self.args.output_dir = str(self.args.output_dir).replace("%j", job_id)
-        function = _resolve_entry(self.entry)
-        return function(self.args)
+        environment = dict(os.environ)
+        try:
+            job_id = _export_torch_distributed_env(self.master_port)
+            if getattr(self.args, "output_dir", None):
+                self.args.output_dir = str(self.args.output_dir).replace("%j", job_id)
+            return self.run_entry()
+        finally:
+            # A debug job runs in the caller's process, which must not keep this job's rendezvous.
+            os.environ.clear()
+            os.environ.update(environment)
+
+    def run_entry(self) -> Any:
+        return _resolve_entry(self.entry)(self.args)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Called by submitit on timeout / preemption (rank 0): resubmit the same task. The program resumes
@@ -152,6 +161,20 @@ class SubmititTask:
 
         logger.info("Requeuing %s with output_dir %s", self.entry, getattr(self.args, "output_dir", None))
         return submitit.helpers.DelayedSubmission(type(self)(self.entry, self.args, self.master_port))
+
+
+class ScriptTask(SubmititTask):
+    """A task whose program is a script, run as `python -m <entry> <args.script_argv> --output_dir <job
+    folder>` would run it, in the job's process (submitit's signal handlers, hence requeueing, stay in
+    charge). The script is executed, never imported as a library."""
+
+    def run_entry(self) -> Any:
+        argv = sys.argv
+        sys.argv = [self.entry, *self.args.script_argv, "--output_dir", str(self.args.output_dir)]
+        try:
+            runpy.run_module(self.entry, run_name="__main__", alter_sys=True)
+        finally:
+            sys.argv = argv
 
 
 def _ensure_repo_importable() -> None:
@@ -311,8 +334,12 @@ def summarize_outputs(output_dir: str | os.PathLike) -> list[str]:
     return lines
 
 
-def submit_jobs(entry: str, args: argparse.Namespace, name: str, wait: bool | None = None) -> Any:
-    """Submit `entry(args)` with the launcher flags in `args`; return the submitit job.
+def submit_jobs(
+    entry: str, args: argparse.Namespace, name: str, wait: bool | None = None,
+    task_type: type[SubmititTask] = SubmititTask,
+) -> Any:  # fmt: skip
+    """Submit `entry(args)` (or, with `task_type=ScriptTask`, the script module `entry`) with the launcher
+    flags in `args`; return the submitit job.
 
     `args.output_dir` (may contain `%j`) is the job folder (submitit logs) and the program's output
     folder; empty means `get_shared_folder()/%j`. Local and debug jobs are waited for (`wait=None`) and
@@ -355,7 +382,7 @@ def submit_jobs(entry: str, args: argparse.Namespace, name: str, wait: bool | No
     # The rendezvous port of local jobs is picked now (free on this machine); SLURM jobs derive it from
     # the job id, which is stable across requeues.
     master_port = _free_port() if cluster == "local" else None
-    task = SubmititTask(entry, args, master_port=master_port)
+    task = task_type(entry, args, master_port=master_port)
     sbatch_stderr = io.StringIO()  # submitit echoes sbatch's stderr; the one line below replaces it
     try:
         with contextlib.redirect_stderr(sbatch_stderr):
@@ -411,6 +438,7 @@ def launch(
 __all__ = [
     "CLUSTERS",
     "LauncherError",
+    "ScriptTask",
     "SubmititTask",
     "detect_cluster",
     "get_args_parser",

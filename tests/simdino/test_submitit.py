@@ -1,9 +1,10 @@
-"""v1 launcher `simdino/run_with_submitit.py`: its flags, and main_dino run through submitit's debug
-cluster (in this process), interrupted, then requeued through `SubmititTask.checkpoint` and resumed."""
+"""v1 launcher `simdino/run_with_submitit.py`: its flags, and main_dino run as a script through submitit's
+debug cluster (in this process), interrupted, then requeued through `ScriptTask.checkpoint` and resumed."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,23 +31,26 @@ def small_train(tiny_imagefolder, tmp_path) -> Path:
     return root
 
 
-def test_launcher_flags_join_main_dino_flags():
-    args = run_with_submitit.get_args_parser().parse_args(
+def test_launcher_flags_and_the_trainer_flags_it_passes_on():
+    args = run_with_submitit.parse_args(
         ["--arch", "vit_base", "--eps", "0.05", "--use_volta32", "--partition", "learnfair", "--comment", "x",
-         "--exclude", "node1", "--cpus_per_task", "6", "--mem_gb", "100"]
+         "--exclude", "node1", "--cpus_per_task", "6", "--mem_gb", "100", "--global_crops_scale", "0.3", "1",
+         "--n", "3"]
     )  # fmt: skip
     # DINO's launcher defaults: 2 nodes x 8 GPUs, 2800 minutes
     assert (args.nodes, args.ngpus, args.timeout) == (2, 8, 2800)
-    assert args.arch == "vit_base" and args.eps == 0.05 and args.use_volta32 and args.partition == "learnfair"
+    assert args.use_volta32 and args.partition == "learnfair"
     assert (args.comment, args.exclude, args.cpus_per_task, args.mem_gb) == ("x", "node1", 6, 100)
     assert args.output_dir == ""  # -> one folder per job under the shared folder
+    # main_dino's flags, in order; no abbreviation of a launcher flag is taken for one of them
+    assert args.script_argv == ["--arch", "vit_base", "--eps", "0.05", "--global_crops_scale", "0.3", "1", "--n", "3"]
 
 
 def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, monkeypatch):
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        args = run_with_submitit.get_args_parser().parse_args(
+        args = run_with_submitit.parse_args(
             [*TINY, "--epochs", "2", "--data_path", str(small_train), "--output_dir", str(tmp_path / "%j"),
              "--cluster", "debug"]
         )  # fmt: skip
@@ -63,14 +67,15 @@ def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, m
 
         monkeypatch.setattr(dino_loop, "train_one_epoch", preempted_in_epoch_1)
         with pytest.raises(Preempted):
-            submit.submit_jobs("simdino.main_dino:main", args, name="simdino")
+            submit.submit_jobs(run_with_submitit.TRAINER, args, name="simdino", task_type=submit.ScriptTask)
         (out,) = [p for p in tmp_path.iterdir() if p.name.startswith("DEBUG_")]
         assert args.output_dir == str(out)  # %j became the job id
         assert len((out / "log.txt").read_text().splitlines()) == 1
 
         # submitit calls checkpoint() on timeout / preemption; the resubmitted task resumes
         monkeypatch.setattr(dino_loop, "train_one_epoch", real_train_one_epoch)
-        resubmission = submit.SubmititTask("simdino.main_dino:main", args).checkpoint()
+        assert "RANK" not in os.environ  # the debug job's rendezvous did not stay in this process
+        resubmission = submit.ScriptTask(run_with_submitit.TRAINER, args).checkpoint()
         import submitit
 
         job = submitit.AutoExecutor(folder=tmp_path / "requeue", cluster="debug").submit(resubmission.function)
