@@ -4,7 +4,8 @@
 `python -m simdino.demo --seconds 540 --output_dir outputs/demo [--data_path DIR] [--threads N]`
 
 1. trains a small ViT with SimDINO (v1) on the 60k Fashion-MNIST training images for `--seconds` of wall
-   time, through `main_dino.train_dino` (its `--time_budget` makes the cosine schedules end at the budget);
+   time, running `python simdino/main_dino.py ... --time_budget S` (the budget makes the cosine schedules
+   end at it; `simdinov2.run.v1_trainer` runs the command and reads the run back);
 2. k-NN-classifies the 10k test images (weighted vote, k=20, T=0.07, and the other DINO ks) from
    frozen features of three models: the trained teacher, the same network at its random initialisation
    (same seed), and raw pixels;
@@ -14,10 +15,10 @@
 
 This module owns the demo recipe (`DEMO_RECIPE`: flags of `main_dino.py`, chosen by measurement on a
 2-core CPU, see the README) and the glue above. The pieces are public so that longer runs (docs/RESULTS.md)
-reuse them: `recipe_args` (main_dino args for any budget / overrides), `train_for_budget`,
+reuse them: `recipe_flags` (main_dino flags for any budget / overrides), `train_for_budget`,
 `knn_evaluate` (k-NN of any feature function), `pixel_features`, `random_init_backbone`,
 `trained_teacher`, `save_attention_figure`. Everything else comes from `simdinov2` (k-NN core, feature
-extraction, datasets, plot tool) and `main_dino` (the trainer).
+extraction, datasets, plot tool, the v1 trainer's command line).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from simdino import main_dino
 from simdinov2 import distributed
 from simdinov2.checkpoint import build_backbone_from_checkpoint
 from simdinov2.data import FashionMNIST, ImageFolderDataset, make_classification_eval_transform
@@ -51,6 +51,7 @@ from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.attention_maps import cls_attention_maps
 from simdinov2.eval.features import dataset_labels, extract_features, l2_normalized, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, knn_classify
+from simdinov2.run import v1_trainer
 from simdinov2.tools.plot_log import plot_run
 from simdinov2.train.multicrop import build_backbone
 from simdinov2.utils.utils import fix_random_seeds
@@ -185,44 +186,26 @@ def default_knn_images(seconds: float) -> tuple[int | None, int | None]:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def recipe_args(
+def recipe_flags(
     seconds: float, output_dir: str | Path, train_source: str, num_workers: int = 1, **overrides: Any
-) -> argparse.Namespace:
-    """main_dino's arguments for the demo recipe trained for `seconds` (any flag can be overridden)."""
-    unknown = set(overrides) - set(vars(main_dino.get_args_parser().parse_args([])))
-    if unknown:
-        raise UserError(f"not main_dino flags: {', '.join(sorted(unknown))}")
-    args = main_dino.get_args_parser().parse_args([])
-    for key, value in {**DEMO_RECIPE, **overrides}.items():
-        setattr(args, key, value)
-    args.time_budget = float(seconds)
-    args.data_path = train_source
-    args.output_dir = str(output_dir)
-    args.num_workers = int(num_workers)
-    return args
+) -> dict[str, Any]:
+    """main_dino's flags for the demo recipe trained for `seconds` (any flag can be overridden; main_dino
+    refuses one it does not have)."""
+    return {
+        **DEMO_RECIPE, **overrides, "time_budget": float(seconds), "data_path": train_source,
+        "output_dir": str(output_dir), "num_workers": int(num_workers),
+    }  # fmt: skip
 
 
-def recipe_command(args: argparse.Namespace) -> str:
-    """The `python simdino/main_dino.py ...` command line that reproduces a run of `args`."""
-    defaults = vars(main_dino.get_args_parser().parse_args([]))
-    parts = ["python simdino/main_dino.py"]
-    for key, value in vars(args).items():
-        if key in defaults and value != defaults[key] and key != "local_rank":
-            if isinstance(value, (tuple, list)):
-                parts.append(f"--{key} " + " ".join(str(v) for v in value))
-            else:
-                parts.append(f"--{key} {value}")
-    return " ".join(parts)
+def recipe_command(flags: dict[str, Any]) -> str:
+    """The `python simdino/main_dino.py ...` command line that reproduces a run of `flags`."""
+    return v1_trainer.command_line(flags)
 
 
-def train_for_budget(args: argparse.Namespace) -> dict[str, float]:
-    """Run main_dino with `args` (its time budget included); returns its summary (iterations,
-    images_seen, train_seconds, epochs)."""
-    try:
-        return main_dino.train_dino(args)
-    finally:
-
-        distributed.destroy()
+def train_for_budget(flags: dict[str, Any]) -> dict[str, Any]:
+    """Run main_dino with `flags` (its time budget included) on this process's torch threads; returns its
+    summary (`simdinov2.run.v1_trainer.run_summary`: iterations, images_seen, train_seconds, epochs, args)."""
+    return v1_trainer.train(flags)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -233,10 +216,12 @@ def trained_teacher(output_dir: str | Path) -> nn.Module:
     ).eval()
 
 
-def random_init_backbone(args: argparse.Namespace) -> nn.Module:
-    """The backbone of `args` at its random initialisation, drawn with the run's seed (main_dino seeds
-    the generators, then builds the student first and copies it into the teacher)."""
-    fix_random_seeds(args.seed)
+def random_init_backbone(args: argparse.Namespace | dict[str, Any]) -> nn.Module:
+    """The backbone of a run's arguments (main_dino's, or the flags of a recipe) at its random
+    initialisation, drawn with the run's seed (main_dino seeds the generators, then builds the student
+    first and copies it into the teacher)."""
+    args = argparse.Namespace(**args) if isinstance(args, dict) else args
+    fix_random_seeds(getattr(args, "seed", 0))
     backbone, _ = build_backbone(args, 0.0)
     return backbone.eval()
 
@@ -413,12 +398,12 @@ def clear_previous_run(output_dir: Path) -> None:
 
 
 def results_record(
-    args: argparse.Namespace, overrides: dict[str, Any], knn: dict[str, dict[int, tuple[float, float]]],
+    args: argparse.Namespace, flags: dict[str, Any], knn: dict[str, dict[int, tuple[float, float]]],
     top1: dict[str, float], names: list[str], summary: dict[str, float], seconds: float,
     times: tuple[float, float, float], data_name: str, sets: tuple[Dataset, Dataset, Dataset], threads: int,
     num_workers: int, loads: tuple[Any, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """The `results.json` record of a demo run."""
+    """The `results.json` record of a demo run (`args`: the trainer's, `flags`: the command's)."""
     started, train_done, eval_done = times
     full_train_set, train_set, test_set = sets
     load_before, load_after_training = loads
@@ -446,9 +431,9 @@ def results_record(
         "recipe": {
             k: list(v) if isinstance(v, tuple) else v
             for k, v in vars(args).items()
-            if k in DEMO_RECIPE or k in overrides
+            if k in DEMO_RECIPE or k in flags
         },
-        "command": recipe_command(args),
+        "command": recipe_command(flags),
         "threads": threads,
         "num_workers": num_workers,
         "machine": {
@@ -486,16 +471,17 @@ def run_demo(
     if knn_train_images is None and knn_test_images is None:
         knn_train_images, knn_test_images = default_knn_images(seconds)
     torch.set_num_threads(threads)
-    args = recipe_args(seconds, output_dir, train_source, num_workers=num_workers, **overrides)
+    flags = recipe_flags(seconds, output_dir, train_source, num_workers=num_workers, **overrides)
 
     load_text = f", load average {load_before[0]:.1f}" if load_before else ""
     print(
-        f"SimDINO demo: training {args.arch}/{args.patch_size} on {data_name} for {seconds:.0f} s on "
+        f"SimDINO demo: training {flags['arch']}/{flags['patch_size']} on {data_name} for {seconds:.0f} s on "
         f"{threads} thread(s) + {num_workers} loader worker(s) ({cores} cores{load_text}), then k-NN on the "
         "test set",
         flush=True,
     )
-    summary = train_for_budget(args)
+    summary = train_for_budget(flags)
+    args = summary["args"]  # the trainer's arguments: the recipe over main_dino's defaults
     train_done, load_after_training = time.time(), _load()
 
     eval_size = args.global_crops_size
@@ -527,7 +513,7 @@ def run_demo(
     }
     names = [name for name, _ in feature_sets]
     results = results_record(
-        args, overrides, knn, top1, names, summary, seconds, (started, train_done, eval_done),
+        args, flags, knn, top1, names, summary, seconds, (started, train_done, eval_done),
         data_name, (full_train_set, train_set, test_set), threads, num_workers, (load_before, load_after_training),
     )  # fmt: skip
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from simdino import demo, main_dino
+from simdino import demo
+from simdinov2.errors import UserError
 
 FASHION_MNIST_ROOT = Path(demo.DEFAULT_FASHION_MNIST_ROOT)
 HAS_FASHION_MNIST = all(
@@ -44,20 +45,14 @@ def test_data_path_needs_train_and_val_folders(tmp_path):
     assert "val" in message and "ImageFolder" in message
 
 
-def test_recipe_command_reproduces_the_run_arguments(tmp_path):
-    args = demo.recipe_args(123.0, tmp_path, "FashionMNIST:split=TRAIN", num_workers=1, eps=0.05)
-    assert (
-        args.time_budget == 123.0 and args.eps == 0.05 and args.patch_size == demo.DEMO_RECIPE["patch_size"]
-    )
-    argv = shlex.split(demo.recipe_command(args))[2:]  # drop "python simdino/main_dino.py"
-    parsed = main_dino.get_args_parser().parse_args(argv)
-    for key, value in vars(args).items():
-        got = getattr(parsed, key)
-        assert (list(got) if isinstance(got, tuple) else got) == (
-            list(value) if isinstance(value, tuple) else value
-        ), key
-    with pytest.raises(ValueError, match="not main_dino flags: depthh"):
-        demo.recipe_args(1.0, tmp_path, "x", depthh=3)
+def test_recipe_command_is_the_trainer_command_of_the_flags(tmp_path):
+    flags = demo.recipe_flags(123.0, tmp_path, "FashionMNIST:split=TRAIN", num_workers=1, eps=0.05)
+    assert flags["time_budget"] == 123.0 and flags["eps"] == 0.05
+    assert flags["patch_size"] == demo.DEMO_RECIPE["patch_size"] and flags["output_dir"] == str(tmp_path)
+    words = shlex.split(demo.recipe_command(flags))
+    assert words[:2] == ["python", "simdino/main_dino.py"]
+    assert words[words.index("--local_crops_scale") + 1 : words.index("--local_crops_scale") + 3] == ["0.1", "0.4"]
+    assert words[words.index("--time_budget") + 1] == "123.0" and words[words.index("--eps") + 1] == "0.05"
 
 
 def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
@@ -73,8 +68,8 @@ def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
 
 def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_path):
     # With a zero learning rate and weight decay nothing moves: the saved teacher is the initial network,
-    # which random_init_backbone must rebuild exactly from the run's arguments.
-    args = demo.recipe_args(
+    # which random_init_backbone must rebuild exactly from the run's flags.
+    flags = demo.recipe_flags(
         0.0, tmp_path, str(Path(tiny_imagefolder) / "train"), num_workers=0,
         lr=0.0, min_lr=0.0, weight_decay=0.0, weight_decay_end=0.0, epochs=1, batch_size_per_gpu=40,
         local_crops_number=1, hidden_dim=64, use_fp16=False,
@@ -82,17 +77,23 @@ def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_pat
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = demo.train_for_budget(args)
+        summary = demo.train_for_budget(flags)
     finally:
         torch.set_num_threads(previous_threads)
-    assert summary["iterations"] == 3  # 120 images, batch 40
+    assert summary["iterations"] == 3 and summary["images_seen"] == 120  # 120 images, batch 40
+    for key, value in flags.items():  # the trainer ran with every flag of the command
+        got = getattr(summary["args"], key)
+        assert (list(got) if isinstance(got, tuple) else got) == (list(value) if isinstance(value, tuple) else value), key
     teacher = demo.trained_teacher(tmp_path).state_dict()
-    initial = demo.random_init_backbone(args).state_dict()
+    initial = demo.random_init_backbone(flags).state_dict()
     assert teacher.keys() == initial.keys()
     for key in teacher:
         assert torch.equal(teacher[key], initial[key]), key
-    other_seed = demo.random_init_backbone(demo.recipe_args(0.0, tmp_path, "x", seed=1)).state_dict()
+    other_seed = demo.random_init_backbone({**flags, "seed": 1}).state_dict()
     assert not torch.equal(other_seed["pos_embed"], initial["pos_embed"])
+    # a flag main_dino does not have: its own one-line error
+    with pytest.raises(UserError, match="unrecognized arguments: --depthh 3"):
+        demo.train_for_budget({**flags, "depthh": 3})
 
 
 def test_pixel_features_are_the_flattened_input():
