@@ -15,8 +15,8 @@ masking, KoLeo).
 What this module owns: the per-method recipes (`V1_METHODS`, `v2_recipe_overrides`), the evaluation protocol
 (`evaluate`: k-NN top-1 at k=20, T=0.07 on the 10k test images with the 60k training images as memory, and
 logistic regression on standardised frozen CLS features with C chosen on a 10% held-out part of the
-training set), and `results.json` / the markdown table (`--table DIR`). Training is `main_dino` (v1) and
-`simdinov2/train/train.py` (v2); k-NN, features, logistic regression and checkpoints are the shared cores
+training set), and `results.json` / the markdown table (`--table DIR`). Training is the command
+`python simdino/main_dino.py ...` (v1, run by `simdinov2.run.v1_trainer`) and `simdinov2/train/train.py` (v2); k-NN, features, logistic regression and checkpoints are the shared cores
 of `simdinov2`; data, random init and raw-pixel features come from `simdino.demo`.
 
 Both trees train for the wall-clock budget (`--time_budget` in v1, `train.time_budget` in v2), which
@@ -47,13 +47,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from simdino import demo, main_dino
+from simdino import demo
 from simdinov2.checkpoint import build_backbone_from_checkpoint
 from simdinov2.errors import UserError
 from simdinov2.eval.features import extract_features, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, knn_classify
 from simdinov2.eval.log_regression import accuracy, fit_logistic_regression, select_c
 from simdinov2.logging import setup_logging
+from simdinov2.run import v1_trainer
 from simdinov2.train import train as v2_train
 
 logger = logging.getLogger("simdinov2")
@@ -151,25 +152,32 @@ def v2_recipe_overrides(train_source: str, seed: int, num_workers: int) -> list[
     ]
 
 
-def v1_args(
-    method: str, seconds: float, out: Path, train_source: str, seed: int, num_workers: int, overrides: Sequence[str]
-) -> argparse.Namespace:
-    """main_dino's arguments: `RESULTS_RECIPE` ⊕ method flags ⊕ `overrides` (main_dino flags)."""
+def v1_flags(method: str, seconds: float, out: Path, train_source: str, seed: int, num_workers: int) -> dict[str, Any]:
+    """main_dino's flags of a row: `RESULTS_RECIPE` ⊕ method flags (user overrides come after them)."""
     flags = {**RESULTS_RECIPE, **V1_METHODS[method], "seed": seed}
-    args = demo.recipe_args(seconds, out, train_source, num_workers=num_workers, **flags)
-    # Parse into the recipe's namespace: only the flags given change, with main_dino's own types and checks.
-    return main_dino.get_args_parser().parse_args(list(overrides), namespace=args)
+    return demo.recipe_flags(seconds, out, train_source, num_workers=num_workers, **flags)
+
+
+def _backbone_flags(overrides: Sequence[str]) -> dict[str, Any]:
+    """The flags among main_dino `overrides` that shape the backbone (the others leave a random init as it is)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag, kind in (("arch", str), ("patch_size", int), ("depth", int), ("global_crops_size", int)):
+        parser.add_argument(f"--{flag}", type=kind)
+    known, _ = parser.parse_known_args(list(overrides))
+    return {k: v for k, v in vars(known).items() if v is not None}
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train_v1(args: argparse.Namespace) -> dict[str, Any]:
-    """main_dino for `args.time_budget` seconds; returns its summary and the trainer command."""
-    summary = demo.train_for_budget(args)
+def train_v1(flags: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """main_dino for `flags["time_budget"]` seconds, `overrides` (main_dino flags) last; returns its
+    summary, the trainer command and the trainer's arguments (`trainer_args`)."""
+    summary = v1_trainer.train(flags, overrides)
     return {
+        "trainer_args": summary["args"],
         "train_seconds": summary["train_seconds"],
         "images_seen": int(summary["images_seen"]),
         "iterations": int(summary["iterations"]),
-        "trainer_command": demo.recipe_command(args),
+        "trainer_command": v1_trainer.command_line(flags, overrides),
     }
 
 
@@ -322,14 +330,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str]) -> dict[str, Any]:
     """Train (unless a baseline), evaluate, write `args.out/results.json`; returns the record."""
     if args.method is None or args.out is None:
-        raise ValueError("--method and --out are required (or --table DIR)")
+        raise UserError("--method and --out are required (or --table DIR)")
     if args.method == "pixels" and overrides:
-        raise ValueError("pixels takes no trainer overrides")
+        raise UserError("pixels takes no trainer overrides")
     if not args.seconds > 0 and args.method not in BASELINES:
-        raise ValueError(f"--seconds must be > 0 (got {args.seconds})")
+        raise UserError(f"--seconds must be > 0 (got {args.seconds})")
     out = Path(args.out)
     if (out / "results.json").exists() or (out / "checkpoint.pth").exists() or (out / "ckpt").exists():
-        raise ValueError(f"{out} already holds a run: pass another --out or remove it")
+        raise UserError(f"{out} already holds a run: pass another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
 
     setup_logging(out)  # progress on the console and in out/output.log (the trainers log there too)
@@ -342,15 +350,18 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
     record: dict[str, Any] = {"method": args.method, "name": out.name, "seed": args.seed}
     model: nn.Module
     if args.method in V1_METHODS or args.method == "random_init":
-        v1 = v1_args(args.method if args.method in V1_METHODS else "simdino", args.seconds, out, train_source,
-                     args.seed, args.num_workers, overrides)  # fmt: skip
+        v1 = v1_flags(args.method if args.method in V1_METHODS else "simdino", args.seconds, out, train_source,
+                      args.seed, args.num_workers)  # fmt: skip
         if args.method == "random_init":
+            v1.update(_backbone_flags(overrides))
             model = demo.random_init_backbone(v1)
+            eval_size = int(v1["global_crops_size"])
         else:
-            record.update(train_v1(v1), time_budget_seconds=float(args.seconds), tree="v1")
+            trained = train_v1(v1, overrides)
+            eval_size = int(trained.pop("trainer_args").global_crops_size)
+            record.update(trained, time_budget_seconds=float(args.seconds), tree="v1")
             record["final_train_stats"] = _last_json_line(out / "log.txt")
             model = demo.trained_teacher(out)
-        eval_size = int(v1.global_crops_size)
     elif args.method in V2_METHODS:
         opts = [*v2_recipe_overrides(train_source, args.seed, args.num_workers), *overrides]
         summary = train_v2(args.method, args.seconds, out, opts)
@@ -405,7 +416,7 @@ def markdown_table(results_dir: str | Path) -> str:
     for path in sorted(Path(results_dir).glob("*/results.json")):
         records.append(json.loads(path.read_text()))
     if not records:
-        raise FileNotFoundError(f"no */results.json under {results_dir}")
+        raise UserError(f"no */results.json under {results_dir}")
     records.sort(key=lambda r: r.get("date", ""))
     lines = [
         "| row | method | seed | budget (s) | trained (s) | images seen | k-NN top-1 @20 | linear top-1 | eff. rank "

@@ -31,7 +31,9 @@ def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefol
     out = tmp_path / "simdino"
     argv = ["--method", "simdino", "--seconds", "6", "--out", str(out), "--data_path", str(tiny_imagefolder),
             "--threads", "1", "--c_values", "1", "--max_iter", "50",
-            "--", "--batch_size_per_gpu", "16", "--depth_placeholder_unused"]  # fmt: skip
+            "--", "--batch_size_per_gpu", "16", "--use_fp16", "false", "--depth_placeholder_unused"]  # fmt: skip
+    # fp32: on a CPU without bf16 instructions one bf16-autocast step of this ViT takes 8-14 s, longer than
+    # the margin below (the budget stops training at the first iteration boundary after it).
     with pytest.raises(SystemExit):  # an unknown trainer flag is refused by main_dino's own parser
         fmnist.main(argv)
     argv = argv[:-1]
@@ -42,6 +44,7 @@ def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefol
     assert 0 < record["train_seconds"] < 6 + 5
     assert record["images_seen"] == 16 * record["iterations"] > 0
     assert "--batch_size_per_gpu 16" in record["trainer_command"] and "--time_budget 6.0" in record["trainer_command"]
+    assert "--batch_size_per_gpu 128" not in record["trainer_command"]  # the override replaced the recipe's
     assert record["knn_train_images"] == 120 and record["knn_test_images"] == 30
     with pytest.raises(SystemExit, match="already holds a run"):
         fmnist.main(argv)
@@ -93,3 +96,11 @@ def test_effective_rank_and_linear_probe():
     assert probe["top1"] > 95 and probe["best_C"] in (1.0, 100.0)
     noise = fmnist.linear_probe(x[:500], y[torch.randperm(600)][:500], x[500:], y[500:], c_values=(1.0,), max_iter=100)
     assert noise["top1"] < 75
+
+
+def test_random_init_takes_the_backbone_flags_of_the_overrides():
+    # docs/RESULTS.md: `--method random_init ... -- --depth 6` is the untrained 6-block network
+    assert fmnist._backbone_flags(["--depth", "6", "--eps", "0.05", "--global_crops_scale", "0.3", "1"]) == {"depth": 6}
+    flags = fmnist.v1_flags("simdino", 1.0, "out", "x", seed=0, num_workers=0)
+    model = fmnist.demo.random_init_backbone({**flags, **fmnist._backbone_flags(["--depth", "2"])})
+    assert len(model.blocks) == 2
