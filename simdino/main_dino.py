@@ -301,7 +301,7 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
 
 
 def main(args: argparse.Namespace | None = None) -> dict[str, float]:
-    """CLI entry point (also called in-process by the submitit launcher): user errors, a non-finite loss
+    """CLI entry point (also what each task of `run_with_submitit.py` runs): user errors, a non-finite loss
     included, end the program with one line and exit code 1 on every rank."""
     if args is None:
         args = get_args_parser().parse_args()
