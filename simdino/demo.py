@@ -79,7 +79,9 @@ RUN_FILES = (
 #   directions in such short runs and k-NN ended below random init; 0.05 was 1.2 points below 0.02, 0.01
 #   level with it; coeff 2 lost 4 points;
 # - teacher momentum 0.98 (0.99 left the teacher 1.4 points behind its student), lr 0.002 (0.004 worse);
-# - bf16 autocast: ~1.9x the fp32 step on this CPU (avx512_bf16; benchmarks/RESULTS.md §1).
+# - bf16 autocast: ~1.9x the fp32 step on this CPU (avx512_bf16; benchmarks/RESULTS.md §1). On a CPU without
+#   bf16 instructions it is emulated and several times slower than fp32: there the demo trains in fp32
+#   (`cpu_has_bf16`).
 DEMO_RECIPE: dict[str, Any] = {
     "arch": "vit_tiny",
     "depth": 6,
@@ -171,6 +173,18 @@ def default_threads(cores: int | None = None, load_average: float | None = None)
     if free >= cores - 0.5:
         return cores
     return max(1, int(free + 0.5))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 avx512_bf16 / AMX, Arm bf16). Without it bf16 autocast
+    is emulated: one step of the demo's ViT at batch 16 took 8.4 s against 1.7 s in fp32 on a 2-core AVX2
+    EPYC, and the first one 9-14 s."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux: no way to tell, fp32 is the safe choice
+        return False
+    flags = {flag for line in lines if line.lower().startswith(("flags", "features")) for flag in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def default_num_workers(cores: int) -> int:
@@ -471,6 +485,10 @@ def run_demo(
     if knn_train_images is None and knn_test_images is None:
         knn_train_images, knn_test_images = default_knn_images(seconds)
     torch.set_num_threads(threads)
+    if "use_fp16" not in overrides and not torch.cuda.is_available() and not cpu_has_bf16():
+        overrides["use_fp16"] = False
+        print("this CPU has no bf16 instructions: training in fp32 (bf16 autocast would be emulated, several "
+              "times slower)", flush=True)
     flags = recipe_flags(seconds, output_dir, train_source, num_workers=num_workers, **overrides)
 
     load_text = f", load average {load_before[0]:.1f}" if load_before else ""

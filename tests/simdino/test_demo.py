@@ -178,3 +178,13 @@ def test_smoke_demo_prints_the_reading_guide(tiny_imagefolder, tmp_path, capsys)
     assert f"This was a smoke run ({results['iterations']} iterations" in printed
     assert "comp_loss: cosine similarity of student and teacher views" in printed
     assert (tmp_path / "demo" / "loss_curve.png").is_file()
+
+
+def test_bf16_autocast_only_on_cpus_that_compute_bf16(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    real_read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: real_read_text(cpuinfo if str(self) == "/proc/cpuinfo" else self, *a, **kw))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert not demo.cpu_has_bf16()
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    assert demo.cpu_has_bf16()
