@@ -121,13 +121,14 @@ def test_checkpoint_requeues_the_same_task():
 
     import submitit
 
-    args = argparse.Namespace(output_dir="/tmp/x", epochs=3)
-    task = submit.SubmititTask("simdino.main_dino:main", args, master_port=12345)
-    resubmission = task.checkpoint()
-    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
-    again = resubmission.function
-    assert type(again) is submit.SubmititTask and again is not task
-    assert (again.entry, again.args, again.master_port) == (task.entry, task.args, task.master_port)
+    args = argparse.Namespace(output_dir="/tmp/x", epochs=3, script_argv=["--epochs", "3"])
+    for task in (submit.SubmititTask("json:dumps", args, master_port=12345),
+                 submit.ScriptTask("simdino.main_dino", args, master_port=12345)):  # fmt: skip
+        resubmission = task.checkpoint()
+        assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
+        again = resubmission.function
+        assert type(again) is type(task) and again is not task
+        assert (again.entry, again.args, again.master_port) == (task.entry, task.args, task.master_port)
 
 
 def test_user_errors_are_one_line(tmp_path):
