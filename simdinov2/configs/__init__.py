@@ -208,8 +208,31 @@ def get_cfg(config_file: str | os.PathLike | None = None, overrides: Iterable[st
         configs.append(load_config_file(config_file))
         sources.append(str(config_file))
     cfg = merge_with_defaults(*configs, overrides=overrides, sources=sources)
+    _check_types(cfg, default_config())
     _check_values(cfg)
     return cfg
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number"}[type(value)]
+
+
+def _check_types(cfg: DictConfig, reference: DictConfig) -> None:
+    """A key whose default is a boolean / integer / number must hold one (`optim.epochs=abc` is one line
+    naming the key, not a `ValueError` from deep inside training)."""
+    values = _flat_keys(cfg)
+    for key, default in _flat_keys(reference).items():
+        value = values.get(key)
+        if type(default) not in (bool, int, float) or value is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise UserError(f"{key}={value!r} must be {_type_name(default)} (its default is {default!r})")
 
 
 def _check_values(cfg: DictConfig) -> None:
