@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from simdinov2 import distributed
+from simdinov2.checkpoint.atomic import atomic_write_text
 
 logger = logging.getLogger("simdinov2")
 
@@ -60,6 +61,33 @@ class SmoothedValue:
 
     def __str__(self) -> str:
         return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
+
+
+def resume_json_lines(path: str | Path, key: str, first: int, replay: dict[str, Any] | None = None) -> None:
+    """Make the JSON-lines log `path` (`log.txt`, `training_metrics.json`) that of a run resuming at
+    `key` == `first`, so that it ends as an uninterrupted run's would: rows from `first` on (written after
+    the checkpoint resumed from; the resumed run writes them again) and a line cut short by a kill are
+    dropped, and `replay` (the row of the last checkpointed step, which the checkpoint keeps because the
+    kill may have come before it was written) is appended if its row is missing. Rewritten atomically,
+    and only when something changes. Call on the main process."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    kept, present = [], set()
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # cut short by the kill
+        position = row.get(key) if isinstance(row, dict) else None
+        if isinstance(position, (int, float)) and position >= first:
+            continue
+        kept.append(line)
+        present.add(position)
+    if replay is not None and replay.get(key) not in present:
+        kept.append(json.dumps(replay))
+    new_text = "".join(line + "\n" for line in kept)
+    if new_text != text:
+        atomic_write_text(path, new_text)
 
 
 class MetricLogger:
