@@ -90,6 +90,11 @@ def resume_json_lines(path: str | Path, key: str, first: int, replay: dict[str, 
         atomic_write_text(path, new_text)
 
 
+def metrics_row_due(iteration: int, print_freq: int, n_iterations: int) -> bool:
+    """Whether `log_every` prints (and writes the `output_file` row of) `iteration`."""
+    return iteration % print_freq == 0 or iteration == n_iterations - 1
+
+
 class MetricLogger:
     """Collects metrics and prints a progress line every `print_freq` iterations.
 
@@ -174,7 +179,7 @@ class MetricLogger:
                     self._dump_json(i - 1 + json_iteration_offset, iter_time.avg, data_time.avg)
                 raise
             iter_time.update(time.time() - end)
-            if i % print_freq == 0 or i == n_iterations - 1 or i == last_of_iterable:
+            if metrics_row_due(i, print_freq, n_iterations) or i == last_of_iterable:
                 self._dump_json(i + json_iteration_offset, iter_time.avg, data_time.avg)
                 last_dumped = i
                 eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
