@@ -27,6 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from simdinov2.cli import make_output_dir  # noqa: E402
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from simdinov2.data.datasets import load_rgb_image  # noqa: E402
 from simdinov2.eval.attention_maps import cls_attention_maps, threshold_masks  # noqa: E402
@@ -110,7 +111,7 @@ def save_visualizations(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(output_dir)
     written: list[Path] = []
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     picture = ((img[0].cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)

@@ -16,6 +16,7 @@ import torch
 
 from simdinov2 import distributed
 from simdinov2.checkpoint.atomic import atomic_write_text
+from simdinov2.cli import make_output_dir
 
 logger = logging.getLogger("simdinov2")
 
@@ -240,8 +241,7 @@ def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.
     root.setLevel(level if distributed.is_main_process() else logging.WARNING)
     root.propagate = False
     if distributed.is_main_process() and output_dir is not None:
-        path = Path(output_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        path = make_output_dir(output_dir)
         target = (path / log_name).resolve()
         if isinstance(sys.stdout, _Tee) and sys.stdout.path != target:
             # A second run in the same process (tests, submitit's debug executor) logs to its own folder.
