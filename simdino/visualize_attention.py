@@ -111,7 +111,7 @@ def save_visualizations(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    make_output_dir(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     picture = ((img[0].cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     try:
         device = resolve_device(args.device)
+        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
         image = load_image(args.image_path)
         model = load_model(args, device)
         args.patch_size = model.patch_size
