@@ -223,6 +223,8 @@ def load_features(folder: str, storage: torch.device) -> tuple[Tensor, Tensor, T
 def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
     if args.temperature <= 0:
         raise ValueError(f"--temperature must be > 0 (got {args.temperature})")
+    if args.output_dir and distributed.is_main_process():
+        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     start = time.time()
     storage = _storage_device(args.use_cuda)
     if args.load_features:

@@ -157,6 +157,8 @@ def main(args: argparse.Namespace) -> float:
     )
 
     _validate(args)
+    if args.output_dir is not None and distributed.is_main_process():
+        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     fix_random_seeds(args.seed)
     device = distributed.get_device()
     model = build_v1_eval_model(args, device)
