@@ -302,6 +302,20 @@ def test_missing_tracker_package_is_one_line(train_dir, tmp_path, monkeypatch, c
     assert not (tmp_path / "swan" / "checkpoint.pth").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--patch_size", "32"], "--global_crops_size 28 is smaller than one patch (--patch_size 32)"),
+        (["--patch_size", "16"], "--local_crops_size 12 is smaller than one patch (--patch_size 16)"),
+    ],
+)
+def test_patch_larger_than_a_crop_is_one_line(train_dir, tmp_path, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_dir, tmp_path / "out", *flags)
+    assert str(exc.value.code) == f"main_dino.py: error: {message}: raise {message.split()[0]} or lower --patch_size"
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(base_run, train_dir, tmp_path, monkeypatch):
     out = copy_run(base_run, tmp_path / "nan")
     good = (out / "checkpoint.pth").read_bytes()
