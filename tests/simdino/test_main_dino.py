@@ -140,8 +140,10 @@ def test_one_epoch_writes_the_upstream_files(base_run):
     for name in ("checkpoint.pth", "checkpoint0000.pth", "log.txt", "args.log", "output.log"):
         assert (out / name).is_file(), name
     ckpt = load_ckpt(out / "checkpoint.pth")
-    assert set(ckpt) == {"student", "teacher", "optimizer", "epoch", "args", "dino_loss"}
+    # upstream's keys, and the epoch's log.txt line (a resume writes it if a kill came before it)
+    assert set(ckpt) == {"student", "teacher", "optimizer", "epoch", "args", "dino_loss", "log_stats"}
     assert ckpt["epoch"] == 1 and ckpt["args"].arch == "vit_tiny"
+    assert [ckpt["log_stats"]] == read_log(out)
     for part in ("student", "teacher"):
         roots = {key.split(".")[0] for key in ckpt[part]}
         assert roots == {"backbone", "head"}, roots
