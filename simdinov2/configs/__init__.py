@@ -216,26 +216,20 @@ def get_cfg(config_file: str | os.PathLike | None = None, overrides: Iterable[st
     return cfg
 
 
-def _type_name(value: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number"}[type(value)]
-
-
 def _check_types(cfg: DictConfig, reference: DictConfig) -> None:
-    """A key whose default is a boolean / integer / number must hold one (`optim.epochs=abc` is one line
-    naming the key, not a `ValueError` from deep inside training)."""
+    """A key whose default is a boolean must hold one, a key whose default is a number a number
+    (`optim.epochs=abc` is one line naming the key, not a `ValueError` from deep inside training).
+    Integer defaults accept any number: some are sentinels of float keys (`-1`: "same as the start")."""
     values = _flat_keys(cfg)
     for key, default in _flat_keys(reference).items():
         value = values.get(key)
         if type(default) not in (bool, int, float) or value is None:
             continue
         if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise UserError(f"{key}={value!r} must be {_type_name(default)} (its default is {default!r})")
+            if not isinstance(value, bool):
+                raise UserError(f"{key}={value!r} must be true or false (its default is {str(default).lower()})")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}={value!r} must be a number (its default is {default!r})")
 
 
 def _check_values(cfg: DictConfig) -> None:

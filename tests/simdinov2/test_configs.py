@@ -148,8 +148,8 @@ def test_malformed_inputs_give_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optim.epochs=abc", "optim.epochs='abc' must be an integer"),
-        ("optim.epochs=2.5", "optim.epochs=2.5 must be an integer"),
+        ("optim.epochs=abc", "optim.epochs='abc' must be a number"),
+        ("optim.epochs=true", "optim.epochs=True must be a number"),
         ("optim.base_lr=fast", "optim.base_lr='fast' must be a number"),
         ("train.wandb=maybe", "train.wandb='maybe' must be true or false"),
     ],
@@ -161,8 +161,8 @@ def test_value_of_the_wrong_type_names_the_key(override, message):
 
 
 def test_numbers_are_accepted_where_a_number_is_expected():
-    cfg = get_cfg(None, ["optim.base_lr=1", "optim.epochs=3"])
-    assert cfg.optim.base_lr == 1 and cfg.optim.epochs == 3
+    cfg = get_cfg(None, ["optim.base_lr=1", "optim.epochs=3", "ibot.loss_weight_end=0.2"])  # default -1
+    assert cfg.optim.base_lr == 1 and cfg.optim.epochs == 3 and cfg.ibot.loss_weight_end == 0.2
 
 
 @pytest.mark.parametrize(
