@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from simdinov2 import distributed  # noqa: E402
+from simdinov2.cli import make_output_dir  # noqa: E402
 from simdinov2.eval.backbone import (  # noqa: E402
     build_eval_backbone,
     check_v1_arch_flags,
@@ -222,6 +223,8 @@ def load_features(folder: str, storage: torch.device) -> tuple[Tensor, Tensor, T
 def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
     if args.temperature <= 0:
         raise ValueError(f"--temperature must be > 0 (got {args.temperature})")
+    if args.output_dir and distributed.is_main_process():
+        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     start = time.time()
     storage = _storage_device(args.use_cuda)
     if args.load_features:
@@ -241,7 +244,7 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
         for k, (top1, top5) in results.items():
             print(format_knn_result(k, top1, top5), flush=True)
         output_dir = args.output_dir or os.path.dirname(os.path.abspath(args.load_features or args.pretrained_weights))
-        os.makedirs(output_dir, exist_ok=True)
+        make_output_dir(output_dir)
         record = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "pretrained_weights": args.pretrained_weights or None,

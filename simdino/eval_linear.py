@@ -36,6 +36,7 @@ from torch import nn  # noqa: E402
 from simdino.eval_knn import add_model_args, build_v1_eval_model, image_folder, run_v1_cli  # noqa: E402
 from simdinov2 import distributed  # noqa: E402
 from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
+from simdinov2.cli import make_output_dir  # noqa: E402
 from simdinov2.eval.backbone import default_output_dir  # noqa: E402
 from simdinov2.eval.features import make_eval_loader  # noqa: E402
 from simdinov2.eval.linear import (  # noqa: E402
@@ -156,6 +157,8 @@ def main(args: argparse.Namespace) -> float:
     )
 
     _validate(args)
+    if args.output_dir is not None and distributed.is_main_process():
+        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     fix_random_seeds(args.seed)
     device = distributed.get_device()
     model = build_v1_eval_model(args, device)
@@ -212,7 +215,7 @@ def main(args: argparse.Namespace) -> float:
         start_epoch, best_acc = int(checkpoint["epoch"]), float(checkpoint.get("best_acc", 0.0))
         stretch_cosine_schedule(scheduler, args.epochs)
         logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
-    os.makedirs(args.output_dir, exist_ok=True)
+    make_output_dir(args.output_dir)
 
     for epoch in range(start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)

@@ -25,7 +25,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
 from simdinov2.checkpoint.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
-from simdinov2.cli import agree_on_errors, run_cli
+from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
 from simdinov2.data.augmentations import DataAugmentationDINO
 from simdinov2.logging import setup_logging
 from simdinov2.precision import resolve_amp
@@ -203,7 +203,7 @@ def start_run(args: argparse.Namespace) -> tuple[Path, ExperimentTrackers]:
     """Output folder, logs (`output.log`, `args.log`), seeds and trackers, on every rank."""
     output_dir = Path(args.output_dir)
     if distributed.is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_output_dir(output_dir)
     setup_logging(output_dir)
     fix_random_seeds(args.seed)
     logger.info(f"git:\n  {get_sha()}\n")

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from simdinov2.cli import make_output_dir  # noqa: E402
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from simdinov2.data.datasets import load_rgb_image  # noqa: E402
 from simdinov2.eval.attention_maps import cls_attention_maps, threshold_masks  # noqa: E402
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     try:
         device = resolve_device(args.device)
+        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
         image = load_image(args.image_path)
         model = load_model(args, device)
         args.patch_size = model.patch_size

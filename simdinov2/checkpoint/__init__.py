@@ -13,7 +13,7 @@ Every file is read without running anything it contains (see docs/DESIGN.md). Mo
 - `errors`: `CheckpointError`, `CheckpointNotFoundError`, `DiskFullError` (all `simdinov2.errors.UserError`).
 """
 
-from .atomic import atomic_torch_save, atomic_write_text
+from .atomic import atomic_torch_save, atomic_write_text, sweep_temporaries
 from .dcp import TRAINER_STATE, Checkpointer, full_state_dict, save_teacher_snapshot
 from .download import (
     ChecksumError,
@@ -41,6 +41,7 @@ __all__ = [
     "LoadReport",
     "atomic_torch_save",
     "atomic_write_text",
+    "sweep_temporaries",
     "build_backbone_from_checkpoint",
     "cache_dir",
     "describe_vit_config",

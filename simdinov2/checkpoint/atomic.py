@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,8 @@ import torch
 from .errors import DiskFullError, exception_chain
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# The name of `_new_temporary`'s files: `.<target name>.<8 hex digits>.tmp`.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 # Room for the zip directory and pickled structure around the tensor bytes of a torch.save file.
 _SAVE_OVERHEAD_BYTES = 1 << 16
 
@@ -68,7 +71,7 @@ def _new_temporary(path: Path, mode: str) -> Iterator[tuple[IO[Any], Path]]:
     """An open temporary file next to `path`, created with mode 0o666 minus the umask, removed on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # matches _TEMPORARY_NAME
         try:
             # like open(): permissions 0o666 & ~umask (tempfile.mkstemp would force 0o600)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -118,4 +121,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "disk_full_error", "is_disk_full", "tensor_bytes"]
+def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that writes killed mid-way (`kill -9`, a node lost) left in `folder`
+    (not its sub-folders); returns them. Call it when no write is under way, e.g. on resume."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TEMPORARY_NAME.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+__all__ = [
+    "atomic_torch_save", "atomic_write_text", "disk_full_error", "is_disk_full", "sweep_temporaries", "tensor_bytes",
+]

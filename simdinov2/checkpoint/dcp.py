@@ -59,6 +59,7 @@ from .safe_load import (
 logger = logging.getLogger("simdinov2")
 
 _CKPT_NAME = re.compile(r"^checkpoint_(\d+)$")
+_TMP_CKPT_NAME = re.compile(r"^\.tmp_checkpoint_(\d+)$")
 _MISMATCH = re.compile(r"mismatch|missing|unexpected|not found", re.IGNORECASE)
 TRAINER_STATE = "trainer_state.json"
 
@@ -124,11 +125,12 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
 
 
-def save_teacher_snapshot(teacher: nn.Module, path: str | os.PathLike) -> Path | None:
-    """Write `{"teacher": state_dict}` (plain tensors) to `path` from the main process (collective)."""
+def save_teacher_snapshot(teacher: nn.Module, path: str | os.PathLike, overwrite: bool = True) -> Path | None:
+    """Write `{"teacher": state_dict}` (plain tensors) to `path` from the main process (collective);
+    with `overwrite=False`, only if `path` does not exist yet."""
     state = full_state_dict(teacher)
     path = Path(path)
-    if distributed.is_main_process():
+    if distributed.is_main_process() and (overwrite or not path.is_file()):
         atomic_torch_save({"teacher": state}, path)
         logger.info("teacher snapshot written to %s", path)
     distributed.barrier()
@@ -215,6 +217,16 @@ class Checkpointer:
         found = self.checkpoints()
         return found[-1][1] if found else None
 
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove the temporary checkpoint folders of saves cut short by a kill (main process, on resume,
+        while nothing saves); returns them."""
+        if not self.root.is_dir():
+            return []
+        stale = [entry for entry in self.root.iterdir() if _TMP_CKPT_NAME.match(entry.name) and entry.is_dir()]
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return stale
+
     # ------------------------------------------------------------------ state
     def _state(self, with_optimizer: bool) -> dict[str, Any]:
         state: dict[str, Any] = {"model": get_model_state_dict(self.model)}
@@ -229,7 +241,7 @@ class Checkpointer:
         temporary folder is removed and the previous checkpoints are untouched. Out of disk space is one
         `DiskFullError` line with the space needed."""
         final = self.root / f"checkpoint_{iteration:08d}"
-        tmp = self.root / f".tmp_checkpoint_{iteration:08d}"
+        tmp = self.root / f".tmp_checkpoint_{iteration:08d}"  # matches _TMP_CKPT_NAME
         if distributed.is_main_process():
             if tmp.exists():
                 shutil.rmtree(tmp)

@@ -5,7 +5,12 @@ Owns `save_epoch` (after every epoch, on the main process: `checkpoint.pth`, eve
 state back from `checkpoint.pth`: student, teacher, optimizer, loss (DINO's center), fp16 scaler, the
 time-budget clock; refusing a checkpoint of another arch / patch / depth / objective with one line).
 Checkpoint keys are upstream's: student, teacher, optimizer, epoch, args, dino_loss (+ fp16_scaler, and
-train_seconds / iterations with a time budget).
+train_seconds / iterations with a time budget), and log_stats: the epoch's `log.txt` line.
+
+The end of an epoch is one recoverable unit: a run killed after `checkpoint.pth` was renamed but before
+the rest was written gets, on resume, the `log.txt` line (replayed from `log_stats`) and the periodic
+checkpoint of that epoch, loses the temporaries of writes cut short and the `training_metrics.json` rows
+of the epoch it re-runs (no duplicates): its files end as an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from simdinov2.checkpoint import atomic_torch_save, safe_torch_load, strip_wrapper_prefixes
+from simdinov2 import distributed
+from simdinov2.checkpoint import atomic_torch_save, safe_torch_load, strip_wrapper_prefixes, sweep_temporaries
 from simdinov2.errors import UserError
+from simdinov2.logging import resume_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -32,12 +39,40 @@ def save_epoch(
     output_dir: Path, epoch: int, state: dict[str, Any], log_stats: dict[str, Any], saveckp_freq: int
 ) -> None:
     """Write the end of `epoch` (call on the main process only): `checkpoint.pth`, the periodic copy,
-    then the `log.txt` line. Checkpoints are written atomically (a crash leaves the previous one)."""
+    then the `log.txt` line. Checkpoints are written atomically (a crash leaves the previous one) and
+    keep the log line, which `complete_epoch_end` writes if a kill came first."""
+    state = {**state, "log_stats": log_stats}
     atomic_torch_save(state, output_dir / "checkpoint.pth")
-    if saveckp_freq and epoch % saveckp_freq == 0:
-        atomic_torch_save(state, output_dir / f"checkpoint{epoch:04}.pth")
+    if _periodic_due(epoch, saveckp_freq):
+        atomic_torch_save(state, _periodic_path(output_dir, epoch))
     with (output_dir / "log.txt").open("a") as f:
         f.write(json.dumps(log_stats) + "\n")
+
+
+def _periodic_due(epoch: int, saveckp_freq: int) -> bool:
+    return bool(saveckp_freq) and epoch % saveckp_freq == 0
+
+
+def _periodic_path(output_dir: Path, epoch: int) -> Path:
+    return output_dir / f"checkpoint{epoch:04}.pth"
+
+
+def complete_epoch_end(output_dir: Path, ckpt: dict[str, Any] | None, saveckp_freq: int, niter_per_epoch: int) -> None:
+    """On resume (main process), write what the end of the checkpointed epoch left unwritten when the run
+    was killed: the periodic checkpoint and the `log.txt` line; remove temporaries of cut-short writes
+    and the `training_metrics.json` rows of the epochs about to be trained again."""
+    for stale in sweep_temporaries(output_dir):
+        logger.info("removed %s, left by a write that was cut short", stale)
+    if ckpt is None:
+        return
+    start_epoch = int(ckpt.get("epoch", 0))
+    last = start_epoch - 1
+    if last >= 0 and _periodic_due(last, saveckp_freq) and not _periodic_path(output_dir, last).is_file():
+        atomic_torch_save(ckpt, _periodic_path(output_dir, last))
+        logger.info("wrote %s, which the interrupted run did not", _periodic_path(output_dir, last))
+    resume_json_lines(output_dir / "log.txt", "epoch", start_epoch, ckpt.get("log_stats"))
+    if niter_per_epoch:
+        resume_json_lines(output_dir / "training_metrics.json", "iteration", start_epoch * niter_per_epoch)
 
 
 def epoch_state(
@@ -81,9 +116,13 @@ def _check_same_model(path: Path, ckpt: dict[str, Any], args: argparse.Namespace
 def restart_from_checkpoint(
     path: Path, args: argparse.Namespace, student: nn.Module, teacher: nn.Module,
     optimizer: torch.optim.Optimizer, loss_fn: nn.Module, scaler: torch.amp.GradScaler | None, clock: Any = None,
+    niter_per_epoch: int = 0,
 ) -> int:  # fmt: skip
-    """Resume every piece of state from `path`; return the epoch to start from (0 without a checkpoint)."""
+    """Resume every piece of state from `path`; return the epoch to start from (0 without a checkpoint).
+    The main process completes the checkpointed epoch's files (`complete_epoch_end`)."""
     if not path.is_file():
+        if distributed.is_main_process():
+            complete_epoch_end(path.parent, None, args.saveckp_freq, 0)
         return 0
     ckpt = _load(path)
     _check_same_model(path, ckpt, args)
@@ -105,4 +144,6 @@ def restart_from_checkpoint(
         clock.load_state_dict(ckpt)
     start_epoch = int(ckpt.get("epoch", 0))
     logger.info(f"Found checkpoint at {path}: resuming from epoch {start_epoch}")
+    if distributed.is_main_process():
+        complete_epoch_end(path.parent, ckpt, args.saveckp_freq, clock.niter_per_epoch if clock is not None else 0)
     return start_epoch

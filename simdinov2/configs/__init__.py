@@ -13,6 +13,7 @@ writing the resolved configuration to `<output-dir>/config.yaml`.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,8 @@ BASE_KEY = "_base_"
 SCALING_RULES = ("sqrt_wrt_1024", "linear_wrt_1024")
 # Sections whose keys are free-form: the keyword arguments of the optimizer chosen by `optim.opt`.
 FREE_FORM_SECTIONS = ("optim.kwargs",)
+
+logger = logging.getLogger("simdinov2")
 
 __all__ = [
     "CONFIG_DIR",
@@ -208,8 +211,25 @@ def get_cfg(config_file: str | os.PathLike | None = None, overrides: Iterable[st
         configs.append(load_config_file(config_file))
         sources.append(str(config_file))
     cfg = merge_with_defaults(*configs, overrides=overrides, sources=sources)
+    _check_types(cfg, default_config())
     _check_values(cfg)
     return cfg
+
+
+def _check_types(cfg: DictConfig, reference: DictConfig) -> None:
+    """A key whose default is a boolean must hold one, a key whose default is a number a number
+    (`optim.epochs=abc` is one line naming the key, not a `ValueError` from deep inside training).
+    Integer defaults accept any number: some are sentinels of float keys (`-1`: "same as the start")."""
+    values = _flat_keys(cfg)
+    for key, default in _flat_keys(reference).items():
+        value = values.get(key)
+        if type(default) not in (bool, int, float) or value is None:
+            continue
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{key}={value!r} must be true or false (its default is {str(default).lower()})")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}={value!r} must be a number (its default is {default!r})")
 
 
 def _check_values(cfg: DictConfig) -> None:
@@ -242,11 +262,26 @@ def _check_values(cfg: DictConfig) -> None:
             "student.drop_masks=true removes the masked patches the iBOT / patch loss needs: set ibot.loss_weight=0"
         )
     scheduled_actions(cfg)
+    _check_crops_fit_patches(cfg)
 
 
 def scheduled_actions(cfg: DictConfig) -> list[Action]:
     """`train.actions` checked against the run's keys: sorted (epoch, key, value) triples."""
     return parse_actions(cfg.train.actions, [k for k in _flat_keys(cfg) if k != "train.actions"])
+
+
+def _check_crops_fit_patches(cfg: DictConfig) -> None:
+    """A crop smaller than one patch is refused; a global crop that is not a whole number of patches is
+    trained on with its border pixels dropped, with a warning (as v1 does)."""
+    patch = int(cfg.student.patch_size)
+    crops = ["global_crops_size"] + (["local_crops_size"] if int(cfg.crops.local_crops_number) > 0 else [])
+    for key in crops:
+        if int(cfg.crops[key]) < patch:
+            raise UserError(f"crops.{key}={cfg.crops[key]} is smaller than one patch (student.patch_size={patch}): "
+                            f"raise crops.{key} or lower student.patch_size")
+    if int(cfg.crops.global_crops_size) % patch:
+        logger.warning("crops.global_crops_size=%d is not a multiple of student.patch_size=%d: border pixels are "
+                       "dropped", int(cfg.crops.global_crops_size), patch)
 
 
 def apply_scaling_rules_to_cfg(cfg: DictConfig, world_size: int) -> DictConfig:

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from simdinov2 import distributed
+from simdinov2.cli import make_output_dir
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval.features import class_balanced_subset, extract_features, l2_normalized, make_eval_loader
@@ -287,7 +288,7 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
         args.gather_on_cpu, autocast_dtype, args.n_per_class_list, args.n_tries,
     )  # fmt: skip
     if distributed.is_main_process():
-        os.makedirs(args.output_dir, exist_ok=True)
+        make_output_dir(args.output_dir)
         common = {
             "pretrained_weights": str(args.pretrained_weights),
             "train_dataset": args.train_dataset_str,

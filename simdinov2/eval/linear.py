@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from simdinov2 import distributed
+from simdinov2.cli import make_output_dir
 from simdinov2.logging import MetricLogger
 
 logger = logging.getLogger("simdinov2")
@@ -415,7 +416,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint_period = args.save_checkpoint_frequency * epoch_length
     optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_iter, eta_min=0.0)
-    os.makedirs(args.output_dir, exist_ok=True)
+    make_output_dir(args.output_dir)
 
     start_iteration = 0
     checkpoint_path = _checkpoint_path(args.output_dir)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simdinov2 import distributed
+from simdinov2.cli import make_output_dir
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval.features import extract_features, make_eval_loader
@@ -189,7 +190,7 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": image_size,
     }
     if distributed.is_main_process():
-        os.makedirs(args.output_dir, exist_ok=True)
+        make_output_dir(args.output_dir)
         with open(os.path.join(args.output_dir, "results_eval_log_regression.json"), "a") as f:
             f.write(json.dumps(record) + "\n")
     logger.info("logistic-regression evaluation done in %.0f s", time.time() - start)

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from simdinov2 import distributed
+from simdinov2.checkpoint.atomic import atomic_write_text
+from simdinov2.cli import make_output_dir
 
 logger = logging.getLogger("simdinov2")
 
@@ -60,6 +62,38 @@ class SmoothedValue:
 
     def __str__(self) -> str:
         return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
+
+
+def resume_json_lines(path: str | Path, key: str, first: int, replay: dict[str, Any] | None = None) -> None:
+    """Make the JSON-lines log `path` (`log.txt`, `training_metrics.json`) that of a run resuming at
+    `key` == `first`, so that it ends as an uninterrupted run's would: rows from `first` on (written after
+    the checkpoint resumed from; the resumed run writes them again) and a line cut short by a kill are
+    dropped, and `replay` (the row of the last checkpointed step, which the checkpoint keeps because the
+    kill may have come before it was written) is appended if its row is missing. Rewritten atomically,
+    and only when something changes. Call on the main process."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    kept, present = [], set()
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # cut short by the kill
+        position = row.get(key) if isinstance(row, dict) else None
+        if isinstance(position, (int, float)) and position >= first:
+            continue
+        kept.append(line)
+        present.add(position)
+    if replay is not None and replay.get(key) not in present:
+        kept.append(json.dumps(replay))
+    new_text = "".join(line + "\n" for line in kept)
+    if new_text != text:
+        atomic_write_text(path, new_text)
+
+
+def metrics_row_due(iteration: int, print_freq: int, n_iterations: int) -> bool:
+    """Whether `log_every` prints (and writes the `output_file` row of) `iteration`."""
+    return iteration % print_freq == 0 or iteration == n_iterations - 1
 
 
 class MetricLogger:
@@ -146,7 +180,7 @@ class MetricLogger:
                     self._dump_json(i - 1 + json_iteration_offset, iter_time.avg, data_time.avg)
                 raise
             iter_time.update(time.time() - end)
-            if i % print_freq == 0 or i == n_iterations - 1 or i == last_of_iterable:
+            if metrics_row_due(i, print_freq, n_iterations) or i == last_of_iterable:
                 self._dump_json(i + json_iteration_offset, iter_time.avg, data_time.avg)
                 last_dumped = i
                 eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
@@ -207,8 +241,7 @@ def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.
     root.setLevel(level if distributed.is_main_process() else logging.WARNING)
     root.propagate = False
     if distributed.is_main_process() and output_dir is not None:
-        path = Path(output_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        path = make_output_dir(output_dir)
         target = (path / log_name).resolve()
         if isinstance(sys.stdout, _Tee) and sys.stdout.path != target:
             # A second run in the same process (tests, submitit's debug executor) logs to its own folder.

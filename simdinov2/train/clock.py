@@ -85,7 +85,7 @@ class TrainingClock:
         return per_iteration * max(self.total_iterations - iteration, 0)
 
     def state_dict(self) -> dict[str, float]:
-        """Checkpoint entries: only with a budget (a budget-less checkpoint keeps upstream's exact keys)."""
+        """Checkpoint entries: only with a budget (without one, no clock entries are added to upstream's keys)."""
         return {"train_seconds": self.spent, "iterations": self.iterations} if self.budget else {}
 
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:

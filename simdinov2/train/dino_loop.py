@@ -50,6 +50,13 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UserError(f"--local_crops_number must be >= 0 (got {args.local_crops_number})")
     if getattr(args, "depth", 0) < 0:
         raise UserError(f"--depth must be >= 1 blocks, or 0 for the arch's own (got {args.depth})")
+    if args.arch in VIT_ARCHS:
+        crops = [("global_crops_size", args.global_crops_size)]
+        crops += [("local_crops_size", args.local_crops_size)] if args.local_crops_number else []
+        for name, size in crops:
+            if size < args.patch_size:
+                raise UserError(f"--{name} {size} is smaller than one patch (--patch_size {args.patch_size}): "
+                                f"raise --{name} or lower --patch_size")
     if args.arch in VIT_ARCHS and args.global_crops_size % args.patch_size:
         logger.warning("--global_crops_size %d is not a multiple of --patch_size %d: border pixels are dropped",
                        args.global_crops_size, args.patch_size)

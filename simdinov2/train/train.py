@@ -59,6 +59,7 @@ from simdinov2.train.recipe_keys import (
     epoch_length,
     snapshot_period,
 )
+from simdinov2.train.recovery import complete_iteration_end, snapshot_due, teacher_snapshot_path
 from simdinov2.train.ssl_meta_arch import SSLMetaArch, ibot_enabled
 from simdinov2.train.step import train_step
 from simdinov2.utils.schedules import CosineScheduler
@@ -214,10 +215,6 @@ def build_grad_scaler(cfg: DictConfig, model: SSLMetaArch) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _snapshot_path(output_dir: str | Path, iteration: int) -> Path:
-    return Path(output_dir) / "eval" / f"training_{iteration}" / "teacher_checkpoint.pth"
-
-
 def _resume(
     checkpointer: Checkpointer, scaler: Any, clock: TrainingClock, resume: bool
 ) -> tuple[int, Path | None]:
@@ -283,6 +280,7 @@ def do_train(
     checkpointer = Checkpointer(output_dir / "ckpt", model, optimizer, max_to_keep=int(cfg.checkpointing.max_to_keep))
     clock = TrainingClock(float(cfg.train.time_budget), total_iterations=max_iter, niter_per_epoch=epoch_len)
     start_iter, latest = _resume(checkpointer, scaler, clock, resume)
+    complete_iteration_end(cfg, model, checkpointer, latest, clock)
     logger.info(
         "dataset: %d images, %d iterations per epoch of %d x %d images, %d epochs = %d iterations",
         len(dataset), epoch_len, int(cfg.train.batch_size_per_gpu), distributed.get_world_size(),
@@ -327,8 +325,10 @@ class TrainingLoop:
         self.nan_guard = NonFiniteGuard(bool(cfg.ignore_nan), int(cfg.train.max_nan_steps))
         self.output_dir = Path(cfg.train.output_dir)
 
-    def save(self, iteration: int) -> None:
+    def save(self, iteration: int, metrics: dict[str, float]) -> None:
         trainer_state = {"epoch_len": self.epoch_len, "epoch": (iteration + 1) / self.epoch_len, **self.clock.state_dict()}
+        # the iteration's metrics row, written after the save: resuming writes it if a kill came first
+        trainer_state["metrics"] = {name: float(value) for name, value in metrics.items()}
         if self.scaler is not None:
             trainer_state["grad_scaler"] = self.scaler.state_dict()
         self.checkpointer.save(iteration, trainer_state)
@@ -381,17 +381,17 @@ class TrainingLoop:
             metric_logger.update(**metrics)
             self.trackers.log(metrics, step=iteration)
             if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
-                self.save(iteration)
-            if self.eval_period > 0 and (iteration + 1) % self.eval_period == 0:
-                save_teacher_snapshot(self.model.teacher_for_snapshot(), _snapshot_path(self.output_dir, iteration))
+                self.save(iteration, metrics)
+            if snapshot_due(iteration, self.eval_period):
+                save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
             iteration += 1
         if clock.stopped and iteration > start_iter:
             # The budget's end is the run's end: its checkpoint and the teacher snapshot for evaluation.
             logger.info("time budget of %.0f s reached after %d iterations: training stops here", clock.budget, iteration)
             if iteration % self.period != 0:
-                self.save(iteration - 1)
+                self.save(iteration - 1, metrics)
             if self.eval_period <= 0 or iteration % self.eval_period != 0:
-                save_teacher_snapshot(self.model.teacher_for_snapshot(), _snapshot_path(self.output_dir, iteration - 1))
+                save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration - 1))
         metric_logger.synchronize_between_processes()
         return iteration
 
@@ -412,7 +412,7 @@ def do_eval_only(cfg: DictConfig, model: SSLMetaArch) -> Path:
     """Write the teacher snapshot of the latest checkpoint (`--eval-only`)."""
     latest = latest_checkpoint(cfg)
     state = Checkpointer(latest.parent, model).load(latest, with_optimizer=False)
-    path = _snapshot_path(cfg.train.output_dir, int(state["iteration"]))
+    path = teacher_snapshot_path(cfg.train.output_dir, int(state["iteration"]))
     save_teacher_snapshot(model.teacher_for_snapshot(), path)
     return path
 

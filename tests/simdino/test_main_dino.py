@@ -140,8 +140,10 @@ def test_one_epoch_writes_the_upstream_files(base_run):
     for name in ("checkpoint.pth", "checkpoint0000.pth", "log.txt", "args.log", "output.log"):
         assert (out / name).is_file(), name
     ckpt = load_ckpt(out / "checkpoint.pth")
-    assert set(ckpt) == {"student", "teacher", "optimizer", "epoch", "args", "dino_loss"}
+    # upstream's keys, and the epoch's log.txt line (a resume writes it if a kill came before it)
+    assert set(ckpt) == {"student", "teacher", "optimizer", "epoch", "args", "dino_loss", "log_stats"}
     assert ckpt["epoch"] == 1 and ckpt["args"].arch == "vit_tiny"
+    assert [ckpt["log_stats"]] == read_log(out)
     for part in ("student", "teacher"):
         roots = {key.split(".")[0] for key in ckpt[part]}
         assert roots == {"backbone", "head"}, roots
@@ -201,6 +203,64 @@ def test_resume_after_interruption_equals_uninterrupted_run(train_dir, tmp_path)
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][pid][name]))
 
 
+class _Killed(BaseException):
+    """`kill -9` at a chosen point: nothing after it runs (not an Exception: no handler catches it)."""
+
+
+def _metric_iterations(out: Path) -> list[int]:
+    return [json.loads(line)["iteration"] for line in (out / "training_metrics.json").read_text().splitlines()]
+
+
+def test_kill_after_checkpoint_rename_loses_nothing_on_resume(train_dir, tmp_path, monkeypatch):
+    from simdinov2.checkpoint import epoch_checkpoint
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_main(train_dir, full, "--saveckp_freq", "1", epochs=2)
+
+    real_save = epoch_checkpoint.atomic_torch_save
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        if Path(path).name == "checkpoint.pth" and state["epoch"] == 2:
+            # killed after the rename, with another write's temporary half done
+            (Path(path).parent / ".checkpoint0001.pth.0123abcd.tmp").write_bytes(b"partial")
+            raise _Killed
+
+    monkeypatch.setattr(epoch_checkpoint, "atomic_torch_save", save_then_die)
+    with pytest.raises(_Killed):
+        run_main(train_dir, killed, "--saveckp_freq", "1", epochs=2)
+    monkeypatch.setattr(epoch_checkpoint, "atomic_torch_save", real_save)
+    assert len(read_log(killed)) == 1 and not (killed / "checkpoint0001.pth").exists()
+
+    run_main(train_dir, killed, "--saveckp_freq", "1", epochs=2)
+    assert (killed / "log.txt").read_text() == (full / "log.txt").read_text()
+    periodic_full, periodic = load_ckpt(full / "checkpoint0001.pth"), load_ckpt(killed / "checkpoint0001.pth")
+    assert periodic["epoch"] == periodic_full["epoch"] == 2
+    for key in periodic_full["teacher"]:
+        assert torch.equal(periodic["teacher"][key], periodic_full["teacher"][key]), key
+    assert not list(killed.glob(".*.tmp"))
+    assert _metric_iterations(killed) == _metric_iterations(full)
+    # resuming again (nothing left to train) writes nothing twice
+    run_main(train_dir, killed, "--saveckp_freq", "1", epochs=2)
+    assert (killed / "log.txt").read_text() == (full / "log.txt").read_text()
+
+
+def test_kill_mid_epoch_leaves_no_duplicate_metric_rows(train_dir, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_main(train_dir, full, "--saveckp_freq", "1", epochs=2)
+    rows = (full / "training_metrics.json").read_text().splitlines(keepends=True)
+    epoch0 = [row for row in rows if json.loads(row)["iteration"] < 2]  # 2 iterations per epoch
+    assert 0 < len(epoch0) < len(rows)
+    # killed during epoch 1: its first row written, the next one cut short
+    resumed.mkdir()
+    (resumed / "checkpoint.pth").write_bytes((full / "checkpoint0000.pth").read_bytes())
+    (resumed / "log.txt").write_text((full / "log.txt").read_text().splitlines(keepends=True)[0])
+    (resumed / "training_metrics.json").write_text("".join(epoch0) + rows[len(epoch0)] + '{"iteration": 3, "lo')
+    run_main(train_dir, resumed, "--saveckp_freq", "1", epochs=2)
+    assert _metric_iterations(resumed) == _metric_iterations(full)
+    assert (resumed / "log.txt").read_text() == (full / "log.txt").read_text()
+
+
 def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(train_dir, tmp_path):
     out = tmp_path / "dino"
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
@@ -242,6 +302,20 @@ def test_missing_tracker_package_is_one_line(train_dir, tmp_path, monkeypatch, c
     message = str(exc.value.code)
     assert "pip install swanlab" in message and "\n" not in message
     assert not (tmp_path / "swan" / "checkpoint.pth").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--patch_size", "32"], "--global_crops_size 28 is smaller than one patch (--patch_size 32)"),
+        (["--patch_size", "16"], "--local_crops_size 12 is smaller than one patch (--patch_size 16)"),
+    ],
+)
+def test_patch_larger_than_a_crop_is_one_line(train_dir, tmp_path, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_dir, tmp_path / "out", *flags)
+    assert str(exc.value.code) == f"main_dino.py: error: {message}: raise {message.split()[0]} or lower --patch_size"
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(base_run, train_dir, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from simdinov2.configs import (
     load_config_file,
     write_config,
 )
+from simdinov2.errors import UserError
 
 SHIPPED = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml") if p.name != "ssl_default_config.yaml")
 
@@ -141,6 +143,56 @@ def test_malformed_inputs_give_one_line(tmp_path):
     b.write_text("_base_: a.yaml\n")
     with pytest.raises(ValueError, match="cycle"):
         get_cfg(a)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.epochs=abc", "optim.epochs='abc' must be a number"),
+        ("optim.epochs=true", "optim.epochs=True must be a number"),
+        ("optim.base_lr=fast", "optim.base_lr='fast' must be a number"),
+        ("train.wandb=maybe", "train.wandb='maybe' must be true or false"),
+    ],
+)
+def test_value_of_the_wrong_type_names_the_key(override, message):
+    with pytest.raises(UserError) as info:
+        get_cfg(None, [override])
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_numbers_are_accepted_where_a_number_is_expected():
+    cfg = get_cfg(None, ["optim.base_lr=1", "optim.epochs=3", "ibot.loss_weight_end=0.2"])  # default -1
+    assert cfg.optim.base_lr == 1 and cfg.optim.epochs == 3 and cfg.ibot.loss_weight_end == 0.2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["student.patch_size=32", "crops.global_crops_size=28"], "crops.global_crops_size=28"),
+        (["student.patch_size=16", "crops.global_crops_size=32", "crops.local_crops_size=12"], "crops.local_crops_size=12"),
+    ],
+)
+def test_crop_smaller_than_a_patch_is_one_line(overrides, key):
+    with pytest.raises(UserError, match=f"^{key} is smaller than one patch \\(student.patch_size="):
+        get_cfg(None, overrides)
+
+
+def test_local_crops_smaller_than_a_patch_are_fine_when_there_are_none():
+    get_cfg(None, ["student.patch_size=16", "crops.global_crops_size=32", "crops.local_crops_size=12",
+                   "crops.local_crops_number=0"])  # fmt: skip
+
+
+def test_crop_not_a_multiple_of_the_patch_warns(caplog):
+    logger = logging.getLogger("simdinov2")
+    logger.addHandler(caplog.handler)
+    try:
+        get_cfg(None, ["student.patch_size=4", "crops.global_crops_size=30", "crops.local_crops_size=12"])
+        assert "crops.global_crops_size=30 is not a multiple of student.patch_size=4" in caplog.text
+        caplog.clear()
+        get_cfg(None, ["student.patch_size=4", "crops.global_crops_size=32", "crops.local_crops_size=12"])
+        assert "not a multiple" not in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
 
 
 @pytest.mark.parametrize(("rule", "world", "expected"), [("sqrt_wrt_1024", 8, math.sqrt(0.5)), ("linear_wrt_1024", 4, 0.25)])
