@@ -10,19 +10,14 @@ forward + backward on the 2 global and the local crops of a batch, without and w
 - `ms`: median time of the step.
 The gradients of both runs are compared (they must be identical: the recomputation replays the RNG).
 
-    python benchmarks/gradient_checkpointing.py                     # vit_small/16, 224 + 96 px, batch 8 (CPU)
-    python benchmarks/gradient_checkpointing.py --arch vit_large --batch 32 --device cuda --dtypes bf16
+    python -m benchmarks.gradient_checkpointing                     # vit_small/16, 224 + 96 px, batch 8 (CPU)
+    python -m benchmarks.gradient_checkpointing --arch vit_large --batch 32 --device cuda --dtypes bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

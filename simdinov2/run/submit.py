@@ -178,13 +178,11 @@ class ScriptTask(SubmititTask):
 
 
 def _ensure_repo_importable() -> None:
-    """Jobs run `python -m submitit.core._submit` elsewhere; without `pip install -e .` they need the
-    repository on PYTHONPATH (inherited by local subprocesses and by sbatch's --export=ALL)."""
+    """Jobs run `python -m submitit.core._submit` in a new interpreter: the repository on their PYTHONPATH
+    (inherited by local subprocesses and by sbatch's --export=ALL) makes them import this very checkout."""
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(_REPO_ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT), *paths])
-    if str(_REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(_REPO_ROOT))
 
 
 def detect_cluster() -> tuple[str, str]:
