@@ -37,7 +37,7 @@ from simdinov2 import distributed
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval.features import class_balanced_subset, extract_features, l2_normalized, make_eval_loader
-from simdinov2.eval.setup import eval_image_size, run_cli, run_main, setup_and_build_model
+from simdinov2.eval.setup import eval_cli, eval_image_size, run_main, setup_and_build_model
 from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 
 logger = logging.getLogger("simdinov2")
@@ -169,6 +169,8 @@ def knn_classify_sharded(
 
 def feasible_ks(ks: Sequence[int], num_train: int) -> list[int]:
     """The requested k that a bank of `num_train` features supports; logs the ones dropped."""
+    if any(int(k) < 1 for k in ks):
+        raise UserError(f"the numbers of neighbours must be >= 1 (got {list(ks)})")
     kept = sorted({int(k) for k in ks if int(k) <= num_train})
     dropped = sorted({int(k) for k in ks} - set(kept))
     if dropped:
@@ -311,8 +313,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, set up logging and the process group, turn user errors into one line."""
-    return run_cli(get_args_parser(add_help=True), main, argv)
+    return eval_cli(get_args_parser(add_help=True), main, argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from simdinov2 import distributed
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval.features import extract_features, make_eval_loader
-from simdinov2.eval.setup import eval_image_size, run_cli, run_main, setup_and_build_model
+from simdinov2.eval.setup import eval_cli, eval_image_size, run_main, setup_and_build_model
 from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 
 logger = logging.getLogger("simdinov2")
@@ -204,8 +204,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-
-    return run_cli(get_args_parser(add_help=True), main, argv)
+    return eval_cli(get_args_parser(add_help=True), main, argv)
 
 
 if __name__ == "__main__":
