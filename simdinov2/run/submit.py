@@ -26,7 +26,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -156,12 +155,11 @@ class SubmititTask:
 
 def _ensure_repo_importable() -> None:
     """Jobs run `python -m submitit.core._submit` elsewhere; without `pip install -e .` they need the
-    repository on PYTHONPATH (inherited by local subprocesses and by sbatch's --export=ALL)."""
+    repository on PYTHONPATH (inherited by local subprocesses and by sbatch's --export=ALL). This process
+    imports the package already, so only the jobs' environment changes."""
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(_REPO_ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT), *paths])
-    if str(_REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(_REPO_ROOT))
 
 
 def detect_cluster() -> tuple[str, str]:
