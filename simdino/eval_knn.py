@@ -36,7 +36,7 @@ from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.features import extract_features, l2_normalized, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, format_knn_result, knn_classify_sharded
 from simdinov2.eval.setup import run_main
-from simdinov2.eval.v1_setup import add_model_args, build_v1_eval_model, image_folder
+from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2.utils.utils import bool_flag
 
 logger = logging.getLogger("simdinov2")
@@ -55,17 +55,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="keep the feature banks on the GPU and vote there; set to False if the banks do not "
                              "fit in GPU memory. Without CUDA the CPU is used (one log line says so)")
     add_model_args(parser)
+    add_data_args(parser)
     parser.add_argument("--dump_features", default=None,
                         help="folder where the computed features are saved (trainfeat.pth, testfeat.pth, "
                              "trainlabels.pth, testlabels.pth)")
     parser.add_argument("--load_features", default=None,
                         help="folder of features saved by --dump_features: skips the model and the images")
-    parser.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
-    parser.add_argument("--dist_url", default="env://", type=str,
-                        help="kept for DINO compatibility; the process group always uses env:// (torchrun / SLURM)")
-    parser.add_argument("--local_rank", "--local-rank", default=0, type=int, help="set by the launcher; ignored")
-    parser.add_argument("--data_path", default="", type=str,
-                        help="folder with train/ and val/ ImageFolder trees (one sub-folder per class)")
     parser.add_argument("--output_dir", default=None, type=str,
                         help="where knn_results.json (one JSON record per run with every k) is appended; default: "
                              "the folder of --pretrained_weights, or --load_features")
@@ -160,9 +155,10 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
     return results
 
 
-def cli(argv: Sequence[str] | None = None) -> dict[int, tuple[float, float]]:
+def cli(argv: Sequence[str] | None = None) -> int:
     """Parse, join the process group (torchrun / SLURM / none), run `main`; a user error is one line."""
-    return run_cli("eval_knn.py", run_main, main, get_args_parser().parse_args(argv), log_to_output_dir=False)
+    run_cli("eval_knn.py", run_main, main, get_args_parser().parse_args(argv), log_to_output_dir=False)
+    return 0
 
 
 if __name__ == "__main__":

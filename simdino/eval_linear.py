@@ -31,27 +31,15 @@ except ImportError as e:  # pragma: no cover - depends on the install
 import torch
 from torch import nn
 
+from simdinov2 import data
 from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
 from simdinov2.cli import run_cli
-from simdinov2.data import (
-    make_classification_eval_transform,
-    make_classification_train_transform,
-    make_data_loader,
-)
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
+from simdinov2.eval import linear as probe
 from simdinov2.eval.backbone import default_output_dir
 from simdinov2.eval.features import make_eval_loader
-from simdinov2.eval.linear import (
-    LinearClassifier,
-    ModelWithIntermediateLayers,
-    create_linear_input,
-    evaluate_classifiers,
-    scale_lr,
-    stretch_cosine_schedule,
-    train_step,
-)
 from simdinov2.eval.setup import run_main
-from simdinov2.eval.v1_setup import add_model_args, build_v1_eval_model, image_folder
+from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2.logging import MetricLogger
 from simdinov2.utils.utils import bool_flag, fix_random_seeds
 
@@ -68,16 +56,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="also concatenate the mean patch token of the last block (DINO: False for ViT-S, "
                              "True for ViT-B)")
     add_model_args(parser)
+    add_data_args(parser)
     parser.add_argument("--epochs", default=100, type=int, help="number of training epochs")
     parser.add_argument("--lr", default=0.001, type=float,
                         help="learning rate at batch size 256 (scaled linearly with the global batch size)")
     parser.add_argument("--batch_size_per_gpu", default=128, type=int, help="images per process per iteration")
-    parser.add_argument("--dist_url", default="env://", type=str,
-                        help="kept for DINO compatibility; the process group always uses env:// (torchrun / SLURM)")
-    parser.add_argument("--local_rank", "--local-rank", default=0, type=int, help="set by the launcher; ignored")
-    parser.add_argument("--data_path", default="", type=str,
-                        help="folder with train/ and val/ ImageFolder trees (one sub-folder per class)")
-    parser.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
     parser.add_argument("--val_freq", default=1, type=int, help="epoch frequency of the validation")
     parser.add_argument("--output_dir", default=None,
                         help="where checkpoint.pth.tar and log.txt are written (default: eval_linear/ next to "
@@ -114,7 +97,7 @@ def _load_checkpoint(path: str, needed: tuple[str, ...] = ("state_dict",)) -> di
     return checkpoint
 
 
-def _load_classifier(classifier: LinearClassifier, state: dict, source: str) -> None:
+def _load_classifier(classifier: probe.LinearClassifier, state: dict, source: str) -> None:
     try:
         classifier.load_state_dict(state)
     except RuntimeError:
@@ -160,13 +143,13 @@ def _build_probe(args: argparse.Namespace, device: torch.device, train_dataset, 
     avgpool = args.avgpool_patchtokens if is_vit else False
     if is_vit and n_last_blocks > model.depth:
         raise UserError(f"--n_last_blocks {n_last_blocks} exceeds the {model.depth} blocks of {args.arch}")
-    feature_model = ModelWithIntermediateLayers(model, n_last_blocks)
+    feature_model = probe.ModelWithIntermediateLayers(model, n_last_blocks)
     num_labels = resolve_num_labels(args, train_dataset, val_dataset)
     sample = feature_model(val_dataset[0][0][None].to(device))
-    embed_dim = create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
+    embed_dim = probe.create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
     # Upstream v1's feature order, so its trained classifiers predict the same here.
-    classifier = LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=num_labels,
-                                  dino_v1_order=True).to(device)
+    classifier = probe.LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=num_labels,
+                                        dino_v1_order=True).to(device)
     return feature_model, classifier
 
 
@@ -177,7 +160,7 @@ def _evaluate_only(args: argparse.Namespace, feature_model, classifier, val_load
         raise MissingFileError(f"--evaluate needs a trained classifier: {source} does not exist (train first, "
                                "or pass --linear_weights)")
     _load_classifier(classifier, _classifier_state(_load_checkpoint(source)), source)
-    stats = evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
+    stats = probe.evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
     if distributed.is_main_process():
         print(f"Accuracy of the network on the {len(val_loader.dataset)} test images: {stats['top1']:.1f}%", flush=True)
     return stats["top1"]
@@ -190,7 +173,7 @@ def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_load
     metric_logger = MetricLogger(delimiter="  ")
     for images, labels in metric_logger.log_every(train_loader, 20, header=f"Epoch: [{epoch}]"):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss = train_step(feature_model, trained, optimizer, images, labels)
+        loss = probe.train_step(feature_model, trained, optimizer, images, labels)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite linear-probe loss in epoch {epoch}; lower --lr")
         metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
@@ -206,11 +189,11 @@ def main(args: argparse.Namespace) -> float:
     if args.output_dir is None:
         args.output_dir = default_output_dir(args.pretrained_weights, "eval_linear")
         logger.info("--output_dir not given: writing to %s (next to the evaluated checkpoint)", args.output_dir)
-    val_dataset = image_folder(args.data_path, "val", make_classification_eval_transform(crop_size=args.img_size))
+    val_dataset = image_folder(args.data_path, "val", data.make_classification_eval_transform(crop_size=args.img_size))
     train_dataset = None
     if not args.evaluate:
         train_dataset = image_folder(args.data_path, "train",
-                                     make_classification_train_transform(crop_size=args.img_size))
+                                     data.make_classification_train_transform(crop_size=args.img_size))
     feature_model, classifier = _build_probe(args, device, train_dataset, val_dataset)
     val_loader = make_eval_loader(val_dataset, args.batch_size_per_gpu, args.num_workers, pad=False)
     checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
@@ -220,10 +203,10 @@ def main(args: argparse.Namespace) -> float:
     trained: nn.Module = classifier
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(classifier)
-    train_loader = make_data_loader(train_dataset, args.batch_size_per_gpu, args.num_workers, shuffle=True,
+    train_loader = data.make_data_loader(train_dataset, args.batch_size_per_gpu, args.num_workers, shuffle=True,
                                     seed=args.seed, sampler_type="distributed", drop_last=False)
     logger.info("Data loaded with %d train and %d val imgs.", len(train_dataset), len(val_dataset))
-    optimizer = torch.optim.SGD(trained.parameters(), lr=scale_lr(args.lr, args.batch_size_per_gpu),
+    optimizer = torch.optim.SGD(trained.parameters(), lr=probe.scale_lr(args.lr, args.batch_size_per_gpu),
                                 momentum=0.9, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=0.0)
     start_epoch, best_acc = 0, 0.0
@@ -233,7 +216,7 @@ def main(args: argparse.Namespace) -> float:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, best_acc = int(checkpoint["epoch"]), float(checkpoint.get("best_acc", 0.0))
-        stretch_cosine_schedule(scheduler, args.epochs)
+        probe.stretch_cosine_schedule(scheduler, args.epochs)
         logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -242,7 +225,7 @@ def main(args: argparse.Namespace) -> float:
         scheduler.step()
         log_stats["epoch"] = epoch
         if epoch % args.val_freq == 0 or epoch == args.epochs - 1:
-            test_stats = evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
+            test_stats = probe.evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
             best_acc = max(best_acc, test_stats["top1"])
             if distributed.is_main_process():
                 print(f"Accuracy at epoch {epoch} of the network on the {len(val_dataset)} test images: "
@@ -263,9 +246,10 @@ def main(args: argparse.Namespace) -> float:
     return best_acc
 
 
-def cli(argv: Sequence[str] | None = None) -> float:
+def cli(argv: Sequence[str] | None = None) -> int:
     """Parse, join the process group (torchrun / SLURM / none), run `main`; a user error is one line."""
-    return run_cli("eval_linear.py", run_main, main, get_args_parser().parse_args(argv), log_to_output_dir=False)
+    run_cli("eval_linear.py", run_main, main, get_args_parser().parse_args(argv), log_to_output_dir=False)
+    return 0
 
 
 if __name__ == "__main__":

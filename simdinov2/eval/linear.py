@@ -50,9 +50,8 @@ from simdinov2.data import (
     make_dataset,
 )
 from simdinov2.errors import NonFiniteLossError, UserError
+from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import dataset_labels, make_eval_loader
-from simdinov2.eval.setup import eval_cli, eval_image_size, run_main, setup_and_build_model
-from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 from simdinov2.logging import MetricLogger
 from simdinov2.precision import autocast
 from simdinov2.utils.utils import fix_random_seeds
@@ -290,18 +289,12 @@ def get_args_parser(
     add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
 ) -> argparse.ArgumentParser:
     """DINOv2's linear-probe flags on top of the shared set-up flags."""
-    parser = argparse.ArgumentParser(
-        description=description or "Linear probing of a SimDINOv2 teacher (grid over lr × blocks × avgpool)",
-        parents=[get_setup_args_parser(add_help=False), *(parents or [])],
-        add_help=add_help,
+    description = description or "Linear probing of a SimDINOv2 teacher (grid over lr × blocks × avgpool)"
+    parser = eval_setup.get_eval_args_parser(
+        description, add_help, parents, val_role="validation (selects the best classifier)"
     )
-    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
-                        help="training dataset string, e.g. ImageFolder:root=P/train")
-    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
-                        help="validation dataset string (selects the best classifier)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=128, help="images per process per iteration")
-    parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
     parser.add_argument("--epoch-length", type=int, default=DEFAULT_EPOCH_LENGTH,
                         help="iterations per epoch (upstream's 1250; <= 0: one pass over the training set, "
                              "len(dataset) // global batch)")
@@ -374,9 +367,9 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     if not args.learning_rates or min(args.learning_rates) <= 0:
         raise UserError("--learning-rates must be positive numbers")
     fix_random_seeds(args.seed)
-    model, autocast_dtype, config = setup_and_build_model(args)
+    model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
     device = distributed.get_device()
-    image_size = eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config)
     train_dataset = make_dataset(args.train_dataset_str, transform=make_classification_train_transform(crop_size=image_size))
     check_global_batch(len(train_dataset), args.batch_size, distributed.get_world_size())
     val_dataset = make_dataset(args.val_dataset_str, transform=make_classification_eval_transform(crop_size=image_size))
@@ -476,13 +469,13 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     """Entry point of the launchers: process group and logging, then `run_linear_probe`."""
     start = time.time()
-    run_main(run_linear_probe, args)
+    eval_setup.run_main(run_linear_probe, args)
     logger.info("linear evaluation done in %.0f s", time.time() - start)
     return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    return eval_cli(get_args_parser(add_help=True), main, argv)
+    return eval_setup.eval_cli(get_args_parser(add_help=True), main, argv)
 
 
 if __name__ == "__main__":

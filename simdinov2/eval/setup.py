@@ -62,6 +62,26 @@ def get_args_parser(
     return parser
 
 
+def get_eval_args_parser(
+    description: str,
+    add_help: bool,
+    parents: Sequence[argparse.ArgumentParser] | None,
+    train_role: str = "training",
+    val_role: str = "evaluation",
+) -> argparse.ArgumentParser:
+    """The parser of a v2 evaluation: the set-up flags above, then `parents`, then the dataset flags
+    (DINOv2's dataset strings, `train_role` / `val_role` saying what each set is for) and loader workers."""
+    parser = argparse.ArgumentParser(
+        description=description, parents=[get_args_parser(add_help=False), *(parents or [])], add_help=add_help
+    )
+    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
+                        help=f"{train_role} dataset string, e.g. ImageFolder:root=P/train")
+    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
+                        help=f"{val_role} dataset string, e.g. ImageFolder:root=P/val")
+    parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
+    return parser
+
+
 def load_eval_config(config_file: str | None, opts: Sequence[str] = ()) -> DictConfig:
     """The training config: `ssl_default_config.yaml` ⊕ `config_file` (when given) ⊕ `key=value`
     overrides, validated by the v2 config loader (a run's resolved `config.yaml` passes through unchanged)."""

@@ -21,7 +21,12 @@ from torch import nn
 from simdinov2.checkpoint import load_backbone_weights
 from simdinov2.data import ImageFolderDataset
 from simdinov2.errors import MissingFileError, UserError
-from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint, training_crop_size
+from simdinov2.eval.backbone import (
+    build_eval_backbone,
+    check_v1_arch_flags,
+    read_checkpoint,
+    training_crop_size,
+)
 from simdinov2.train.multicrop import TORCHVISION_ARCHS, VIT_ARCHS, build_backbone
 
 logger = logging.getLogger("simdinov2")
@@ -46,6 +51,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="evaluation crop: images are resized to img_size*8/7 (256 for 224) and centre-cropped. "
                              "Default: the training crop stored in the checkpoint's args (main_dino.py runs), "
                              "else 224")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """The dataset and launcher flags common to the v1 evaluations (DINO's names)."""
+    parser.add_argument("--dist_url", default="env://", type=str,
+                        help="kept for DINO compatibility; the process group always uses env:// (torchrun / SLURM)")
+    parser.add_argument("--local_rank", "--local-rank", default=0, type=int, help="set by the launcher; ignored")
+    parser.add_argument("--data_path", default="", type=str,
+                        help="folder with train/ and val/ ImageFolder trees (one sub-folder per class)")
+    parser.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
 
 
 def _resolve_img_size(args: argparse.Namespace, checkpoint: Any) -> None:
