@@ -21,12 +21,7 @@ from torch import nn
 from simdinov2.checkpoint import load_backbone_weights
 from simdinov2.data import ImageFolderDataset
 from simdinov2.errors import MissingFileError, UserError
-from simdinov2.eval.backbone import (
-    build_eval_backbone,
-    check_v1_arch_flags,
-    read_checkpoint,
-    training_crop_size,
-)
+from simdinov2.eval import backbone
 from simdinov2.train.multicrop import TORCHVISION_ARCHS, VIT_ARCHS, build_backbone
 
 logger = logging.getLogger("simdinov2")
@@ -65,7 +60,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def _resolve_img_size(args: argparse.Namespace, checkpoint: Any) -> None:
     if args.img_size is None:
-        trained_at = training_crop_size(checkpoint)
+        trained_at = backbone.training_crop_size(checkpoint)
         args.img_size = trained_at or 224
         origin = "the training crop stored in the checkpoint" if trained_at else "the default; the checkpoint stores none"
         logger.info("evaluation crop %d px (%s; --img_size changes it)", args.img_size, origin)
@@ -81,7 +76,7 @@ def build_v1_eval_model(args: argparse.Namespace, device: torch.device) -> nn.Mo
         raise UserError("--pretrained_weights is required: the checkpoint to evaluate (e.g. OUTPUT_DIR/checkpoint.pth)")
     if not os.path.exists(args.pretrained_weights):
         raise MissingFileError(f"--pretrained_weights {args.pretrained_weights} does not exist")
-    checkpoint = read_checkpoint(args.pretrained_weights)
+    checkpoint = backbone.read_checkpoint(args.pretrained_weights)
     _resolve_img_size(args, checkpoint)
     if args.arch in TORCHVISION_ARCHS:
         backbone_args = argparse.Namespace(arch=args.arch, patch_size=args.patch_size, global_crops_size=args.img_size)
@@ -91,9 +86,9 @@ def build_v1_eval_model(args: argparse.Namespace, device: torch.device) -> nn.Mo
         model.requires_grad_(False)
         model.eval()
     else:
-        model, config = build_eval_backbone(checkpoint, args.checkpoint_key, args.pretrained_weights,
-                                            check=check_v1_arch_flags(args.arch, args.patch_size,
-                                                                      args.pretrained_weights))
+        check = backbone.check_v1_arch_flags(args.arch, args.patch_size, args.pretrained_weights)
+        model, config = backbone.build_eval_backbone(checkpoint, args.checkpoint_key, args.pretrained_weights,
+                                                     check=check)
         args.arch = args.arch or config["arch"] or f"vit (width {config['embed_dim']})"
         args.patch_size = config["patch_size"]
     return model.to(device)
