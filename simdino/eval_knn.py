@@ -3,9 +3,9 @@
 --patch_size 16 --pretrained_weights D/checkpoint.pth --data_path P` or `torchrun --nproc_per_node=N
 eval_knn.py ...`.
 
-This script owns the v1 command line (REFERENCE.md §2 flags plus `--img_size`, `--output_dir`) and the
-v1 glue shared with `eval_linear.py` (building the backbone, loading the weights, the ImageFolder
-datasets under `--data_path`). The work itself is done by the shared cores in `simdinov2.eval`:
+This script owns the v1 command line (upstream DINO's k-NN flags plus `--img_size`, `--output_dir`). The
+v1 set-up it shares with `eval_linear.py` (backbone flags and building, the ImageFolder datasets under
+`--data_path`) is `simdinov2.eval.v1_setup`; the work itself is done by the shared cores in `simdinov2.eval`:
 distributed feature extraction and the chunked weighted vote. Features are the final-norm CLS tokens,
 L2-normalised; each k prints DINO's line `{k}-NN classifier result: Top1: {top1}, Top5: {top5}` and the
 main process appends one JSON record with every k to `OUTPUT_DIR/knn_results.json`.
@@ -15,142 +15,36 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-# Run from inside `simdino/` without `pip install -e .`: make the repository root importable.
-if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - depends on the install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    from simdinov2 import distributed
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise SystemExit(f"eval_knn.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-from simdinov2 import distributed  # noqa: E402
-from simdinov2.cli import make_output_dir  # noqa: E402
-from simdinov2.eval.backbone import (  # noqa: E402
-    build_eval_backbone,
-    check_v1_arch_flags,
-    read_checkpoint,
-    training_crop_size,
-)
-from simdinov2.eval.features import extract_features, l2_normalized, make_eval_loader  # noqa: E402
-from simdinov2.eval.knn import feasible_ks, format_knn_result, knn_classify_sharded  # noqa: E402
-from simdinov2.logging import setup_logging  # noqa: E402
-from simdinov2.utils.utils import bool_flag  # noqa: E402
+from simdinov2 import distributed
+from simdinov2.cli import make_output_dir, run_cli
+from simdinov2.data import make_classification_eval_transform
+from simdinov2.errors import MissingFileError, UserError
+from simdinov2.eval.features import extract_features, l2_normalized, make_eval_loader
+from simdinov2.eval.knn import feasible_ks, format_knn_result, knn_classify_sharded
+from simdinov2.eval.setup import run_main
+from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
+from simdinov2.utils.utils import bool_flag
 
 logger = logging.getLogger("simdinov2")
 
 FEATURE_FILES = ("trainfeat.pth", "testfeat.pth", "trainlabels.pth", "testlabels.pth")  # DINO's dump names
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
-# ------------------------------------------------------------------------------ v1 glue (also eval_linear)
-def arch_choices() -> list[str]:
-    from simdinov2.train.multicrop import TORCHVISION_ARCHS, VIT_ARCHS
-
-    return VIT_ARCHS + TORCHVISION_ARCHS
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The backbone flags common to the v1 evaluations. A ViT's architecture is read from the checkpoint;
-    --arch / --patch_size, when given, are checked against it."""
-    parser.add_argument("--arch", default=None, type=str, choices=arch_choices(), metavar="ARCH",
-                        help="architecture of the evaluated backbone: vit_tiny, vit_small, vit_base, vit_large, "
-                             "vit_giant2 or a torchvision convnet (resnet50, ...). Default: the ViT the checkpoint "
-                             "holds (width, depth, registers, LayerScale read from its tensors); a given ViT arch "
-                             "must agree with the weights. Required for convnets")
-    parser.add_argument("--patch_size", default=None, type=int,
-                        help="patch resolution of the ViT (default: the checkpoint's; checked when given)")
-    parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="checkpoint to evaluate (main_dino.py's checkpoint.pth, a v2 teacher_checkpoint.pth, "
-                             "a released checkpoint, ...)")
-    parser.add_argument("--checkpoint_key", default="teacher", type=str,
-                        help='key of the checkpoint holding the backbone (e.g. "teacher" or "student")')
-    parser.add_argument("--img_size", default=None, type=int,
-                        help="evaluation crop: images are resized to img_size*8/7 (256 for 224) and centre-cropped. "
-                             "Default: the training crop stored in the checkpoint's args (main_dino.py runs), "
-                             "else 224")
-
-
-def _resolve_img_size(args: argparse.Namespace, checkpoint: Any) -> None:
-    if args.img_size is None:
-        trained_at = training_crop_size(checkpoint)
-        args.img_size = trained_at or 224
-        origin = "the training crop stored in the checkpoint" if trained_at else "the default; the checkpoint stores none"
-        logger.info("evaluation crop %d px (%s; --img_size changes it)", args.img_size, origin)
-    if args.img_size <= 0:
-        raise ValueError(f"--img_size must be positive (got {args.img_size})")
-
-
-def build_v1_eval_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
-    """The backbone of `--pretrained_weights`, frozen, on `device`: a ViT built from the checkpoint's own
-    tensors (flags checked against them), or the torchvision convnet `--arch` names. Fills in
-    `args.arch`, `args.patch_size` and `args.img_size` from the checkpoint when they were not given."""
-    from simdinov2.checkpoint import load_backbone_weights
-    from simdinov2.train.multicrop import TORCHVISION_ARCHS, build_backbone
-
-    if not args.pretrained_weights:
-        raise ValueError("--pretrained_weights is required: the checkpoint to evaluate (e.g. OUTPUT_DIR/checkpoint.pth)")
-    if not os.path.exists(args.pretrained_weights):
-        raise FileNotFoundError(f"--pretrained_weights {args.pretrained_weights} does not exist")
-    checkpoint = read_checkpoint(args.pretrained_weights)
-    _resolve_img_size(args, checkpoint)
-    if args.arch in TORCHVISION_ARCHS:
-        backbone_args = argparse.Namespace(arch=args.arch, patch_size=args.patch_size, global_crops_size=args.img_size)
-        model, _ = build_backbone(backbone_args, drop_path_rate=0.0)
-        report = load_backbone_weights(model, checkpoint, checkpoint_key=args.checkpoint_key, verbose=False)
-        logger.info("Pretrained weights found at %s: %s", args.pretrained_weights, report.summary())
-        model.requires_grad_(False)
-        model.eval()
-    else:
-        model, config = build_eval_backbone(checkpoint, args.checkpoint_key, args.pretrained_weights,
-                                            check=check_v1_arch_flags(args.arch, args.patch_size,
-                                                                      args.pretrained_weights))
-        args.arch = args.arch or config["arch"] or f"vit (width {config['embed_dim']})"
-        args.patch_size = config["patch_size"]
-    return model.to(device)
-
-
-def image_folder(data_path: str, split: str, transform: Any):
-    """`data_path/split` as an ImageFolder dataset, with a one-line error when it is missing."""
-    from simdinov2.data import ImageFolderDataset
-
-    if not data_path:
-        raise ValueError("--data_path is required: a folder holding train/ and val/ ImageFolder trees")
-    root = Path(data_path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data_path {data_path} does not exist")
-    if not (root / split).is_dir():
-        raise FileNotFoundError(f"--data_path {data_path} has no {split}/ folder (expected {data_path}/train and "
-                                f"{data_path}/val, one sub-folder per class)")
-    return ImageFolderDataset(str(root / split), transform=transform)
-
-
-def run_v1_cli(parser: argparse.ArgumentParser, main, argv: Sequence[str] | None = None) -> int:
-    """Parse, start the process group (torchrun / SLURM / single process), run; a user error ends
-    the run with one line and exit code 1."""
-    args = parser.parse_args(argv)
-    try:
-        distributed.init_distributed("auto")
-        setup_logging(None)
-        main(args)
-        return 0
-    except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise SystemExit(f"error: {message}") from None
-    finally:
-        distributed.destroy()
-
-
-# ---------------------------------------------------------------------------------------------- k-NN
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Evaluation with weighted k-NN on ImageNet", add_help=add_help)
     parser.add_argument("--batch_size_per_gpu", default=128, type=int, help="images per process per forward pass")
@@ -162,17 +56,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="keep the feature banks on the GPU and vote there; set to False if the banks do not "
                              "fit in GPU memory. Without CUDA the CPU is used (one log line says so)")
     add_model_args(parser)
+    add_data_args(parser)
     parser.add_argument("--dump_features", default=None,
                         help="folder where the computed features are saved (trainfeat.pth, testfeat.pth, "
                              "trainlabels.pth, testlabels.pth)")
     parser.add_argument("--load_features", default=None,
                         help="folder of features saved by --dump_features: skips the model and the images")
-    parser.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
-    parser.add_argument("--dist_url", default="env://", type=str,
-                        help="kept for DINO compatibility; the process group always uses env:// (torchrun / SLURM)")
-    parser.add_argument("--local_rank", "--local-rank", default=0, type=int, help="set by the launcher; ignored")
-    parser.add_argument("--data_path", default="", type=str,
-                        help="folder with train/ and val/ ImageFolder trees (one sub-folder per class)")
     parser.add_argument("--output_dir", default=None, type=str,
                         help="where knn_results.json (one JSON record per run with every k) is appended; default: "
                              "the folder of --pretrained_weights, or --load_features")
@@ -189,8 +78,6 @@ def _storage_device(use_cuda: bool) -> torch.device:
 
 def compute_features(args: argparse.Namespace, storage: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train features, test features, train labels, test labels), features L2-normalised."""
-    from simdinov2.data import make_classification_eval_transform
-
     device = distributed.get_device()
     model = build_v1_eval_model(args, device)
     transform = make_classification_eval_transform(crop_size=args.img_size)
@@ -212,9 +99,13 @@ def compute_features(args: argparse.Namespace, storage: torch.device) -> tuple[T
 def load_features(folder: str, storage: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     missing = [name for name in FEATURE_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        raise FileNotFoundError(f"--load_features {folder} lacks {', '.join(missing)} (written by --dump_features)")
+        raise MissingFileError(f"--load_features {folder} lacks {', '.join(missing)} (written by --dump_features)")
     tensors = [torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True) for name in FEATURE_FILES]
     train_features, test_features, train_labels, test_labels = (t.to(storage) for t in tensors)
+    if (train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]
+            or len(train_labels) != len(train_features) or len(test_labels) != len(test_features)):
+        raise UserError(f"--load_features {folder}: the features are not two [N, D] banks of one width with one "
+                        "label per row; dump them again with --dump_features")
     # Idempotent for our dumps; makes upstream dumps and hand-made banks valid cosine-similarity inputs.
     return F.normalize(train_features.float(), dim=1), F.normalize(test_features.float(), dim=1), \
         train_labels.long(), test_labels.long()
@@ -222,7 +113,7 @@ def load_features(folder: str, storage: torch.device) -> tuple[Tensor, Tensor, T
 
 def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
     if args.temperature <= 0:
-        raise ValueError(f"--temperature must be > 0 (got {args.temperature})")
+        raise UserError(f"--temperature must be > 0 (got {args.temperature})")
     if args.output_dir and distributed.is_main_process():
         make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     start = time.time()
@@ -267,5 +158,11 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
     return results
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Parse, join the process group (torchrun / SLURM / none), run `main`; a user error is one line."""
+    run_cli("eval_knn.py", run_main, main, get_args_parser().parse_args(argv), log_to_output_dir=False)
+    return 0
+
+
 if __name__ == "__main__":
-    run_v1_cli(get_args_parser(), main)
+    cli()

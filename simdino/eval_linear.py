@@ -3,9 +3,9 @@
 --patch_size 16 --pretrained_weights D/checkpoint.pth --data_path P` or `torchrun --nproc_per_node=N
 eval_linear.py ...`.
 
-This script owns the v1 command line (REFERENCE.md §2 flags plus `--img_size`) and the epoch loop.
-The classifier, the frozen feature model and the train / evaluation steps are the shared core of
-`simdinov2.eval.linear`; the backbone, weights and datasets come through `eval_knn.py`'s v1 glue.
+This script owns the v1 command line (upstream DINO's linear-probe flags plus `--img_size`) and the epoch
+loop. The classifier, the frozen feature model and the train / evaluation steps are the shared core of
+`simdinov2.eval.linear`; the backbone, weights and datasets come through `simdinov2.eval.v1_setup`.
 
 One linear layer on the concatenated CLS tokens of the last `--n_last_blocks` blocks (plus the mean
 patch token with `--avgpool_patchtokens true`), SGD momentum 0.9, lr `--lr` × global batch / 256 with a
@@ -18,38 +18,30 @@ per-epoch cosine decay to 0. Files in `--output_dir`: `checkpoint.pth.tar` (`epo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-# Run from inside `simdino/` without `pip install -e .`: make the repository root importable.
-if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - depends on the install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    from simdinov2 import distributed
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise SystemExit(f"eval_linear.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from simdino.eval_knn import add_model_args, build_v1_eval_model, image_folder, run_v1_cli  # noqa: E402
-from simdinov2 import distributed  # noqa: E402
-from simdinov2.checkpoint import atomic_torch_save  # noqa: E402
-from simdinov2.cli import make_output_dir  # noqa: E402
-from simdinov2.eval.backbone import default_output_dir  # noqa: E402
-from simdinov2.eval.features import make_eval_loader  # noqa: E402
-from simdinov2.eval.linear import (  # noqa: E402
-    LinearClassifier,
-    ModelWithIntermediateLayers,
-    create_linear_input,
-    evaluate_classifiers,
-    scale_lr,
-    stretch_cosine_schedule,
-    train_step,
-)
-from simdinov2.logging import MetricLogger  # noqa: E402
-from simdinov2.utils.utils import bool_flag, fix_random_seeds  # noqa: E402
+from simdinov2 import data
+from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
+from simdinov2.cli import make_output_dir, run_cli
+from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
+from simdinov2.eval import linear as probe
+from simdinov2.eval.backbone import default_output_dir
+from simdinov2.eval.features import make_eval_loader
+from simdinov2.eval.setup import run_main
+from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
+from simdinov2.logging import MetricLogger
+from simdinov2.utils.utils import bool_flag, fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
 
@@ -64,16 +56,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="also concatenate the mean patch token of the last block (DINO: False for ViT-S, "
                              "True for ViT-B)")
     add_model_args(parser)
+    add_data_args(parser)
     parser.add_argument("--epochs", default=100, type=int, help="number of training epochs")
     parser.add_argument("--lr", default=0.001, type=float,
                         help="learning rate at batch size 256 (scaled linearly with the global batch size)")
     parser.add_argument("--batch_size_per_gpu", default=128, type=int, help="images per process per iteration")
-    parser.add_argument("--dist_url", default="env://", type=str,
-                        help="kept for DINO compatibility; the process group always uses env:// (torchrun / SLURM)")
-    parser.add_argument("--local_rank", "--local-rank", default=0, type=int, help="set by the launcher; ignored")
-    parser.add_argument("--data_path", default="", type=str,
-                        help="folder with train/ and val/ ImageFolder trees (one sub-folder per class)")
-    parser.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
     parser.add_argument("--val_freq", default=1, type=int, help="epoch frequency of the validation")
     parser.add_argument("--output_dir", default=None,
                         help="where checkpoint.pth.tar and log.txt are written (default: eval_linear/ next to "
@@ -92,9 +79,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace) -> None:
     for flag in ("epochs", "batch_size_per_gpu", "val_freq", "num_labels", "n_last_blocks"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
+            raise UserError(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
     if args.lr <= 0:
-        raise ValueError(f"--lr must be > 0 (got {args.lr})")
+        raise UserError(f"--lr must be > 0 (got {args.lr})")
 
 
 def _classifier_state(checkpoint: dict) -> dict:
@@ -102,21 +89,20 @@ def _classifier_state(checkpoint: dict) -> dict:
     return {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
 
 
-def _load_checkpoint(path: str) -> dict:
-    from simdinov2.checkpoint import safe_torch_load
-
+def _load_checkpoint(path: str, needed: tuple[str, ...] = ("state_dict",)) -> dict:
     checkpoint = safe_torch_load(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a linear-probe checkpoint (no state_dict entry)")
+    missing = [key for key in needed if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not a linear-probe checkpoint (no {', '.join(missing)} entry)")
     return checkpoint
 
 
-def _load_classifier(classifier: LinearClassifier, state: dict, source: str) -> None:
+def _load_classifier(classifier: probe.LinearClassifier, state: dict, source: str) -> None:
     try:
         classifier.load_state_dict(state)
     except RuntimeError:
         shapes = {k: tuple(v.shape) for k, v in state.items()}
-        raise ValueError(
+        raise UserError(
             f"{source} holds a classifier of shape {shapes.get('linear.weight')} but this run needs "
             f"{tuple(classifier.linear.weight.shape)} (check --num_labels, --n_last_blocks, --avgpool_patchtokens, "
             "--arch)"
@@ -130,7 +116,7 @@ def resolve_num_labels(args: argparse.Namespace, train_dataset, val_dataset) -> 
     if train_dataset is not None and list(train_dataset.classes) != list(val_dataset.classes):
         only_train = sorted(set(train_dataset.classes) - set(val_dataset.classes))[:3]
         only_val = sorted(set(val_dataset.classes) - set(train_dataset.classes))[:3]
-        raise ValueError(
+        raise UserError(
             f"{args.data_path}/train has {len(train_dataset.classes)} class folders and {args.data_path}/val "
             f"{len(val_dataset.classes)}, not the same ones (only in train: {only_train or 'none'}, only in val: "
             f"{only_val or 'none'}); both need the same class sub-folders"
@@ -141,98 +127,107 @@ def resolve_num_labels(args: argparse.Namespace, train_dataset, val_dataset) -> 
                     found)
         return found
     if args.num_labels != found:
-        raise ValueError(
+        raise UserError(
             f"--num_labels {args.num_labels} does not match the {found} class folders of {reference.root}: drop "
             f"--num_labels (the dataset's count is used) or pass --num_labels {found}"
         )
     return found
 
 
-def main(args: argparse.Namespace) -> float:
-    """Train (or with --evaluate only evaluate) the linear probe; returns the best validation top-1."""
-    from simdinov2.data import (
-        make_classification_eval_transform,
-        make_classification_train_transform,
-        make_data_loader,
-    )
-
-    _validate(args)
-    if args.output_dir is not None and distributed.is_main_process():
-        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
-    fix_random_seeds(args.seed)
-    device = distributed.get_device()
+def _build_probe(args: argparse.Namespace, device: torch.device, train_dataset, val_dataset):
+    """(frozen feature model, classifier) for the backbone of `--pretrained_weights`: a convnet gives one
+    pooled feature (no blocks to concatenate, no patch tokens to average)."""
     model = build_v1_eval_model(args, device)
     is_vit = hasattr(model, "get_intermediate_layers")
     n_last_blocks = args.n_last_blocks if is_vit else 1
     avgpool = args.avgpool_patchtokens if is_vit else False
     if is_vit and n_last_blocks > model.depth:
-        raise ValueError(f"--n_last_blocks {n_last_blocks} exceeds the {model.depth} blocks of {args.arch}")
-    feature_model = ModelWithIntermediateLayers(model, n_last_blocks)
+        raise UserError(f"--n_last_blocks {n_last_blocks} exceeds the {model.depth} blocks of {args.arch}")
+    feature_model = probe.ModelWithIntermediateLayers(model, n_last_blocks)
+    num_labels = resolve_num_labels(args, train_dataset, val_dataset)
+    sample = feature_model(val_dataset[0][0][None].to(device))
+    embed_dim = probe.create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
+    # Upstream v1's feature order, so its trained classifiers predict the same here.
+    classifier = probe.LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=num_labels,
+                                        dino_v1_order=True).to(device)
+    return feature_model, classifier
+
+
+def _evaluate_only(args: argparse.Namespace, feature_model, classifier, val_loader, device, checkpoint_path) -> float:
+    """--evaluate: the accuracy of the trained classifier (`--linear_weights` or the run's checkpoint)."""
+    source = args.linear_weights or checkpoint_path
+    if not os.path.isfile(source):
+        raise MissingFileError(f"--evaluate needs a trained classifier: {source} does not exist (train first, "
+                               "or pass --linear_weights)")
+    _load_classifier(classifier, _classifier_state(_load_checkpoint(source)), source)
+    stats = probe.evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
+    if distributed.is_main_process():
+        print(f"Accuracy of the network on the {len(val_loader.dataset)} test images: {stats['top1']:.1f}%", flush=True)
+    return stats["top1"]
+
+
+def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_loader, device) -> dict:
+    """One epoch of SGD on the classifier; returns the epoch's averaged `train_*` statistics."""
+    train_loader.sampler.set_epoch(epoch)
+    trained.train()
+    metric_logger = MetricLogger(delimiter="  ")
+    for images, labels in metric_logger.log_every(train_loader, 20, header=f"Epoch: [{epoch}]"):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss = probe.train_step(feature_model, trained, optimizer, images, labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite linear-probe loss in epoch {epoch}; lower --lr")
+        metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+    metric_logger.synchronize_between_processes()
+    return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
+
+
+def main(args: argparse.Namespace) -> float:
+    """Train (or with --evaluate only evaluate) the linear probe; returns the best validation top-1."""
+    _validate(args)
+    if args.output_dir is not None and distributed.is_main_process():
+        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
+    fix_random_seeds(args.seed)
+    device = distributed.get_device()
     if args.output_dir is None:
         args.output_dir = default_output_dir(args.pretrained_weights, "eval_linear")
         logger.info("--output_dir not given: writing to %s (next to the evaluated checkpoint)", args.output_dir)
-
-    val_dataset = image_folder(args.data_path, "val", make_classification_eval_transform(crop_size=args.img_size))
+    val_dataset = image_folder(args.data_path, "val", data.make_classification_eval_transform(crop_size=args.img_size))
     train_dataset = None
     if not args.evaluate:
         train_dataset = image_folder(args.data_path, "train",
-                                     make_classification_train_transform(crop_size=args.img_size))
-    num_labels = resolve_num_labels(args, train_dataset, val_dataset)
+                                     data.make_classification_train_transform(crop_size=args.img_size))
+    feature_model, classifier = _build_probe(args, device, train_dataset, val_dataset)
     val_loader = make_eval_loader(val_dataset, args.batch_size_per_gpu, args.num_workers, pad=False)
-    sample = feature_model(val_dataset[0][0][None].to(device))
-    embed_dim = create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
-    # Upstream v1's feature order, so its trained classifiers predict the same here.
-    classifier = LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=num_labels, dino_v1_order=True).to(device)
+    checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
+    if args.evaluate:
+        return _evaluate_only(args, feature_model, classifier, val_loader, device, checkpoint_path)
+
     trained: nn.Module = classifier
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(classifier)
-    checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
-
-    if args.evaluate:
-        source = args.linear_weights or checkpoint_path
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"--evaluate needs a trained classifier: {source} does not exist (train first, "
-                                    "or pass --linear_weights)")
-        _load_classifier(classifier, _classifier_state(_load_checkpoint(source)), source)
-        stats = evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
-        if distributed.is_main_process():
-            print(f"Accuracy of the network on the {len(val_dataset)} test images: {stats['top1']:.1f}%", flush=True)
-        return stats["top1"]
-
-    train_loader = make_data_loader(train_dataset, args.batch_size_per_gpu, args.num_workers, shuffle=True,
+    train_loader = data.make_data_loader(train_dataset, args.batch_size_per_gpu, args.num_workers, shuffle=True,
                                     seed=args.seed, sampler_type="distributed", drop_last=False)
     logger.info("Data loaded with %d train and %d val imgs.", len(train_dataset), len(val_dataset))
-    optimizer = torch.optim.SGD(trained.parameters(), lr=scale_lr(args.lr, args.batch_size_per_gpu),
+    optimizer = torch.optim.SGD(trained.parameters(), lr=probe.scale_lr(args.lr, args.batch_size_per_gpu),
                                 momentum=0.9, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=0.0)
-
     start_epoch, best_acc = 0, 0.0
     if os.path.isfile(checkpoint_path):
-        checkpoint = _load_checkpoint(checkpoint_path)
+        checkpoint = _load_checkpoint(checkpoint_path, ("state_dict", "optimizer", "scheduler", "epoch"))
         _load_classifier(classifier, _classifier_state(checkpoint), checkpoint_path)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, best_acc = int(checkpoint["epoch"]), float(checkpoint.get("best_acc", 0.0))
-        stretch_cosine_schedule(scheduler, args.epochs)
+        probe.stretch_cosine_schedule(scheduler, args.epochs)
         logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
     make_output_dir(args.output_dir)
 
     for epoch in range(start_epoch, args.epochs):
-        train_loader.sampler.set_epoch(epoch)
-        trained.train()
-        metric_logger = MetricLogger(delimiter="  ")
-        for images, labels in metric_logger.log_every(train_loader, 20, header=f"Epoch: [{epoch}]"):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = train_step(feature_model, trained, optimizer, images, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite linear-probe loss in epoch {epoch}; lower --lr")
-            metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
-        metric_logger.synchronize_between_processes()
+        log_stats = _train_epoch(args, epoch, feature_model, trained, optimizer, train_loader, device)
         scheduler.step()
-        log_stats = {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
         log_stats["epoch"] = epoch
         if epoch % args.val_freq == 0 or epoch == args.epochs - 1:
-            test_stats = evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
+            test_stats = probe.evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
             best_acc = max(best_acc, test_stats["top1"])
             if distributed.is_main_process():
                 print(f"Accuracy at epoch {epoch} of the network on the {len(val_dataset)} test images: "
@@ -254,7 +249,9 @@ def main(args: argparse.Namespace) -> float:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    return run_v1_cli(get_args_parser(), main, argv)
+    """Parse, join the process group (torchrun / SLURM / none), run `main`; a user error is one line."""
+    run_cli("eval_linear.py", run_main, main, get_args_parser().parse_args(argv), log_to_output_dir=False)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,25 +14,28 @@ astronaut photo shipped with scikit-image, so it runs offline.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 
-if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - run from simdino/ without install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    from simdinov2.cli import run_cli
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise SystemExit(f"visualize_attention.py: error: {e}; install the package first: `pip install -e .` from the "
+                     "repository root")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from simdinov2.cli import make_output_dir  # noqa: E402
-from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from simdinov2.data.datasets import load_rgb_image  # noqa: E402
-from simdinov2.eval.attention_maps import cls_attention_maps, threshold_masks  # noqa: E402
-from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint  # noqa: E402
-from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit  # noqa: E402
+from simdinov2.cli import make_output_dir
+from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
+from simdinov2.data.datasets import load_rgb_image
+from simdinov2.distributed import resolve_device
+from simdinov2.errors import MissingFileError, UserError
+from simdinov2.eval.attention_maps import cls_attention_maps, threshold_masks
+from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint
+from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit
 
 logger = logging.getLogger("simdinov2")
 
@@ -81,8 +84,8 @@ def load_image(image_path: str | None) -> Image.Image:
         return Image.fromarray(data.astronaut()).convert("RGB")
     path = Path(image_path)
     if not path.is_file():
-        raise FileNotFoundError(f"--image_path {image_path} is not a file")
-    return load_rgb_image(path)  # 16-bit images scaled to 8 bit; a bad file is one ValueError line
+        raise MissingFileError(f"--image_path {image_path} is not a file")
+    return load_rgb_image(path)  # 16-bit images scaled to 8 bit; a bad file is a one-line user error
 
 
 def preprocess(image: Image.Image, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
@@ -106,7 +109,7 @@ def save_visualizations(
     img: torch.Tensor, attn: torch.Tensor, patch_size: int, output_dir: Path, threshold: float | None
 ) -> list[Path]:
     """Write img.png, attn-head{j}.png and (with a threshold) mask_th{t}_head{j}.png; return the paths."""
-    import matplotlib
+    import matplotlib  # optional dependency (requirements.txt, dev extra): only this program draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -134,26 +137,26 @@ def save_visualizations(
     return written
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    args = get_args_parser().parse_args(argv)
-    from simdinov2.distributed import resolve_device
-
-    try:
-        device = resolve_device(args.device)
-        make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
-        image = load_image(args.image_path)
-        model = load_model(args, device)
-        args.patch_size = model.patch_size
-        size = tuple(args.image_size) * 2 if len(args.image_size) == 1 else tuple(args.image_size[:2])
-        img = preprocess(image, size, args.patch_size).to(device)
-        if img.shape[-1] < args.patch_size or img.shape[-2] < args.patch_size:
-            raise ValueError(f"--image_size {args.image_size} is smaller than one patch ({args.patch_size} px)")
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"visualize_attention.py: error: {e}") from None
+def visualize(args: argparse.Namespace) -> list[Path]:
+    """Write the attention maps (and masks) of the image; returns the paths written."""
+    device = resolve_device(args.device)
+    make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
+    image = load_image(args.image_path)
+    model = load_model(args, device)
+    args.patch_size = model.patch_size
+    size = tuple(args.image_size) * 2 if len(args.image_size) == 1 else tuple(args.image_size[:2])
+    img = preprocess(image, size, args.patch_size).to(device)
+    if img.shape[-1] < args.patch_size or img.shape[-2] < args.patch_size:
+        raise UserError(f"--image_size {args.image_size} is smaller than one patch ({args.patch_size} px)")
     attn = cls_attention_maps(model, img)
     written = save_visualizations(img, attn, args.patch_size, Path(args.output_dir), args.threshold)
     print(f"{len(written)} images written to {args.output_dir}")
     return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Parse and run `visualize`; a user error ends the program with one line."""
+    return run_cli("visualize_attention.py", visualize, get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Image augmentations of both trees: DINO multi-crop and the linear-probe / k-NN transforms.
 
-`DataAugmentationDINO` owns the multi-crop recipe (REFERENCE.md §2, identical in v1 and v2):
+`DataAugmentationDINO` owns the multi-crop recipe (upstream DINO's, identical in v1 and v2):
 two global crops and `local_crops_number` local crops, each a RandomResizedCrop (bicubic) with
 horizontal flip, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8 and grayscale p=0.2; Gaussian blur p=1.0 on
 global 1, p=0.1 plus solarize p=0.2 on global 2, p=0.5 on the locals; ImageNet normalisation.

@@ -32,6 +32,7 @@ from simdinov2.checkpoint import (
     infer_vit_config,
     safe_torch_load,
 )
+from simdinov2.errors import MissingFileError, UserError
 from simdinov2.models import build_vit
 
 logger = logging.getLogger("simdinov2")
@@ -44,11 +45,11 @@ def read_checkpoint(path: str) -> Any:
     """The checkpoint at `path` read once (safely): its object for a file, the path itself for a DCP
     directory (read lazily by the loader). One line when the path does not exist."""
     if not path:
-        raise ValueError("no checkpoint given: pass the weights to evaluate (e.g. OUTPUT_DIR/checkpoint.pth)")
+        raise UserError("no checkpoint given: pass the weights to evaluate (e.g. OUTPUT_DIR/checkpoint.pth)")
     if os.path.isdir(path):
         return path
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     return safe_torch_load(path)
 
 

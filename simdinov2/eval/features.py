@@ -14,7 +14,6 @@ What this module owns:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from simdinov2 import distributed
 from simdinov2.data.samplers import usable_num_workers
+from simdinov2.errors import UserError
 from simdinov2.logging import MetricLogger
+from simdinov2.precision import autocast
 
 logger = logging.getLogger("simdinov2")
 
@@ -81,7 +82,7 @@ def make_eval_loader(
     """An ordered, sharded loader over `dataset` for evaluation (see `ShardSampler` for `pad`); workers
     capped at the cores available (`usable_num_workers`)."""
     if len(dataset) == 0:  # type: ignore[arg-type]
-        raise ValueError("the evaluation dataset is empty; check the dataset path")
+        raise UserError("the evaluation dataset is empty; check the dataset path")
     wrapped = IndexedDataset(dataset) if with_indices else dataset
     return DataLoader(
         wrapped,
@@ -92,14 +93,6 @@ def make_eval_loader(
         drop_last=False,
         persistent_workers=False,
     )
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA only: on CPU the frozen backbones run in float32 (bf16 CPU kernels are
-    slower than fp32 for the small models evaluated there and cost accuracy)."""
-    if dtype is None or dtype == torch.float32 or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def l2_normalized(model: nn.Module | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -171,7 +164,7 @@ def extract_features(
             indices = torch.arange(next_row, next_row + images.shape[0])
             next_row += images.shape[0]
         images = images.to(device, non_blocking=True)
-        with autocast_context(device, autocast_dtype):
+        with autocast(device, autocast_dtype, cuda_only=True):
             batch_features = model(images)
         batch_features = batch_features.float()
         indices = indices.to(device=batch_features.device, dtype=torch.long)

@@ -37,9 +37,8 @@ from simdinov2 import distributed
 from simdinov2.cli import make_output_dir
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
+from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import class_balanced_subset, extract_features, l2_normalized, make_eval_loader
-from simdinov2.eval.setup import eval_image_size, run_cli, run_main, setup_and_build_model
-from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 
 logger = logging.getLogger("simdinov2")
 
@@ -170,6 +169,8 @@ def knn_classify_sharded(
 
 def feasible_ks(ks: Sequence[int], num_train: int) -> list[int]:
     """The requested k that a bank of `num_train` features supports; logs the ones dropped."""
+    if any(int(k) < 1 for k in ks):
+        raise UserError(f"the numbers of neighbours must be >= 1 (got {list(ks)})")
     kept = sorted({int(k) for k in ks if int(k) <= num_train})
     dropped = sorted({int(k) for k in ks} - set(kept))
     if dropped:
@@ -190,16 +191,8 @@ def get_args_parser(
 ) -> argparse.ArgumentParser:
     """DINOv2's k-NN flags on top of the shared setup flags (`--config-file --pretrained-weights
     --output-dir --opts`)."""
-    setup_parser = get_setup_args_parser(add_help=False)
-    parser = argparse.ArgumentParser(
-        description=description or "Weighted k-NN evaluation of a SimDINOv2 teacher on frozen features",
-        parents=[setup_parser, *(parents or [])],
-        add_help=add_help,
-    )
-    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
-                        help="training (memory bank) dataset string, e.g. ImageFolder:root=P/train")
-    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
-                        help="evaluation dataset string, e.g. ImageFolder:root=P/val")
+    description = description or "Weighted k-NN evaluation of a SimDINOv2 teacher on frozen features"
+    parser = eval_setup.get_eval_args_parser(description, add_help, parents, train_role="training (memory bank)")
     parser.add_argument("--nb_knn", "--nb-knn", dest="nb_knn", nargs="+", type=int, default=[10, 20, 100, 200],
                         help="numbers of nearest neighbours to evaluate (k larger than the bank is skipped)")
     parser.add_argument("--temperature", type=float, default=0.07, help="temperature T of the exp(sim/T) vote")
@@ -209,7 +202,6 @@ def get_args_parser(
     parser.add_argument("--n-per-class-list", nargs="+", type=int, default=[-1],
                         help="few-shot banks: training samples per class (-1 = the full training set)")
     parser.add_argument("--n-tries", type=int, default=1, help="random draws of each few-shot bank")
-    parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
     parser.add_argument("--image-size", type=int, default=None,
                         help="evaluation crop size (default: crops.global_crops_size of the config); images are "
                              "resized to size*8/7 then centre-cropped")
@@ -277,8 +269,8 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"--temperature must be > 0 (got {args.temperature})")
     if args.n_tries < 1:
         raise UserError(f"--n-tries must be >= 1 (got {args.n_tries})")
-    model, autocast_dtype, config = setup_and_build_model(args)
-    image_size = eval_image_size(args.image_size, config)
+    model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
+    image_size = eval_setup.eval_image_size(args.image_size, config)
     transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     val_dataset = make_dataset(args.val_dataset_str, transform=transform)
@@ -307,13 +299,12 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of the launchers: process group and logging, then `run_knn`."""
-    run_main(run_knn, args)
+    eval_setup.run_main(run_knn, args)
     return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, set up logging and the process group, turn user errors into one line."""
-    return run_cli(get_args_parser(add_help=True), main, argv)
+    return eval_setup.eval_cli(get_args_parser(add_help=True), main, argv)
 
 
 if __name__ == "__main__":

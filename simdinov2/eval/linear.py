@@ -31,14 +31,9 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-if __name__ == "__main__" and not __package__:  # `python simdinov2/eval/linear.py`: import the package
-    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import torch
 import torch.distributed as dist
@@ -47,8 +42,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from simdinov2 import distributed
+from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
 from simdinov2.cli import make_output_dir
+from simdinov2.data import (
+    make_classification_eval_transform,
+    make_classification_train_transform,
+    make_data_loader,
+    make_dataset,
+)
+from simdinov2.errors import NonFiniteLossError, UserError
+from simdinov2.eval import setup as eval_setup
+from simdinov2.eval.features import dataset_labels, make_eval_loader
 from simdinov2.logging import MetricLogger
+from simdinov2.precision import autocast
+from simdinov2.utils.utils import fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
 
@@ -86,9 +93,7 @@ class ModelWithIntermediateLayers(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
-        from simdinov2.eval.features import autocast_context
-
-        with autocast_context(images.device, self.autocast_dtype):
+        with autocast(images.device, self.autocast_dtype, cuda_only=True):
             if hasattr(self.feature_model, "get_intermediate_layers"):
                 outputs = self.feature_model.get_intermediate_layers(
                     images, self.n_last_blocks, return_class_token=True
@@ -285,20 +290,12 @@ def get_args_parser(
     add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
 ) -> argparse.ArgumentParser:
     """DINOv2's linear-probe flags on top of the shared set-up flags."""
-    from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
-
-    parser = argparse.ArgumentParser(
-        description=description or "Linear probing of a SimDINOv2 teacher (grid over lr × blocks × avgpool)",
-        parents=[get_setup_args_parser(add_help=False), *(parents or [])],
-        add_help=add_help,
+    description = description or "Linear probing of a SimDINOv2 teacher (grid over lr × blocks × avgpool)"
+    parser = eval_setup.get_eval_args_parser(
+        description, add_help, parents, val_role="validation (selects the best classifier)"
     )
-    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
-                        help="training dataset string, e.g. ImageFolder:root=P/train")
-    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
-                        help="validation dataset string (selects the best classifier)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=128, help="images per process per iteration")
-    parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
     parser.add_argument("--epoch-length", type=int, default=DEFAULT_EPOCH_LENGTH,
                         help="iterations per epoch (upstream's 1250; <= 0: one pass over the training set, "
                              "len(dataset) // global batch)")
@@ -351,7 +348,7 @@ def check_global_batch(n_images: int, batch_size: int, processes: int) -> None:
         fix = f"pass --batch-size {fitting} or less" if fitting >= 1 else "use fewer processes"
         if fitting >= 1 and processes > 1:
             fix += " (or use fewer processes)"
-        raise ValueError(
+        raise UserError(
             f"--batch-size {batch_size} per process x {processes} process{'es' if processes != 1 else ''} = global batch {global_batch} > "
             f"{n_images} training images: {fix}"
         )
@@ -359,20 +356,9 @@ def check_global_batch(n_images: int, batch_size: int, processes: int) -> None:
 
 def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate the grid; returns the final summary record."""
-    from simdinov2.checkpoint import atomic_torch_save
-    from simdinov2.data import (
-        make_classification_eval_transform,
-        make_classification_train_transform,
-        make_data_loader,
-        make_dataset,
-    )
-    from simdinov2.eval.features import dataset_labels, make_eval_loader
-    from simdinov2.eval.setup import eval_image_size, setup_and_build_model
-    from simdinov2.utils.utils import fix_random_seeds
-
     for flag in ("epochs", "batch_size", "save_checkpoint_frequency"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
     full = bool(getattr(args, "full_grid", False))
     if args.learning_rates is None:
         args.learning_rates = list(FULL_GRID_LEARNING_RATES if full else DEFAULT_LEARNING_RATES)
@@ -380,11 +366,11 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
         args.n_last_blocks = list(FULL_GRID_N_LAST_BLOCKS if full else DEFAULT_N_LAST_BLOCKS)
     avgpool_list = FULL_GRID_AVGPOOL if full else DEFAULT_AVGPOOL
     if not args.learning_rates or min(args.learning_rates) <= 0:
-        raise ValueError("--learning-rates must be positive numbers")
+        raise UserError("--learning-rates must be positive numbers")
     fix_random_seeds(args.seed)
-    model, autocast_dtype, config = setup_and_build_model(args)
+    model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
     device = distributed.get_device()
-    image_size = eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config)
     train_dataset = make_dataset(args.train_dataset_str, transform=make_classification_train_transform(crop_size=image_size))
     check_global_batch(len(train_dataset), args.batch_size, distributed.get_world_size())
     val_dataset = make_dataset(args.val_dataset_str, transform=make_classification_eval_transform(crop_size=image_size))
@@ -397,7 +383,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     depth = getattr(model, "depth", max(args.n_last_blocks))
     n_last_blocks_list = sorted({n for n in args.n_last_blocks if 1 <= n <= depth})
     if not n_last_blocks_list:
-        raise ValueError(f"--n-last-blocks must lie in [1, {depth}] (got {args.n_last_blocks})")
+        raise UserError(f"--n-last-blocks must lie in [1, {depth}] (got {args.n_last_blocks})")
     feature_model = ModelWithIntermediateLayers(model, max(n_last_blocks_list), autocast_dtype)
     sample = feature_model(train_dataset[0][0][None].to(device))
     classifiers, groups = setup_linear_classifiers(
@@ -421,11 +407,12 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     start_iteration = 0
     checkpoint_path = _checkpoint_path(args.output_dir)
     if not args.no_resume and os.path.isfile(checkpoint_path):
-        from simdinov2.checkpoint import safe_torch_load
-
         state = safe_torch_load(checkpoint_path)
+        if not isinstance(state, dict) or not {"classifiers", "optimizer", "scheduler", "iteration"} <= set(state):
+            raise UserError(f"{checkpoint_path} is not a linear-probe checkpoint of this program; use --no-resume or "
+                            "another --output-dir")
         if set(state["classifiers"]) != set(classifiers.state_dict()):
-            raise ValueError(f"{checkpoint_path} holds another classifier grid; use --no-resume or another --output-dir")
+            raise UserError(f"{checkpoint_path} holds another classifier grid; use --no-resume or another --output-dir")
         classifiers.load_state_dict(state["classifiers"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -460,7 +447,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.step()
             iteration += 1
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates")
+                raise NonFiniteLossError(f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates")
             metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
             if iteration % checkpoint_period == 0 or iteration == max_iter:
                 save(iteration)
@@ -482,18 +469,14 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of the launchers: process group and logging, then `run_linear_probe`."""
-    from simdinov2.eval.setup import run_main
-
     start = time.time()
-    run_main(run_linear_probe, args)
+    eval_setup.run_main(run_linear_probe, args)
     logger.info("linear evaluation done in %.0f s", time.time() - start)
     return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    from simdinov2.eval.setup import run_cli
-
-    return run_cli(get_args_parser(add_help=True), main, argv)
+    return eval_setup.eval_cli(get_args_parser(add_help=True), main, argv)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,8 @@ from simdinov2 import distributed
 from simdinov2.cli import make_output_dir
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
+from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import extract_features, make_eval_loader
-from simdinov2.eval.setup import eval_image_size, run_cli, run_main, setup_and_build_model
-from simdinov2.eval.setup import get_args_parser as get_setup_args_parser
 
 logger = logging.getLogger("simdinov2")
 
@@ -130,18 +129,11 @@ def select_c(
 def get_args_parser(
     add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
 ) -> argparse.ArgumentParser:
-
-    parser = argparse.ArgumentParser(
-        description=description or "Logistic regression on frozen SimDINOv2 features (torch L-BFGS, no cuML)",
-        parents=[get_setup_args_parser(add_help=False), *(parents or [])],
-        add_help=add_help,
+    """The logistic-regression flags on top of the shared set-up flags."""
+    parser = eval_setup.get_eval_args_parser(
+        description or "Logistic regression on frozen SimDINOv2 features (torch L-BFGS, no cuML)", add_help, parents
     )
-    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
-                        help="training dataset string, e.g. ImageFolder:root=P/train")
-    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
-                        help="evaluation dataset string")
     parser.add_argument("--batch-size", type=int, default=256, help="images per process for feature extraction")
-    parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
     parser.add_argument("--c-values", nargs="+", type=float, default=DEFAULT_C_VALUES,
                         help="grid of inverse regularisation strengths C (scikit-learn's meaning)")
     parser.add_argument("--max-train-iters", type=int, default=1000, help="L-BFGS iterations per fit")
@@ -161,8 +153,8 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_train_iters < 1:
         raise UserError(f"--max-train-iters must be >= 1 (got {args.max_train_iters})")
     start = time.time()
-    model, autocast_dtype, config = setup_and_build_model(args)
-    image_size = eval_image_size(args.image_size, config)
+    model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
+    image_size = eval_setup.eval_image_size(args.image_size, config)
     transform = make_classification_eval_transform(resize_size=image_size, crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     val_dataset = make_dataset(args.val_dataset_str, transform=transform)
@@ -200,13 +192,12 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of the launchers: process group and logging, then `run_log_regression`."""
-    run_main(run_log_regression, args)
+    eval_setup.run_main(run_log_regression, args)
     return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-
-    return run_cli(get_args_parser(add_help=True), main, argv)
+    return eval_setup.eval_cli(get_args_parser(add_help=True), main, argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Owns: the common flags (`--config-file --pretrained-weights --output-dir --opts`), loading the training
 config (a resolved `config.yaml` of a run, any config layered on the defaults, or the defaults alone),
-building the frozen teacher backbone, the autocast dtype the config asks for, the evaluation crop size,
-and `run_cli` (process group, logging, user errors turned into one line and a non-zero exit).
+building the frozen teacher backbone, the evaluation crop size, `run_main` (process group and logging
+around an evaluation's work) and `eval_cli` (the command line; the compute dtype is
+`simdinov2.precision.config_compute_dtype`).
 
 The backbone is built from the checkpoint's own tensors (`simdinov2.eval.backbone`), so v1 checkpoints
 evaluate here too. `--opts student.*=...` state the architecture explicitly: a contradiction with the
@@ -25,6 +26,9 @@ from torch import nn
 
 from simdinov2 import distributed
 from simdinov2.checkpoint import infer_vit_config
+from simdinov2.cli import run_cli
+from simdinov2.configs import get_cfg
+from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.backbone import (
     build_eval_backbone,
     describe,
@@ -33,12 +37,11 @@ from simdinov2.eval.backbone import (
     refuse_contradiction,
     training_crop_size,
 )
+from simdinov2.logging import setup_logging
 from simdinov2.models import build_model
+from simdinov2.precision import config_compute_dtype
 
 logger = logging.getLogger("simdinov2")
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def get_args_parser(
     add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
@@ -59,27 +62,39 @@ def get_args_parser(
     return parser
 
 
+def get_eval_args_parser(
+    description: str,
+    add_help: bool,
+    parents: Sequence[argparse.ArgumentParser] | None,
+    train_role: str = "training",
+    val_role: str = "evaluation",
+) -> argparse.ArgumentParser:
+    """The parser of a v2 evaluation: the set-up flags above, then `parents`, then the dataset flags
+    (DINOv2's dataset strings, `train_role` / `val_role` saying what each set is for) and loader workers."""
+    parser = argparse.ArgumentParser(
+        description=description, parents=[get_args_parser(add_help=False), *(parents or [])], add_help=add_help
+    )
+    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
+                        help=f"{train_role} dataset string, e.g. ImageFolder:root=P/train")
+    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
+                        help=f"{val_role} dataset string, e.g. ImageFolder:root=P/val")
+    parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
+    return parser
+
+
 def load_eval_config(config_file: str | None, opts: Sequence[str] = ()) -> DictConfig:
     """The training config: `ssl_default_config.yaml` ⊕ `config_file` (when given) ⊕ `key=value`
     overrides, validated by the v2 config loader (a run's resolved `config.yaml` passes through unchanged)."""
-    from simdinov2.configs import get_cfg
-
     if config_file and not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file {config_file} does not exist")
+        raise MissingFileError(f"--config-file {config_file} does not exist")
     return get_cfg(config_file or None, list(opts))
-
-
-def get_autocast_dtype(config: DictConfig) -> torch.dtype:
-    """Teacher-backbone compute dtype of the config (fp32 when the config does not say)."""
-    name = OmegaConf.select(config, "compute_precision.teacher.backbone.mixed_precision.param_dtype", default="fp32")
-    return _DTYPES.get(str(name), torch.float32)
 
 
 def eval_image_size(requested: int | None, config: DictConfig) -> int:
     """`--image-size` if given, else the training global crop size of the config (224 if unset)."""
     if requested is not None:
         if requested <= 0:
-            raise ValueError(f"--image-size must be positive (got {requested})")
+            raise UserError(f"--image-size must be positive (got {requested})")
         return int(requested)
     return int(OmegaConf.select(config, "crops.global_crops_size", default=224))
 
@@ -154,7 +169,7 @@ def build_model_for_eval(
     tensors and loaded strictly, frozen, in eval mode, on `device`. `opts` are the command-line config
     overrides (their `student.*` architecture keys must agree with the weights)."""
     if "student" not in config:
-        raise ValueError("the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml")
+        raise UserError("the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml")
     source = source or str(pretrained_weights)
     model, _ = build_eval_backbone(
         pretrained_weights, checkpoint_key, source, check=_architecture_check(config, opts, config_file, source),
@@ -167,9 +182,9 @@ def build_model_for_eval(
 def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dtype, DictConfig]:
     """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags."""
     if not args.pretrained_weights:
-        raise ValueError("--pretrained-weights is required (a teacher_checkpoint.pth, or a v1 checkpoint.pth)")
+        raise UserError("--pretrained-weights is required (a teacher_checkpoint.pth, or a v1 checkpoint.pth)")
     if not os.path.exists(args.pretrained_weights):
-        raise FileNotFoundError(f"--pretrained-weights {args.pretrained_weights} does not exist")
+        raise MissingFileError(f"--pretrained-weights {args.pretrained_weights} does not exist")
     opts = list(getattr(args, "opts", []) or [])
     config_file = getattr(args, "config_file", None)
     checkpoint = read_checkpoint(args.pretrained_weights)
@@ -180,36 +195,23 @@ def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dt
     config = load_eval_config(config_file, opts)
     model = build_model_for_eval(config, checkpoint, getattr(args, "checkpoint_key", "teacher"), opts=opts,
                                  config_file=config_file, source=args.pretrained_weights)
-    return model, get_autocast_dtype(config), config
+    return model, config_compute_dtype(config), config
 
 
-# User mistakes surface as these; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
-
-
-def run_main(worker: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> Any:
-    """What every v2 evaluation `main(args)` does around its work: join the process group the launcher
-    described (torchrun / SLURM / submitit's environment; none for a single process) and log to the
-    console and `output_dir/log.txt`. Called directly by the submitit launchers."""
-    from simdinov2.logging import setup_logging
-
+def run_main(
+    worker: Callable[[argparse.Namespace], Any], args: argparse.Namespace, log_to_output_dir: bool = True
+) -> Any:
+    """What every evaluation `main(args)` of both trees does around its work: join the process group the
+    launcher described (torchrun / SLURM / submitit's environment; none for a single process) and log to
+    the console, and to `output_dir/log.txt` with `log_to_output_dir` (the v2 programs; the v1 programs
+    keep DINO's `log.txt` for their own records). Called directly by the submitit launchers; the
+    command-line wrapper `simdinov2.cli.run_cli` ends the process group."""
     distributed.init_distributed("auto")
-    setup_logging(getattr(args, "output_dir", None), log_name="log.txt")
+    setup_logging(getattr(args, "output_dir", None) if log_to_output_dir else None, log_name="log.txt")
     return worker(args)
 
 
-def run_cli(
-    parser: argparse.ArgumentParser,
-    main: Callable[[argparse.Namespace], Any],
-    argv: Sequence[str] | None = None,
-) -> int:
-    """Parse `argv` and run `main`; a user error ends the run with one line and exit code 1."""
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise SystemExit(f"error: {message}") from None
-    finally:
-        distributed.destroy()
-    return 0
+def eval_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], argv: Sequence[str] | None) -> Any:
+    """The command line of a v2 evaluation: parse `argv`, run `main(args)` through the one command-line
+    wrapper (`simdinov2.cli.run_cli`: a user error is one line `PROG: error: ...` and exit status 1)."""
+    return run_cli(parser.prog, main, parser.parse_args(argv))

@@ -118,11 +118,6 @@ def build_model(
     return student, teacher, student.embed_dim
 
 
-def build_model_from_cfg(cfg: Any, only_teacher: bool = False):
-    """`build_model(cfg.student, ...)` with the global crop size as the position-embedding size."""
-    return build_model(cfg.student, only_teacher=only_teacher, img_size=int(cfg.crops.global_crops_size))
-
-
 __all__ = [
     "ARCHS",
     "ARCH_SPECS",
@@ -130,7 +125,6 @@ __all__ = [
     "ArchSpec",
     "DinoVisionTransformer",
     "build_model",
-    "build_model_from_cfg",
     "build_vit",
     "remap_block_keys",
     "vit_base",

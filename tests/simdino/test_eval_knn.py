@@ -165,7 +165,7 @@ def test_checkpoint_of_another_arch_fails_with_one_line(tiny_imagefolder: Path, 
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --arch vit_tiny contradicts the checkpoint") and "pass --arch vit_small" in last
+    assert last.startswith("eval_knn.py: error: --arch vit_tiny contradicts the checkpoint") and "pass --arch vit_small" in last
 
 
 @pytest.mark.slow

@@ -364,7 +364,7 @@ def test_v2_bad_inputs(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> N
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "missing.pth" in last
+    assert last.startswith("linear.py: error: ") and "missing.pth" in last
 
 
 @pytest.mark.gpu
@@ -433,5 +433,5 @@ def test_v2_linear_defaults_on_a_small_set_say_the_arithmetic(v2_snapshot, tiny_
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: --batch-size 128 per process x 1 process = global batch 128 > 120 training images: "
+        "linear.py: error: --batch-size 128 per process x 1 process = global batch 128 > 120 training images: "
         "pass --batch-size 120 or less")

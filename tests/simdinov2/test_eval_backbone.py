@@ -106,7 +106,7 @@ def test_v1_checkpoint_by_v2_knn(tmp_path: Path, tiny_imagefolder: Path) -> None
                 *data, "--opts", "student.patch_size=16"], REPO)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        "error: --opts student.patch_size=16 contradicts the checkpoint")
+        "knn.py: error: --opts student.patch_size=16 contradicts the checkpoint")
     assert "pass --opts student.patch_size=4" in proc.stderr
 
 
@@ -126,7 +126,7 @@ def test_v2_snapshot_by_v1_eval_knn(tmp_path: Path, tiny_imagefolder: Path) -> N
     proc = run(["eval_knn.py", *common, "--patch_size", "16"], REPO / "simdino")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --patch_size 16 contradicts the checkpoint") and "pass --patch_size 4" in last
+    assert last.startswith("eval_knn.py: error: --patch_size 16 contradicts the checkpoint") and "pass --patch_size 4" in last
 
 
 @pytest.mark.slow

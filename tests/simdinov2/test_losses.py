@@ -19,8 +19,11 @@ def unit_views(n_views: int, m: int, p: int, seed: int, dtype=torch.float32) -> 
 
 
 def loop_reference(student, teacher, eps, coeff, expa_type, world_size=1):
-    """REFERENCE.md §1 written out literally in float64: Python loops over views and samples,
-    `torch.logdet`, no batching. Returns (loss, comp, expa, global_comp) as floats."""
+    """Upstream SimDINO's loss written out literally in float64: minus `coeff` times the mean cosine
+    similarity of each teacher global view to every other student view, minus γ times the mean coding rate
+    ½ logdet(I + p/(m·N·eps) Z Zᵀ) of the two global views, γ = (p + N·m) / (p·N·m) for N ranks of m samples.
+    Python loops over views and samples, `torch.logdet`, no batching. Returns (loss, comp, expa,
+    global_comp) as floats."""
     student = [s.detach().double() for s in student]
     teacher = [t.detach().double() for t in teacher]
     n_student = len(student)

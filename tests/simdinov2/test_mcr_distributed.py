@@ -12,7 +12,7 @@ What equals what (N = 2 ranks, each holding m of the 2m samples of every view):
   gradient of Σ_r L_r = N·L_full with respect to its own half: grad_k = N · ∂L_full/∂(half k).
   (DDP then averages parameter gradients over ranks, which gives exactly ∂L_full/∂θ.)
 - reduce_cov=0: each rank computes the expansion of its own half, but N still enters the scale
-  p/(m·N·eps) and γ (upstream convention, REFERENCE.md §1); rank k's loss equals the loop
+  p/(m·N·eps) and γ (upstream's convention: the scale counts the samples of every rank); rank k's loss equals the loop
   reference on half k with world_size = 2, and no gradient crosses ranks.
 """
 

@@ -1,7 +1,8 @@
 """fsdp, ddp and none train the same model: identical losses, gradient norms and EMA teacher.
 
 Two processes (gloo) each see half of every step's images; the single process sees all of them. With
-`reduce_cov=1` the coding rate is that of the whole batch in both set-ups (REFERENCE.md §1), the other
+`reduce_cov=1` the coding rate is that of the whole batch in both set-ups (the covariance is all-reduced
+over ranks, as upstream does), the other
 terms are batch means, and DDP / FSDP average gradients, so every step must agree to float tolerance.
 """
 
