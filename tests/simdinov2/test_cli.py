@@ -25,7 +25,7 @@ def _main_dino(out: str) -> None:
 PROGRAMS = {
     "main_dino.py": _main_dino,
     "simdinov2/train/train.py": lambda out: v2_train.run_cli(["--output-dir", out, "train.device=cpu"]),
-    "eval_knn.py": lambda out: v1_knn.run_v1_cli(v1_knn.get_args_parser(), v1_knn.main, ["--output_dir", out]),
+    "eval_knn.py": lambda out: v1_knn.cli(["--output_dir", out]),
     "eval_linear.py": lambda out: v1_linear.cli(["--output_dir", out]),
     "visualize_attention.py": lambda out: visualize_attention.main(["--output_dir", out, "--device", "cpu"]),
     "simdinov2/eval/knn.py": lambda out: knn.cli(["--output-dir", out]),
