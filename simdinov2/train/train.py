@@ -14,6 +14,7 @@ the teacher snapshots under `eval/training_<iteration>/`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -25,10 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-try:
-    from simdinov2 import cli, distributed
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise SystemExit(f"train.py: error: {e}; install the package first: `pip install -e .` from the repository root")
+if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - run by path without the install
+    raise SystemExit("train.py: error: the simdinov2 package is not installed: `pip install -e .` from the repository root")
+from simdinov2 import cli, distributed
 from simdinov2.checkpoint import Checkpointer, save_teacher_snapshot
 from simdinov2.cli import agree_on_errors
 from simdinov2.configs import (
