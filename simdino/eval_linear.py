@@ -36,7 +36,7 @@ from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
 from simdinov2.cli import make_output_dir, run_cli
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
 from simdinov2.eval import linear as probe
-from simdinov2.eval.backbone import default_output_dir
+from simdinov2.eval.backbone import default_output_dir, read_checkpoint, training_crop_size
 from simdinov2.eval.features import make_eval_loader
 from simdinov2.eval.setup import run_main
 from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
@@ -191,6 +191,9 @@ def main(args: argparse.Namespace) -> float:
     if args.output_dir is None:
         args.output_dir = default_output_dir(args.pretrained_weights, "eval_linear")
         logger.info("--output_dir not given: writing to %s (next to the evaluated checkpoint)", args.output_dir)
+    if args.img_size is None and args.pretrained_weights and os.path.exists(args.pretrained_weights):
+        # The transforms need the evaluation crop now: the training crop stored in the checkpoint, else 224.
+        args.img_size = training_crop_size(read_checkpoint(args.pretrained_weights)) or 224
     val_dataset = image_folder(args.data_path, "val", data.make_classification_eval_transform(crop_size=args.img_size))
     train_dataset = None
     if not args.evaluate:
