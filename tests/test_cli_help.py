@@ -19,10 +19,12 @@ PROGRAMS = [
     (".", ["simdinov2/eval/knn.py"]),
     (".", ["simdinov2/eval/linear.py"]),
     (".", ["simdinov2/eval/log_regression.py"]),
+    (".", ["simdinov2/eval/finetuning.py"]),
     (".", ["simdinov2/run/train/train.py"]),
     (".", ["simdinov2/run/eval/knn.py"]),
     (".", ["simdinov2/run/eval/linear.py"]),
     (".", ["simdinov2/run/eval/log_regression.py"]),
+    (".", ["simdinov2/run/eval/finetuning.py"]),
     (".", ["-m", "simdinov2.export"]),
     (".", ["-m", "simdinov2.tools.plot_log"]),
 ]
