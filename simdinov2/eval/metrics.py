@@ -72,10 +72,12 @@ class ClassificationCounts:
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.num_classes = int(num_classes)
         self.table = torch.zeros(4, self.num_classes, dtype=torch.float64, device=device)
+        self.has_loss = False  # k-NN votes have no loss
 
     def add_hits(self, labels: Tensor, hit1: Tensor, hit5: Tensor, loss: Tensor | None = None) -> None:
         """Count a batch from its per-image hit flags (and per-image losses)."""
         labels = labels.to(self.table.device, torch.long)
+        self.has_loss = self.has_loss or loss is not None
         rows = [hit1, hit5, torch.ones_like(hit1), torch.zeros_like(hit1, dtype=torch.float64) if loss is None else loss]
         for i, values in enumerate(rows):
             self.table[i].index_add_(0, labels, values.to(self.table.device, torch.float64))
@@ -94,11 +96,13 @@ class ClassificationCounts:
         return self
 
     def result(self, metric_type: MetricType = MetricType.MEAN_ACCURACY) -> dict[str, Any]:
-        """{"top1", "top5" (percent), "loss", "count"} under `metric_type`; per-class lists for
-        `per_class_accuracy`."""
+        """{"top1", "top5" (percent), "count", "loss" (when losses were counted)} under `metric_type`;
+        per-class lists for `per_class_accuracy`."""
         hits1, hits5, support, loss = self.table.cpu()
         count = float(support.sum())
-        record: dict[str, Any] = {"loss": float(loss.sum()) / max(count, 1.0), "count": int(count)}
+        record: dict[str, Any] = {"count": int(count)}
+        if self.has_loss:
+            record["loss"] = float(loss.sum()) / max(count, 1.0)
         if metric_type == MetricType.MEAN_ACCURACY:
             record["top1"] = 100.0 * float(hits1.sum()) / max(count, 1.0)
             record["top5"] = 100.0 * float(hits5.sum()) / max(count, 1.0)
