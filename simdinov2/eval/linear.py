@@ -87,22 +87,26 @@ class ModelWithIntermediateLayers(nn.Module):
     """Frozen backbone → `((patch_tokens [B,N,D], cls [B,D]), ...)` for its last `n_last_blocks` blocks.
 
     A backbone without `get_intermediate_layers` (torchvision CNNs of the v1 tree) gives one pair whose
-    "CLS" is its pooled output and whose single patch token is that same vector."""
+    "CLS" is its pooled output and whose single patch token is that same vector. With `trainable` the
+    backbone keeps its gradients (`linear.py --train-backbone-lr`, upstream's finetune.py); it stays in
+    eval mode either way."""
 
-    def __init__(self, feature_model: nn.Module, n_last_blocks: int, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, feature_model: nn.Module, n_last_blocks: int, autocast_dtype: torch.dtype | None = None,
+                 trainable: bool = False):  # fmt: skip
         super().__init__()
         self.feature_model = feature_model
         self.feature_model.eval()
-        self.feature_model.requires_grad_(False)
+        self.feature_model.requires_grad_(trainable)
+        self.trainable = bool(trainable)
         self.n_last_blocks = int(n_last_blocks)
         self.autocast_dtype = autocast_dtype
 
     def train(self, mode: bool = True) -> ModelWithIntermediateLayers:  # the backbone stays in eval mode
         return self
 
-    @torch.no_grad()
     def forward(self, images: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
-        with autocast(images.device, self.autocast_dtype, cuda_only=True):
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()), \
+                autocast(images.device, self.autocast_dtype, cuda_only=True):  # fmt: skip
             if hasattr(self.feature_model, "get_intermediate_layers"):
                 outputs = self.feature_model.get_intermediate_layers(
                     images, self.n_last_blocks, return_class_token=True
@@ -355,6 +359,9 @@ def get_args_parser(
                         action="store_true", help="attentive probe: also feed each block's CLS token")
     parser.add_argument("--attentive-num-heads", type=int, default=None,
                         help="attentive probe: attention heads (default: the backbone's)")
+    parser.add_argument("--train-backbone-lr", type=float, default=None,
+                        help="also train the backbone in the same SGD at this (unscaled) lr, as upstream's "
+                             "finetune.py does with 0.005 (default: frozen backbone)")
     add_eval_set_args(parser)
     return parser
 
@@ -431,27 +438,38 @@ def _build_probe(args: argparse.Namespace, avgpool_list: Sequence[bool]) -> Simp
     n_last_blocks_list = sorted({n for n in args.n_last_blocks if 1 <= n <= depth})
     if not n_last_blocks_list:
         raise UserError(f"--n-last-blocks must lie in [1, {depth}] (got {args.n_last_blocks})")
-    feature_model = ModelWithIntermediateLayers(model, max(n_last_blocks_list), autocast_dtype)
-    sample = feature_model(train_dataset[0][0][None].to(device))
+    feature_model = ModelWithIntermediateLayers(model, max(n_last_blocks_list), autocast_dtype,
+                                                trainable=bool(args.train_backbone_lr))  # fmt: skip
+    with torch.no_grad():
+        sample = feature_model(train_dataset[0][0][None].to(device))
     classifiers, groups = setup_linear_classifiers(
         sample, n_last_blocks_list, avgpool_list, args.learning_rates, args.batch_size, num_classes,
         attentive=_attentive_options(args, model),
     )  # fmt: skip
     classifiers.to(device)
+    if args.train_backbone_lr:  # upstream's finetune.py: the backbone in the same SGD, its lr not scaled
+        groups.append({"params": model.parameters(), "lr": args.train_backbone_lr, "base_lr": args.train_backbone_lr,
+                       "name": "backbone"})  # fmt: skip
     return SimpleNamespace(feature_model=feature_model, classifiers=classifiers, groups=groups, device=device,
                            train_dataset=train_dataset, eval_sets=eval_sets, image_size=image_size,
                            num_classes=num_classes)  # fmt: skip
 
 
-def _restore(path: str, classifiers: AllClassifiers, optimizer, scheduler, max_iter: int) -> int:
+def _restore(path: str, probe: SimpleNamespace, optimizer, scheduler, max_iter: int) -> int:
     """The iteration `path` (the probe's resumable checkpoint) stopped at, its state loaded; 0 without one."""
     if not os.path.isfile(path):
         return 0
+    classifiers, backbone = probe.classifiers, probe.feature_model
     state = safe_torch_load(path)
     if not isinstance(state, dict) or not {"classifiers", "optimizer", "scheduler", "iteration"} <= set(state):
         raise UserError(f"{path} is not a linear-probe checkpoint of this program; use --no-resume or another --output-dir")
     if set(state["classifiers"]) != set(classifiers.state_dict()):
         raise UserError(f"{path} holds another classifier grid; use --no-resume or another --output-dir")
+    if (state.get("backbone") is not None) != backbone.trainable:
+        raise UserError(f"{path} was written {'without' if backbone.trainable else 'with'} --train-backbone-lr; "
+                        "keep the flag as it was, or --no-resume")
+    if backbone.trainable:
+        backbone.feature_model.load_state_dict(state["backbone"])
     classifiers.load_state_dict(state["classifiers"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -485,8 +503,11 @@ def _train(args, probe: SimpleNamespace, optimizer, scheduler, start_iteration: 
     periodically; returns the last iteration."""
     epoch_length, max_iter, eval_period, checkpoint_period = _schedule(args, len(probe.train_dataset))
     trained: nn.Module = probe.classifiers
+    features: nn.Module = probe.feature_model
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(probe.classifiers)
+        if probe.feature_model.trainable:
+            features = nn.parallel.DistributedDataParallel(probe.feature_model)
     logger.info("training %d %s classifiers for %d iterations (%d per epoch)", len(probe.classifiers),
                 "attentive" if args.attentive else "linear", max_iter, epoch_length)  # fmt: skip
     iteration = start_iteration
@@ -502,7 +523,7 @@ def _train(args, probe: SimpleNamespace, optimizer, scheduler, start_iteration: 
     for images, labels in metric_logger.log_every(batches, 10, header="Training", n_iterations=max_iter,
                                                   start_iteration=start_iteration):  # fmt: skip
         labels = torch.as_tensor(labels).to(probe.device, non_blocking=True)
-        loss = train_step(probe.feature_model, trained, optimizer, images.to(probe.device, non_blocking=True), labels)
+        loss = train_step(features, trained, optimizer, images.to(probe.device, non_blocking=True), labels)
         scheduler.step()
         iteration += 1
         if not torch.isfinite(loss):
@@ -529,13 +550,14 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_iter, eta_min=0.0)
     make_output_dir(args.output_dir)
     checkpoint_path = _checkpoint_path(args.output_dir)
-    start_iteration = 0 if args.no_resume else _restore(checkpoint_path, classifiers, optimizer, scheduler, max_iter)
+    start_iteration = 0 if args.no_resume else _restore(checkpoint_path, probe, optimizer, scheduler, max_iter)
 
     def save(iteration: int) -> None:
         if distributed.is_main_process():
+            backbone = probe.feature_model.feature_model.state_dict() if args.train_backbone_lr else None
             atomic_torch_save({"classifiers": classifiers.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "iteration": iteration,
-                               "num_classes": probe.num_classes}, checkpoint_path)
+                               "num_classes": probe.num_classes, "backbone": backbone}, checkpoint_path)
 
     iteration = _train(args, probe, optimizer, scheduler, start_iteration, save)
     per_set = evaluate_sets(probe, probe.eval_sets, args)

@@ -196,7 +196,7 @@ def test_bad_test_sets_are_one_line(v2_snapshot, tiny_imagefolder: Path, tmp_pat
 # ---------------------------------------------------------------------------------------------- fine-tuning
 def _finetune_args(config: Path, weights: Path, data: Path, out: Path) -> list[str]:
     return [*_v2_args(config, weights, data, out), "--epochs", "2", "--epoch-length", "3", "--warmup-epochs", "1",
-            "--batch-size", "16", "--image-size", "16", "--test-datasets", f"ImageFolder:root={data}/train",
+            "--batch-size", "16", "--image-size", "16", "--test-datasets", f"ImageFolder:root={data}/val",
             "--test-metric-types", "per_class_accuracy"]  # fmt: skip
 
 
@@ -214,7 +214,7 @@ def test_finetuning_on_cpu_stops_and_resumes_exactly(v2_snapshot, tiny_imagefold
     assert resumed == whole
     results = json.loads((tmp_path / "a" / "results_eval_finetuning.json").read_text())
     assert results["final"] == whole and [h["iteration"] for h in results["history"]] == [3]
-    assert set(whole["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/train"]) == {"per_class_accuracy"}
+    assert set(whole["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/val"]) == {"mean_accuracy", "per_class_accuracy"}
     assert 0.0 <= whole["top1"] <= whole["top5"] <= 100.0 and whole["model_ema"]
     a = torch.load(tmp_path / "a" / "finetuning_checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "finetuning_checkpoint.pth", weights_only=True)
@@ -251,3 +251,21 @@ def test_torchrun_finetuning_two_processes_resumes_exactly(v2_snapshot, tiny_ima
     a = torch.load(tmp_path / "a" / "finetuning_checkpoint.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "finetuning_checkpoint.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_linear_grid_with_the_backbone_trained_as_upstream_finetune_py(v2_snapshot, tiny_imagefolder: Path,  # noqa: F811
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    from simdinov2.eval import linear
+
+    config, weights = v2_snapshot
+    base = _v2_args(config, weights, tiny_imagefolder, tmp_path / "ft") + [
+        "--epochs", "1", "--epoch-length", "2", "--batch-size", "32", "--learning-rates", "0.1", "--image-size", "16"]
+    summary = linear.run_linear_probe(linear.get_args_parser().parse_args([*base, "--train-backbone-lr", "0.005"]))
+    assert summary["iteration"] == 2
+    state = torch.load(tmp_path / "ft" / "linear_checkpoint.pth", weights_only=True)
+    snapshot = {k.removeprefix("backbone."): v for k, v in torch.load(weights, weights_only=True)["teacher"].items()}
+    moved = [k for k, v in state["backbone"].items() if not torch.equal(v, snapshot[k])]
+    assert any(k.endswith("attn.qkv.weight") for k in moved)  # the backbone was trained
+    with pytest.raises(UserError, match="was written with --train-backbone-lr"):
+        linear.run_linear_probe(linear.get_args_parser().parse_args([*base, "--epochs", "2"]))
