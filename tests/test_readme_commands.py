@@ -13,8 +13,8 @@ What is substituted (nothing else is changed):
   synthetic class patterns of conftest.py otherwise); `<OUT>`, `<OUTPUT>`, `<PATH/TO/OUTPUT/DIR>` -> the v1 or
   v2 run directory of this test; `<ITER>` -> the last v2 teacher snapshot's iteration; `<CKPT>` -> the v1
   `checkpoint.pth`;
-- sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), and
-  the attention maps use 64 px images (the default 480 px is 14400 tokens at the tiny model's patch 4).
+- sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), the v2
+  linear / attentive probes 2 iterations and the fine-tuning 1 epoch, and the attention maps use 64 px images (the default 480 px is 14400 tokens at the tiny model's patch 4).
 
 Time: 12.5 minutes for all blocks on the shared 2-core machine at a load average of 5 to 10 (other jobs), far
 above the 2-minute aim; the 2-process FSDP v2 training on CPU is the slowest block (its first iteration alone
@@ -23,6 +23,7 @@ took over 2 minutes under that load), then the attention maps, the v1 training a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -40,6 +41,9 @@ SIZES = (
     ("--nproc_per_node=8", "--nproc_per_node=1"),
     ("eval_linear.py", "eval_linear.py --epochs 1"),
     ("visualize_attention.py", "visualize_attention.py --image_size 64"),  # 480 px at patch 4: 14400 tokens
+    # the v2 linear / attentive probes and fine-tuning: a few iterations, not 10 x 1250 or 200 epochs
+    ("linear.py --config-file", "linear.py --epochs 1 --epoch-length 2 --config-file"),
+    ("finetuning.py --config-file", "finetuning.py --epochs 1 --config-file"),
 )
 
 
@@ -62,6 +66,9 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "v2-cpu-train": [("<DIR>", "data"), ("<OUT>", "v2")],
     "v1-eval": [("<PATH/TO/OUTPUT/DIR>", "v1"), ("<PATH/TO/DATASET>", "data")],
     "cpu-eval": [("<DIR>", "data"), ("<OUT>", "v2")],
+    "eval-linear-test-sets": [("<DIR>", "data"), ("<OUT>", "v2")],
+    "eval-attentive": [("<DIR>", "data"), ("<OUT>", "v2")],
+    "eval-finetuning": [("<DIR>", "data"), ("<OUT>", "v2")],
     "build-backbone": [("<OUTPUT>", "v1")],
     "export": [("<OUTPUT>/eval/", "v2/eval/"), ("<OUTPUT>", "v1")],
     "visualize-attention": [("<CKPT>", "v1_checkpoint"), ("<OUTPUT>", "v1")],
@@ -111,6 +118,10 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     assert (v1 / "knn_results.json").is_file()  # v1 eval_knn.py: next to the checkpoint
     assert (v1 / "eval_linear" / "checkpoint.pth.tar").is_file()  # v1 eval_linear.py: eval_linear/ next to it
     assert (v2 / "knn" / "results_eval_knn.json").is_file()
+    linear_eval_sets = json.loads((v2 / "linear" / "results_eval_linear.json").read_text().splitlines()[-1])["eval_sets"]
+    assert len(linear_eval_sets) == 2  # the validation folder (two metric types) and the training folder
+    assert json.loads((v2 / "attentive" / "results_eval_linear.json").read_text().splitlines()[-1])["attentive"]
+    assert "top1" in json.loads((v2 / "finetune" / "results_eval_finetuning.json").read_text())["final"]
     assert (elsewhere / "vit.safetensors").is_file() and (elsewhere / "vit_timm.pth").is_file()
     assert any((v1 / "attn").glob("attn-head*.png"))
     assert (v1 / "loss_curve.png").is_file()
