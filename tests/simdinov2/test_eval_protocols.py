@@ -269,3 +269,22 @@ def test_linear_grid_with_the_backbone_trained_as_upstream_finetune_py(v2_snapsh
     assert any(k.endswith("attn.qkv.weight") for k in moved)  # the backbone was trained
     with pytest.raises(UserError, match="was written with --train-backbone-lr"):
         linear.run_linear_probe(linear.get_args_parser().parse_args([*base, "--epochs", "2"]))
+
+
+@pytest.mark.slow
+def test_finetuning_a_v1_checkpoint_takes_its_training_crop(tiny_imagefolder: Path, tmp_path: Path) -> None:
+    from test_eval_backbone import write_v1_checkpoint
+
+    from simdinov2.eval import finetuning
+
+    weights = write_v1_checkpoint(tmp_path / "v1run" / "checkpoint.pth", depth=2, img_size=20)
+    args = finetuning.get_args_parser().parse_args([
+        "--pretrained-weights", str(weights), "--output-dir", str(tmp_path / "ft"), "--num-workers", "0",
+        "--train-dataset", f"ImageFolder:root={tiny_imagefolder}/train",
+        "--val-dataset", f"ImageFolder:root={tiny_imagefolder}/val",
+        "--epochs", "1", "--epoch-length", "2", "--batch-size", "16", "--no-model-ema", "--drop-path", "0.2",
+    ])  # fmt: skip
+    final = finetuning.run_finetuning(args)
+    assert final["image_size"] == 20 and not final["model_ema"]  # the crop the v1 run trained at
+    state = torch.load(tmp_path / "ft" / "finetuning_checkpoint.pth", weights_only=True)
+    assert state["ema"] is None and state["model"]["head.weight"].shape == (3, 192)
