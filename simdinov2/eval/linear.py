@@ -8,8 +8,11 @@ Core (used by `simdino/eval_linear.py` and by this module's CLI):
 - `LinearClassifier`, `AllClassifiers`, `setup_linear_classifiers`: one linear layer per grid point
   (learning rate × blocks × avgpool); the backbone runs once per batch and every classifier reads the
   same features.
+- `AttentiveClassifier` (`--attentive`): upstream's attentive probe, a learned query pooling each block's
+  patch tokens (`AttentivePooling`) before the linear layer; same grid, same training.
 - `train_step`, `evaluate_classifiers`: one SGD step on the summed cross-entropies; exact top-1/top-5
-  over a sharded, unpadded evaluation set (counts summed over processes).
+  over a sharded, unpadded evaluation set, under any metric type and class mapping, through the one
+  evaluation loop `simdinov2.eval.metrics.evaluate`.
 
 CLI (v2, DINOv2 flags): `python simdinov2/eval/linear.py --config-file D/config.yaml
 --pretrained-weights W --output-dir L --train-dataset S --val-dataset S [--epochs 10] [--batch-size 128]
@@ -18,10 +21,12 @@ CLI (v2, DINOv2 flags): `python simdinov2/eval/linear.py --config-file D/config.
 learning rates × last {1, 2} blocks × avgpool only, 1250 iterations per epoch and between evaluations
 (`--epoch-length 0`: one pass over the training set). `--full-grid` trains DINOv2's richer grid instead
 (13 learning rates × last {1, 4} blocks × avgpool {no, yes}). The grid trains for `epochs × epoch_length`
-iterations
-(SGD momentum 0.9, cosine to 0, lr scaled by global batch / 256), resumes from
+iterations (SGD momentum 0.9, cosine to 0, lr scaled by global batch / 256), resumes from
 `L/linear_checkpoint.pth`, and appends one JSON line per evaluation to `L/results_eval_linear.json`
-(best classifier on the validation set and the accuracy of every classifier).
+(best classifier on the validation set and the accuracy of every classifier). `--test-datasets A B ...`
+(`--val-metric-type`, `--test-metric-types`, class-mapping files; `simdinov2.eval.metrics`) adds the best
+classifier's results on every set to the final line's `eval_sets`. `--train-backbone-lr 0.005` also trains the
+backbone in the same SGD (its lr not scaled), which is what upstream's `finetune.py` does.
 """
 
 from __future__ import annotations
