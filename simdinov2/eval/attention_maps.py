@@ -1,15 +1,68 @@
-"""Self-attention maps of a ViT's CLS token, as DINO draws them (`simdino/visualize_attention.py`, the
-demo's figure).
+"""Self-attention maps of a ViT's CLS token, as DINO draws them, for `simdino/visualize_attention.py`,
+`simdino/video_generation.py` and the demo's figure.
 
-Owns `cls_attention_maps` (the last block's CLS→patch attention per head on the patch grid) and
-`threshold_masks` (per head, the patches holding a given fraction of the attention mass).
+Owns the whole chain those programs share: the backbone of any checkpoint (`load_attention_backbone`),
+an image as model input (`image_to_input`: optional resize, ImageNet normalisation, crop to a multiple
+of the patch size), `cls_attention_maps` (the last block's CLS→patch attention per head on the patch
+grid), `threshold_masks` (per head, the patches holding a given fraction of the attention mass), and
+the drawing helpers (`to_pixels`, `input_picture`, `overlay_masks`).
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
-from simdinov2.models import DinoVisionTransformer
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
+from simdinov2.errors import UserError
+from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint
+from simdinov2.models import DinoVisionTransformer, build_vit
+
+
+def load_attention_backbone(
+    weights: str, checkpoint_key: str, arch: str | None, patch_size: int | None, device: torch.device
+) -> DinoVisionTransformer:
+    """The frozen ViT of `weights` (any checkpoint layout; its architecture read from the tensors, `arch`
+    and `patch_size` checked when given), or a random one with a printed warning when `weights` is empty."""
+    if weights:
+        checkpoint = read_checkpoint(weights)
+        check = check_v1_arch_flags(arch, patch_size, weights)
+        model, _ = build_eval_backbone(checkpoint, checkpoint_key, weights, check=check)
+    else:
+        print("No --pretrained_weights given: the attention maps are those of a randomly initialised model.")
+        model = build_vit(arch or "vit_small", patch_size=patch_size or 8)
+    model.requires_grad_(False)
+    return model.eval().to(device)
+
+
+def image_to_input(image: Image.Image, patch_size: int, size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """[1, 3, H, W] model input: resized (bicubic) to `size` = (height, width), or its shorter side to
+    an int `size`, or kept as is for None; ImageNet-normalised; cropped to a multiple of the patch size."""
+    if size is not None:
+        if isinstance(size, int) or len(size) == 1:
+            side = size if isinstance(size, int) else size[0]
+            scale = side / min(image.size)
+            height, width = max(1, round(image.height * scale)), max(1, round(image.width * scale))
+        else:
+            height, width = size[0], size[1]
+        image = image.resize((width, height), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    h, w = x.shape[1] - x.shape[1] % patch_size, x.shape[2] - x.shape[2] % patch_size
+    if h == 0 or w == 0:
+        raise UserError(f"an image of {x.shape[2]}x{x.shape[1]} px is smaller than one patch ({patch_size} px): "
+                        "give a larger size")
+    return x[:, :h, :w].unsqueeze(0)
+
+
+def input_picture(img: torch.Tensor) -> np.ndarray:
+    """The model input [1, 3, H, W] back as an 8-bit RGB picture [H, W, 3]."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((img[0].cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -23,6 +76,13 @@ def cls_attention_maps(model: DinoVisionTransformer, img: torch.Tensor) -> torch
     return attentions[0, :, 0, first_patch:].reshape(-1, rows, cols).float()
 
 
+def check_threshold(threshold: float | None, flag: str = "--threshold") -> None:
+    """One line unless `threshold` (a fraction of the attention mass) is None or in [0, 1]."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UserError(f"{flag} {threshold} is not a fraction of the attention mass: give a value in [0, 1] "
+                        "(e.g. 0.6)")
+
+
 def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
     """Per head, keep the patches with the largest attention until they hold `threshold` of the mass."""
     heads = attn.shape[0]
@@ -34,3 +94,31 @@ def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
     masks = torch.zeros_like(flat, dtype=torch.bool)
     masks.scatter_(1, order, keep_sorted)
     return masks.reshape(attn.shape)
+
+
+def to_pixels(maps: torch.Tensor, patch_size: int) -> np.ndarray:
+    """[N, h, w] patch-grid maps -> [N, h*p, w*p] by nearest upsampling, as DINO: one block per patch."""
+    return F.interpolate(maps.float().unsqueeze(0), scale_factor=patch_size, mode="nearest")[0].cpu().numpy()
+
+
+def overlay_masks(picture: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> list[np.ndarray]:
+    """One picture per mask [N, H, W] (bool, pixel resolution), the mask's pixels tinted with head j's
+    colour of matplotlib's tab10."""
+    import matplotlib  # optional dependency (requirements.txt, dev extra): only the drawing programs need it
+
+    colors = matplotlib.colormaps["tab10"]
+    out = []
+    for j, mask in enumerate(masks):
+        tinted = picture.astype(np.float32).copy()
+        color = np.asarray(colors(j % 10)[:3], dtype=np.float32) * 255
+        tinted[mask] = tinted[mask] * (1 - alpha) + alpha * color
+        out.append(tinted.clip(0, 255).astype(np.uint8))
+    return out
+
+
+def combined_mask_picture(picture: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Every head's mask [N, H, W] drawn over one picture, head j in tab10 colour j (later heads on top)."""
+    out = picture
+    for j, tinted in enumerate(overlay_masks(picture, masks, alpha)):
+        out = np.where(masks[j][..., None], tinted, out)
+    return out
