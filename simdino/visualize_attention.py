@@ -31,6 +31,7 @@ from simdinov2.data.datasets import load_rgb_image
 from simdinov2.distributed import resolve_device
 from simdinov2.errors import MissingFileError
 from simdinov2.eval.attention_maps import (
+    add_backbone_args,
     check_threshold,
     cls_attention_maps,
     image_to_input,
@@ -40,30 +41,20 @@ from simdinov2.eval.attention_maps import (
     threshold_masks,
     to_pixels,
 )
-from simdinov2.models import ARCHS, DinoVisionTransformer
+from simdinov2.models import DinoVisionTransformer
 
 logger = logging.getLogger("simdinov2")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Visualize Self-Attention maps", add_help=add_help)
-    parser.add_argument("--arch", default=None, type=str, choices=list(ARCHS),
-                        help="Architecture (ViTs only). Default: the checkpoint's (checked when given); vit_small "
-                             "without --pretrained_weights.")
-    parser.add_argument("--patch_size", default=None, type=int,
-                        help="Patch resolution of the model. Default: the checkpoint's (checked when given); 8 "
-                             "without --pretrained_weights.")
-    parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="Path to pretrained weights to load (any layout: v1 checkpoint.pth, v2 teacher_checkpoint.pth, ...).")
-    parser.add_argument("--checkpoint_key", default="teacher", type=str,
-                        help='Key to use in the checkpoint (example: "teacher")')
+    add_backbone_args(parser)
     parser.add_argument("--image_path", default=None, type=str,
                         help="Path of the image to load (default: scikit-image's astronaut photo).")
     parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+", help="Resize image (one or two values).")
     parser.add_argument("--output_dir", default=".", help="Path where to save visualizations.")
     parser.add_argument("--threshold", type=float, default=None, help="""We visualize masks
         obtained by thresholding the self-attention maps to keep xx%% of the mass.""")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where to run the model.")
     return parser
 
 

@@ -10,6 +10,7 @@ the drawing helpers (`to_pixels`, `input_picture`, `overlay_masks`).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,7 +21,23 @@ from PIL import Image
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
 from simdinov2.errors import UserError
 from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint
-from simdinov2.models import DinoVisionTransformer, build_vit
+from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit
+
+
+def add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    """The flags naming the backbone (DINO's, as `visualize_attention.py` and `video_generation.py` share)."""
+    parser.add_argument("--arch", default=None, type=str, choices=list(ARCHS),
+                        help="Architecture (ViTs only). Default: the checkpoint's (checked when given); vit_small "
+                             "without --pretrained_weights.")
+    parser.add_argument("--patch_size", default=None, type=int,
+                        help="Patch resolution of the model. Default: the checkpoint's (checked when given); 8 "
+                             "without --pretrained_weights.")
+    parser.add_argument("--pretrained_weights", default="", type=str,
+                        help="Path to pretrained weights to load (any layout: v1 checkpoint.pth, v2 "
+                             "teacher_checkpoint.pth, ...).")
+    parser.add_argument("--checkpoint_key", default="teacher", type=str,
+                        help='Key to use in the checkpoint (example: "teacher")')
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where to run the model.")
 
 
 def load_attention_backbone(
