@@ -43,7 +43,7 @@ from simdinov2.eval.attention_maps import (
     combined_mask_picture,
     image_to_input,
     input_picture,
-    load_attention_backbone,
+    load_pretrained_backbone,
     threshold_masks,
     to_pixels,
 )
@@ -188,7 +188,7 @@ def generate(args: argparse.Namespace) -> Path | None:
         frames_dir = make_output_dir(output / "frames", "--output_path")
         args.fps = extract_frames(source, frames_dir) or args.fps
     frames = frame_files(frames_dir)
-    model = load_attention_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
+    model = load_pretrained_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
     attention_dir = make_output_dir(output / "attention", "--output_path")
     written = attention_frames(model, frames, attention_dir, args, device)
     return write_video(written, output, args.fps, args.video_format)

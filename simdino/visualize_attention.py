@@ -36,7 +36,7 @@ from simdinov2.eval.attention_maps import (
     cls_attention_maps,
     image_to_input,
     input_picture,
-    load_attention_backbone,
+    load_pretrained_backbone,
     overlay_masks,
     threshold_masks,
     to_pixels,
@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def load_model(args: argparse.Namespace, device: torch.device) -> DinoVisionTransformer:
     """The ViT with `--pretrained_weights` loaded strictly (architecture read from the weights; --arch and
     --patch_size, when given, must agree), or random weights with a warning when no weights are given."""
-    return load_attention_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
+    return load_pretrained_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
 
 
 def load_image(image_path: str | None) -> Image.Image:

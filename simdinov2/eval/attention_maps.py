@@ -1,7 +1,8 @@
 """Self-attention maps of a ViT's CLS token, as DINO draws them, for `simdino/visualize_attention.py`,
 `simdino/video_generation.py` and the demo's figure.
 
-Owns the whole chain those programs share: the backbone of any checkpoint (`load_attention_backbone`),
+Owns the whole chain those programs (and the patch-feature PCA pictures) share: the backbone of any
+checkpoint, URL or release name (`load_pretrained_backbone`),
 an image as model input (`image_to_input`: optional resize, ImageNet normalisation, crop to a multiple
 of the patch size), `cls_attention_maps` (the last block's CLS→patch attention per head on the patch
 grid), `threshold_masks` (per head, the patches holding a given fraction of the attention mass), and
@@ -11,15 +12,20 @@ the drawing helpers (`to_pixels`, `input_picture`, `overlay_masks`).
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
+from simdinov2.checkpoint import resolve_weights
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
-from simdinov2.errors import UserError
+from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.backbone import build_eval_backbone, check_v1_arch_flags, read_checkpoint
 from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit
 
@@ -33,25 +39,54 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
                         help="Patch resolution of the model. Default: the checkpoint's (checked when given); 8 "
                              "without --pretrained_weights.")
     parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="Path to pretrained weights to load (any layout: v1 checkpoint.pth, v2 "
-                             "teacher_checkpoint.pth, ...).")
+                        help="Weights to load: a checkpoint of any layout (v1 checkpoint.pth, v2 "
+                             "teacher_checkpoint.pth, ...), a URL, or a release name (e.g. simdinov2_vitb16).")
     parser.add_argument("--checkpoint_key", default="teacher", type=str,
                         help='Key to use in the checkpoint (example: "teacher")')
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where to run the model.")
 
 
-def load_attention_backbone(
+def _hubconf_dir() -> Path | None:
+    """The checkout's folder holding hubconf.py (the release names), when this package runs from one."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "hubconf.py").is_file() else None
+
+
+def _load_hub_entry(name: str, checkpoint_key: str, arch: str | None, patch_size: int | None) -> nn.Module:
+    """The backbone of a release name of hubconf.py (downloaded once into the torch hub cache)."""
+    root = _hubconf_dir()
+    if root is None:
+        raise MissingFileError(f"--pretrained_weights {name} is neither a file nor a URL, and release names need "
+                               "the repository checkout (hubconf.py): give a checkpoint path or URL")
+    stated = {k: v for k, v in (("arch", arch), ("patch_size", patch_size)) if v is not None}
+    try:
+        return torch.hub.load(str(root), name, source="local", trust_repo=True, verbose=False,
+                              checkpoint_key=checkpoint_key, **stated)
+    except (AttributeError, RuntimeError) as err:  # an unknown entry: hubconf's message lists the names
+        raise MissingFileError(f"--pretrained_weights {name} is not a file, a URL or a release name: {err}") from None
+
+
+def load_pretrained_backbone(
     weights: str, checkpoint_key: str, arch: str | None, patch_size: int | None, device: torch.device
 ) -> DinoVisionTransformer:
-    """The frozen ViT of `weights` (any checkpoint layout; its architecture read from the tensors, `arch`
-    and `patch_size` checked when given), or a random one with a printed warning when `weights` is empty."""
-    if weights:
+    """The frozen ViT of `weights`: a checkpoint file or DCP folder of any layout, an http(s)/file URL, or
+    a release name of hubconf.py (e.g. simdinov2_vitb16); its architecture is read from the tensors,
+    `arch` and `patch_size` checked when given. Random weights, with a printed warning, for an empty
+    `weights`."""
+    if not weights:
+        print("No --pretrained_weights given: the pictures are those of a randomly initialised model.")
+        model = build_vit(arch or "vit_small", patch_size=patch_size or 8)
+    elif re.fullmatch(r"\w+", weights) and not os.path.exists(weights):
+        model = _load_hub_entry(weights, checkpoint_key, arch, patch_size)
+    else:
+        if "://" in weights:
+            try:
+                weights = str(resolve_weights(weights))
+            except (OSError, ValueError) as err:  # unreachable host, bad URL, failed checksum
+                raise UserError(f"--pretrained_weights {weights} cannot be fetched: {err}") from None
         checkpoint = read_checkpoint(weights)
         check = check_v1_arch_flags(arch, patch_size, weights)
         model, _ = build_eval_backbone(checkpoint, checkpoint_key, weights, check=check)
-    else:
-        print("No --pretrained_weights given: the attention maps are those of a randomly initialised model.")
-        model = build_vit(arch or "vit_small", patch_size=patch_size or 8)
     model.requires_grad_(False)
     return model.eval().to(device)
 
