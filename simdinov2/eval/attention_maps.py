@@ -64,6 +64,8 @@ def _load_hub_entry(name: str, checkpoint_key: str, arch: str | None, patch_size
                               checkpoint_key=checkpoint_key, **stated)
     except (AttributeError, RuntimeError) as err:  # an unknown entry: hubconf's message lists the names
         raise MissingFileError(f"--pretrained_weights {name} is not a file, a URL or a release name: {err}") from None
+    except OSError as err:  # the release file could not be downloaded
+        raise UserError(f"--pretrained_weights {name} cannot be fetched: {err}") from None
 
 
 def load_pretrained_backbone(
@@ -128,11 +130,10 @@ def cls_attention_maps(model: DinoVisionTransformer, img: torch.Tensor) -> torch
     return attentions[0, :, 0, first_patch:].reshape(-1, rows, cols).float()
 
 
-def check_threshold(threshold: float | None, flag: str = "--threshold") -> None:
-    """One line unless `threshold` (a fraction of the attention mass) is None or in [0, 1]."""
+def check_threshold(threshold: float | None, what: str = "a fraction of the attention mass", flag: str = "--threshold") -> None:
+    """One line unless `threshold` (`what` it is) is None or in [0, 1]."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UserError(f"{flag} {threshold} is not a fraction of the attention mass: give a value in [0, 1] "
-                        "(e.g. 0.6)")
+        raise UserError(f"{flag} {threshold} is not {what}: give a value in [0, 1]")
 
 
 def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
