@@ -22,14 +22,6 @@ transformers = pytest.importorskip("transformers")
 IMG, PATCH = 32, 4  # the native resolution: no position-embedding interpolation on either side
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_model(**kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_vit("vit_tiny", patch_size=PATCH, img_size=IMG, depth=2, **kwargs)
