@@ -287,11 +287,10 @@ def export_hf(checkpoint: Any, out: str | os.PathLike, checkpoint_key: str = "te
                         "free space") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    entry = f" {extracted.entry!r}" if extracted.entry else ""
     return [
         f"wrote {out} (transformers {model_class}, {len(tensors)} tensors): "
         f"{describe_vit_config(config, ('embed_dim', 'depth', 'num_register_tokens', 'init_values', 'ffn_layer'))}",
-        f"  from {extracted.layout}{entry} of {extracted.source}",
+        f"  from {extracted.layout} of {extracted.source}",
         "load it with: transformers.AutoModel.from_pretrained"
         f'("{out}") and AutoImageProcessor.from_pretrained("{out}"); last_hidden_state[:, 0] is the final-norm '
         f"CLS embedding (pass interpolate_pos_encoding=True to ViTModel for sizes other than {config['img_size']})",
