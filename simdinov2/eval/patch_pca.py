@@ -96,10 +96,11 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
 
 def save_pca_figure(
     backbone: DinoVisionTransformer, images: torch.Tensor, path: str | os.PathLike,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_THRESHOLD, min_height: int = 128,
 ) -> Path:
     """One PNG: the (ImageNet-normalised) images [B, 3, H, W] on the top row, their patch-feature PCA
-    pictures below (one PCA fitted on all of them). H and W are cut to multiples of the patch size."""
+    pictures below (one PCA fitted on all of them). H and W are cut to multiples of the patch size; small
+    images are enlarged by a whole factor (nearest) to at least `min_height` pixels."""
     patch = backbone.patch_size
     images = images[..., : images.shape[-2] // patch * patch, : images.shape[-1] // patch * patch]
     device = next(backbone.parameters()).device
@@ -113,5 +114,7 @@ def save_pca_figure(
     top = [input_picture(img.unsqueeze(0)) for img in images]
     bottom = [to_image(p, height, width) for p in pca_pictures(grids, threshold)]
     figure = np.concatenate([np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)], axis=0)
+    factor = max(1, -(-min_height // height))
+    figure = figure.repeat(factor, axis=0).repeat(factor, axis=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return save_png(figure, path)
