@@ -17,7 +17,10 @@ DINOv2 adds it to CLS only); SwiGLU becomes timm's packed `fc1`/`fc2` (`SwiGLUPa
 checkpoints: DINO's (v1) ViT as `ViTModel` (as facebook/dino-vitb16: no pooler weights, so transformers
 initialises and names its unused pooler), a ViT with registers as `Dinov2WithRegistersModel`, one with
 other DINOv2 parts (LayerScale, SwiGLU, mask token) as `Dinov2Model`. `last_hidden_state[:, 0]` is our
-`x_norm_clstoken`. transformers is needed only for this format.
+`x_norm_clstoken` at the checkpoint's resolution (exactly, on CPU in float32); at other sizes both sides
+interpolate the position grid in their own way (ViTModel needs `interpolate_pos_encoding=True`), which
+differed by 1e-5 to 1e-4 (relative) on a tiny ViT at 1.5 times its resolution. transformers is needed
+only for this format.
 """
 
 from __future__ import annotations
