@@ -101,6 +101,8 @@ def extract_frames(video: Path, out: Path) -> float:
         raise UserError(f"reading the video {video} needs {missing}, or give a folder of frames as --input_path")
     import imageio.v2 as imageio
 
+    for stale in out.glob("frame-*.jpg"):  # frames of an earlier (longer) video would join this one
+        stale.unlink()
     try:
         reader = imageio.get_reader(str(video), format="FFMPEG")
     except Exception as err:  # imageio raises several types for a file that is not a video
@@ -183,11 +185,12 @@ def generate(args: argparse.Namespace) -> Path | None:
             raise UserError(f"--video_only needs a folder of attn-*.jpg frames as --input_path, not the file {source}")
         return write_video(frame_files(source, "attn-*.jpg"), output, args.fps, args.video_format)
     device = resolve_device(args.device)
-    frames_dir = source
     if source.is_file():
         frames_dir = make_output_dir(output / "frames", "--output_path")
         args.fps = extract_frames(source, frames_dir) or args.fps
-    frames = frame_files(frames_dir)
+        frames = frame_files(frames_dir, "frame-*.jpg")
+    else:
+        frames = frame_files(source)
     model = load_pretrained_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
     attention_dir = make_output_dir(output / "attention", "--output_path")
     written = attention_frames(model, frames, attention_dir, args, device)

@@ -81,6 +81,8 @@ def test_video_file_is_split_into_frames_at_its_frame_rate(frames_dir: Path, tmp
         for frame in sorted(frames_dir.iterdir()):
             writer.append_data(np.asarray(Image.open(frame).convert("RGB")))
     out = tmp_path / "out"
+    (out / "frames").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(out / "frames" / "frame-0099.jpg")  # left by an earlier, longer video
     video = vg.main(["--pretrained_weights", str(ckpt), "--input_path", str(clip), "--output_path", str(out),
                      "--threshold", "0.3", "--device", "cpu"])  # fmt: skip
     assert sorted(p.name for p in (out / "frames").iterdir()) == [f"frame-{i:04d}.jpg" for i in range(N_FRAMES)]
