@@ -38,6 +38,7 @@ from simdinov2.distributed import resolve_device
 from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.attention_maps import (
     add_backbone_args,
+    check_image_size,
     check_threshold,
     cls_attention_maps,
     combined_mask_picture,
@@ -174,6 +175,7 @@ def generate(args: argparse.Namespace) -> Path | None:
     """Frames (when from a video), attention frames and the video; returns the video's path (None without
     a writer)."""
     check_threshold(args.threshold)
+    check_image_size(args.resize, "--resize")
     if args.fps <= 0:
         raise UserError(f"--fps {args.fps} must be positive")
     source = Path(args.input_path)

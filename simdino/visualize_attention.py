@@ -32,6 +32,7 @@ from simdinov2.distributed import resolve_device
 from simdinov2.errors import MissingFileError
 from simdinov2.eval.attention_maps import (
     add_backbone_args,
+    check_image_size,
     check_threshold,
     cls_attention_maps,
     image_to_input,
@@ -109,6 +110,7 @@ def save_visualizations(
 def visualize(args: argparse.Namespace) -> list[Path]:
     """Write the attention maps (and masks) of the image; returns the paths written."""
     check_threshold(args.threshold)
+    check_image_size(args.image_size, "--image_size")
     device = resolve_device(args.device)
     make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     image = load_image(args.image_path)

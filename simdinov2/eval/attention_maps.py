@@ -93,6 +93,13 @@ def load_pretrained_backbone(
     return model.eval().to(device)
 
 
+def check_image_size(size: Sequence[int] | None, flag: str) -> None:
+    """One line unless `size` is None, one positive value (the shorter side) or two (height, width)."""
+    if size is not None and (len(size) not in (1, 2) or min(size) < 1):
+        raise UserError(f"{flag} {' '.join(map(str, size))} is not a size: give one positive value (the shorter "
+                        "side) or two (height width)")
+
+
 def image_to_input(image: Image.Image, patch_size: int, size: int | Sequence[int] | None = None) -> torch.Tensor:
     """[1, 3, H, W] model input: resized (bicubic) to `size` = (height, width), or its shorter side to
     an int `size`, or kept as is for None; ImageNet-normalised; cropped to a multiple of the patch size."""

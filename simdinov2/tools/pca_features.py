@@ -21,6 +21,7 @@ from simdinov2.distributed import resolve_device
 from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.attention_maps import (
     add_backbone_args,
+    check_image_size,
     check_threshold,
     image_to_input,
     load_pretrained_backbone,
@@ -57,6 +58,7 @@ def output_names(paths: list[Path]) -> list[str]:
 
 def write_pca_pictures(args: argparse.Namespace) -> list[Path]:
     check_threshold(args.threshold, "a fraction of the first component's range (0 keeps every patch)")
+    check_image_size(args.image_size, "--image_size")
     if not args.pretrained_weights:
         raise UserError("no --pretrained_weights given: pass a checkpoint, a URL or a release name")
     paths = [Path(p) for p in args.image_path]

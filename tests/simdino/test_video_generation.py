@@ -116,6 +116,7 @@ def test_frames_are_written_without_a_video_writer(frames_dir, v1_checkpoint, tm
         (["--input_path", "/nonexistent/clip.mp4"], "--input_path /nonexistent/clip.mp4 does not exist"),
         (["--video_only"], "no frames (attn-*.jpg"),
         (["--fps", "0"], "--fps 0.0 must be positive"),
+        (["--resize", "64", "64", "3"], "--resize 64 64 3 is not a size: give one positive value"),
     ],
 )
 def test_bad_input_is_one_line(flags, message, frames_dir, v1_checkpoint, tmp_path):

@@ -104,6 +104,7 @@ def test_demo_figure_has_images_above_their_pca(images, tmp_path):
     [
         (["--threshold", "2"], "--threshold 2.0 is not a fraction of the first component's range"),
         (["--image_path", "/nonexistent.png"], "--image_path /nonexistent.png is not a file"),
+        (["--image_size", "0"], "--image_size 0 is not a size"),
     ],
 )
 def test_bad_input_is_one_line(flags, message, images, tmp_path):
