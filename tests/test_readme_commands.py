@@ -12,9 +12,10 @@ What is substituted (nothing else is changed):
   val/, 3 classes, 40 + 10 PNGs each; Fashion-MNIST images when the Debian package is installed, the
   synthetic class patterns of conftest.py otherwise); `<OUT>`, `<OUTPUT>`, `<PATH/TO/OUTPUT/DIR>` -> the v1 or
   v2 run directory of this test; `<ITER>` -> the last v2 teacher snapshot's iteration; `<CKPT>` -> the v1
-  `checkpoint.pth`;
+  `checkpoint.pth`; `<FRAMES>` -> a folder of 3 of the dataset's images (a 'video'); `<IMAGE>` -> one of them;
 - sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), and
-  the attention maps use 64 px images (the default 480 px is 14400 tokens at the tiny model's patch 4).
+  the attention maps and the PCA pictures use 64 px images (the defaults, 480 and 448 px, are over 12000 tokens
+  at the tiny model's patch 4).
 
 Time: 12.5 minutes for all blocks on the shared 2-core machine at a load average of 5 to 10 (other jobs), far
 above the 2-minute aim; the 2-process FSDP v2 training on CPU is the slowest block (its first iteration alone
