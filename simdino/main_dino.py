@@ -24,21 +24,21 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
-from simdinov2.checkpoint.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
-from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
-from simdinov2.data.augmentations import DataAugmentationDINO
-from simdinov2.logging import setup_logging
-from simdinov2.precision import resolve_amp
-from simdinov2.trackers import ExperimentTrackers
-from simdinov2.train import dino_loop
-from simdinov2.train.clock import TrainingClock
-from simdinov2.train.multicrop import (
+from simdino.train import dino_loop
+from simdino.train.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
+from simdino.train.multicrop import (
     TORCHVISION_ARCHS,
     VIT_ARCHS,
     MultiCropStudentTeacher,
     build_loss,
     build_student_teacher,
 )
+from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
+from simdinov2.data.augmentations import DataAugmentationDINO
+from simdinov2.logging import setup_logging
+from simdinov2.precision import resolve_amp
+from simdinov2.trackers import ExperimentTrackers
+from simdinov2.train.clock import TrainingClock
 from simdinov2.train.optim import build_optimizer, param_groups
 from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from simdino import run_with_submitit
+from simdino.train import dino_loop
 from simdinov2.run import submit
-from simdinov2.train import dino_loop
 
 TINY = [
     "--arch", "vit_tiny", "--patch_size", "4", "--global_crops_size", "28", "--local_crops_size", "12",

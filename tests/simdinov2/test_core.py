@@ -198,7 +198,7 @@ def test_training_metrics_store_the_value_of_each_iteration(tmp_path):
 
 def test_one_train_step_drives_both_trees_and_the_benchmark():
     from benchmarks import train_step as bench
-    from simdinov2.train import dino_loop
+    from simdino.train import dino_loop
     from simdinov2.train import train as v2_train
     from simdinov2.train.step import train_step
 
@@ -217,7 +217,7 @@ def test_progress_shows_iteration_throughput_and_the_run_eta(caplog):
 
 def test_v1_warns_when_warmup_covers_the_whole_run(caplog):
     from simdino import main_dino
-    from simdinov2.train.dino_loop import validate_args
+    from simdino.train.dino_loop import validate_args
 
     args = main_dino.get_args_parser().parse_args(["--epochs", "2", "--arch", "vit_tiny", "--compile", "false"])
     with caplog.at_level("WARNING", logger="simdinov2"):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from simdino.train.multicrop import VIT_ARCHS, MultiCropStudentTeacher
 from simdinov2 import distributed
 from simdinov2.data import ImageFolderDataset, make_dataset
 from simdinov2.data.datasets import UnreadableImageError
@@ -27,7 +28,6 @@ from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger
 from simdinov2.trackers import ExperimentTrackers, check_packages
 from simdinov2.train.clock import TrainingClock
-from simdinov2.train.multicrop import VIT_ARCHS, MultiCropStudentTeacher
 from simdinov2.train.step import train_step
 from simdinov2.utils.schedules import cosine_scheduler_epochs
 
