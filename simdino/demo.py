@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from simdino.fmnist import data, figures, knn, machine, recipe, report
+from simdino.fmnist import adapt, data, figures, knn, machine, recipe, report
 from simdinov2 import distributed, precision
 from simdinov2.errors import UserError
 
@@ -50,13 +50,22 @@ def clear_previous_run(output_dir: Path) -> None:
             path.unlink()
 
 
-def precision_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """The recipe trains under bf16 autocast; on a CPU that only emulates bf16 it trains in fp32."""
-    if "use_fp16" in overrides or torch.cuda.is_available() or precision.cpu_has_bf16():
-        return overrides
-    print("this CPU has no bf16 instructions: training in fp32 (bf16 autocast would be emulated, several "
-          "times slower)", flush=True)  # fmt: skip
-    return {**overrides, "use_fp16": False}
+def plan_for_machine(
+    seconds: float, make_split: data.MakeSplit, threads: int | None, num_workers: int | None,
+    variant: str | None, overrides: dict[str, Any],
+) -> adapt.Plan:  # fmt: skip
+    """Time this machine and choose the recipe variant, threads / loader workers and k-NN sizes (prints
+    the machine and the one line of the choice). bf16 autocast only where the CPU computes bf16
+    (emulated, it is several times slower than fp32); a `use_fp16` override decides instead."""
+    cores, load = machine.available_cores(), (machine.load_average() or [0.0])[0]
+    bf16 = bool(overrides.get("use_fp16", precision.cpu_has_bf16()))
+    free = threads or machine.default_threads(cores, load)
+    print(f"SimDINO demo on {machine.cpu_model()}: {cores} cores, load average {load:.1f}, "
+          f"{'bf16' if bf16 else 'no bf16: fp32'}; timing a few steps of each recipe variant", flush=True)  # fmt: skip
+    plan = adapt.plan_run(seconds, make_split("TRAIN"), {**recipe.DEMO_RECIPE, **overrides}, free, bf16,
+                          threads, num_workers, variant)  # fmt: skip
+    print(plan.choice.reason(seconds) + f" [timing took {plan.probe_seconds:.0f} s]", flush=True)
+    return plan
 
 
 def evaluate_feature_sets(
@@ -79,17 +88,22 @@ def evaluate_feature_sets(
     return results, teacher, sets
 
 
-def print_summary(results: dict[str, Any], output_dir: Path, coeff: float) -> None:
+def print_summary(results: dict[str, Any], reference: adapt.Reference | None, output_dir: Path, coeff: float) -> None:
     print()
-    print(report.format_table([(name, results[report.TOP1_KEYS[key]]) for key, name in report.FEATURE_SETS]))
+    print(report.summary_table(results, reference))
+    note = report.subset_note(results)
+    if note:
+        print(note)
     gain = results["knn_top1"] - results["random_init_knn_top1"]
     print(f"\nSimDINO training moved the k-NN top-1 by {gain:+.2f} points over the same network at random init.")
     print(report.reading_guide(results["iterations"], coeff))
     print(
-        f"trained {results['train_seconds']:.0f} s, {results['iterations']} iterations, {results['images_seen']} "
-        f"images seen ({results['epochs_over_train_set']:.2f} passes over the {results['train_images']} training "
-        f"images); k-NN k={knn.KNN_K}, T={knn.KNN_TEMPERATURE}; results in {output_dir}/results.json, "
-        f"{', '.join(figures.FIGURES)}; {results['total_seconds']:.0f} s in all"
+        f"recipe variant '{results['plan']['variant']}': trained {results['train_seconds']:.0f} s at "
+        f"{results['train_seconds'] / max(results['iterations'], 1):.2f} s per step, {results['iterations']} iterations, "
+        f"{results['images_seen']} images seen ({results['epochs_over_train_set']:.2f} passes over the "
+        f"{results['train_images']} training images); k-NN k={knn.KNN_K}, T={knn.KNN_TEMPERATURE}, "
+        f"{results['eval_seconds']:.0f} s; results in {output_dir}/results.json, {', '.join(figures.FIGURES)}; "
+        f"{results['total_seconds']:.0f} s in all"
     )
 
 
@@ -101,43 +115,42 @@ def run_demo(
     num_workers: int | None = None,
     knn_train_images: int | None = None,
     knn_test_images: int | None = None,
+    variant: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train for `seconds`, evaluate the three feature sets, write results.json and the figures; returns
-    the results dict. None picks the defaults (`machine.default_threads`, `machine.default_num_workers`,
-    `knn.default_knn_images`); `overrides` are main_dino flags replacing the recipe's."""
+    """Time the machine and choose the recipe variant (`variant`: that one), train for `seconds`, evaluate
+    the three feature sets, write results.json and the figures; returns the results dict. None picks what
+    the timing chose (threads, workers, k-NN sizes); `overrides` are main_dino flags over the variant's."""
     times = {"started": time.time()}
     train_source, make_split, data_name = data.resolve_data(data_path)
     output_dir = Path(output_dir)
     clear_previous_run(output_dir)
-    cores, loads = machine.available_cores(), {"before": machine.load_average()}
-    threads = threads or machine.default_threads(cores, (loads["before"] or [0.0])[0])
-    num_workers = machine.default_num_workers(cores) if num_workers is None else num_workers
+    loads = {"before": machine.load_average()}
+    plan = plan_for_machine(seconds, make_split, threads, num_workers, variant, overrides)
+    layout, chosen = plan.choice.layout, plan.choice.variant
     knn_sizes = (knn_train_images, knn_test_images)
     if knn_sizes == (None, None):
-        knn_sizes = knn.default_knn_images(seconds)
-    torch.set_num_threads(threads)
-    flags = recipe.recipe_flags(seconds, output_dir, train_source, num_workers=num_workers, **precision_overrides(overrides))
-    print(
-        f"SimDINO demo: training {flags['arch']}/{flags['patch_size']} on {data_name} for {seconds:.0f} s on "
-        f"{threads} thread(s) + {num_workers} loader worker(s) ({cores} cores, load average "
-        f"{(loads['before'] or [0.0])[0]:.1f}), then k-NN on the test set",
-        flush=True,
-    )
+        knn_sizes = knn.default_knn_images(seconds) if seconds < knn.SHORT_RUN_SECONDS else plan.knn_sizes
+    torch.set_num_threads(layout.threads)
+    flags = recipe.recipe_flags(seconds, output_dir, train_source, num_workers=layout.num_workers,
+                                **{"use_fp16": layout.use_fp16, **chosen.overrides, **overrides})  # fmt: skip
+    print(f"training {flags['arch']}/{flags['patch_size']} ({flags['depth']} blocks) on {data_name} for {seconds:.0f} s, "
+          "then k-NN on the test set", flush=True)  # fmt: skip
     summary = recipe.train_for_budget(flags)
     args = summary["args"]  # the trainer's arguments: the recipe over main_dino's defaults
     times["train_done"], loads["end_of_training"] = time.time(), machine.load_average()
-    results_by_set, teacher, sets = evaluate_feature_sets(args, output_dir, make_split, knn_sizes, num_workers)
+    results_by_set, teacher, sets = evaluate_feature_sets(args, output_dir, make_split, knn_sizes, layout.num_workers)
     times["eval_done"] = time.time()
     figures.save_figures(output_dir, teacher, sets["test"], f"SimDINO {args.arch}/{args.patch_size} on {data_name}, {seconds:.0f} s")
     run = report.DemoRun(
         args=args, flags=flags, summary=summary, seconds=seconds, knn=results_by_set, data_name=data_name,
-        images={key: len(sets[key]) for key in ("train", "knn_train", "knn_test")},
-        threads=threads, num_workers=num_workers, times=times, loads=loads,
+        images={key: len(sets[key]) for key in ("train", "test", "knn_train", "knn_test")},
+        threads=layout.threads, num_workers=layout.num_workers, times=times, loads=loads,
+        plan=adapt.plan_record(plan, seconds),
     )  # fmt: skip
     results = report.results_record(run, time.time())
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print_summary(results, output_dir, float(args.coeff))
+    print_summary(results, chosen.reference, output_dir, float(args.coeff))
     return results
 
 
@@ -148,21 +161,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seconds", type=float, default=recipe.DEFAULT_SECONDS,
                         help=f"Wall-clock budget of the training loop (default {recipe.DEFAULT_SECONDS:.0f}); "
-                        "evaluation adds about 2-3 minutes on 2 cores.")
+                        "timing, start-up, evaluation and figures add about a minute.")
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the run and the results go.")
     parser.add_argument("--data_path", default=None,
                         help="ImageFolder root with train/ and val/ class folders (default: Fashion-MNIST "
                         f"from the Debian package in {data.DEFAULT_FASHION_MNIST_ROOT}).")
+    parser.add_argument("--variant", default="auto", choices=["auto", *(v.name for v in adapt.VARIANTS)],
+                        help="Recipe variant (default auto: the one predicted to learn most in the budget on this "
+                        "machine, from a few timed steps).")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: every core on an idle machine, the free ones on a busy one).")
+                        help="torch intra-op threads (default: timed against a loader worker on the free cores).")
     parser.add_argument("--num_workers", type=int, default=None,
-                        help="Data-loading worker processes (default: 1 per 4 cores, at least 1).")
+                        help="Data-loading worker processes (default: 1 or 0, whichever timed faster).")
     parser.add_argument("--knn_train_images", type=int, default=None,
-                        help="k-NN bank: a random subset of this many training images (default: all, or "
-                        f"10000 when --seconds < {knn.SHORT_RUN_SECONDS:.0f}).")
+                        help="k-NN bank: a random subset of this many training images (default: all where the "
+                        f"evaluation fits in about {adapt.EVAL_SECONDS:.0f} s, else fewer; 10000 when --seconds < "
+                        f"{knn.SHORT_RUN_SECONDS:.0f}).")
     parser.add_argument("--knn_test_images", type=int, default=None,
-                        help="k-NN queries: a random subset of this many test images (default: all, or "
-                        f"2000 when --seconds < {knn.SHORT_RUN_SECONDS:.0f}).")
+                        help="k-NN queries: a random subset of this many test images (default: as the bank, "
+                        f"one query per 5 bank images; 2000 when --seconds < {knn.SHORT_RUN_SECONDS:.0f}).")
     return parser  # fmt: skip
 
 
@@ -174,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return run_demo(
             args.seconds, args.output_dir, args.data_path, args.threads, args.num_workers,
             knn_train_images=args.knn_train_images, knn_test_images=args.knn_test_images,
+            variant=None if args.variant == "auto" else args.variant,
         )  # fmt: skip
     except UserError as e:
         raise SystemExit(f"demo: error: {e}") from None

@@ -47,9 +47,3 @@ def default_threads(cores: int | None = None, load: float | None = None) -> int:
     if free >= cores - 0.5:
         return cores
     return max(1, int(free + 0.5))
-
-
-def default_num_workers(cores: int) -> int:
-    """Loader processes: the multi-crop augmentation of 28 px images costs ~4 ms per image on one core,
-    about a third of the training step of the demo's ViT, so one worker per 4 cores keeps up."""
-    return max(1, min(8, cores // 4))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from simdino.fmnist.adapt import EVAL_SECONDS, Reference
 from simdino.fmnist.knn import KNN_K, KNN_TEMPERATURE, headline_top1
 from simdino.fmnist.machine import cpu_model, load_average
 from simdino.fmnist.recipe import DEMO_RECIPE, recipe_command
@@ -49,6 +50,7 @@ class DemoRun:
     num_workers: int
     times: dict[str, float]
     loads: dict[str, list[float]] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # what the demo measured and chose (adapt.Plan)
 
 
 def results_record(run: DemoRun, now: float) -> dict[str, Any]:
@@ -68,6 +70,7 @@ def results_record(run: DemoRun, now: float) -> dict[str, Any]:
         total_seconds=now - run.times["started"],
         data=run.data_name,
         train_images=run.images["train"],
+        test_images=run.images["test"],
         knn_train_images=run.images["knn_train"],
         knn_test_images=run.images["knn_test"],
         recipe={
@@ -76,6 +79,7 @@ def results_record(run: DemoRun, now: float) -> dict[str, Any]:
             if k in DEMO_RECIPE or k in run.flags
         },
         command=recipe_command(run.flags),
+        plan=run.plan,
         threads=run.threads,
         num_workers=run.num_workers,
         machine={
@@ -89,11 +93,39 @@ def results_record(run: DemoRun, now: float) -> dict[str, Any]:
     )
 
 
-def format_table(rows: Sequence[tuple[str, float]], k: int = KNN_K) -> str:
+def summary_table(results: Mapping[str, Any], reference: Reference | None) -> str:
+    """The printed table: k-NN top-1 of the three feature sets, the gain, what the run saw and what the
+    evaluation used; beside it, the same recipe variant's run on the README's machine (`reference`)."""
+    knn_sizes = f"{results['knn_train_images']} / {results['knn_test_images']}"
+    rows = [(name, f"{results[TOP1_KEYS[key]]:.2f}%") for key, name in FEATURE_SETS]
+    rows += [
+        ("gain over random init", f"{results['knn_top1'] - results['random_init_knn_top1']:+.2f}"),
+        ("iterations / images seen", f"{results['iterations']} / {results['images_seen']}"),
+        ("k-NN bank / queries", knn_sizes),
+    ]
+    theirs: list[str] = ["not measured"] * len(rows)
+    if reference is not None:
+        theirs = [f"{reference.teacher:.2f}%", f"{reference.random_init:.2f}%", f"{reference.pixels:.2f}%",
+                  f"{reference.gain:+.2f}", f"{reference.iterations} / {reference.images_seen}",
+                  f"{results['train_images']} / {reference.test_images}"]  # fmt: skip
     width = max(len(name) for name, _ in rows)
-    lines = [f"{'features':<{width}}  {k}-NN top-1", f"{'-' * width}  {'-' * 10}"]
-    lines += [f"{name:<{width}}  {top1:9.2f}%" for name, top1 in rows]
+    mine = max(len(value) for _, value in rows + [("", f"{KNN_K}-NN top-1")])
+    lines = [f"{'features':<{width}}  {f'{KNN_K}-NN top-1':>{mine}}  reference run", f"{'-' * width}  {'-' * mine}  {'-' * 13}"]
+    lines += [f"{name:<{width}}  {value:>{mine}}  {ref:>13}" for (name, value), ref in zip(rows, theirs)]
+    if reference is not None:
+        lines.append(f"reference run: this recipe variant on {reference.machine} ({reference.source})")
     return "\n".join(lines)
+
+
+def subset_note(results: Mapping[str, Any]) -> str | None:
+    """The line that says when the k-NN evaluation used a subset of the images (slow machines)."""
+    if results["knn_train_images"] >= results["train_images"] and results["knn_test_images"] >= results["test_images"]:
+        return None
+    return (
+        f"k-NN on a random {results['knn_train_images']} of the {results['train_images']} training images and "
+        f"{results['knn_test_images']} of the {results['test_images']} test images (what this machine embeds in "
+        f"about {EVAL_SECONDS:.0f} s; --knn_train_images / --knn_test_images choose other sizes)"
+    )
 
 
 def reading_guide(iterations: int, coeff: float) -> str:

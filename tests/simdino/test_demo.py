@@ -60,7 +60,6 @@ def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
     assert machine.default_threads(2, 1.0) == 1  # one core busy elsewhere: the free one only
     assert machine.default_threads(2, 6.0) == 1  # never fewer than one
     assert machine.default_threads(16, 4.2) == 12
-    assert machine.default_num_workers(2) == 1 and machine.default_num_workers(16) == 4
     assert knn.default_knn_images(recipe.DEFAULT_SECONDS) == (None, None)  # the real demo: every image
     bank, queries = knn.default_knn_images(30)
     assert 0 < queries < bank < 60000
