@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,11 @@ def config_compute_dtype(config: Any) -> torch.dtype:
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (x86 avx512_bf16 / AMX, Arm bf16). Without it bf16 autocast
     is emulated: one step of the demo's ViT at batch 16 took 8.4 s against 1.7 s in fp32 on a 2-core AVX2
-    EPYC, and the first one 9-14 s."""
+    EPYC, and the first one 9-14 s. `ATEN_CPU_CAPABILITY` below avx512 (e.g. `avx2`, to run as an AVX2-only
+    CPU would) keeps torch off the bf16 kernels: then no."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if capability and not capability.startswith("avx512"):
+        return False
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:  # not Linux: no way to tell, fp32 is the safe choice

@@ -180,6 +180,7 @@ def test_smoke_demo_prints_the_reading_guide(tiny_imagefolder, tmp_path, capsys)
 
 
 def test_bf16_autocast_only_on_cpus_that_compute_bf16(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     real_read_text = Path.read_text
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: real_read_text(cpuinfo if str(self) == "/proc/cpuinfo" else self, *a, **kw))
@@ -187,6 +188,8 @@ def test_bf16_autocast_only_on_cpus_that_compute_bf16(monkeypatch, tmp_path):
     assert not precision.cpu_has_bf16()
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
     assert precision.cpu_has_bf16()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # torch told to run as an AVX2-only CPU
+    assert not precision.cpu_has_bf16()
 
 
 def test_results_record_of_a_run(tmp_path):
@@ -195,10 +198,11 @@ def test_results_record_of_a_run(tmp_path):
         args=argparse.Namespace(**flags, unrelated=1), flags=flags,
         summary={"images_seen": 1280, "iterations": 10, "train_seconds": 61.0}, seconds=60.0,
         knn={"teacher": {20: (80.0, 98.0)}, "random_init": {20: (70.0, 96.0)}, "pixels": {10: (84.0, 99.0)}},
-        data_name="Fashion-MNIST", images={"train": 60000, "knn_train": 10000, "knn_test": 2000},
+        data_name="Fashion-MNIST", images={"train": 60000, "test": 10000, "knn_train": 10000, "knn_test": 2000},
         threads=2, num_workers=0, times={"started": 0.0, "train_done": 62.0, "eval_done": 100.0},
         loads={"before": [1.0, 1.0, 1.0]},
     )  # fmt: skip
+    run.plan = {"variant": "standard"}
     record = report.results_record(run, now=110.0)
     assert (record["knn_top1"], record["random_init_knn_top1"], record["pixels_knn_top1"]) == (80.0, 70.0, 84.0)
     assert record["knn"]["pixels"] == {"10": {"top1": 84.0, "top5": 99.0}}
@@ -207,3 +211,4 @@ def test_results_record_of_a_run(tmp_path):
     assert record["recipe"]["eps"] == 0.05 and "unrelated" not in record["recipe"]
     assert record["recipe"]["local_crops_scale"] == [0.1, 0.4]
     assert record["machine"]["load_average_before"] == [1.0, 1.0, 1.0] and "--eps 0.05" in record["command"]
+    assert record["plan"] == {"variant": "standard"} and record["test_images"] == 10000
