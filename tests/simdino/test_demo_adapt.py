@@ -68,3 +68,23 @@ def test_printed_table_has_the_reference_run_and_says_when_a_subset_was_used():
     assert "not measured" in report.summary_table(results, None)
     assert "random 5000 of the 60000 training images and 1000 of the 10000 test" in report.subset_note(results)
     assert report.subset_note({**results, "knn_train_images": 60000, "knn_test_images": 10000}) is None
+
+
+def test_plan_run_times_this_machine_and_chooses():
+    from PIL import Image
+
+    from simdino.fmnist import recipe
+
+    images = [(Image.new("L", (28, 28), color=i * 10), i) for i in range(16)]
+    base = {**recipe.DEMO_RECIPE, "depth": 1, "hidden_dim": 32, "z_dim": 16}
+    variants = (STANDARD, adapt.Variant("lean", {"local_crops_number": 1}, ()))
+    plan = adapt.plan_run(540.0, images, base, cores=1, bf16=False, variants=variants)
+    assert plan.choice.variant is STANDARD and set(plan.choice.alternatives) == {"standard"}  # lean: unmeasured
+    assert plan.choice.layout in (adapt.Layout(1, 1, False), adapt.Layout(1, 0, False))
+    assert 0 < plan.choice.step_seconds and plan.choice.iterations == int(540.0 / plan.choice.step_seconds)
+    assert plan.eval_seconds_per_image > 0 and plan.probe_seconds > 0
+    asked = adapt.plan_run(540.0, images, base, cores=1, bf16=False, threads=1, num_workers=0, variant="lean",
+                           variants=variants)  # fmt: skip
+    assert asked.choice.variant.name == "lean" and asked.choice.layout == adapt.Layout(1, 0, False)
+    record = adapt.plan_record(asked, 540.0)
+    assert record["variant"] == "lean" and record["predicted_gain"] is None and "as asked" in record["reason"]
