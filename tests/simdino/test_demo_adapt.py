@@ -34,7 +34,7 @@ def test_a_slow_machine_gets_the_variant_that_learns_most_in_its_steps():
 def test_unmeasured_variants_are_only_run_when_asked_for():
     unmeasured = adapt.Variant("new", {"depth": 4}, ())
     choice = adapt.choose_variant({"standard": (FAST, 1.0), "new": (FAST, 0.1)}, 540.0, (STANDARD, unmeasured))
-    assert choice.variant is STANDARD
+    assert choice.variant is STANDARD and "new: 0.10 s/step, ~5400 its, gain not measured" in choice.reason(540.0)
     asked = adapt.choose_variant({"new": (FAST, 0.1)}, 540.0, (unmeasured,))
     assert asked.variant is unmeasured and math.isnan(asked.predicted_gain) and "as asked" in asked.reason(540.0)
 
@@ -79,7 +79,8 @@ def test_plan_run_times_this_machine_and_chooses():
     base = {**recipe.DEMO_RECIPE, "depth": 1, "hidden_dim": 32, "z_dim": 16}
     variants = (STANDARD, adapt.Variant("lean", {"local_crops_number": 1}, ()))
     plan = adapt.plan_run(540.0, images, base, cores=1, bf16=False, variants=variants)
-    assert plan.choice.variant is STANDARD and set(plan.choice.alternatives) == {"standard"}  # lean: unmeasured
+    assert plan.choice.variant is STANDARD and set(plan.choice.alternatives) == {"standard", "lean"}
+    assert "lean: " in plan.choice.reason(540.0) and "gain not measured" in plan.choice.reason(540.0)
     assert plan.choice.layout in (adapt.Layout(1, 1, False), adapt.Layout(1, 0, False))
     assert 0 < plan.choice.step_seconds and plan.choice.iterations == int(540.0 / plan.choice.step_seconds)
     assert plan.eval_seconds_per_image > 0 and plan.probe_seconds > 0
