@@ -199,7 +199,7 @@ def synthetic_crops(flags: Mapping[str, Any], batch: int) -> list[torch.Tensor]:
     ]
 
 
-def time_compute_step(flags: Mapping[str, Any], use_fp16: bool, batch: int = 32, steps: int = 1) -> float:
+def time_compute_step(flags: Mapping[str, Any], use_fp16: bool, batch: int = 64, steps: int = 1) -> float:
     """Seconds per image of one training step (student forward/backward on every crop, teacher forward,
     coding-rate loss, AdamW, EMA) of `flags`' network at `batch` images, on this process's torch threads:
     the fastest of `steps` timed steps after one warm-up step (the fastest, because other processes on a
