@@ -37,7 +37,15 @@ from simdinov2.errors import UserError
 logger = logging.getLogger("simdinov2")
 
 # What a demo run writes into its output_dir (main_dino's files, then the demo's).
-RUN_FILES = ("checkpoint.pth", "log.txt", "training_metrics.json", "args.log", "output.log", "results.json", *figures.FIGURES)
+RUN_FILES = (
+    "checkpoint.pth",
+    "log.txt",
+    "training_metrics.json",
+    "args.log",
+    "output.log",
+    "results.json",
+    *figures.FIGURES,
+)
 
 
 def clear_previous_run(output_dir: Path) -> None:
@@ -51,27 +59,45 @@ def clear_previous_run(output_dir: Path) -> None:
 
 
 def plan_for_machine(
-    seconds: float, make_split: data.MakeSplit, threads: int | None, num_workers: int | None,
-    variant: str | None, overrides: dict[str, Any],
-) -> adapt.Plan:  # fmt: skip
+    seconds: float,
+    make_split: data.MakeSplit,
+    threads: int | None,
+    num_workers: int | None,
+    variant: str | None,
+    overrides: dict[str, Any],
+) -> adapt.Plan:
     """Time this machine and choose the recipe variant, threads / loader workers and k-NN sizes (prints
     the machine and the one line of the choice). bf16 autocast only where the CPU computes bf16
     (emulated, it is several times slower than fp32); a `use_fp16` override decides instead."""
     cores, load = machine.available_cores(), (machine.load_average() or [0.0])[0]
     bf16 = bool(overrides.get("use_fp16", precision.cpu_has_bf16()))
     free = threads or machine.default_threads(cores, load)
-    print(f"SimDINO demo on {machine.cpu_model()}: {cores} cores, load average {load:.1f}, "
-          f"{'bf16' if bf16 else 'no bf16: fp32'}; timing a few steps of each recipe variant", flush=True)  # fmt: skip
-    plan = adapt.plan_run(seconds, make_split("TRAIN"), {**recipe.DEMO_RECIPE, **overrides}, free, bf16,
-                          threads, num_workers, variant)  # fmt: skip
+    print(
+        f"SimDINO demo on {machine.cpu_model()}: {cores} cores, load average {load:.1f}, "
+        f"{'bf16' if bf16 else 'no bf16: fp32'}; timing a few steps of each recipe variant",
+        flush=True,
+    )
+    plan = adapt.plan_run(
+        seconds,
+        make_split("TRAIN"),
+        {**recipe.DEMO_RECIPE, **overrides},
+        free,
+        bf16,
+        threads,
+        num_workers,
+        variant,
+    )
     print(plan.choice.reason(seconds) + f" [timing took {plan.probe_seconds:.0f} s]", flush=True)
     return plan
 
 
 def evaluate_feature_sets(
-    args: argparse.Namespace, output_dir: Path, make_split: data.MakeSplit, knn_sizes: tuple[int | None, int | None],
+    args: argparse.Namespace,
+    output_dir: Path,
+    make_split: data.MakeSplit,
+    knn_sizes: tuple[int | None, int | None],
     num_workers: int,
-) -> tuple[dict[str, report.KnnResult], torch.nn.Module, dict[str, Any]]:  # fmt: skip
+) -> tuple[dict[str, report.KnnResult], torch.nn.Module, dict[str, Any]]:
     """k-NN of the trained teacher, its random init and raw pixels; returns ({key: result}, the teacher,
     the datasets: full train and test sets, k-NN bank and queries)."""
     transform = data.eval_transform(args.global_crops_size)
@@ -80,22 +106,34 @@ def evaluate_feature_sets(
     sets["knn_test"] = data.evaluation_subset(sets["test"], knn_sizes[1])
     device = distributed.resolve_device(args.device)
     teacher = knn.trained_teacher(output_dir).to(device)
-    models = {"teacher": teacher, "random_init": knn.random_init_backbone(args), "pixels": knn.pixel_features()}
+    models = {
+        "teacher": teacher,
+        "random_init": knn.random_init_backbone(args),
+        "pixels": knn.pixel_features(),
+    }
     results = {}
     for key, name in report.FEATURE_SETS:
-        logger.info(f"k-NN evaluation: {name} ({len(sets['knn_train'])} train / {len(sets['knn_test'])} test images)")
-        results[key] = knn.knn_evaluate(models[key].to(device), sets["knn_train"], sets["knn_test"], num_workers=num_workers)
+        logger.info(
+            f"k-NN evaluation: {name} ({len(sets['knn_train'])} train / {len(sets['knn_test'])} test images)"
+        )
+        results[key] = knn.knn_evaluate(
+            models[key].to(device), sets["knn_train"], sets["knn_test"], num_workers=num_workers
+        )
     return results, teacher, sets
 
 
-def print_summary(results: dict[str, Any], reference: adapt.Reference | None, output_dir: Path, coeff: float) -> None:
+def print_summary(
+    results: dict[str, Any], reference: adapt.Reference | None, output_dir: Path, coeff: float
+) -> None:
     print()
     print(report.summary_table(results, reference))
     note = report.subset_note(results)
     if note:
         print(note)
     gain = results["knn_top1"] - results["random_init_knn_top1"]
-    print(f"\nSimDINO training moved the k-NN top-1 by {gain:+.2f} points over the same network at random init.")
+    print(
+        f"\nSimDINO training moved the k-NN top-1 by {gain:+.2f} points over the same network at random init."
+    )
     print(report.reading_guide(results["iterations"], coeff))
     print(
         f"recipe variant '{results['plan']['variant']}': trained {results['train_seconds']:.0f} s at "
@@ -132,22 +170,45 @@ def run_demo(
     if knn_sizes == (None, None):
         knn_sizes = knn.default_knn_images(seconds) if seconds < knn.SHORT_RUN_SECONDS else plan.knn_sizes
     torch.set_num_threads(layout.threads)
-    flags = recipe.recipe_flags(seconds, output_dir, train_source, num_workers=layout.num_workers,
-                                **{"use_fp16": layout.use_fp16, **chosen.overrides, **overrides})  # fmt: skip
-    print(f"training {flags['arch']}/{flags['patch_size']} ({flags['depth']} blocks) on {data_name} for {seconds:.0f} s, "
-          "then k-NN on the test set", flush=True)  # fmt: skip
+    flags = recipe.recipe_flags(
+        seconds,
+        output_dir,
+        train_source,
+        num_workers=layout.num_workers,
+        **{"use_fp16": layout.use_fp16, **chosen.overrides, **overrides},
+    )
+    print(
+        f"training {flags['arch']}/{flags['patch_size']} ({flags['depth']} blocks) on {data_name} for {seconds:.0f} s, "
+        "then k-NN on the test set",
+        flush=True,
+    )
     summary = recipe.train_for_budget(flags)
     args = summary["args"]  # the trainer's arguments: the recipe over main_dino's defaults
     times["train_done"], loads["end_of_training"] = time.time(), machine.load_average()
-    results_by_set, teacher, sets = evaluate_feature_sets(args, output_dir, make_split, knn_sizes, layout.num_workers)
+    results_by_set, teacher, sets = evaluate_feature_sets(
+        args, output_dir, make_split, knn_sizes, layout.num_workers
+    )
     times["eval_done"] = time.time()
-    figures.save_figures(output_dir, teacher, sets["test"], f"SimDINO {args.arch}/{args.patch_size} on {data_name}, {seconds:.0f} s")
+    figures.save_figures(
+        output_dir,
+        teacher,
+        sets["test"],
+        f"SimDINO {args.arch}/{args.patch_size} on {data_name}, {seconds:.0f} s",
+    )
     run = report.DemoRun(
-        args=args, flags=flags, summary=summary, seconds=seconds, knn=results_by_set, data_name=data_name,
+        args=args,
+        flags=flags,
+        summary=summary,
+        seconds=seconds,
+        knn=results_by_set,
+        data_name=data_name,
         images={key: len(sets[key]) for key in ("train", "test", "knn_train", "knn_test")},
-        threads=layout.threads, num_workers=layout.num_workers, times=times, loads=loads,
+        threads=layout.threads,
+        num_workers=layout.num_workers,
+        times=times,
+        loads=loads,
         plan=adapt.plan_record(plan, seconds),
-    )  # fmt: skip
+    )
     results = report.results_record(run, time.time())
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print_summary(results, chosen.reference, output_dir, float(args.coeff))
@@ -159,28 +220,55 @@ def get_args_parser() -> argparse.ArgumentParser:
         "python -m simdino.demo",
         description="Train SimDINO on Fashion-MNIST for a fixed wall-clock budget, then k-NN-evaluate it.",
     )
-    parser.add_argument("--seconds", type=float, default=recipe.DEFAULT_SECONDS,
-                        help=f"Wall-clock budget of the training loop (default {recipe.DEFAULT_SECONDS:.0f}); "
-                        "timing, start-up, evaluation and figures add about a minute.")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=recipe.DEFAULT_SECONDS,
+        help=f"Wall-clock budget of the training loop (default {recipe.DEFAULT_SECONDS:.0f}); "
+        "timing, start-up, evaluation and figures add about a minute.",
+    )
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the run and the results go.")
-    parser.add_argument("--data_path", default=None,
-                        help="ImageFolder root with train/ and val/ class folders (default: Fashion-MNIST "
-                        f"from the Debian package in {data.DEFAULT_FASHION_MNIST_ROOT}).")
-    parser.add_argument("--variant", default="auto", choices=["auto", *(v.name for v in adapt.VARIANTS)],
-                        help="Recipe variant (default auto: the one predicted to learn most in the budget on this "
-                        "machine, from a few timed steps).")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: timed against a loader worker on the free cores).")
-    parser.add_argument("--num_workers", type=int, default=None,
-                        help="Data-loading worker processes (default: 1 or 0, whichever timed faster).")
-    parser.add_argument("--knn_train_images", type=int, default=None,
-                        help="k-NN bank: a random subset of this many training images (default: all where the "
-                        f"evaluation fits in about {adapt.EVAL_SECONDS:.0f} s, else fewer; 10000 when --seconds < "
-                        f"{knn.SHORT_RUN_SECONDS:.0f}).")
-    parser.add_argument("--knn_test_images", type=int, default=None,
-                        help="k-NN queries: a random subset of this many test images (default: as the bank, "
-                        f"one query per 5 bank images; 2000 when --seconds < {knn.SHORT_RUN_SECONDS:.0f}).")
-    return parser  # fmt: skip
+    parser.add_argument(
+        "--data_path",
+        default=None,
+        help="ImageFolder root with train/ and val/ class folders (default: Fashion-MNIST "
+        f"from the Debian package in {data.DEFAULT_FASHION_MNIST_ROOT}).",
+    )
+    parser.add_argument(
+        "--variant",
+        default="auto",
+        choices=["auto", *(v.name for v in adapt.VARIANTS)],
+        help="Recipe variant (default auto: the one predicted to learn most in the budget on this "
+        "machine, from a few timed steps).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: timed against a loader worker on the free cores).",
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="Data-loading worker processes (default: 1 or 0, whichever timed faster).",
+    )
+    parser.add_argument(
+        "--knn_train_images",
+        type=int,
+        default=None,
+        help="k-NN bank: a random subset of this many training images (default: all where the "
+        f"evaluation fits in about {adapt.EVAL_SECONDS:.0f} s, else fewer; 10000 when --seconds < "
+        f"{knn.SHORT_RUN_SECONDS:.0f}).",
+    )
+    parser.add_argument(
+        "--knn_test_images",
+        type=int,
+        default=None,
+        help="k-NN queries: a random subset of this many test images (default: as the bank, "
+        f"one query per 5 bank images; 2000 when --seconds < {knn.SHORT_RUN_SECONDS:.0f}).",
+    )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -189,10 +277,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"demo: error: --seconds must be > 0 (got {args.seconds})")
     try:
         return run_demo(
-            args.seconds, args.output_dir, args.data_path, args.threads, args.num_workers,
-            knn_train_images=args.knn_train_images, knn_test_images=args.knn_test_images,
+            args.seconds,
+            args.output_dir,
+            args.data_path,
+            args.threads,
+            args.num_workers,
+            knn_train_images=args.knn_train_images,
+            knn_test_images=args.knn_test_images,
             variant=None if args.variant == "auto" else args.variant,
-        )  # fmt: skip
+        )
     except UserError as e:
         raise SystemExit(f"demo: error: {e}") from None
 

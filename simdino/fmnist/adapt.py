@@ -64,9 +64,15 @@ class Variant:
 
 # The README's machine: the quiet 2-core AMD EPYC with avx512_bf16 (bf16 autocast, 2 threads + 1 worker).
 README_REFERENCE = Reference(
-    "2-core AMD EPYC, avx512_bf16, quiet", 560, 71680, 74.61, 68.20, 85.16, 10000,
+    "2-core AMD EPYC, avx512_bf16, quiet",
+    560,
+    71680,
+    74.61,
+    68.20,
+    85.16,
+    10000,
     "docs/results/demo_2026-11-26.json",
-)  # fmt: skip
+)
 
 VARIANTS = (
     # 6 blocks, 4 local crops, batch 128: three 540 s runs at three loads (README, "The demo") and the 900 s
@@ -100,12 +106,15 @@ class Choice:
     step_seconds: float
     iterations: int
     predicted_gain: float
-    alternatives: dict[str, tuple[float, int, float]] = field(default_factory=dict)  # name: (step s, its, gain)
+    alternatives: dict[str, tuple[float, int, float]] = field(
+        default_factory=dict
+    )  # name: (step s, its, gain)
 
     def reason(self, budget: float) -> str:
         """The one line that says what the demo chose and why."""
         others = "; ".join(
-            f"{name}: {step:.2f} s/step, ~{its} its, " + ("gain not measured" if math.isnan(gain) else f"{gain:+.1f}")
+            f"{name}: {step:.2f} s/step, ~{its} its, "
+            + ("gain not measured" if math.isnan(gain) else f"{gain:+.1f}")
             for name, (step, its, gain) in self.alternatives.items()
             if name != self.variant.name
         )
@@ -120,8 +129,12 @@ class Choice:
         )
 
 
-def evaluation_sizes(seconds_per_image: float, seconds: float, train: int = 60000, test: int = 10000,
-                     ) -> tuple[int | None, int | None]:  # fmt: skip
+def evaluation_sizes(
+    seconds_per_image: float,
+    seconds: float,
+    train: int = 60000,
+    test: int = 10000,
+) -> tuple[int | None, int | None]:
     """(k-NN bank, queries) that two networks can embed in `seconds` at `seconds_per_image` (as timed, times
     3 for loading and the rest): everything when it fits, else a random subset, 5 bank images per query,
     rounded down to hundreds (at least 1000 / 200)."""
@@ -163,8 +176,9 @@ def best_layout(compute: Mapping[Layout, float], loader_seconds: float, cores: i
     return fastest, timed[fastest]
 
 
-def choose_variant(step_seconds: Mapping[str, tuple[Layout, float]], budget: float,
-                   variants: Sequence[Variant] = VARIANTS) -> Choice:  # fmt: skip
+def choose_variant(
+    step_seconds: Mapping[str, tuple[Layout, float]], budget: float, variants: Sequence[Variant] = VARIANTS
+) -> Choice:
     """The variant with the largest predicted gain in `budget` seconds, given each variant's (best
     layout, seconds per step) measured on this machine. Variants without measured gains are timed and
     listed but not chosen, unless no other is timed (a variant the user asked for)."""
@@ -186,8 +200,16 @@ def choose_variant(step_seconds: Mapping[str, tuple[Layout, float]], budget: flo
 def trainer_namespace(flags: Mapping[str, Any]) -> argparse.Namespace:
     """What `build_student_teacher` / `build_loss` read of main_dino's arguments, for a recipe's flags
     (SimDINO's head and loss; the flags' own values win)."""
-    defaults = {"use_simdino": True, "use_bn_in_head": False, "norm_last_layer": True, "out_dim": 65536,
-                "expa_type": 1, "reduce_cov": 0, "freeze_last_layer": 0, "drop_path_rate": 0.0}  # fmt: skip
+    defaults = {
+        "use_simdino": True,
+        "use_bn_in_head": False,
+        "norm_last_layer": True,
+        "out_dim": 65536,
+        "expa_type": 1,
+        "reduce_cov": 0,
+        "freeze_last_layer": 0,
+        "drop_path_rate": 0.0,
+    }
     return argparse.Namespace(**{**defaults, **flags})
 
 
@@ -223,10 +245,14 @@ def time_compute_step(flags: Mapping[str, Any], use_fp16: bool, batch: int = 64,
 def time_augmentation(flags: Mapping[str, Any], dataset: Dataset, images: int = 16) -> float:
     """Seconds per image of the recipe's multi-crop augmentation (one core), on the first `images`."""
     transform = DataAugmentationDINO(
-        flags["global_crops_scale"], flags["local_crops_scale"], int(flags["local_crops_number"]),
-        global_crops_size=int(flags["global_crops_size"]), local_crops_size=int(flags["local_crops_size"]),
-        flat=True, blur="dino",
-    )  # fmt: skip
+        flags["global_crops_scale"],
+        flags["local_crops_scale"],
+        int(flags["local_crops_number"]),
+        global_crops_size=int(flags["global_crops_size"]),
+        local_crops_size=int(flags["local_crops_size"]),
+        flat=True,
+        blur="dino",
+    )
     pictures = [dataset[i][0] for i in range(images)]
     start = time.perf_counter()
     for picture in pictures:
@@ -245,7 +271,9 @@ def time_feature_extraction(flags: Mapping[str, Any], images: int = 128) -> floa
     return (time.perf_counter() - start) / images
 
 
-def candidate_layouts(cores: int, bf16: bool, threads: int | None = None, num_workers: int | None = None) -> list[Layout]:
+def candidate_layouts(
+    cores: int, bf16: bool, threads: int | None = None, num_workers: int | None = None
+) -> list[Layout]:
     """Layouts worth timing on `cores` free cores: every core computing with one loader worker beside
     them, one core fewer computing (the worker gets its own core), and no worker; bf16 autocast where the
     CPU computes bf16, else fp32 (emulated bf16 is several times slower: not worth timing). `threads` /
@@ -256,9 +284,13 @@ def candidate_layouts(cores: int, bf16: bool, threads: int | None = None, num_wo
 
 
 def measure_machine(
-    flags_of: Mapping[str, Mapping[str, Any]], dataset: Dataset, cores: int, bf16: bool,
-    threads: int | None = None, num_workers: int | None = None,
-) -> tuple[dict[str, tuple[Layout, float]], float]:  # fmt: skip
+    flags_of: Mapping[str, Mapping[str, Any]],
+    dataset: Dataset,
+    cores: int,
+    bf16: bool,
+    threads: int | None = None,
+    num_workers: int | None = None,
+) -> tuple[dict[str, tuple[Layout, float]], float]:
     """({variant: (fastest layout, seconds per step)}, evaluation seconds per image) on this machine.
     `flags_of`: each variant's main_dino flags, the first being the reference whose every candidate layout
     is timed; the others are timed at the reference's fastest layout and scaled by that ratio."""
@@ -280,8 +312,12 @@ def measure_machine(
             if name != names[0]:
                 fastest = best[names[0]][0]
                 torch.set_num_threads(fastest.threads)
-                ratio = time_compute_step(flags, fastest.use_fp16) / per_image[fastest.threads, fastest.use_fp16]
-            compute = {layout: per_image[layout.threads, layout.use_fp16] * ratio * batch for layout in layouts}
+                ratio = (
+                    time_compute_step(flags, fastest.use_fp16) / per_image[fastest.threads, fastest.use_fp16]
+                )
+            compute = {
+                layout: per_image[layout.threads, layout.use_fp16] * ratio * batch for layout in layouts
+            }
             best[name] = best_layout(compute, time_augmentation(flags, dataset) * batch, cores)
         torch.set_num_threads(best[names[0]][0].threads)
         return best, time_feature_extraction(reference)
@@ -289,7 +325,9 @@ def measure_machine(
         torch.set_num_threads(previous)
 
 
-EVAL_SECONDS = 30.0  # what the k-NN evaluation may take, so that `make demo` ends within a minute of its budget
+EVAL_SECONDS = (
+    30.0  # what the k-NN evaluation may take, so that `make demo` ends within a minute of its budget
+)
 
 
 @dataclass
@@ -303,15 +341,24 @@ class Plan:
 
 
 def plan_run(
-    budget: float, dataset: Dataset, base: Mapping[str, Any], cores: int, bf16: bool, threads: int | None = None,
-    num_workers: int | None = None, variant: str | None = None, variants: Sequence[Variant] = VARIANTS,
-) -> Plan:  # fmt: skip
+    budget: float,
+    dataset: Dataset,
+    base: Mapping[str, Any],
+    cores: int,
+    bf16: bool,
+    threads: int | None = None,
+    num_workers: int | None = None,
+    variant: str | None = None,
+    variants: Sequence[Variant] = VARIANTS,
+) -> Plan:
     """Time this machine (a few seconds) and choose: the variant (`variant`: that one only), the layout,
     the k-NN sizes that keep the evaluation within `EVAL_SECONDS`. `base`: the recipe's flags."""
     start = time.perf_counter()
     candidates = [v for v in variants if variant in (None, v.name)]
     flags_of = {v.name: {**base, **v.overrides} for v in candidates}
-    step_seconds, eval_seconds_per_image = measure_machine(flags_of, dataset, cores, bf16, threads, num_workers)
+    step_seconds, eval_seconds_per_image = measure_machine(
+        flags_of, dataset, cores, bf16, threads, num_workers
+    )
     choice = choose_variant(step_seconds, budget, candidates)
     sizes = evaluation_sizes(eval_seconds_per_image, EVAL_SECONDS)
     return Plan(choice, sizes, eval_seconds_per_image, time.perf_counter() - start)
@@ -322,14 +369,21 @@ def plan_record(plan: Plan, budget: float) -> dict[str, Any]:
     choice = plan.choice
     return {
         "variant": choice.variant.name,
-        "variant_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in choice.variant.overrides.items()},
-        "layout": {"threads": choice.layout.threads, "num_workers": choice.layout.num_workers,
-                   "use_fp16": choice.layout.use_fp16},  # fmt: skip
+        "variant_overrides": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in choice.variant.overrides.items()
+        },
+        "layout": {
+            "threads": choice.layout.threads,
+            "num_workers": choice.layout.num_workers,
+            "use_fp16": choice.layout.use_fp16,
+        },
         "measured_step_seconds": choice.step_seconds,
         "predicted_iterations": choice.iterations,
         "predicted_gain": None if math.isnan(choice.predicted_gain) else choice.predicted_gain,
-        "alternatives": {name: {"step_seconds": a[0], "iterations": a[1], "gain": None if math.isnan(a[2]) else a[2]}
-                         for name, a in choice.alternatives.items()},  # fmt: skip
+        "alternatives": {
+            name: {"step_seconds": a[0], "iterations": a[1], "gain": None if math.isnan(a[2]) else a[2]}
+            for name, a in choice.alternatives.items()
+        },
         "eval_seconds_per_image": plan.eval_seconds_per_image,
         "timing_seconds": plan.probe_seconds,
         "reason": choice.reason(budget),

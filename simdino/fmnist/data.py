@@ -24,7 +24,9 @@ def fashion_mnist_installed(root: str | Path | None = None) -> Path | None:
     """None when both Fashion-MNIST splits are under `root` (default: the Debian package's folder), else the
     first missing file."""
     root = DEFAULT_FASHION_MNIST_ROOT if root is None else root
-    missing = [p for split in ("TRAIN", "TEST") for p in fashion_mnist_paths(split, Path(root)) if not p.is_file()]
+    missing = [
+        p for split in ("TRAIN", "TEST") for p in fashion_mnist_paths(split, Path(root)) if not p.is_file()
+    ]
     return missing[0] if missing else None
 
 
@@ -58,7 +60,9 @@ def resolve_data(data_path: str | None) -> tuple[str, MakeSplit, str]:
             )
 
     def image_folder(split: str, transform: Any = None) -> Dataset:
-        return ImageFolderDataset(str(root_path / ("train" if split == "TRAIN" else "val")), transform=transform)
+        return ImageFolderDataset(
+            str(root_path / ("train" if split == "TRAIN" else "val")), transform=transform
+        )
 
     return str(root_path / "train"), image_folder, str(root_path)
 

@@ -63,7 +63,9 @@ def save_attention_figure(
         picture = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
         rows.append((picture, attention.numpy(), int(label)))
     heads = rows[0][1].shape[0]
-    fig, axes = plt.subplots(len(rows), heads + 1, figsize=(1.6 * (heads + 1), 1.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), heads + 1, figsize=(1.6 * (heads + 1), 1.6 * len(rows)), squeeze=False
+    )
     for r, (picture, attention, label) in enumerate(rows):
         axes[r][0].imshow(picture)
         name = class_names[label] if class_names and label < len(class_names) else str(label)
@@ -71,7 +73,9 @@ def save_attention_figure(
         extent = (0, picture.shape[1], picture.shape[0], 0)
         for h in range(heads):
             axes[r][h + 1].imshow(picture.mean(axis=2), cmap="gray", extent=extent)
-            axes[r][h + 1].imshow(attention[h], cmap="inferno", alpha=0.6, interpolation="nearest", extent=extent)
+            axes[r][h + 1].imshow(
+                attention[h], cmap="inferno", alpha=0.6, interpolation="nearest", extent=extent
+            )
             if r == 0:
                 axes[r][h + 1].set_title(f"head {h}", fontsize=8)
         for ax in axes[r]:

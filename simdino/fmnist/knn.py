@@ -32,7 +32,9 @@ def default_knn_images(seconds: float) -> tuple[int | None, int | None]:
 
 def trained_teacher(output_dir: str | Path) -> nn.Module:
     """The teacher backbone of `output_dir/checkpoint.pth` (architecture read from the weights)."""
-    return build_backbone_from_checkpoint(str(Path(output_dir) / "checkpoint.pth"), "teacher", verbose=False).eval()
+    return build_backbone_from_checkpoint(
+        str(Path(output_dir) / "checkpoint.pth"), "teacher", verbose=False
+    ).eval()
 
 
 def random_init_backbone(args: argparse.Namespace | dict[str, Any]) -> nn.Module:
@@ -77,9 +79,13 @@ def knn_evaluate(
     train_features, train_labels = extract(model, train_dataset, batch_size, num_workers)
     test_features, test_labels = extract(model, test_dataset, batch_size, num_workers)
     return knn_classify(
-        train_features, train_labels, test_features, test_labels,
-        feasible_ks(ks, train_features.shape[0]), temperature,
-    )  # fmt: skip
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        feasible_ks(ks, train_features.shape[0]),
+        temperature,
+    )
 
 
 def headline_top1(result: dict[int, tuple[float, float]]) -> float:

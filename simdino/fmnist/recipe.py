@@ -58,9 +58,13 @@ def recipe_flags(
     """main_dino's flags for the demo recipe trained for `seconds` (any flag can be overridden; main_dino
     refuses one it does not have)."""
     return {
-        **DEMO_RECIPE, **overrides, "time_budget": float(seconds), "data_path": train_source,
-        "output_dir": str(output_dir), "num_workers": int(num_workers),
-    }  # fmt: skip
+        **DEMO_RECIPE,
+        **overrides,
+        "time_budget": float(seconds),
+        "data_path": train_source,
+        "output_dir": str(output_dir),
+        "num_workers": int(num_workers),
+    }
 
 
 def recipe_command(flags: dict[str, Any]) -> str:

@@ -60,7 +60,10 @@ def results_record(run: DemoRun, now: float) -> dict[str, Any]:
         **{TOP1_KEYS[key]: headline_top1(run.knn[key]) for key, _ in FEATURE_SETS},
         knn_k=KNN_K,
         knn_temperature=KNN_TEMPERATURE,
-        knn={key: {str(k): {"top1": v[0], "top5": v[1]} for k, v in result.items()} for key, result in run.knn.items()},
+        knn={
+            key: {str(k): {"top1": v[0], "top5": v[1]} for k, v in result.items()}
+            for key, result in run.knn.items()
+        },
         train_seconds=run.summary["train_seconds"],
         time_budget_seconds=float(run.seconds),
         images_seen=images_seen,
@@ -105,12 +108,20 @@ def summary_table(results: Mapping[str, Any], reference: Reference | None) -> st
     ]
     theirs: list[str] = ["not measured"] * len(rows)
     if reference is not None:
-        theirs = [f"{reference.teacher:.2f}%", f"{reference.random_init:.2f}%", f"{reference.pixels:.2f}%",
-                  f"{reference.gain:+.2f}", f"{reference.iterations} / {reference.images_seen}",
-                  f"{results['train_images']} / {reference.test_images}"]  # fmt: skip
+        theirs = [
+            f"{reference.teacher:.2f}%",
+            f"{reference.random_init:.2f}%",
+            f"{reference.pixels:.2f}%",
+            f"{reference.gain:+.2f}",
+            f"{reference.iterations} / {reference.images_seen}",
+            f"{results['train_images']} / {reference.test_images}",
+        ]
     width = max(len(name) for name, _ in rows)
     mine = max(len(value) for _, value in rows + [("", f"{KNN_K}-NN top-1")])
-    lines = [f"{'features':<{width}}  {f'{KNN_K}-NN top-1':>{mine}}  reference run", f"{'-' * width}  {'-' * mine}  {'-' * 13}"]
+    lines = [
+        f"{'features':<{width}}  {f'{KNN_K}-NN top-1':>{mine}}  reference run",
+        f"{'-' * width}  {'-' * mine}  {'-' * 13}",
+    ]
     lines += [f"{name:<{width}}  {value:>{mine}}  {ref:>13}" for (name, value), ref in zip(rows, theirs)]
     if reference is not None:
         lines.append(f"reference run: this recipe variant on {reference.machine} ({reference.source})")
@@ -119,7 +130,10 @@ def summary_table(results: Mapping[str, Any], reference: Reference | None) -> st
 
 def subset_note(results: Mapping[str, Any]) -> str | None:
     """The line that says when the k-NN evaluation used a subset of the images (slow machines)."""
-    if results["knn_train_images"] >= results["train_images"] and results["knn_test_images"] >= results["test_images"]:
+    if (
+        results["knn_train_images"] >= results["train_images"]
+        and results["knn_test_images"] >= results["test_images"]
+    ):
         return None
     return (
         f"k-NN on a random {results['knn_train_images']} of the {results['train_images']} training images and "

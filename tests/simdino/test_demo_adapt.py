@@ -25,7 +25,9 @@ def test_a_slow_machine_gets_the_variant_that_learns_most_in_its_steps():
     choice = adapt.choose_variant({"standard": (FAST, 0.6), "lean": (FAST, 0.35)}, 540.0, (STANDARD, LEAN))
     assert choice.variant is LEAN and choice.iterations == 1542 and choice.predicted_gain > 6.8
     line = choice.reason(540.0)
-    assert "'lean'" in line and "0.35 s per step" in line and "~1542 iterations" in line and "standard:" in line
+    assert (
+        "'lean'" in line and "0.35 s per step" in line and "~1542 iterations" in line and "standard:" in line
+    )
     # a fast machine: standard runs to its last point, lean's extra steps are worth less
     fast = adapt.choose_variant({"standard": (FAST, 0.2), "lean": (FAST, 0.15)}, 540.0, (STANDARD, LEAN))
     assert fast.variant is STANDARD and fast.iterations == 2700
@@ -33,20 +35,33 @@ def test_a_slow_machine_gets_the_variant_that_learns_most_in_its_steps():
 
 def test_unmeasured_variants_are_only_run_when_asked_for():
     unmeasured = adapt.Variant("new", {"depth": 4}, ())
-    choice = adapt.choose_variant({"standard": (FAST, 1.0), "new": (FAST, 0.1)}, 540.0, (STANDARD, unmeasured))
-    assert choice.variant is STANDARD and "new: 0.10 s/step, ~5400 its, gain not measured" in choice.reason(540.0)
+    choice = adapt.choose_variant(
+        {"standard": (FAST, 1.0), "new": (FAST, 0.1)}, 540.0, (STANDARD, unmeasured)
+    )
+    assert choice.variant is STANDARD and "new: 0.10 s/step, ~5400 its, gain not measured" in choice.reason(
+        540.0
+    )
     asked = adapt.choose_variant({"new": (FAST, 0.1)}, 540.0, (unmeasured,))
-    assert asked.variant is unmeasured and math.isnan(asked.predicted_gain) and "as asked" in asked.reason(540.0)
+    assert (
+        asked.variant is unmeasured and math.isnan(asked.predicted_gain) and "as asked" in asked.reason(540.0)
+    )
 
 
 def test_layout_weighs_threads_against_the_loader():
     # 2 cores: 2 threads share the cores with the worker; 1 thread leaves the worker a core of its own
-    compute = {adapt.Layout(2, 1, False): 1.0, adapt.Layout(1, 1, False): 1.35, adapt.Layout(2, 0, False): 1.0}
+    compute = {
+        adapt.Layout(2, 1, False): 1.0,
+        adapt.Layout(1, 1, False): 1.35,
+        adapt.Layout(2, 0, False): 1.0,
+    }
     assert adapt.best_layout(compute, loader_seconds=0.5, cores=2) == (adapt.Layout(2, 1, False), 1.25)
     # a heavy loader: the worker on its own core hides it behind a slower step
     assert adapt.best_layout(compute, loader_seconds=1.3, cores=2) == (adapt.Layout(1, 1, False), 1.35)
     assert adapt.candidate_layouts(2, bf16=True) == [
-        adapt.Layout(2, 1, True), adapt.Layout(2, 0, True), adapt.Layout(1, 1, True), adapt.Layout(1, 0, True)
+        adapt.Layout(2, 1, True),
+        adapt.Layout(2, 0, True),
+        adapt.Layout(1, 1, True),
+        adapt.Layout(1, 0, True),
     ]
     assert adapt.candidate_layouts(4, bf16=False, threads=3, num_workers=2) == [adapt.Layout(3, 2, False)]
 
@@ -59,14 +74,24 @@ def test_evaluation_shrinks_to_what_the_machine_embeds_in_its_time():
 
 
 def test_printed_table_has_the_reference_run_and_says_when_a_subset_was_used():
-    results = {"knn_top1": 72.0, "random_init_knn_top1": 64.5, "pixels_knn_top1": 83.0, "iterations": 900,
-               "images_seen": 57600, "train_images": 60000, "test_images": 10000, "knn_train_images": 5000,
-               "knn_test_images": 1000}  # fmt: skip
+    results = {
+        "knn_top1": 72.0,
+        "random_init_knn_top1": 64.5,
+        "pixels_knn_top1": 83.0,
+        "iterations": 900,
+        "images_seen": 57600,
+        "train_images": 60000,
+        "test_images": 10000,
+        "knn_train_images": 5000,
+        "knn_test_images": 1000,
+    }
     table = report.summary_table(results, adapt.README_REFERENCE)
     assert "+7.50" in table and "74.61%" in table and "+6.41" in table and "900 / 57600" in table
     assert adapt.README_REFERENCE.source in table
     assert "not measured" in report.summary_table(results, None)
-    assert "random 5000 of the 60000 training images and 1000 of the 10000 test" in report.subset_note(results)
+    assert "random 5000 of the 60000 training images and 1000 of the 10000 test" in report.subset_note(
+        results
+    )
     assert report.subset_note({**results, "knn_train_images": 60000, "knn_test_images": 10000}) is None
 
 
@@ -84,8 +109,9 @@ def test_plan_run_times_this_machine_and_chooses():
     assert plan.choice.layout in (adapt.Layout(1, 1, False), adapt.Layout(1, 0, False))
     assert 0 < plan.choice.step_seconds and plan.choice.iterations == int(540.0 / plan.choice.step_seconds)
     assert plan.eval_seconds_per_image > 0 and plan.probe_seconds > 0
-    asked = adapt.plan_run(540.0, images, base, cores=1, bf16=False, threads=1, num_workers=0, variant="lean",
-                           variants=variants)  # fmt: skip
+    asked = adapt.plan_run(
+        540.0, images, base, cores=1, bf16=False, threads=1, num_workers=0, variant="lean", variants=variants
+    )
     assert asked.choice.variant.name == "lean" and asked.choice.layout == adapt.Layout(1, 0, False)
     record = adapt.plan_record(asked, 540.0)
     assert record["variant"] == "lean" and record["predicted_gain"] is None and "as asked" in record["reason"]
