@@ -137,8 +137,8 @@ def subset_note(results: Mapping[str, Any]) -> str | None:
         return None
     return (
         f"k-NN on a random {results['knn_train_images']} of the {results['train_images']} training images and "
-        f"{results['knn_test_images']} of the {results['test_images']} test images (what this machine embeds in "
-        f"about {EVAL_SECONDS:.0f} s; --knn_train_images / --knn_test_images choose other sizes)"
+        f"{results['knn_test_images']} of the {results['test_images']} test images (unless given with "
+        f"--knn_train_images / --knn_test_images: what this machine embeds in about {EVAL_SECONDS:.0f} s)"
     )
 
 

@@ -144,7 +144,9 @@ def test_short_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     for row in ("SimDINO teacher (trained)", "same network, random init", "raw pixels"):
         assert row in printed
-    assert "reference run" in printed and "74.61%" in printed  # the README machine's run of the variant
+    assert "reference run" in printed
+    if on_disk["plan"]["variant"] == "standard":  # the README machine's run of the variant
+        assert "74.61%" in printed
     assert "k-NN on a random 2000 of the 60000 training images and 400 of the 10000 test images" in printed
 
 
@@ -177,8 +179,8 @@ def test_smoke_demo_prints_the_reading_guide(tiny_imagefolder, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert results["iterations"] < report.SMOKE_RUN_ITERATIONS
     assert f"This was a smoke run ({results['iterations']} iterations" in printed
-    assert "chose recipe variant 'standard'" in printed and "s per step measured here" in printed
-    assert results["plan"]["variant"] == "standard" and results["plan"]["measured_step_seconds"] > 0
+    assert f"chose recipe variant '{results['plan']['variant']}'" in printed and "s per step measured here" in printed
+    assert results["plan"]["measured_step_seconds"] > 0 and set(results["plan"]["alternatives"]) == {"standard", "lean"}
     assert "comp_loss: cosine similarity of student and teacher views" in printed
     assert (tmp_path / "demo" / "loss_curve.png").is_file()
 
