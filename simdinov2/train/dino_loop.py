@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from simdinov2 import distributed
+from simdinov2.configs.validate import check_v1_args
 from simdinov2.data import ImageFolderDataset, make_dataset
 from simdinov2.data.datasets import UnreadableImageError
 from simdinov2.errors import NonFiniteLossError, UserError
@@ -38,16 +39,13 @@ PRINT_FREQ = 10  # iterations between progress lines / training_metrics.json rec
 
 def validate_args(args: argparse.Namespace) -> None:
     """Checks that need no data or model; each failure is one line saying what to change."""
-    if not args.eps > 0:
-        raise UserError(f"--eps must be > 0 (got {args.eps}): it divides the coding-rate scale p/(m·N·eps)")
+    check_v1_args(args)  # the ranges of the values both trees share
     for name in ("batch_size_per_gpu", "epochs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1 (got {getattr(args, name)})")
     check_packages(args.track_wandb, args.track_swan)
     if not getattr(args, "time_budget", 0.0) >= 0:
         raise UserError(f"--time_budget must be >= 0 seconds (got {args.time_budget}); 0 means no budget")
-    if args.local_crops_number < 0:
-        raise UserError(f"--local_crops_number must be >= 0 (got {args.local_crops_number})")
     if getattr(args, "depth", 0) < 0:
         raise UserError(f"--depth must be >= 1 blocks, or 0 for the arch's own (got {args.depth})")
     if args.arch in VIT_ARCHS:

@@ -368,8 +368,8 @@ def test_bad_inputs_give_one_clear_line(train_dir, tmp_path, capsys):
     (tmp_path / "noimg" / "cls").mkdir(parents=True)
     (tmp_path / "noimg" / "cls" / "notes.txt").write_text("not an image")
     assert "no images" in fails("--data_path", str(tmp_path / "noimg"))
-    assert "--eps must be > 0" in fails("--data_path", str(train_dir), "--eps", "0")
-    assert "--eps must be > 0" in fails("--data_path", str(train_dir), "--eps", "-0.5")
+    assert "--eps 0.0 is invalid: it must be > 0" in fails("--data_path", str(train_dir), "--eps", "0")
+    assert "--eps -0.5 is invalid: it must be > 0" in fails("--data_path", str(train_dir), "--eps", "-0.5")
     assert "fewer than one step" in fails("--data_path", str(train_dir), "--batch_size_per_gpu", "100000")
 
     with pytest.raises(SystemExit) as exc:
