@@ -22,7 +22,6 @@ Appends one JSON line per (n_per_class, k) to `K/results_eval_knn.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import class_balanced_subset, extract_features, l2_normalized, make_eval_loader
+from simdinov2.logging import append_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -289,9 +289,7 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
             "image_size": image_size,
         }
         path = os.path.join(args.output_dir, "results_eval_knn.json")
-        with open(path, "a") as f:
-            for record in records:
-                f.write(json.dumps({**record, **common}) + "\n")
+        append_json_lines(path, [{**record, **common} for record in records])
         logger.info("k-NN evaluation done in %.0f s; results appended to %s", time.time() - start, path)
     distributed.barrier()
     return records

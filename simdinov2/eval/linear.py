@@ -27,7 +27,6 @@ iterations
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -53,7 +52,7 @@ from simdinov2.data import (
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import dataset_labels, make_eval_loader
-from simdinov2.logging import MetricLogger
+from simdinov2.logging import MetricLogger, append_json_lines, resume_records
 from simdinov2.precision import autocast
 from simdinov2.utils.utils import fix_random_seeds
 
@@ -318,14 +317,16 @@ def get_args_parser(
     return parser
 
 
+RESULTS_NAME = "results_eval_linear.json"
+
+
 def _checkpoint_path(output_dir: str) -> str:
     return os.path.join(output_dir, "linear_checkpoint.pth")
 
 
 def _append_results(output_dir: str, record: dict[str, Any]) -> None:
     if distributed.is_main_process():
-        with open(os.path.join(output_dir, "results_eval_linear.json"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_lines(os.path.join(output_dir, RESULTS_NAME), [record])
 
 
 def _summarise(iteration: int, results: dict[str, dict[str, float]], classifiers: AllClassifiers) -> dict[str, Any]:
@@ -419,6 +420,8 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
         stretch_cosine_schedule(scheduler, max_iter)
         start_iteration = int(state["iteration"])
         logger.info("resumed the linear probe from %s at iteration %d", checkpoint_path, start_iteration)
+    if distributed.is_main_process():  # rows after the checkpoint (and a finished run's summary) come again
+        resume_records(args.output_dir, RESULTS_NAME, "iteration", start_iteration + (start_iteration < max_iter))
 
     def save(iteration: int) -> None:
         if distributed.is_main_process():
@@ -449,12 +452,13 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates")
             metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
-            if iteration % checkpoint_period == 0 or iteration == max_iter:
-                save(iteration)
+            # The row before the checkpoint: a kill between them re-runs (and re-writes) the iteration.
             if iteration % eval_period == 0 and iteration != max_iter:
                 results = evaluate_classifiers(feature_model, classifiers, val_loader, device)
                 _append_results(args.output_dir, _summarise(iteration, results, classifiers))
                 trained.train()
+            if iteration % checkpoint_period == 0 or iteration == max_iter:
+                save(iteration)
     results = evaluate_classifiers(feature_model, classifiers, val_loader, device)
     summary = _summarise(iteration, results, classifiers)
     summary.update({"final": True, "pretrained_weights": str(args.pretrained_weights),

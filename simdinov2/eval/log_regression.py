@@ -20,7 +20,6 @@ one JSON line to `R/results_eval_log_regression.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -38,6 +37,7 @@ from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import extract_features, make_eval_loader
+from simdinov2.logging import append_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -183,8 +183,7 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
     }
     if distributed.is_main_process():
         make_output_dir(args.output_dir)
-        with open(os.path.join(args.output_dir, "results_eval_log_regression.json"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_lines(os.path.join(args.output_dir, "results_eval_log_regression.json"), [record])
     logger.info("logistic-regression evaluation done in %.0f s", time.time() - start)
     distributed.barrier()
     return record

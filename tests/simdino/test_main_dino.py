@@ -261,6 +261,21 @@ def test_kill_mid_epoch_leaves_no_duplicate_metric_rows(train_dir, tmp_path):
     assert (resumed / "log.txt").read_text() == (full / "log.txt").read_text()
 
 
+def test_kill_before_the_first_checkpoint_leaves_no_duplicate_rows(train_dir, tmp_path):
+    """Killed in epoch 0: no checkpoint.pth, some rows (and half a row) of epoch 0 written. Before: the
+    rerun appended its rows after them (iterations [0, 0, 1, ...])."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_main(train_dir, full, epochs=2)
+    rows = (full / "training_metrics.json").read_text().splitlines(keepends=True)
+    resumed.mkdir()
+    (resumed / "training_metrics.json").write_text(rows[0] + '{"iteration": 1, "lo')
+    (resumed / ".log.txt.0123abcd.tmp").write_text("{")  # a write cut short
+    run_main(train_dir, resumed, epochs=2)
+    assert _metric_iterations(resumed) == _metric_iterations(full)
+    assert [row["epoch"] for row in read_log(resumed)] == [row["epoch"] for row in read_log(full)] == [0, 1]
+    assert not list(resumed.glob("*.tmp"))
+
+
 def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(train_dir, tmp_path):
     out = tmp_path / "dino"
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
