@@ -91,12 +91,22 @@ def epoch_state(
     return state
 
 
+# What every checkpoint of this trainer holds (a v2 snapshot, a classifier or another program's file lacks some).
+_REQUIRED_KEYS = ("student", "teacher", "optimizer", "epoch")
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
-        return safe_torch_load(str(path))
+        ckpt = safe_torch_load(str(path))
     except (ValueError, OSError, RuntimeError, EOFError) as e:
         detail = " ".join(str(e).split())[:300]
         raise UserError(f"cannot resume from {path}: {detail}; remove it or use another --output_dir") from e
+    missing = [key for key in _REQUIRED_KEYS if key not in ckpt] if isinstance(ckpt, dict) else None
+    if missing is None or missing:
+        what = f"a {type(ckpt).__name__}" if missing is None else f"a dict without {', '.join(missing)}"
+        raise UserError(f"cannot resume from {path}: it is {what}, not a main_dino.py checkpoint (student, teacher, "
+                        "optimizer, epoch); remove it or use another --output_dir")
+    return ckpt
 
 
 def _check_same_model(path: Path, ckpt: dict[str, Any], args: argparse.Namespace) -> None:
@@ -117,6 +127,9 @@ def restart_from_checkpoint(
 ) -> int:  # fmt: skip
     """Resume every piece of state from `path`; return the epoch to start from (0 without a checkpoint).
     The main process completes the checkpointed epoch's files (`complete_epoch_end`)."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot resume from {path}: it is a folder, not a checkpoint file; remove it or use "
+                        "another --output_dir")
     if not path.is_file():
         if distributed.is_main_process():
             complete_epoch_end(path.parent, None, args.saveckp_freq, 0)

@@ -276,6 +276,25 @@ def test_kill_before_the_first_checkpoint_leaves_no_duplicate_rows(train_dir, tm
     assert not list(resumed.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("content", ["v2_snapshot", "no_student", "list", "folder"])
+def test_a_checkpoint_pth_that_is_not_a_v1_checkpoint_is_one_line(content, train_dir, tmp_path):
+    """Before: a KeyError / TypeError traceback, or (a folder) a traceback after a full epoch."""
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / "checkpoint.pth"
+    if content == "folder":
+        path.mkdir()
+    else:
+        obj = {"v2_snapshot": {"teacher": {"backbone.cls_token": torch.zeros(1)}},
+               "no_student": {"teacher": {}, "optimizer": {}, "epoch": 1}, "list": [1, 2]}[content]
+        torch.save(obj, path)
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_dir, out)
+    message = _error_line(exc)
+    assert f"cannot resume from {path}" in message and "another --output_dir" in message
+    assert not (out / "log.txt").exists()  # refused before training
+
+
 def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(train_dir, tmp_path):
     out = tmp_path / "dino"
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
