@@ -14,7 +14,9 @@ astronaut photo shipped with scikit-image, so it runs offline.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -28,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from simdinov2.checkpoint import atomic_write_bytes
 from simdinov2.cli import make_output_dir
+from simdinov2.configs.validate import at_least, within
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
 from simdinov2.data.datasets import load_rgb_image
 from simdinov2.distributed import resolve_device
@@ -105,6 +109,13 @@ def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, flo
     return out.clip(0, 255).astype(np.uint8)
 
 
+def _save_png(path: Path, draw: Callable[[io.BytesIO], None]) -> None:
+    """Draw in memory, then write atomically: a full disk is one line, never a 0-byte picture."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_visualizations(
     img: torch.Tensor, attn: torch.Tensor, patch_size: int, output_dir: Path, threshold: float | None
 ) -> list[Path]:
@@ -118,13 +129,13 @@ def save_visualizations(
     written: list[Path] = []
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     picture = ((img[0].cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    Image.fromarray(picture).save(output_dir / "img.png")
+    _save_png(output_dir / "img.png", lambda f: Image.fromarray(picture).save(f, format="png"))
     written.append(output_dir / "img.png")
     # nearest upsampling by the patch size, as DINO: one colour block per patch
     full = F.interpolate(attn.unsqueeze(0), scale_factor=patch_size, mode="nearest")[0].cpu().numpy()
     for j, head_map in enumerate(full):
         path = output_dir / f"attn-head{j}.png"
-        plt.imsave(fname=str(path), arr=head_map, format="png")
+        _save_png(path, lambda f, head_map=head_map: plt.imsave(fname=f, arr=head_map, format="png"))
         written.append(path)
     if threshold is not None:
         masks = threshold_masks(attn, threshold).float()
@@ -132,13 +143,18 @@ def save_visualizations(
         colors = plt.get_cmap("tab10")
         for j, mask in enumerate(masks):
             path = output_dir / f"mask_th{threshold}_head{j}.png"
-            Image.fromarray(_overlay(picture, mask, colors(j % 10)[:3])).save(path)
+            overlay = _overlay(picture, mask, colors(j % 10)[:3])
+            _save_png(path, lambda f, overlay=overlay: Image.fromarray(overlay).save(f, format="png"))
             written.append(path)
     return written
 
 
 def visualize(args: argparse.Namespace) -> list[Path]:
     """Write the attention maps (and masks) of the image; returns the paths written."""
+    for size in args.image_size:
+        at_least(1)("--image_size", size)
+    if args.threshold is not None:
+        within(0.0, 1.0, " (the fraction of the attention mass the masks keep)")("--threshold", args.threshold)
     device = resolve_device(args.device)
     make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     image = load_image(args.image_path)

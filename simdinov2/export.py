@@ -24,11 +24,15 @@ from torch import Tensor
 
 from simdinov2.checkpoint import (
     CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
     build_backbone_from_checkpoint,
     describe_vit_config,
     extract_backbone,
     infer_vit_config,
 )
+from simdinov2.cli import make_output_dir
+from simdinov2.errors import UserError
 
 FORMATS = ("pth", "safetensors", "timm")
 _TIMM_SIZES = {"vit_tiny": "tiny", "vit_small": "small", "vit_base": "base", "vit_large": "large"}
@@ -139,18 +143,18 @@ def to_timm_state_dict(state_dict: dict[str, Tensor], config: dict[str, Any]) ->
 # ---------------------------------------------------------------------------------------------- export
 def _save(tensors: dict[str, Tensor], out: Path, metadata: dict[str, str]) -> None:
     tensors = {key: value.detach().contiguous() for key, value in tensors.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name in it, e.g. {out / 'backbone.pth'}")
+    make_output_dir(out.parent, flag="--out")  # under a file, read-only: one line
     if out.suffix == ".safetensors":
         try:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
         except ImportError:
             raise CheckpointError(
                 "writing .safetensors needs the safetensors package: pip install safetensors"
             ) from None
-        save_file(tensors, str(out), metadata=metadata)
+        atomic_write_bytes(out, save(tensors, metadata=metadata))  # a full disk: one line, no cut file
     else:
-        from simdinov2.checkpoint import atomic_torch_save
-
         atomic_torch_save(tensors, out)
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from simdinov2 import distributed
 from simdinov2.cli import make_output_dir
+from simdinov2.configs.validate import at_least
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval import setup as eval_setup
@@ -269,6 +270,7 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"--temperature must be > 0 (got {args.temperature})")
     if args.n_tries < 1:
         raise UserError(f"--n-tries must be >= 1 (got {args.n_tries})")
+    at_least(1)("--batch-size", args.batch_size)
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
     image_size = eval_setup.eval_image_size(args.image_size, config)
     transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
