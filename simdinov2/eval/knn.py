@@ -272,7 +272,7 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"--n-tries must be >= 1 (got {args.n_tries})")
     at_least(1)("--batch-size", args.batch_size)
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     val_dataset = make_dataset(args.val_dataset_str, transform=transform)

@@ -371,7 +371,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     fix_random_seeds(args.seed)
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
     device = distributed.get_device()
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     train_dataset = make_dataset(args.train_dataset_str, transform=make_classification_train_transform(crop_size=image_size))
     check_global_batch(len(train_dataset), args.batch_size, distributed.get_world_size())
     val_dataset = make_dataset(args.val_dataset_str, transform=make_classification_eval_transform(crop_size=image_size))

@@ -154,7 +154,7 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--max-train-iters must be >= 1 (got {args.max_train_iters})")
     start = time.time()
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     transform = make_classification_eval_transform(resize_size=image_size, crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     val_dataset = make_dataset(args.val_dataset_str, transform=transform)
