@@ -4,14 +4,17 @@ optimizers, trackers, non-finite loss, bad inputs and a 2-process torchrun (CPU,
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from simdino import main_dino
 from simdinov2.train.multicrop import MultiCropWrapper
@@ -457,6 +460,27 @@ def test_cli_error_exit_code_and_single_stderr_line(tmp_path):
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "does not exist" in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_truncated_jpeg_under_torchrun_is_one_line_not_a_gloo_traceback(train_dir, tmp_path):
+    """Before: the right line inside 129 lines of the waiting rank's gloo traceback."""
+    data = tmp_path / "data"
+    shutil.copytree(train_dir, data, symlinks=False)
+    first_class = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    jpeg = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(jpeg, format="JPEG")
+    # one process meets it while the other waits in a collective
+    (first_class / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 3])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main_dino.py", *TINY,
+           "--batch_size_per_gpu", "4", "--epochs", "1", "--data_path", str(data), "--output_dir", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "main_dino.py: error:" in line]
+    assert len(errors) == 1 and "cut" in errors[0] and ".jpg" in errors[0], proc.stderr[-3000:]
+    assert "Connection closed by peer" not in proc.stderr and "gloo" not in proc.stderr.lower(), proc.stderr[-3000:]
 
 
 @pytest.mark.slow
