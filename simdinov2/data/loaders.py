@@ -51,8 +51,8 @@ def parse_dataset_str(dataset_str: str) -> tuple[type, dict[str, str]]:
     if ":" not in dataset_str and "=" not in dataset_str and os.path.isdir(dataset_str):
         return ImageFolderDataset, {"root": dataset_str}
     if ":" not in dataset_str and "=" not in dataset_str and (os.sep in dataset_str or dataset_str.startswith(("~", "."))):
-        raise MissingFileError(f"dataset folder {dataset_str} does not exist: give an existing folder of class "
-                               f"sub-folders (ImageFolder tree), or a dataset string, one of {EXPECTED_FORMS}")
+        raise MissingFileError(f"dataset folder {dataset_str} does not exist; expected an existing folder of class "
+                               f"sub-folders (ImageFolder tree) or a dataset string, one of {EXPECTED_FORMS}")
     name, *tokens = dataset_str.split(":")
     canonical = {n.lower(): n for n in _DATASETS}.get(name.strip().lower())
     if canonical is None:
