@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from simdino import main_dino, visualize_attention
 from simdinov2 import export
 from simdinov2.errors import UserError
 from simdinov2.logging import json_lines
+from simdinov2.logging.helpers import _Tee
 from simdinov2.logging.json_lines import append_json_lines
 from simdinov2.models import build_vit
 
@@ -140,3 +142,21 @@ def test_export_to_an_unusable_out_is_one_line(kind, v1_weights, tmp_path):
     assert {"a_folder": "is a folder", "under_a_file": "a file is in the way",
             "read_only": "no permission to write there"}[kind] in message  # fmt: skip
 
+
+
+def test_console_copy_stops_with_one_warning_on_a_full_disk(tmp_path, capsys):
+    """Before: `--- Logging error ---` for every line, then exit 120 (stdout could not be flushed)."""
+    class FullFile:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        flush = close = lambda self: None
+
+    tee = _Tee(sys.stdout, tmp_path / "log.txt")
+    tee.file.close()
+    tee.file = FullFile()
+    tee.write("first\n")
+    tee.write("second\n")
+    tee.flush()
+    out = capsys.readouterr().out
+    assert out.count("warning: no longer copying the console") == 1 and "first" in out and "second" in out
