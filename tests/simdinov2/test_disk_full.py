@@ -17,6 +17,7 @@ from simdino import eval_linear as v1_linear
 from simdino import main_dino, visualize_attention
 from simdinov2 import export
 from simdinov2.errors import UserError
+from simdinov2.eval import knn
 from simdinov2.logging import json_lines
 from simdinov2.logging.helpers import _Tee
 from simdinov2.logging.json_lines import append_json_lines
@@ -160,3 +161,15 @@ def test_console_copy_stops_with_one_warning_on_a_full_disk(tmp_path, capsys):
     tee.flush()
     out = capsys.readouterr().out
     assert out.count("warning: no longer copying the console") == 1 and "first" in out and "second" in out
+
+
+def test_v2_knn_results(v1_weights, tiny_imagefolder, tmp_path, monkeypatch):
+    """Before: an empty results file, `--- Logging error ---` repeated, exit 120 and no error line."""
+    _disk_full_for(monkeypatch, "results_eval_knn.json")
+    out = tmp_path / "knn"
+    message = _one_line(lambda: knn.cli(["--pretrained-weights", str(v1_weights), "--image-size", "28",
+                                         "--train-dataset", f"ImageFolder:root={tiny_imagefolder}/train",
+                                         "--val-dataset", f"ImageFolder:root={tiny_imagefolder}/val",
+                                         "--num-workers", "0", "--output-dir", str(out)]))  # fmt: skip
+    assert str(out / "results_eval_knn.json") in message
+    assert not (out / "results_eval_knn.json").read_text()  # no half row
