@@ -14,6 +14,7 @@ Launch modes: `torchrun --nproc_per_node=N` (gloo on CPU, nccl on CUDA), SLURM /
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import time
@@ -24,21 +25,23 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
-from simdinov2.checkpoint.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
-from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
-from simdinov2.data.augmentations import DataAugmentationDINO
-from simdinov2.logging import setup_logging
-from simdinov2.precision import resolve_amp
-from simdinov2.trackers import ExperimentTrackers
-from simdinov2.train import dino_loop
-from simdinov2.train.clock import TrainingClock
-from simdinov2.train.multicrop import (
+from simdino.train import dino_loop
+from simdino.train.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
+from simdino.train.multicrop import (
     TORCHVISION_ARCHS,
     VIT_ARCHS,
     MultiCropStudentTeacher,
     build_loss,
     build_student_teacher,
 )
+from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
+from simdinov2.configs.validate import check_v1_args
+from simdinov2.data.augmentations import DataAugmentationDINO
+from simdinov2.errors import UserError
+from simdinov2.logging import setup_logging
+from simdinov2.precision import resolve_amp
+from simdinov2.trackers import ExperimentTrackers, check_packages
+from simdinov2.train.clock import TrainingClock
 from simdinov2.train.optim import build_optimizer, param_groups
 from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha
 
@@ -199,6 +202,37 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks of the flags that need no data or model; each failure is one line saying what to change."""
+    check_v1_args(args)  # the ranges of the values both trees share
+    for name in ("batch_size_per_gpu", "epochs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    check_packages(args.track_wandb, args.track_swan)
+    if not getattr(args, "time_budget", 0.0) >= 0:
+        raise UserError(f"--time_budget must be >= 0 seconds (got {args.time_budget}); 0 means no budget")
+    if getattr(args, "depth", 0) < 0:
+        raise UserError(f"--depth must be >= 1 blocks, or 0 for the arch's own (got {args.depth})")
+    if args.arch in VIT_ARCHS:
+        crops = [("global_crops_size", args.global_crops_size)]
+        crops += [("local_crops_size", args.local_crops_size)] if args.local_crops_number else []
+        for name, size in crops:
+            if size < args.patch_size:
+                raise UserError(f"--{name} {size} is smaller than one patch (--patch_size {args.patch_size}): "
+                                f"raise --{name} or lower --patch_size")
+    if args.arch in VIT_ARCHS and args.global_crops_size % args.patch_size:
+        logger.warning("--global_crops_size %d is not a multiple of --patch_size %d: border pixels are dropped",
+                       args.global_crops_size, args.patch_size)
+    if args.warmup_epochs >= args.epochs:
+        logger.warning(f"--warmup_epochs {args.warmup_epochs} >= --epochs {args.epochs}: the learning rate never "
+                       "leaves its linear warm-up; lower --warmup_epochs")
+
+
+def loop_settings(args: argparse.Namespace) -> dino_loop.LoopSettings:
+    """The flags the training loop reads, typed, taken once from the command line."""
+    return dino_loop.LoopSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(dino_loop.LoopSettings)})
+
+
 def start_run(args: argparse.Namespace) -> tuple[Path, ExperimentTrackers]:
     """Output folder, logs (`output.log`, `args.log`), seeds and trackers, on every rank."""
     output_dir = Path(args.output_dir)
@@ -222,7 +256,7 @@ def train_dino(args: argparse.Namespace) -> dict[str, float]:
 
     Returns a summary of the whole run (resumed parts included): `epochs`, `iterations`, `images_seen`
     (over all processes) and `train_seconds` (wall time of the training loops)."""
-    dino_loop.validate_args(args)
+    validate_args(args)
     device = distributed.init_distributed(args.device)
     output_dir, trackers = start_run(args)
     try:
@@ -232,6 +266,7 @@ def train_dino(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _train(args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers) -> dict[str, float]:
+    settings = loop_settings(args)
     world_size = distributed.get_world_size()
     logger.info(f"world size {world_size}, device {device}")
     # ============ data ... ============
@@ -241,9 +276,9 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
         blur="dino",  # DINO v1's PIL blur with the drawn radius, as upstream v1
     )  # fmt: skip
     with agree_on_errors("reading the dataset"):
-        data_loader = dino_loop.build_data_loader(args, dino_loop.build_dataset(args.data_path, transform), device)
+        data_loader = dino_loop.build_data_loader(settings, dino_loop.build_dataset(args.data_path, transform), device)
     # ============ building student and teacher networks, loss, optimizer ... ============
-    student, student_without_ddp, teacher = dino_loop.prepare_networks(args, *build_student_teacher(args), device)
+    student, student_without_ddp, teacher = dino_loop.prepare_networks(settings, *build_student_teacher(args), device)
     n_params = sum(p.numel() for p in student_without_ddp.parameters())
     logger.info(f"Student and Teacher are built: they are both {args.arch} network ({n_params / 1e6:.2f}M parameters).")
     loss_fn = build_loss(args).to(device)
@@ -255,11 +290,15 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
     )
     # ============ schedules, clock and resume ... ============
     niter_per_ep = len(data_loader)
-    schedules = dino_loop.build_schedules(args, niter_per_ep)
+    schedules = dino_loop.build_schedules(settings, niter_per_ep)
     clock = TrainingClock(args.time_budget, total_iterations=args.epochs * niter_per_ep, niter_per_epoch=niter_per_ep)
     checkpoint_path = output_dir / "checkpoint.pth"
     start_epoch = restart_from_checkpoint(
         checkpoint_path, args, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock
+    )
+    loop = dino_loop.EpochLoop(
+        pair=pair, optimizer=optimizer, scaler=scaler, data_loader=data_loader, schedules=schedules, settings=settings,
+        device=device, trackers=trackers, checkpoint_path=checkpoint_path, clock=clock,
     )
     # ============ training ... ============
     logger.info("Starting SimDINO training !" if args.use_simdino else "Starting DINO training !")
@@ -274,9 +313,7 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
             break
         data_loader.sampler.set_epoch(epoch)
         fix_random_seeds(dino_loop.epoch_seed(args.seed, epoch, distributed.get_rank()))
-        train_stats = dino_loop.run_epoch(
-            pair, optimizer, scaler, data_loader, schedules, epoch, args, device, trackers, checkpoint_path, clock
-        )
+        train_stats = dino_loop.run_epoch(loop, epoch)
         # ============ writing logs ... ============
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
         if distributed.is_main_process():

@@ -13,18 +13,22 @@ PROGRAMS = [
     ("simdino", ["eval_knn.py"]),
     ("simdino", ["eval_linear.py"]),
     ("simdino", ["visualize_attention.py"]),
+    ("simdino", ["video_generation.py"]),
     ("simdino", ["run_with_submitit.py"]),
     (".", ["prepare.py"]),
     (".", ["simdinov2/train/train.py"]),
     (".", ["simdinov2/eval/knn.py"]),
     (".", ["simdinov2/eval/linear.py"]),
     (".", ["simdinov2/eval/log_regression.py"]),
+    (".", ["simdinov2/eval/finetuning.py"]),
     (".", ["simdinov2/run/train/train.py"]),
     (".", ["simdinov2/run/eval/knn.py"]),
     (".", ["simdinov2/run/eval/linear.py"]),
     (".", ["simdinov2/run/eval/log_regression.py"]),
+    (".", ["simdinov2/run/eval/finetuning.py"]),
     (".", ["-m", "simdinov2.export"]),
     (".", ["-m", "simdinov2.tools.plot_log"]),
+    (".", ["-m", "simdinov2.tools.pca_features"]),
 ]
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from simdinov2 import distributed
-from simdinov2.cli import make_output_dir
+from simdinov2.io.output_dir import make_output_dir
 
 from .json_lines import append_json_lines
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from simdinov2.checkpoint.atomic import atomic_write_text, disk_full_error, is_disk_full, sweep_temporaries
+from simdinov2.io.atomic import atomic_write_text, disk_full_error, is_disk_full, sweep_temporaries
 
 
 def append_json_lines(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:

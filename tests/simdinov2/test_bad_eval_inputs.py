@@ -38,10 +38,10 @@ CASES = {
         "--batch-size 0 is invalid: it must be >= 1"),
     "visualize_attention.py --image_size 0": (
         lambda tmp: visualize_attention.main(["--image_size", "0", "--output_dir", str(tmp / "o")]),
-        "--image_size 0 is invalid: it must be >= 1"),
+        "--image_size 0 is not a size"),
     "visualize_attention.py --threshold 2": (  # before: accepted silently
         lambda tmp: visualize_attention.main(["--threshold", "2", "--output_dir", str(tmp / "o")]),
-        "--threshold 2.0 is invalid: it must lie in [0.0, 1.0]"),
+        "--threshold 2.0 is not a fraction of the attention mass: give a value in [0, 1]"),
     "eval_knn.py --load_features (a cut file)": (
         lambda tmp: v1_knn.cli(["--load_features", str(_cut_features(tmp)), "--output_dir", str(tmp / "o")]),
         "trainfeat.pth is corrupt or cut short"),
