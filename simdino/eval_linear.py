@@ -18,7 +18,6 @@ per-epoch cosine decay to 0. Files in `--output_dir`: `checkpoint.pth.tar` (`epo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from simdinov2.eval import linear as probe
 from simdinov2.eval.backbone import default_output_dir, read_checkpoint, training_crop_size
 from simdinov2.eval.features import make_eval_loader
 from simdinov2.eval.setup import run_main
-from simdinov2.logging import MetricLogger
+from simdinov2.logging import MetricLogger, append_json_lines, resume_records
 from simdinov2.utils.utils import bool_flag, fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
@@ -224,6 +223,8 @@ def main(args: argparse.Namespace) -> float:
         probe.stretch_cosine_schedule(scheduler, args.epochs)
         logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
     make_output_dir(args.output_dir)
+    if distributed.is_main_process():  # the epochs after the checkpoint are trained (and logged) again
+        resume_records(args.output_dir, "log.txt", "epoch", start_epoch)
 
     for epoch in range(start_epoch, args.epochs):
         log_stats = _train_epoch(args, epoch, feature_model, trained, optimizer, train_loader, device)
@@ -239,8 +240,7 @@ def main(args: argparse.Namespace) -> float:
             log_stats.update({"test_acc1": test_stats["top1"], "test_acc5": test_stats["top5"],
                               "test_loss": test_stats["loss"]})
         if distributed.is_main_process():
-            with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
-                f.write(json.dumps(log_stats) + "\n")
+            append_json_lines(os.path.join(args.output_dir, "log.txt"), [log_stats])
             atomic_torch_save({"epoch": epoch + 1, "state_dict": classifier.state_dict(),
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "best_acc": best_acc}, checkpoint_path)

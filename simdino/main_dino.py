@@ -35,6 +35,7 @@ from simdino.train.multicrop import (
     build_student_teacher,
 )
 from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
+from simdinov2.configs.validate import check_v1_args
 from simdinov2.data.augmentations import DataAugmentationDINO
 from simdinov2.errors import UserError
 from simdinov2.logging import setup_logging
@@ -203,16 +204,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Checks of the flags that need no data or model; each failure is one line saying what to change."""
-    if not args.eps > 0:
-        raise UserError(f"--eps must be > 0 (got {args.eps}): it divides the coding-rate scale p/(m·N·eps)")
+    check_v1_args(args)  # the ranges of the values both trees share
     for name in ("batch_size_per_gpu", "epochs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1 (got {getattr(args, name)})")
     check_packages(args.track_wandb, args.track_swan)
     if not getattr(args, "time_budget", 0.0) >= 0:
         raise UserError(f"--time_budget must be >= 0 seconds (got {args.time_budget}); 0 means no budget")
-    if args.local_crops_number < 0:
-        raise UserError(f"--local_crops_number must be >= 0 (got {args.local_crops_number})")
     if getattr(args, "depth", 0) < 0:
         raise UserError(f"--depth must be >= 1 blocks, or 0 for the arch's own (got {args.depth})")
     if args.arch in VIT_ARCHS:

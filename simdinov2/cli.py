@@ -13,6 +13,7 @@ Owns:
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable
 
 import torch
@@ -77,6 +78,24 @@ def _reports(error: UserError) -> bool:
     return error.report
 
 
+# How gloo / NCCL report a collective whose peer process ended (its own error is reported by that rank).
+_PEER_GONE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|NCCL communicator was aborted")
+
+
+def _peer_gone(error: BaseException) -> bool:
+    """Whether `error` is a collective broken by another rank's exit, in a job of several processes."""
+    if not distributed.is_enabled() or distributed.get_world_size() < 2:
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:  # the error and its causes
+        if _PEER_GONE.search(str(current)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def run_cli(prog: str, main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run `main(*args, **kwargs)` as a command-line program and return its result.
 
@@ -91,5 +110,9 @@ def run_cli(prog: str, main: Callable[..., Any], *args: Any, **kwargs: Any) -> A
         return result
     except UserError as error:
         raise SystemExit(error_line(prog, error) if _reports(error) else 1) from None
+    except Exception as error:
+        if _peer_gone(error):  # the rank that failed prints the one line; this one was waiting for it
+            raise SystemExit(1) from None
+        raise
     finally:
         distributed.destroy(barrier=not failed)

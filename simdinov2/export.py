@@ -39,6 +39,8 @@ from torch import Tensor
 
 from simdinov2.checkpoint import (
     CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
     build_backbone_from_checkpoint,
     describe_vit_config,
     extract_backbone,
@@ -303,18 +305,18 @@ def export_hf(checkpoint: Any, out: str | os.PathLike, checkpoint_key: str = "te
 # ---------------------------------------------------------------------------------------------- export
 def _save(tensors: dict[str, Tensor], out: Path, metadata: dict[str, str]) -> None:
     tensors = {key: value.detach().contiguous() for key, value in tensors.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name in it, e.g. {out / 'backbone.pth'}")
+    make_output_dir(out.parent, flag="--out")  # under a file, read-only: one line
     if out.suffix == ".safetensors":
         try:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
         except ImportError:
             raise CheckpointError(
                 "writing .safetensors needs the safetensors package: pip install safetensors"
             ) from None
-        save_file(tensors, str(out), metadata=metadata)
+        atomic_write_bytes(out, save(tensors, metadata=metadata))  # a full disk: one line, no cut file
     else:
-        from simdinov2.checkpoint import atomic_torch_save
-
         atomic_torch_save(tensors, out)
 
 

@@ -12,6 +12,7 @@ Fixtures (session-scoped, built once, read-only for tests: copy before modifying
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,21 @@ def fashion_mnist_available(root: Path = FASHION_MNIST_ROOT) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     # 2 shared cores: keep each test process from spawning a thread per core on its own.
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_job_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """submitit's job folders (pickles, logs) of the launchers under test: a private folder of the
+    session, not ~/.simdino/jobs."""
+    root = tmp_path_factory.mktemp("jobs")
+    root.chmod(0o700)
+    previous = os.environ.get("SIMDINO_JOB_FOLDER")
+    os.environ["SIMDINO_JOB_FOLDER"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("SIMDINO_JOB_FOLDER", None)
+    else:
+        os.environ["SIMDINO_JOB_FOLDER"] = previous
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,7 +13,7 @@ Every file is read without running anything it contains (see docs/DESIGN.md). Mo
 - `errors`: `CheckpointError`, `CheckpointNotFoundError` (both `simdinov2.errors.UserError`).
 """
 
-from simdinov2.io.atomic import atomic_torch_save, atomic_write_text, sweep_temporaries
+from simdinov2.io.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text, sweep_temporaries
 
 from .dcp import TRAINER_STATE, Checkpointer, full_state_dict, save_teacher_snapshot
 from .download import (
@@ -40,6 +40,7 @@ __all__ = [
     "DownloadError",
     "LoadReport",
     "atomic_torch_save",
+    "atomic_write_bytes",
     "atomic_write_text",
     "sweep_temporaries",
     "build_backbone_from_checkpoint",

@@ -357,10 +357,12 @@ def dcp_load_error(
             return current
     for current in exception_chain(exc):
         if isinstance(current, pickle.UnpicklingError):
-            return _refusal(
-                reader.current_file or str(path),
-                re.findall(r"GLOBAL ([\w.]+)", str(current)) or [_first_line(current)],
-            )
+            offenders = re.findall(r"GLOBAL ([\w.]+)", str(current))
+            if offenders:
+                return _refusal(reader.current_file or str(path), offenders)
+            # No global named: not code but bytes that are no pickle at all (a zero-filled or overwritten shard).
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(current))
+            return corrupt_error(reader.current_file or path, detail.group(1) if detail else "unreadable tensor data")
         if isinstance(current, (EOFError, struct.error)) or "PytorchStreamReader" in str(current):
             return corrupt_error(reader.current_file or path, _first_line(current))
     return None

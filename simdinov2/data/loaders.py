@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from torch.utils.data import Dataset
 
-from simdinov2.errors import UserError
+from simdinov2.errors import MissingFileError, UserError
 
 from .datasets import FashionMNIST, ImageFolderDataset, ImageNet, ImageNet22k
 from .samplers import SamplerType, make_data_loader
@@ -50,6 +50,9 @@ def parse_dataset_str(dataset_str: str) -> tuple[type, dict[str, str]]:
     dataset_str = dataset_str.strip()
     if ":" not in dataset_str and "=" not in dataset_str and os.path.isdir(dataset_str):
         return ImageFolderDataset, {"root": dataset_str}
+    if ":" not in dataset_str and "=" not in dataset_str and (os.sep in dataset_str or dataset_str.startswith(("~", "."))):
+        raise MissingFileError(f"dataset folder {dataset_str} does not exist; expected an existing folder of class "
+                               f"sub-folders (ImageFolder tree) or a dataset string, one of {EXPECTED_FORMS}")
     name, *tokens = dataset_str.split(":")
     canonical = {n.lower(): n for n in _DATASETS}.get(name.strip().lower())
     if canonical is None:

@@ -24,7 +24,6 @@ full-bank lines also hold `eval_sets`: {dataset string: {metric type: result}}, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ from torch import Tensor
 
 from simdinov2 import distributed
 from simdinov2.cli import make_output_dir
+from simdinov2.configs.validate import at_least
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval import setup as eval_setup
@@ -50,6 +50,7 @@ from simdinov2.eval.metrics import (
     num_dataset_classes,
     set_results,
 )
+from simdinov2.logging import append_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -359,8 +360,9 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"--temperature must be > 0 (got {args.temperature})")
     if args.n_tries < 1:
         raise UserError(f"--n-tries must be >= 1 (got {args.n_tries})")
+    at_least(1)("--batch-size", args.batch_size)
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     eval_sets = load_eval_sets(args, transform, num_dataset_classes(train_dataset))
@@ -379,9 +381,7 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
             "image_size": image_size,
         }
         path = os.path.join(args.output_dir, "results_eval_knn.json")
-        with open(path, "a") as f:
-            for record in records:
-                f.write(json.dumps({**record, **common}) + "\n")
+        append_json_lines(path, [{**record, **common} for record in records])
         logger.info("k-NN evaluation done in %.0f s; results appended to %s", time.time() - start, path)
     distributed.barrier()
     return records

@@ -32,7 +32,6 @@ backbone in the same SGD (its lr not scaled), which is what upstream's `finetune
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -67,7 +66,7 @@ from simdinov2.eval.metrics import (
     num_dataset_classes,
     set_results,
 )
-from simdinov2.logging import MetricLogger
+from simdinov2.logging import MetricLogger, append_json_lines, resume_records
 from simdinov2.precision import autocast
 from simdinov2.utils.utils import fix_random_seeds
 
@@ -371,14 +370,16 @@ def get_args_parser(
     return parser
 
 
+RESULTS_NAME = "results_eval_linear.json"
+
+
 def _checkpoint_path(output_dir: str) -> str:
     return os.path.join(output_dir, "linear_checkpoint.pth")
 
 
 def _append_results(output_dir: str, record: dict[str, Any]) -> None:
     if distributed.is_main_process():
-        with open(os.path.join(output_dir, "results_eval_linear.json"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_lines(os.path.join(output_dir, RESULTS_NAME), [record])
 
 
 def _summarise(iteration: int, results: dict[str, dict[str, float]], classifiers: AllClassifiers) -> dict[str, Any]:
@@ -434,7 +435,7 @@ def _build_probe(args: argparse.Namespace, avgpool_list: Sequence[bool]) -> Simp
     """Backbone, training set, evaluation sets (all checked before training) and the classifier grid."""
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
     device = distributed.get_device()
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     train_dataset = make_dataset(args.train_dataset_str, transform=make_classification_train_transform(crop_size=image_size))
     check_global_batch(len(train_dataset), args.batch_size, distributed.get_world_size())
     num_classes = num_dataset_classes(train_dataset)
@@ -534,12 +535,13 @@ def _train(args, probe: SimpleNamespace, optimizer, scheduler, start_iteration: 
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates")
         metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
-        if iteration % checkpoint_period == 0 or iteration == max_iter:
-            save(iteration)
+        # The row before the checkpoint: a kill between them re-runs (and re-writes) the iteration.
         if iteration % eval_period == 0 and iteration != max_iter:
             results = evaluate_sets(probe, probe.eval_sets[:1], args)[0]
             _append_results(args.output_dir, _summarise(iteration, results, probe.classifiers))
             trained.train()
+        if iteration % checkpoint_period == 0 or iteration == max_iter:
+            save(iteration)
     return iteration
 
 
@@ -556,6 +558,8 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     make_output_dir(args.output_dir)
     checkpoint_path = _checkpoint_path(args.output_dir)
     start_iteration = 0 if args.no_resume else _restore(checkpoint_path, probe, optimizer, scheduler, max_iter)
+    if distributed.is_main_process():  # rows after the checkpoint (and a finished run's summary) come again
+        resume_records(args.output_dir, RESULTS_NAME, "iteration", start_iteration + (start_iteration < max_iter))
 
     def save(iteration: int) -> None:
         if distributed.is_main_process():

@@ -22,7 +22,6 @@ line's `eval_sets`: {dataset string: {metric type: result}}, the validation set 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -49,6 +48,7 @@ from simdinov2.eval.metrics import (
     num_dataset_classes,
     set_results,
 )
+from simdinov2.logging import append_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -177,7 +177,7 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--max-train-iters must be >= 1 (got {args.max_train_iters})")
     start = time.time()
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     transform = make_classification_eval_transform(resize_size=image_size, crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     eval_sets = load_eval_sets(args, transform, num_dataset_classes(train_dataset))
@@ -207,8 +207,7 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
     }
     if distributed.is_main_process():
         make_output_dir(args.output_dir)
-        with open(os.path.join(args.output_dir, "results_eval_log_regression.json"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_lines(os.path.join(args.output_dir, "results_eval_log_regression.json"), [record])
     logger.info("logistic-regression evaluation done in %.0f s", time.time() - start)
     distributed.barrier()
     return record

@@ -90,13 +90,18 @@ def load_eval_config(config_file: str | None, opts: Sequence[str] = ()) -> DictC
     return get_cfg(config_file or None, list(opts))
 
 
-def eval_image_size(requested: int | None, config: DictConfig) -> int:
-    """`--image-size` if given, else the training global crop size of the config (224 if unset)."""
+def eval_image_size(requested: int | None, config: DictConfig, config_file: str | None = None) -> int:
+    """`--image-size` if given, else the training global crop size of the config (224 if unset); one line
+    says which and why (a model trained on 28-px crops evaluated at the default 224 px is slow)."""
     if requested is not None:
         if requested <= 0:
             raise UserError(f"--image-size must be positive (got {requested})")
         return int(requested)
-    return int(OmegaConf.select(config, "crops.global_crops_size", default=224))
+    size = int(OmegaConf.select(config, "crops.global_crops_size", default=224))
+    source = f"--config-file {config_file}" if config_file else "the default config, as no --config-file was given"
+    logger.info("evaluating at %d px: crops.global_crops_size of %s (the run's config.yaml gives its training "
+                "crop; --image-size N chooses)", size, source)
+    return size
 
 
 # Config keys of `student` -> the architecture fields (as the checkpoint loader names them) they set.

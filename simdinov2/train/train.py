@@ -219,6 +219,8 @@ def _resume(
     checkpointer: Checkpointer, scaler: Any, clock: TrainingClock, resume: bool
 ) -> tuple[int, Path | None]:
     """(first iteration to run, checkpoint resumed from or None); restores the scaler and the clock."""
+    if resume:
+        checkpointer.refuse_damaged()
     latest = checkpointer.latest()
     if latest is None or not resume:
         if latest is not None:

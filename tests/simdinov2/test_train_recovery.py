@@ -5,6 +5,7 @@ are written on resume, temporaries of cut-short writes are removed, no metrics r
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,11 +52,19 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(images, output folder) of an uninterrupted run, shared read-only."""
+    root = tmp_path_factory.mktemp("recovery")
+    data = write_golden_imagefolder(root / "train")
+    _train(data, root / "full")
+    return data, root / "full"
+
+
 @pytest.mark.slow
-def test_kill_during_teacher_snapshot_loses_nothing_on_resume(tmp_path, monkeypatch):
-    data = write_golden_imagefolder(tmp_path / "train")
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    _train(data, full)
+def test_kill_during_teacher_snapshot_loses_nothing_on_resume(full_run, tmp_path, monkeypatch):
+    data, full = full_run
+    killed = tmp_path / "killed"
 
     real_snapshot = v2_train.save_teacher_snapshot
 
@@ -100,3 +109,33 @@ def test_kill_during_teacher_snapshot_loses_nothing_on_resume(tmp_path, monkeypa
     # resuming a finished run writes nothing twice
     _train(data, killed)
     assert [row["iteration"] for row in _rows(killed)] == [0, 3, 6, 7]
+
+
+@pytest.mark.slow
+def test_kill_at_the_first_checkpoint_leaves_no_duplicate_rows(full_run, tmp_path):
+    """Killed while saving its first checkpoint: rows of iterations 0..3 written, no checkpoint. Before:
+    the rerun appended its rows after them ([0, 3, 0, 3, 6, 7])."""
+    data, full = full_run
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    rows = (full / "training_metrics.json").read_text().splitlines(keepends=True)
+    (killed / "training_metrics.json").write_text(rows[0] + rows[1] + '{"iteration": 4, "to')
+    (killed / "ckpt" / ".tmp_checkpoint_00000003").mkdir(parents=True)  # the save cut short
+    _train(data, killed)
+    assert [row["iteration"] for row in _rows(killed)] == [row["iteration"] for row in _rows(full)] == [0, 3, 6, 7]
+    assert not (killed / "ckpt" / ".tmp_checkpoint_00000003").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_without_trainer_state_is_one_line_not_a_silent_restart(full_run, tmp_path):
+    data, full = full_run
+    out = tmp_path / "damaged"
+    shutil.copytree(full, out)
+    (out / "ckpt" / "checkpoint_00000007" / "trainer_state.json").unlink()
+    before = sorted(p.name for p in (out / "ckpt").iterdir())
+    with pytest.raises(SystemExit) as exc:
+        _train(data, out)
+    message = str(exc.value.code)
+    assert "\n" not in message and "checkpoint_00000007 has no trainer_state.json" in message, message
+    assert "remove the folder to resume from checkpoint_00000003" in message and "--no-resume" in message
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == before  # nothing overwritten
