@@ -43,7 +43,7 @@ from simdinov2.data import (
     MaskingGenerator,
     collate_data_and_cast,
     make_data_loader,
-    make_dataset,
+    training_dataset,
 )
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
 from simdinov2.fsdp import resolve_sharding
@@ -116,7 +116,7 @@ def build_data(cfg: DictConfig) -> tuple[Any, int, Any]:
         global_crops_size=int(cfg.crops.global_crops_size),
         local_crops_size=int(cfg.crops.local_crops_size),
     )
-    dataset = make_dataset(str(cfg.train.dataset_path), transform=transform)
+    dataset = training_dataset(str(cfg.train.dataset_path), transform, option="train.dataset_path")
     global_batch = int(cfg.train.batch_size_per_gpu) * distributed.get_world_size()
     epoch_len = epoch_length(len(dataset), global_batch, int(cfg.train.OFFICIAL_EPOCH_LENGTH))
     if epoch_len < 1:
