@@ -27,6 +27,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
 from simdinov2.checkpoint.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
 from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
 from simdinov2.data.augmentations import DataAugmentationDINO
+from simdinov2.errors import UserError
 from simdinov2.logging import setup_logging
 from simdinov2.precision import resolve_amp
 from simdinov2.trackers import ExperimentTrackers
@@ -40,6 +41,7 @@ from simdinov2.train.multicrop import (
     build_student_teacher,
 )
 from simdinov2.train.optim import build_optimizer, param_groups
+from simdinov2.train.ssl_meta_arch import load_pretrained_backbone
 from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha
 
 logger = logging.getLogger("simdinov2")
@@ -74,6 +76,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         (its bottleneck): the L2-normalised features of the coding-rate loss in SimDINO, the input of the
         prototype layer in the DINO baseline.""")
     parser.add_argument("--hidden_dim", default=2048, type=int, help="Hidden dimension of the projection head MLP.")
+    parser.add_argument("--pretrained_weights", default="", type=str, help="""Backbone weights to start the
+        student and teacher from (a released DINO / SimDINO checkpoint, a v2 teacher snapshot, a timm or hub
+        checkpoint: any layout the evaluations read). Position embedding and patch kernel are resampled to
+        this model's crop and patch size; the heads start fresh. A checkpoint.pth in --output_dir wins
+        (the run resumes from it).""")
+    parser.add_argument("--checkpoint_key", default="teacher", type=str,
+                        help='Which network of --pretrained_weights to take when it holds several (Default: "teacher").')
     parser.add_argument("--use_simdino", default=True, type=bool_flag, help="""Train SimDINO (coding-rate loss,
         no prototypes, no centering, no sharpening; default). False trains the DINO baseline: prototype
         layer of --out_dim, centered and sharpened teacher softmax, last layer frozen for
@@ -217,6 +226,21 @@ def start_run(args: argparse.Namespace) -> tuple[Path, ExperimentTrackers]:
     return output_dir, trackers
 
 
+def init_from_pretrained(args: argparse.Namespace, student, teacher, checkpoint_path: Path) -> None:
+    """Both backbones from `--pretrained_weights` (resized as v2's `student.pretrained_weights`), unless the
+    run resumes from `checkpoint_path`."""
+    if not args.pretrained_weights:
+        return
+    if checkpoint_path.is_file():
+        logger.info(f"--pretrained_weights {args.pretrained_weights} not loaded: {checkpoint_path} exists and the run resumes from it")
+        return
+    if args.arch not in VIT_ARCHS:
+        raise UserError(f"--pretrained_weights needs a ViT --arch ({', '.join(VIT_ARCHS)}), not {args.arch}")
+    report = load_pretrained_backbone(student.backbone, args.pretrained_weights, checkpoint_key=args.checkpoint_key)
+    teacher.backbone.load_state_dict(student.backbone.state_dict())
+    logger.info(f"student and teacher backbones start from {args.pretrained_weights}: {report.summary()}; heads start fresh")
+
+
 def train_dino(args: argparse.Namespace) -> dict[str, float]:
     """Train SimDINO (or the DINO baseline with --use_simdino false) as described by `args`.
 
@@ -243,7 +267,9 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
     with agree_on_errors("reading the dataset"):
         data_loader = dino_loop.build_data_loader(args, dino_loop.build_dataset(args.data_path, transform), device)
     # ============ building student and teacher networks, loss, optimizer ... ============
-    student, student_without_ddp, teacher = dino_loop.prepare_networks(args, *build_student_teacher(args), device)
+    student, teacher = build_student_teacher(args)
+    init_from_pretrained(args, student, teacher, output_dir / "checkpoint.pth")
+    student, student_without_ddp, teacher = dino_loop.prepare_networks(args, student, teacher, device)
     n_params = sum(p.numel() for p in student_without_ddp.parameters())
     logger.info(f"Student and Teacher are built: they are both {args.arch} network ({n_params / 1e6:.2f}M parameters).")
     loss_fn = build_loss(args).to(device)

@@ -1,0 +1,106 @@
+"""v1 on a researcher's own data (`simdino/main_dino.py`): unlabeled folders and lists, starting from given
+weights, the effective rank, the batch-size guard of the coding rate and the k-NN monitor (tiny ViT, real
+Fashion-MNIST images)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from simdino import main_dino
+from simdinov2.checkpoint import safe_torch_load
+
+TINY = [
+    "--arch", "vit_tiny", "--patch_size", "4", "--depth", "2", "--global_crops_size", "28", "--local_crops_size", "12",
+    "--local_crops_number", "2", "--compile", "false", "--use_fp16", "false", "--num_workers", "0",
+    "--warmup_epochs", "0", "--hidden_dim", "64", "--z_dim", "32", "--batch_size_per_gpu", "4",
+]  # fmt: skip
+
+
+def run_main(data: Path, out: Path, *extra: str, epochs: int = 1) -> None:
+    argv = [*TINY, "--data_path", str(data), "--output_dir", str(out), "--epochs", str(epochs), *extra]
+    main_dino.main(main_dino.get_args_parser().parse_args(argv))
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "training_metrics.json").read_text().splitlines()]
+
+
+def backbone(path: Path, key: str) -> dict[str, torch.Tensor]:
+    state = safe_torch_load(path)[key]
+    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def flat_folder(tiny_imagefolder, tmp_path_factory) -> Path:
+    """8 real images in one folder, no classes, with a non-image file beside them."""
+    root = tmp_path_factory.mktemp("own_images")
+    for i, image in enumerate(sorted((Path(tiny_imagefolder) / "train").rglob("*.png"))[:8]):
+        shutil.copy(image, root / f"photo_{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def unlabeled_run(flat_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("unlabeled_run")
+    run_main(flat_folder, out)
+    return out
+
+
+def test_trains_on_a_folder_without_classes(unlabeled_run):
+    assert (unlabeled_run / "checkpoint.pth").is_file()
+    assert [r["iteration"] for r in records(unlabeled_run)] == [0, 1]  # 8 images / batch 4
+    assert "skipped 1 files that are not images" in (unlabeled_run / "output.log").read_text()
+
+
+def test_trains_on_a_text_list(flat_folder, tmp_path):
+    listing = tmp_path / "lists" / "train.txt"
+    listing.parent.mkdir()
+    relative = os.path.relpath(flat_folder, listing.parent)  # entries are relative to the list's folder
+    listing.write_text("".join(f"{relative}/photo_{i}.png\n" for i in range(4)))
+    run_main(listing, tmp_path / "out")
+    assert [r["iteration"] for r in records(tmp_path / "out")] == [0]  # 4 images / batch 4
+
+
+def test_pretrained_weights_start_both_backbones_and_lr_zero_keeps_them(flat_folder, unlabeled_run, tmp_path):
+    given = backbone(unlabeled_run / "checkpoint.pth", "teacher")
+    out = tmp_path / "from_given"
+    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"), "--lr", "0",
+             "--min_lr", "0", "--seed", "7")  # fmt: skip
+    saved = backbone(out / "checkpoint.pth", "student")
+    assert saved.keys() == given.keys()
+    for name, value in given.items():
+        assert torch.equal(saved[name], value), name
+    # the heads start fresh: not the given run's
+    head = {k: v for k, v in safe_torch_load(out / "checkpoint.pth")["student"].items() if k.startswith("head.")}
+    old_head = {k: v for k, v in safe_torch_load(unlabeled_run / "checkpoint.pth")["student"].items() if k.startswith("head.")}
+    assert any(not torch.equal(head[k], old_head[k]) for k in head)
+    assert "backbones start from" in (out / "output.log").read_text()
+
+    # a resumable checkpoint.pth wins over --pretrained_weights
+    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"), "--lr", "0",
+             "--min_lr", "0", epochs=2)  # fmt: skip
+    assert "exists and the run resumes from it" in (out / "output.log").read_text()
+
+
+def test_pretrained_weights_are_resized_to_other_crops_and_patches(flat_folder, unlabeled_run, tmp_path):
+    out = tmp_path / "resized"
+    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"),
+             "--checkpoint_key", "student", "--global_crops_size", "32", "--patch_size", "8")  # fmt: skip
+    saved = backbone(out / "checkpoint.pth", "student")
+    assert saved["pos_embed"].shape == (1, 1 + 4 * 4, 192)
+    assert saved["patch_embed.proj.weight"].shape[-1] == 8
