@@ -20,6 +20,7 @@ TINY = [
     "--local_crops_number", "2", "--compile", "false", "--use_fp16", "false", "--num_workers", "0",
     "--warmup_epochs", "0", "--hidden_dim", "64", "--z_dim", "32", "--batch_size_per_gpu", "4",
 ]  # fmt: skip
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_main(data: Path, out: Path, *extra: str, epochs: int = 1) -> None:
@@ -34,14 +35,6 @@ def records(out: Path) -> list[dict]:
 def backbone(path: Path, key: str) -> dict[str, torch.Tensor]:
     state = safe_torch_load(path)[key]
     return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
