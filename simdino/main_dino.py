@@ -33,6 +33,7 @@ from simdinov2.precision import resolve_amp
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train import dino_loop
 from simdinov2.train.clock import TrainingClock
+from simdinov2.train.health import warn_if_rank_deficient_covariance
 from simdinov2.train.multicrop import (
     TORCHVISION_ARCHS,
     VIT_ARCHS,
@@ -258,6 +259,8 @@ def train_dino(args: argparse.Namespace) -> dict[str, float]:
 def _train(args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers) -> dict[str, float]:
     world_size = distributed.get_world_size()
     logger.info(f"world size {world_size}, device {device}")
+    if args.use_simdino:
+        warn_if_rank_deficient_covariance(args.batch_size_per_gpu, args.z_dim, bool(args.reduce_cov), world_size, "--reduce_cov 1")
     # ============ data ... ============
     transform = DataAugmentationDINO(
         args.global_crops_scale, args.local_crops_scale, args.local_crops_number,

@@ -25,6 +25,7 @@ from simdinov2.data.datasets import UnreadableImageError
 from simdinov2.data.datasets.unlabeled import training_dataset
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger
+from simdinov2.logging.helpers import metrics_row_due
 from simdinov2.trackers import ExperimentTrackers, check_packages
 from simdinov2.train.clock import TrainingClock
 from simdinov2.train.multicrop import VIT_ARCHS, MultiCropStudentTeacher
@@ -200,6 +201,8 @@ def train_one_epoch(
             ) from None
         clock.iterations += 1
         metrics = {**losses, "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"]}
+        if metrics_row_due(global_it, PRINT_FREQ, clock.total_iterations) or step == n_iter - 1:
+            metrics.update(pair.probe.measure())  # one small SVD, on the iterations the progress line shows
         metric_logger.update(**metrics)
         if step % PRINT_FREQ == 0:
             trackers.log(metrics, step=global_it)

@@ -48,8 +48,10 @@ from simdinov2.data import (
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
 from simdinov2.fsdp import resolve_sharding
 from simdinov2.logging import MetricLogger, setup_logging
+from simdinov2.logging.helpers import metrics_row_due
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train.clock import TrainingClock
+from simdinov2.train.health import probe_teacher, warn_if_rank_deficient_covariance
 from simdinov2.train.recipe_keys import (
     NonFiniteGuard,
     backbone_frozen,
@@ -195,6 +197,10 @@ def build_model(cfg: DictConfig) -> SSLMetaArch:
     # Same seed on every rank for the weights (the shards and replicas must describe one model) ...
     fix_random_seeds(int(cfg.train.seed))
     model = SSLMetaArch(cfg)
+    if model.do_dino and model.dino_use_mcr:
+        out_dim = cfg.dino.head_bottleneck_dim if cfg.dino.remove_last_layer else cfg.dino.head_n_prototypes
+        warn_if_rank_deficient_covariance(int(cfg.train.batch_size_per_gpu), int(out_dim), bool(int(cfg.dino.mcr.reduce_cov)),
+                                          distributed.get_world_size(), "dino.mcr.reduce_cov=1")  # fmt: skip
     sharding = resolve_sharding(str(cfg.train.sharding), distributed.get_world_size())
     compile_blocks = compile_enabled(bool(cfg.compile), device)
     model.prepare_for_distributed_training(sharding, device, compile_blocks=compile_blocks)
@@ -324,6 +330,7 @@ class TrainingLoop:
         self.actions = scheduled_actions(cfg)
         self.nan_guard = NonFiniteGuard(bool(cfg.ignore_nan), int(cfg.train.max_nan_steps))
         self.output_dir = Path(cfg.train.output_dir)
+        self.probe = probe_teacher(model)
 
     def save(self, iteration: int, metrics: dict[str, float]) -> None:
         trainer_state = {"epoch_len": self.epoch_len, "epoch": (iteration + 1) / self.epoch_len, **self.clock.state_dict()}
@@ -378,6 +385,8 @@ class TrainingLoop:
                 break
             metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
             clock.iterations += 1
+            if metrics_row_due(iteration, int(self.cfg.train.print_freq), max_iter):
+                metrics.update(self.probe.measure())  # one small SVD, on the iterations the progress line shows
             metric_logger.update(**metrics)
             self.trackers.log(metrics, step=iteration)
             if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:

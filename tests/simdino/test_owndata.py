@@ -97,3 +97,18 @@ def test_pretrained_weights_are_resized_to_other_crops_and_patches(flat_folder, 
     saved = backbone(out / "checkpoint.pth", "student")
     assert saved["pos_embed"].shape == (1, 1 + 4 * 4, 192)
     assert saved["patch_embed.proj.weight"].shape[-1] == 8
+
+
+def test_effective_rank_is_logged_and_small_batches_are_warned(unlabeled_run):
+    rows = records(unlabeled_run)
+    assert all(1.0 <= r["effective_rank"] <= 8 for r in rows)  # 2 global views x 4 images
+    assert all(1.0 <= r["effective_rank_head"] <= 8 for r in rows)
+    log = (unlabeled_run / "output.log").read_text()
+    assert "effective_rank:" in [line for line in log.splitlines() if "Epoch: [0/1]" in line and "eta" in line][0]
+    guard = [line for line in log.splitlines() if "rank-deficient" in line]
+    assert len(guard) == 1 and "--reduce_cov 1" in guard[0] and "4 images per process < feature dimension 32" in guard[0]
+
+
+def test_no_batch_warning_with_reduce_cov(flat_folder, tmp_path):
+    run_main(flat_folder, tmp_path / "o", "--reduce_cov", "1")
+    assert "rank-deficient" not in (tmp_path / "o" / "output.log").read_text()

@@ -1,0 +1,116 @@
+"""Is the representation healthy? Effective rank of the teacher's features, and the coding rate's batch guard.
+
+`effective_rank(Z)` = exp(entropy of the normalised singular values of Z) (Roy & Vetterli 2007; RankMe
+uses it for self-supervised features): 1 when every row is the same direction (collapse), up to
+min(rows, dim) when the spectrum is flat. `RepresentationProbe` keeps the last batch of the teacher's global
+CLS embeddings (and, for the coding-rate objectives, of its head's output) through forward hooks, so the
+training loops need one line each; `measure()` costs one small SVD and runs only at logged iterations.
+
+A run whose backbone effective rank falls under `COLLAPSE_THRESHOLD` gets one warning line (again only
+after it has recovered). The threshold was measured on the demo data (docs/RESULTS.md: a collapsing
+SimDINO run against the normal recipe).
+
+`warn_if_rank_deficient_covariance` is the batch-size guard: the coding rate's covariance of a process's
+batch has rank at most the batch size, so a batch smaller than the feature dimension leaves it
+rank-deficient unless the covariance is summed over processes (`reduce_cov`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger("simdinov2")
+
+COLLAPSE_THRESHOLD = 2.0  # backbone effective rank below which a run is collapsing (docs/RESULTS.md)
+
+
+@torch.no_grad()
+def effective_rank(features: Tensor) -> float:
+    """exp(H(p)), p = singular values of `features` [n, d] divided by their sum (no centering, as RankMe)."""
+    singular = torch.linalg.svdvals(features.detach().float())
+    total = singular.sum()
+    if not total > 0:
+        return 0.0
+    p = singular / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def _cls_rows(output: Any) -> Tensor:
+    """CLS embeddings from a backbone's output: a tensor, a list of per-resolution tensors (v1's ViT fed a
+    list of crop groups) or DINOv2's dict."""
+    if isinstance(output, dict):
+        return output["x_norm_clstoken"]
+    if isinstance(output, (list, tuple)):
+        return torch.cat([_cls_rows(o) for o in output])
+    return output
+
+
+class RepresentationProbe:
+    """Forward hooks on the teacher's `backbone` (and `head`, or None) that keep the last batch's outputs.
+
+    `measure()` returns `{"effective_rank": ..., "effective_rank_head": ...}` of the last batch (the head's
+    only when a head is probed) and warns once when the backbone's falls under `threshold`."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module | None = None, threshold: float = COLLAPSE_THRESHOLD):
+        self.threshold = threshold
+        self.collapsed = False
+        self._cls: Tensor | None = None
+        self._head: Tensor | None = None
+        self._handles = [backbone.register_forward_hook(self._keep_cls)]
+        if head is not None:
+            self._handles.append(head.register_forward_hook(self._keep_head))
+
+    def _keep_cls(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._cls = _cls_rows(output).detach()
+
+    def _keep_head(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        # v2's head may also take the masked patch tokens after the CLS rows: keep the CLS rows only.
+        rows = self._cls.shape[0] if self._cls is not None else output.shape[0]
+        self._head = output[:rows].detach()
+
+    def measure(self) -> dict[str, float]:
+        if self._cls is None:
+            return {}
+        values = {"effective_rank": effective_rank(self._cls)}
+        if self._head is not None:
+            values["effective_rank_head"] = effective_rank(self._head)
+        rank = values["effective_rank"]
+        if rank < self.threshold and not self.collapsed:
+            logger.warning(
+                "effective rank of the teacher's CLS embeddings is %.2f (< %.1f of %d dimensions): the "
+                "representation is collapsing; see docs/RESULTS.md (collapse) and the README's healthy curves",
+                rank, self.threshold, self._cls.shape[1],
+            )  # fmt: skip
+        self.collapsed = rank < self.threshold
+        return values
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def probe_teacher(model: Any) -> RepresentationProbe:
+    """The probe of v2's `SSLMetaArch`: its teacher backbone, and the DINO head when the coding rate uses it."""
+    teacher = model.teacher
+    uses_head = model.do_dino and model.dino_use_mcr and "dino_head" in teacher
+    return RepresentationProbe(teacher.backbone, teacher.dino_head if uses_head else None)
+
+
+def warn_if_rank_deficient_covariance(batch_per_process: int, feature_dim: int, reduce_cov: bool,
+                                      world_size: int, flag: str) -> bool:  # fmt: skip
+    """One warning line when a process's batch cannot give the coding rate a full-rank covariance."""
+    if reduce_cov or batch_per_process >= feature_dim:
+        return False
+    remedy = (f"set {flag} to sum it over the {world_size} processes" if world_size > 1
+              else f"use a larger batch, or several processes with {flag}")  # fmt: skip
+    logger.warning(
+        f"batch of {batch_per_process} images per process < feature dimension {feature_dim}: the coding rate's "
+        f"covariance is rank-deficient on each process (rank <= {batch_per_process}); {remedy} "
+        "(docs/RESULTS.md: reduce_cov)"
+    )
+    return True
