@@ -28,6 +28,7 @@ from simdinov2.checkpoint.epoch_checkpoint import epoch_state, restart_from_chec
 from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
 from simdinov2.data.augmentations import DataAugmentationDINO
 from simdinov2.errors import UserError
+from simdinov2.eval.knn_monitor import KnnMonitor, append_metrics_row
 from simdinov2.logging import setup_logging
 from simdinov2.precision import resolve_amp
 from simdinov2.trackers import ExperimentTrackers
@@ -178,6 +179,10 @@ def _add_misc_args(parser: argparse.ArgumentParser) -> None:
         distributed training (kept for compatibility: the rendezvous is env://, set by torchrun or SLURM).""")
     parser.add_argument("--local_rank", "--local-rank", default=0, type=int,
                         help="Please ignore and do not set this argument (set by old launchers; torchrun uses LOCAL_RANK).")
+    parser.add_argument("--knn_monitor_path", default="", type=str, help="""Folder with labeled train/ and val/
+        ImageFolder trees (a small set: a few thousand images): the teacher's weighted k-NN top-1 on it is
+        logged as knn_monitor_top1 (log.txt, training_metrics.json, trackers) every --knn_monitor_freq epochs.""")
+    parser.add_argument("--knn_monitor_freq", default=1, type=int, help="Epochs between k-NN monitor runs (and the last epoch).")
     parser.add_argument("--track_wandb", action="store_true",
                         help="Log metrics to Weights & Biases (honours WANDB_MODE=offline; needs `pip install wandb`).")
     parser.add_argument("--track_swan", action="store_true",
@@ -269,6 +274,12 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
     )  # fmt: skip
     with agree_on_errors("reading the dataset"):
         data_loader = dino_loop.build_data_loader(args, dino_loop.build_dataset(args.data_path, transform), device)
+    monitor = None
+    if args.knn_monitor_path:
+        if args.knn_monitor_freq < 1:
+            raise UserError(f"--knn_monitor_freq must be >= 1 epoch (got {args.knn_monitor_freq})")
+        with agree_on_errors("reading the k-NN monitor set"):
+            monitor = KnnMonitor(args.knn_monitor_path, args.global_crops_size, batch_size=args.batch_size_per_gpu)
     # ============ building student and teacher networks, loss, optimizer ... ============
     student, teacher = build_student_teacher(args)
     init_from_pretrained(args, student, teacher, output_dir / "checkpoint.pth")
@@ -308,6 +319,10 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
         )
         # ============ writing logs ... ============
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
+        if monitor and ((epoch + 1) % args.knn_monitor_freq == 0 or epoch + 1 == args.epochs or clock.stopped):
+            knn = monitor(teacher.backbone)
+            log_stats.update(knn)
+            append_metrics_row(output_dir / "training_metrics.json", clock.iterations - 1, {**knn, "epoch": epoch})
         if distributed.is_main_process():
             state = epoch_state(args, epoch, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock)
             save_epoch(output_dir, epoch, state, log_stats, args.saveckp_freq)

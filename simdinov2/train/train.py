@@ -46,6 +46,7 @@ from simdinov2.data import (
     training_dataset,
 )
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
+from simdinov2.eval.knn_monitor import KnnMonitor, append_metrics_row
 from simdinov2.fsdp import resolve_sharding
 from simdinov2.logging import MetricLogger, setup_logging
 from simdinov2.logging.helpers import metrics_row_due
@@ -331,6 +332,9 @@ class TrainingLoop:
         self.nan_guard = NonFiniteGuard(bool(cfg.ignore_nan), int(cfg.train.max_nan_steps))
         self.output_dir = Path(cfg.train.output_dir)
         self.probe = probe_teacher(model)
+        monitor_path = str(cfg.evaluation.knn_monitor_path or "")
+        self.monitor = KnnMonitor(monitor_path, int(cfg.crops.global_crops_size), int(cfg.train.batch_size_per_gpu),
+                                  option="evaluation.knn_monitor_path") if monitor_path else None  # fmt: skip
 
     def save(self, iteration: int, metrics: dict[str, float]) -> None:
         trainer_state = {"epoch_len": self.epoch_len, "epoch": (iteration + 1) / self.epoch_len, **self.clock.state_dict()}
@@ -339,6 +343,14 @@ class TrainingLoop:
         if self.scaler is not None:
             trainer_state["grad_scaler"] = self.scaler.state_dict()
         self.checkpointer.save(iteration, trainer_state)
+
+    def snapshot(self, iteration: int) -> None:
+        """The teacher snapshot for evaluation, and the k-NN monitor's top-1 of that teacher."""
+        save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
+        if self.monitor is not None:
+            values = self.monitor(self.model.teacher.backbone)
+            self.trackers.log(values, step=iteration)
+            append_metrics_row(self.output_dir / "training_metrics.json", iteration, values)
 
     def step(self, batch: dict[str, Any], iteration: int, index: int) -> dict[str, float]:
         """One `train_step` at schedule position `index`; returns what is logged for the iteration."""
@@ -392,7 +404,7 @@ class TrainingLoop:
             if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
                 self.save(iteration, metrics)
             if snapshot_due(iteration, self.eval_period):
-                save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
+                self.snapshot(iteration)
             iteration += 1
         if clock.stopped and iteration > start_iter:
             # The budget's end is the run's end: its checkpoint and the teacher snapshot for evaluation.
@@ -400,7 +412,7 @@ class TrainingLoop:
             if iteration % self.period != 0:
                 self.save(iteration - 1, metrics)
             if self.eval_period <= 0 or iteration % self.eval_period != 0:
-                save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration - 1))
+                self.snapshot(iteration - 1)
         metric_logger.synchronize_between_processes()
         return iteration
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,31 @@ def test_effective_rank_is_logged_and_small_batches_are_warned(unlabeled_run):
 def test_no_batch_warning_with_reduce_cov(flat_folder, tmp_path):
     run_main(flat_folder, tmp_path / "o", "--reduce_cov", "1")
     assert "rank-deficient" not in (tmp_path / "o" / "output.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_knn_monitor_in_two_processes(flat_folder, tiny_imagefolder, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "simdino.main_dino", *TINY,
+           "--data_path", str(flat_folder), "--output_dir", str(out), "--epochs", "2",
+           "--knn_monitor_path", str(tiny_imagefolder), "--knn_monitor_freq", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    epochs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert all(0 <= e["knn_monitor_top1"] <= 100 for e in epochs)
+    knn_rows = [r for r in records(out) if "knn_monitor_top1" in r]
+    assert [r["iteration"] for r in knn_rows] == [0, 1]  # 8 images / (4 x 2 processes): 1 iteration an epoch
+    log = (out / "output.log").read_text()
+    assert "120 train / 30 val images" in log and "s per 1,000 images" in log
+    # the sharded monitor equals the same k-NN of the saved teacher in one process
+    from simdinov2.eval.knn_monitor import KnnMonitor
+    from simdinov2.train.multicrop import build_student_teacher
+
+    args = safe_torch_load(out / "checkpoint.pth")["args"]
+    _, teacher = build_student_teacher(args)
+    teacher.load_state_dict(safe_torch_load(out / "checkpoint.pth")["teacher"])
+    result = KnnMonitor(tiny_imagefolder, args.global_crops_size, batch_size=16)(teacher.backbone)
+    assert result["knn_monitor_top1"] == pytest.approx(epochs[-1]["knn_monitor_top1"], abs=1e-6)

@@ -46,3 +46,20 @@ def test_v2_trains_on_an_unlabeled_folder_and_logs_effective_rank(nested_unlabel
     assert any("effective_rank:" in line for line in log.splitlines() if line.count("Training") and "eta" in line)
     guard = [line for line in log.splitlines() if "rank-deficient" in line]
     assert len(guard) == 1 and "dino.mcr.reduce_cov=1" in guard[0]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_v2_knn_monitor_at_each_snapshot_in_two_processes(nested_unlabeled, tiny_imagefolder, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(["--config-file", SIMDINO_CONFIG, "--output-dir", str(out), f"train.dataset_path={nested_unlabeled}",
+                        *SMALL, "optim.epochs=2", "evaluation.eval_period_epochs=1", "train.sharding=ddp",
+                        f"evaluation.knn_monitor_path={tiny_imagefolder}"], nproc=2)  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    rows = [json.loads(line) for line in (out / "training_metrics.json").read_text().splitlines()]
+    knn = [r for r in rows if "knn_monitor_top1" in r]
+    assert [r["iteration"] for r in knn] == [0, 1]  # 8 images / (4 x 2): one iteration an epoch, a snapshot each
+    assert all(0 <= r["knn_monitor_top1"] <= 100 for r in knn)
+    assert (out / "eval" / "training_1" / "teacher_checkpoint.pth").is_file()
+    assert "s per 1,000 images" in log
