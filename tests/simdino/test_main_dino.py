@@ -268,7 +268,7 @@ def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(tr
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
              "--teacher_temp", "0.07", "--warmup_epochs", "0")
     (line,) = read_log(out)
-    assert list(line) == ["train_loss", "train_lr", "train_wd", "epoch"]
+    assert list(line) == ["train_loss", "train_lr", "train_wd", "train_effective_rank", "epoch"]  # no head rank: DINO
     assert line["train_loss"] > 0  # a cross-entropy
     ckpt = load_ckpt(out / "checkpoint.pth")
     center = ckpt["dino_loss"]["center"]
