@@ -66,6 +66,9 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "export": [("<OUTPUT>/eval/", "v2/eval/"), ("<OUTPUT>", "v1")],
     "visualize-attention": [("<CKPT>", "v1_checkpoint"), ("<OUTPUT>", "v1")],
     "plot-log": [("<OUTPUT>", "v1")],
+    "own-data": [("<DIR>", "data"), ("<OWN>", "own")],
+    "pretrained": [("<DIR>", "data"), ("<OWN>", "own"), ("<CKPT>", "v1_checkpoint")],
+    "plot-reference": [("<OWN>", "own")],
 }
 # Blocks that write into the working directory run in a temporary folder, not in the repository.
 RUN_OUTSIDE_REPO = ("export",)
@@ -94,7 +97,8 @@ def test_every_marked_block_is_known() -> None:
 def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) -> None:
     v1, v2, elsewhere = tmp_path / "v1_run", tmp_path / "v2_run", tmp_path / "cwd"
     elsewhere.mkdir()
-    paths = {"data": str(tiny_imagefolder), "v1": str(v1), "v2": str(v2), "v1_checkpoint": str(v1 / "checkpoint.pth")}
+    paths = {"data": str(tiny_imagefolder), "v1": str(v1), "v2": str(v2), "v1_checkpoint": str(v1 / "checkpoint.pth"),
+             "own": str(tmp_path / "own_run")}
     blocks = {name: (language, body) for name, language, body in marked_blocks(README.read_text())}
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")  # torchrun of this Python
@@ -114,3 +118,6 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     assert (elsewhere / "vit.safetensors").is_file() and (elsewhere / "vit_timm.pth").is_file()
     assert any((v1 / "attn").glob("attn-head*.png"))
     assert (v1 / "loss_curve.png").is_file()
+    own = tmp_path / "own_run"
+    assert "knn_monitor_top1" in (own / "log.txt").read_text() and (own / "curves_vs_reference.png").is_file()
+    assert "backbones start from" in (own / "finetune" / "output.log").read_text()
