@@ -321,6 +321,7 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
         if monitor and ((epoch + 1) % args.knn_monitor_freq == 0 or epoch + 1 == args.epochs or clock.stopped):
             knn = monitor(teacher.backbone)
+            clock.exclude(knn["knn_monitor_seconds"])  # the budget is for training
             log_stats.update(knn)
             append_metrics_row(output_dir / "training_metrics.json", clock.iterations - 1, {**knn, "epoch": epoch})
         if distributed.is_main_process():

@@ -44,3 +44,14 @@ def test_batch_guard(caplog):
         assert not warn_if_rank_deficient_covariance(64, 256, True, 8, "--reduce_cov 1")
         assert not warn_if_rank_deficient_covariance(512, 256, False, 8, "--reduce_cov 1")
     assert len(caplog.records) == 1 and "set --reduce_cov 1" in caplog.records[0].getMessage()
+
+
+def test_monitor_time_is_left_out_of_the_budget():
+    from simdinov2.train.clock import TrainingClock
+
+    clock = TrainingClock(100.0, total_iterations=10, niter_per_epoch=5)
+    times = iter([0.0, 30.0, 30.0])
+    clock.now = lambda: next(times)
+    clock.start()  # t = 0
+    clock.exclude(12.0)  # 12 s of k-NN monitor
+    assert clock.elapsed() == pytest.approx(18.0)  # t = 30
