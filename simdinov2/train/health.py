@@ -23,17 +23,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from simdinov2 import distributed
+
 logger = logging.getLogger("simdinov2")
 
 COLLAPSE_THRESHOLD = 2.0  # backbone effective rank below which a run is collapsing (docs/RESULTS.md)
 
 
 @torch.no_grad()
-def effective_rank(features: Tensor) -> float:
-    """exp(H(p)), p = singular values of `features` [n, d] divided by their sum (no centering, as RankMe)."""
-    singular = torch.linalg.svdvals(features.detach().float())
+def effective_rank(features: Tensor, centered: bool = False) -> float:
+    """exp(H(p)), p = singular values of `features` [n, d] divided by their sum. Uncentred by default, as
+    RankMe (a collapse to one constant vector gives 1); `centered=True` measures the spread around the mean
+    (docs/RESULTS.md's test-set column)."""
+    features = features.detach().double() if centered else features.detach().float()
+    if centered:
+        features = features - features.mean(0)
+    singular = torch.linalg.svdvals(features)
     total = singular.sum()
-    if not total > 0:
+    if not total > 1e-12:
         return 0.0
     p = singular / total
     p = p[p > 0]
@@ -80,7 +87,7 @@ class RepresentationProbe:
         if self._head is not None:
             values["effective_rank_head"] = effective_rank(self._head)
         rank = values["effective_rank"]
-        if rank < self.threshold and not self.collapsed:
+        if rank < self.threshold and not self.collapsed and distributed.is_main_process():
             logger.warning(
                 "effective rank of the teacher's CLS embeddings is %.2f (< %.1f of %d dimensions): the "
                 "representation is collapsing; see docs/RESULTS.md (collapse) and the README's healthy curves",
@@ -106,6 +113,8 @@ def warn_if_rank_deficient_covariance(batch_per_process: int, feature_dim: int, 
     """One warning line when a process's batch cannot give the coding rate a full-rank covariance."""
     if reduce_cov or batch_per_process >= feature_dim:
         return False
+    if not distributed.is_main_process():  # the same on every process: one line
+        return True
     remedy = (f"set {flag} to sum it over the {world_size} processes" if world_size > 1
               else f"use a larger batch, or several processes with {flag}")  # fmt: skip
     logger.warning(
