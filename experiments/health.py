@@ -75,6 +75,8 @@ def summarize(output_dir: Path) -> dict[str, Any]:
         "expa_loss last": ranks[-1].get("expa_loss"),
         "comp_loss last": ranks[-1].get("comp_loss"),
         "k-NN top-1 (%)": knn[-1] if knn else None,
+        "rank series": [(r["iteration"], round(r["effective_rank"], 2), round(r.get("effective_rank_head", 0.0), 2))
+                        for r in ranks],
     }
 
 
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--seconds", type=float, default=90.0, help="training budget of each run")
     parser.add_argument("--out", default="outputs/health")
+    parser.add_argument("--only", default=None, help="run only the row of this run folder (e.g. no_expansion)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(1)  # the trainer gets this process's thread count
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     processes = 2 if args.experiment == "reduce_cov" else 1
     table = []
     for name, folder, overrides in EXPERIMENTS[args.experiment]:
+        if args.only and folder != args.only:
+            continue
         run_dir = out / args.experiment / folder
         extra = {**LIGHT, "batch_size_per_gpu": SMALL_BATCH} if processes > 1 else LIGHT
         flags = demo.recipe_flags(args.seconds, run_dir, "FashionMNIST:split=TRAIN", num_workers=1,
@@ -97,8 +102,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         run(flags, processes)
         table.append({"run": name, "processes x batch": f"{processes} x {flags['batch_size_per_gpu']}",
                       "seconds": args.seconds, **summarize(run_dir)})  # fmt: skip
-    print(format_table(table))
-    (out / f"{args.experiment}.json").write_text(json.dumps(table, indent=2) + "\n")
+    print(format_table([{k: v for k, v in row.items() if k != "rank series"} for row in table]))
+    (out / f"{args.experiment}{'_' + args.only if args.only else ''}.json").write_text(json.dumps(table, indent=2) + "\n")
     return table
 
 

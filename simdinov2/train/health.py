@@ -6,9 +6,9 @@ min(rows, dim) when the spectrum is flat. `RepresentationProbe` keeps the last b
 CLS embeddings (and, for the coding-rate objectives, of its head's output) through forward hooks, so the
 training loops need one line each; `measure()` costs one small SVD and runs only at logged iterations.
 
-A run whose backbone effective rank falls under `COLLAPSE_THRESHOLD` gets one warning line (again only
-after it has recovered). The threshold was measured on the demo data (docs/RESULTS.md: a collapsing
-SimDINO run against the normal recipe).
+A run whose effective rank (backbone, or SimDINO's head) falls under `collapse_threshold(rows, dim)` gets one
+warning line (again only after it has recovered). The threshold was measured on the demo data (docs/RESULTS.md:
+a collapsing SimDINO run against the normal recipe).
 
 `warn_if_rank_deficient_covariance` is the batch-size guard: the coding rate's covariance of a process's
 batch has rank at most the batch size, so a batch smaller than the feature dimension leaves it
@@ -27,7 +27,11 @@ from simdinov2 import distributed
 
 logger = logging.getLogger("simdinov2")
 
-COLLAPSE_THRESHOLD = 2.0  # backbone effective rank below which a run is collapsing (docs/RESULTS.md)
+# A rank under max(COLLAPSE_FLOOR, COLLAPSE_FRACTION x min(rows, dim)) signals collapse (docs/RESULTS.md: on the
+# demo data a collapsing run fell to 0.045 (backbone) and 0.015 (head) of that maximum while the normal recipe
+# never went under 0.15; a full collapse gives 1, whatever the size).
+COLLAPSE_FRACTION = 0.1
+COLLAPSE_FLOOR = 2.0
 
 
 @torch.no_grad()
@@ -47,6 +51,11 @@ def effective_rank(features: Tensor, centered: bool = False) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def collapse_threshold(rows: int, dim: int, fraction: float = COLLAPSE_FRACTION) -> float:
+    """The effective rank under which features of a [rows, dim] batch are collapsing."""
+    return max(COLLAPSE_FLOOR, fraction * min(rows, dim))
+
+
 def _cls_rows(output: Any) -> Tensor:
     """CLS embeddings from a backbone's output: a tensor, a list of per-resolution tensors (v1's ViT fed a
     list of crop groups) or DINOv2's dict."""
@@ -63,8 +72,8 @@ class RepresentationProbe:
     `measure()` returns `{"effective_rank": ..., "effective_rank_head": ...}` of the last batch (the head's
     only when a head is probed) and warns once when the backbone's falls under `threshold`."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module | None = None, threshold: float = COLLAPSE_THRESHOLD):
-        self.threshold = threshold
+    def __init__(self, backbone: nn.Module, head: nn.Module | None = None, fraction: float = COLLAPSE_FRACTION):
+        self.fraction = fraction
         self.collapsed = False
         self._cls: Tensor | None = None
         self._head: Tensor | None = None
@@ -83,17 +92,17 @@ class RepresentationProbe:
     def measure(self) -> dict[str, float]:
         if self._cls is None:
             return {}
-        values = {"effective_rank": effective_rank(self._cls)}
+        features = {"effective_rank": self._cls}
         if self._head is not None:
-            values["effective_rank_head"] = effective_rank(self._head)
-        rank = values["effective_rank"]
-        if rank < self.threshold and not self.collapsed and distributed.is_main_process():
-            logger.warning(
-                "effective rank of the teacher's CLS embeddings is %.2f (< %.1f of %d dimensions): the "
-                "representation is collapsing; see docs/RESULTS.md (collapse) and the README's healthy curves",
-                rank, self.threshold, self._cls.shape[1],
-            )  # fmt: skip
-        self.collapsed = rank < self.threshold
+            features["effective_rank_head"] = self._head
+        values = {name: effective_rank(f) for name, f in features.items()}
+        low = [f"{name} {values[name]:.2f} < {collapse_threshold(*f.shape, self.fraction):.1f} (of at most "
+               f"{min(f.shape)})" for name, f in features.items()
+               if values[name] < collapse_threshold(*f.shape, self.fraction)]  # fmt: skip
+        if low and not self.collapsed and distributed.is_main_process():
+            logger.warning("the representation is collapsing: teacher's %s; see docs/RESULTS.md (collapse) and "
+                           "the README's healthy curves", ", ".join(low))  # fmt: skip
+        self.collapsed = bool(low)
         return values
 
     def remove(self) -> None:

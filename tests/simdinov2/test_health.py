@@ -8,7 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from simdinov2.train.health import RepresentationProbe, effective_rank, warn_if_rank_deficient_covariance
+from simdinov2.train.health import (
+    RepresentationProbe,
+    collapse_threshold,
+    effective_rank,
+    warn_if_rank_deficient_covariance,
+)
 
 
 def test_effective_rank_of_known_spectra():
@@ -22,7 +27,7 @@ def test_effective_rank_of_known_spectra():
 
 def test_probe_reads_hooks_and_warns_once_per_collapse(caplog):
     backbone, head = nn.Linear(8, 8), nn.Linear(8, 4)
-    probe = RepresentationProbe(backbone, head, threshold=2.0)
+    probe = RepresentationProbe(backbone, head)
     assert probe.measure() == {}
     head(backbone(torch.randn(16, 8)))
     values = probe.measure()
@@ -34,8 +39,15 @@ def test_probe_reads_hooks_and_warns_once_per_collapse(caplog):
         for _ in range(3):
             head(backbone(torch.randn(16, 8)))
             assert probe.measure()["effective_rank"] == pytest.approx(1.0)
-    assert sum("collapsing" in r.getMessage() for r in caplog.records) == 1
+    warnings = [r.getMessage() for r in caplog.records if "collapsing" in r.getMessage()]
+    assert len(warnings) == 1 and "effective_rank 1.00 < 2.0" in warnings[0]
     probe.remove()
+
+
+def test_collapse_threshold_is_relative_with_a_floor():
+    assert collapse_threshold(128, 192) == pytest.approx(12.8)
+    assert collapse_threshold(8, 192) == 2.0  # a full collapse (rank 1) is caught at any size
+    assert collapse_threshold(4096, 768) == pytest.approx(76.8)
 
 
 def test_batch_guard(caplog):
