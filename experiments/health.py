@@ -30,7 +30,6 @@ import torch
 
 from benchmarks.common import format_table
 from simdino import demo
-from simdinov2.data.datasets import export_fashion_mnist_imagefolder
 from simdinov2.run import v1_trainer
 
 # experiment -> [(row name, run folder, main_dino flags over the demo recipe)]
@@ -43,13 +42,6 @@ SMALL_BATCH = 16
 # 2-core machine: 2 blocks, batch 64, 2 local crops, a 512-128 head, fp32, one thread.
 LIGHT = {"depth": 2, "batch_size_per_gpu": 64, "local_crops_number": 2, "hidden_dim": 512, "z_dim": 128,
          "use_fp16": False}  # fmt: skip
-
-
-def knn_set(out: Path) -> Path:
-    root = out / "knn_set"
-    for split, per_class in (("TRAIN", 100), ("TEST", 50)):
-        export_fashion_mnist_imagefolder(root, split, limit_per_class=per_class)
-    return root
 
 
 def run(flags: dict[str, Any], processes: int) -> None:
@@ -89,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(1)  # the trainer gets this process's thread count
-    monitor_root = knn_set(out)
+    monitor_root = demo.knn_monitor_set(None, out / "knn_set")
     processes = 2 if args.experiment == "reduce_cov" else 1
     table = []
     for name, folder, overrides in EXPERIMENTS[args.experiment]:

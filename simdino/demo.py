@@ -45,6 +45,7 @@ from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
 from simdinov2.data.datasets.fashion_mnist import (
     DEFAULT_FASHION_MNIST_ROOT,
     INSTALL_HINT,
+    export_fashion_mnist_imagefolder,
     fashion_mnist_paths,
 )
 from simdinov2.errors import MissingFileError, UserError
@@ -401,6 +402,17 @@ def format_table(rows: Sequence[tuple[str, float]], k: int = KNN_K) -> str:
     return "\n".join(lines)
 
 
+def knn_monitor_set(data_path: str | None, output_dir: Path) -> Path:
+    """The k-NN monitor's labeled set: the given ImageFolder root (train/ and val/), or 100 training and 50 test
+    Fashion-MNIST images per class exported under `output_dir` (2 s per 1,000 images on 2 cores)."""
+    if data_path is not None:
+        return Path(data_path).expanduser()
+    root = Path(output_dir) / "knn_monitor_set"
+    for split, per_class in (("TRAIN", 100), ("TEST", 50)):
+        export_fashion_mnist_imagefolder(root, split, limit_per_class=per_class)
+    return root
+
+
 def clear_previous_run(output_dir: Path) -> None:
     """Every run starts from scratch (main_dino would otherwise resume a finished budget): the files of a
     previous run in output_dir are removed, nothing else."""
@@ -490,6 +502,8 @@ def run_demo(
         print("this CPU has no bf16 instructions: training in fp32 (bf16 autocast would be emulated, several "
               "times slower)", flush=True)
     flags = recipe_flags(seconds, output_dir, train_source, num_workers=num_workers, **overrides)
+    # the k-NN monitor (log.txt, loss_curve.png's health panel) on a small labeled set, next to the effective rank
+    flags.setdefault("knn_monitor_path", str(knn_monitor_set(data_path, output_dir)))
 
     load_text = f", load average {load_before[0]:.1f}" if load_before else ""
     print(

@@ -178,6 +178,8 @@ def test_smoke_demo_prints_the_reading_guide(tiny_imagefolder, tmp_path, capsys)
     assert f"This was a smoke run ({results['iterations']} iterations" in printed
     assert "comp_loss: cosine similarity of student and teacher views" in printed
     assert (tmp_path / "demo" / "loss_curve.png").is_file()
+    # the k-NN monitor ran on the given folder's train/ and val/ (loss_curve.png's health panel shows it)
+    assert "knn_monitor_top1" in (tmp_path / "demo" / "log.txt").read_text()
 
 
 def test_bf16_autocast_only_on_cpus_that_compute_bf16(monkeypatch, tmp_path):
