@@ -16,7 +16,7 @@ What this module owns: the per-method recipes (`V1_METHODS`, `v2_recipe_override
 (`evaluate`: k-NN top-1 at k=20, T=0.07 on the 10k test images with the 60k training images as memory, and
 logistic regression on standardised frozen CLS features with C chosen on a 10% held-out part of the
 training set), and `results.json` / the markdown table (`--table DIR`). Training is the command
-`python simdino/main_dino.py ...` (v1, run by `simdinov2.run.v1_trainer`) and `simdinov2/train/train.py` (v2); k-NN, features, logistic regression and checkpoints are the shared cores
+`python simdino/main_dino.py ...` (v1, run by `simdino.run.trainer`) and `simdinov2/train/train.py` (v2); k-NN, features, logistic regression and checkpoints are the shared cores
 of `simdinov2`; data, random init and raw-pixel features come from `simdino.demo`.
 
 Both trees train for the wall-clock budget (`--time_budget` in v1, `train.time_budget` in v2), which
@@ -48,13 +48,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from simdino import demo
+from simdino.run import trainer as v1_trainer
 from simdinov2.checkpoint import build_backbone_from_checkpoint
 from simdinov2.errors import UserError
 from simdinov2.eval.features import extract_features, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, knn_classify
 from simdinov2.eval.log_regression import accuracy, fit_logistic_regression, select_c
 from simdinov2.logging import setup_logging
-from simdinov2.run import v1_trainer
 from simdinov2.train import train as v2_train
 from simdinov2.train.health import effective_rank
 

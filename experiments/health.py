@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.common import format_table
 from simdino import demo
-from simdinov2.run import v1_trainer
+from simdino.run import trainer as v1_trainer
 
 # experiment -> [(row name, run folder, main_dino flags over the demo recipe)]
 EXPERIMENTS = {

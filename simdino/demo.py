@@ -5,7 +5,7 @@
 
 1. trains a small ViT with SimDINO (v1) on the 60k Fashion-MNIST training images for `--seconds` of wall
    time, running `python simdino/main_dino.py ... --time_budget S` (the budget makes the cosine schedules
-   end at it; `simdinov2.run.v1_trainer` runs the command and reads the run back);
+   end at it; `simdino.run.trainer` runs the command and reads the run back);
 2. k-NN-classifies the 10k test images (weighted vote, k=20, T=0.07, and the other DINO ks) from
    frozen features of three models: the trained teacher, the same network at its random initialisation
    (same seed), and raw pixels;
@@ -38,6 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from simdino.run import trainer as v1_trainer
+from simdino.train.multicrop import build_backbone
 from simdinov2 import distributed
 from simdinov2.checkpoint import build_backbone_from_checkpoint
 from simdinov2.data import FashionMNIST, ImageFolderDataset, make_classification_eval_transform
@@ -52,9 +54,7 @@ from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.attention_maps import cls_attention_maps
 from simdinov2.eval.features import dataset_labels, extract_features, l2_normalized, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, knn_classify
-from simdinov2.run import v1_trainer
 from simdinov2.tools.plot_log import plot_run
-from simdinov2.train.multicrop import build_backbone
 from simdinov2.utils.utils import fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
@@ -219,7 +219,7 @@ def recipe_command(flags: dict[str, Any]) -> str:
 
 def train_for_budget(flags: dict[str, Any]) -> dict[str, Any]:
     """Run main_dino with `flags` (its time budget included) on this process's torch threads; returns its
-    summary (`simdinov2.run.v1_trainer.run_summary`: iterations, images_seen, train_seconds, epochs, args)."""
+    summary (`simdino.run.trainer.run_summary`: iterations, images_seen, train_seconds, epochs, args)."""
     return v1_trainer.train(flags)
 
 

@@ -5,7 +5,7 @@ eval_knn.py ...`.
 
 This script owns the v1 command line (upstream DINO's k-NN flags plus `--img_size`, `--output_dir`). The
 v1 set-up it shares with `eval_linear.py` (backbone flags and building, the ImageFolder datasets under
-`--data_path`) is `simdinov2.eval.v1_setup`; the work itself is done by the shared cores in `simdinov2.eval`:
+`--data_path`) is `simdino.eval.setup`; the work itself is done by the shared cores in `simdinov2.eval`:
 distributed feature extraction and the chunked weighted vote. Features are the final-norm CLS tokens,
 L2-normalised; each k prints DINO's line `{k}-NN classifier result: Top1: {top1}, Top5: {top5}` and the
 main process appends one JSON record with every k to `OUTPUT_DIR/knn_results.json`.
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simdino.eval.setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2 import distributed
 from simdinov2.cli import make_output_dir, run_cli
 from simdinov2.data import make_classification_eval_transform
@@ -37,7 +38,6 @@ from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.features import extract_features, l2_normalized, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, format_knn_result, knn_classify_sharded
 from simdinov2.eval.setup import run_main
-from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2.utils.utils import bool_flag
 
 logger = logging.getLogger("simdinov2")

@@ -5,7 +5,7 @@ eval_linear.py ...`.
 
 This script owns the v1 command line (upstream DINO's linear-probe flags plus `--img_size`) and the epoch
 loop. The classifier, the frozen feature model and the train / evaluation steps are the shared core of
-`simdinov2.eval.linear`; the backbone, weights and datasets come through `simdinov2.eval.v1_setup`.
+`simdinov2.eval.linear`; the backbone, weights and datasets come through `simdino.eval.setup`.
 
 One linear layer on the concatenated CLS tokens of the last `--n_last_blocks` blocks (plus the mean
 patch token with `--avgpool_patchtokens true`), SGD momentum 0.9, lr `--lr` × global batch / 256 with a
@@ -31,6 +31,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
 import torch
 from torch import nn
 
+from simdino.eval.setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2 import data
 from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
 from simdinov2.cli import make_output_dir, run_cli
@@ -39,7 +40,6 @@ from simdinov2.eval import linear as probe
 from simdinov2.eval.backbone import default_output_dir, read_checkpoint, training_crop_size
 from simdinov2.eval.features import make_eval_loader
 from simdinov2.eval.setup import run_main
-from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2.logging import MetricLogger
 from simdinov2.utils.utils import bool_flag, fix_random_seeds
 

@@ -14,6 +14,7 @@ Launch modes: `torchrun --nproc_per_node=N` (gloo on CPU, nccl on CUDA), SLURM /
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import time
@@ -24,24 +25,24 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
-from simdinov2.checkpoint.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
-from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
-from simdinov2.data.augmentations import DataAugmentationDINO
-from simdinov2.errors import UserError
-from simdinov2.eval.knn_monitor import KnnMonitor, append_metrics_row
-from simdinov2.logging import setup_logging
-from simdinov2.precision import resolve_amp
-from simdinov2.trackers import ExperimentTrackers
-from simdinov2.train import dino_loop
-from simdinov2.train.clock import TrainingClock
-from simdinov2.train.health import warn_if_rank_deficient_covariance
-from simdinov2.train.multicrop import (
+from simdino.train import dino_loop
+from simdino.train.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
+from simdino.train.multicrop import (
     TORCHVISION_ARCHS,
     VIT_ARCHS,
     MultiCropStudentTeacher,
     build_loss,
     build_student_teacher,
 )
+from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
+from simdinov2.data.augmentations import DataAugmentationDINO
+from simdinov2.errors import UserError
+from simdinov2.eval.knn_monitor import KnnMonitor, append_metrics_row
+from simdinov2.logging import setup_logging
+from simdinov2.precision import resolve_amp
+from simdinov2.trackers import ExperimentTrackers, check_packages
+from simdinov2.train.clock import TrainingClock
+from simdinov2.train.health import warn_if_rank_deficient_covariance
 from simdinov2.train.optim import build_optimizer, param_groups
 from simdinov2.train.ssl_meta_arch import load_pretrained_backbone
 from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha
@@ -214,6 +215,40 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks of the flags that need no data or model; each failure is one line saying what to change."""
+    if not args.eps > 0:
+        raise UserError(f"--eps must be > 0 (got {args.eps}): it divides the coding-rate scale p/(m·N·eps)")
+    for name in ("batch_size_per_gpu", "epochs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    check_packages(args.track_wandb, args.track_swan)
+    if not getattr(args, "time_budget", 0.0) >= 0:
+        raise UserError(f"--time_budget must be >= 0 seconds (got {args.time_budget}); 0 means no budget")
+    if args.local_crops_number < 0:
+        raise UserError(f"--local_crops_number must be >= 0 (got {args.local_crops_number})")
+    if getattr(args, "depth", 0) < 0:
+        raise UserError(f"--depth must be >= 1 blocks, or 0 for the arch's own (got {args.depth})")
+    if args.arch in VIT_ARCHS:
+        crops = [("global_crops_size", args.global_crops_size)]
+        crops += [("local_crops_size", args.local_crops_size)] if args.local_crops_number else []
+        for name, size in crops:
+            if size < args.patch_size:
+                raise UserError(f"--{name} {size} is smaller than one patch (--patch_size {args.patch_size}): "
+                                f"raise --{name} or lower --patch_size")
+    if args.arch in VIT_ARCHS and args.global_crops_size % args.patch_size:
+        logger.warning("--global_crops_size %d is not a multiple of --patch_size %d: border pixels are dropped",
+                       args.global_crops_size, args.patch_size)
+    if args.warmup_epochs >= args.epochs:
+        logger.warning(f"--warmup_epochs {args.warmup_epochs} >= --epochs {args.epochs}: the learning rate never "
+                       "leaves its linear warm-up; lower --warmup_epochs")
+
+
+def loop_settings(args: argparse.Namespace) -> dino_loop.LoopSettings:
+    """The flags the training loop reads, typed, taken once from the command line."""
+    return dino_loop.LoopSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(dino_loop.LoopSettings)})
+
+
 def start_run(args: argparse.Namespace) -> tuple[Path, ExperimentTrackers]:
     """Output folder, logs (`output.log`, `args.log`), seeds and trackers, on every rank."""
     output_dir = Path(args.output_dir)
@@ -247,12 +282,35 @@ def init_from_pretrained(args: argparse.Namespace, student, teacher, checkpoint_
     logger.info(f"student and teacher backbones start from {args.pretrained_weights}: {report.summary()}; heads start fresh")
 
 
+def build_knn_monitor(args: argparse.Namespace) -> KnnMonitor | None:
+    """The k-NN monitor of `--knn_monitor_path` (None without it)."""
+    if not args.knn_monitor_path:
+        return None
+    if args.knn_monitor_freq < 1:
+        raise UserError(f"--knn_monitor_freq must be >= 1 epoch (got {args.knn_monitor_freq})")
+    with agree_on_errors("reading the k-NN monitor set"):
+        return KnnMonitor(args.knn_monitor_path, args.global_crops_size, batch_size=args.batch_size_per_gpu)
+
+
+def run_knn_monitor(monitor: KnnMonitor | None, args: argparse.Namespace, epoch: int, teacher, clock: TrainingClock,
+                    output_dir: Path) -> dict[str, float]:  # fmt: skip
+    """The teacher's k-NN top-1 after `epoch` when due (every --knn_monitor_freq epochs and the last), its row in
+    training_metrics.json; its time is left out of the budget."""
+    due = (epoch + 1) % args.knn_monitor_freq == 0 or epoch + 1 == args.epochs or clock.stopped
+    if monitor is None or not due:
+        return {}
+    knn = monitor(teacher.backbone)
+    clock.exclude(knn["knn_monitor_seconds"])
+    append_metrics_row(output_dir / "training_metrics.json", clock.iterations - 1, {**knn, "epoch": epoch})
+    return knn
+
+
 def train_dino(args: argparse.Namespace) -> dict[str, float]:
     """Train SimDINO (or the DINO baseline with --use_simdino false) as described by `args`.
 
     Returns a summary of the whole run (resumed parts included): `epochs`, `iterations`, `images_seen`
     (over all processes) and `train_seconds` (wall time of the training loops)."""
-    dino_loop.validate_args(args)
+    validate_args(args)
     device = distributed.init_distributed(args.device)
     output_dir, trackers = start_run(args)
     try:
@@ -262,6 +320,7 @@ def train_dino(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _train(args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers) -> dict[str, float]:
+    settings = loop_settings(args)
     world_size = distributed.get_world_size()
     logger.info(f"world size {world_size}, device {device}")
     if args.use_simdino:
@@ -273,17 +332,12 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
         blur="dino",  # DINO v1's PIL blur with the drawn radius, as upstream v1
     )  # fmt: skip
     with agree_on_errors("reading the dataset"):
-        data_loader = dino_loop.build_data_loader(args, dino_loop.build_dataset(args.data_path, transform), device)
-    monitor = None
-    if args.knn_monitor_path:
-        if args.knn_monitor_freq < 1:
-            raise UserError(f"--knn_monitor_freq must be >= 1 epoch (got {args.knn_monitor_freq})")
-        with agree_on_errors("reading the k-NN monitor set"):
-            monitor = KnnMonitor(args.knn_monitor_path, args.global_crops_size, batch_size=args.batch_size_per_gpu)
+        data_loader = dino_loop.build_data_loader(settings, dino_loop.build_dataset(args.data_path, transform), device)
+    monitor = build_knn_monitor(args)
     # ============ building student and teacher networks, loss, optimizer ... ============
     student, teacher = build_student_teacher(args)
     init_from_pretrained(args, student, teacher, output_dir / "checkpoint.pth")
-    student, student_without_ddp, teacher = dino_loop.prepare_networks(args, student, teacher, device)
+    student, student_without_ddp, teacher = dino_loop.prepare_networks(settings, student, teacher, device)
     n_params = sum(p.numel() for p in student_without_ddp.parameters())
     logger.info(f"Student and Teacher are built: they are both {args.arch} network ({n_params / 1e6:.2f}M parameters).")
     loss_fn = build_loss(args).to(device)
@@ -295,11 +349,15 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
     )
     # ============ schedules, clock and resume ... ============
     niter_per_ep = len(data_loader)
-    schedules = dino_loop.build_schedules(args, niter_per_ep)
+    schedules = dino_loop.build_schedules(settings, niter_per_ep)
     clock = TrainingClock(args.time_budget, total_iterations=args.epochs * niter_per_ep, niter_per_epoch=niter_per_ep)
     checkpoint_path = output_dir / "checkpoint.pth"
     start_epoch = restart_from_checkpoint(
         checkpoint_path, args, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock
+    )
+    loop = dino_loop.EpochLoop(
+        pair=pair, optimizer=optimizer, scaler=scaler, data_loader=data_loader, schedules=schedules, settings=settings,
+        device=device, trackers=trackers, checkpoint_path=checkpoint_path, clock=clock,
     )
     # ============ training ... ============
     logger.info("Starting SimDINO training !" if args.use_simdino else "Starting DINO training !")
@@ -314,16 +372,10 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
             break
         data_loader.sampler.set_epoch(epoch)
         fix_random_seeds(dino_loop.epoch_seed(args.seed, epoch, distributed.get_rank()))
-        train_stats = dino_loop.run_epoch(
-            pair, optimizer, scaler, data_loader, schedules, epoch, args, device, trackers, checkpoint_path, clock
-        )
+        train_stats = dino_loop.run_epoch(loop, epoch)
         # ============ writing logs ... ============
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
-        if monitor and ((epoch + 1) % args.knn_monitor_freq == 0 or epoch + 1 == args.epochs or clock.stopped):
-            knn = monitor(teacher.backbone)
-            clock.exclude(knn["knn_monitor_seconds"])  # the budget is for training
-            log_stats.update(knn)
-            append_metrics_row(output_dir / "training_metrics.json", clock.iterations - 1, {**knn, "epoch": epoch})
+        log_stats.update(run_knn_monitor(monitor, args, epoch, teacher, clock, output_dir))
         if distributed.is_main_process():
             state = epoch_state(args, epoch, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock)
             save_epoch(output_dir, epoch, state, log_stats, args.saveckp_freq)

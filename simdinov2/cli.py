@@ -6,16 +6,13 @@ Owns:
   without a barrier, so that `torchrun` / SLURM end the other ranks instead of a hang.
 - `agree_on_errors(what)`: a set-up block whose failure on any rank fails every rank, so that no rank goes
   on into the next collective and waits there forever (e.g. a tracker that fails to start on rank 0).
-- `make_output_dir(path, flag)`: every program's output folder, created and checked writable, or one
-  `UserError` line naming the flag (a file in the way, no permission, a read-only file system).
+- `make_output_dir(path, flag)`, handed on from `simdinov2.io.output_dir` (where `logging` takes it too):
+  every program's output folder, created and checked writable, or one `UserError` line naming the flag.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -23,6 +20,7 @@ import torch.distributed as dist
 
 from simdinov2 import distributed
 from simdinov2.errors import PeerFailedError, UserError
+from simdinov2.io.output_dir import make_output_dir as make_output_dir  # handed on beside run_cli
 
 
 class agree_on_errors:  # noqa: N801 - used as a context manager, like contextlib's
@@ -54,35 +52,6 @@ class agree_on_errors:  # noqa: N801 - used as a context manager, like contextli
         if isinstance(exc, UserError):
             exc.report = distributed.get_rank() == failing[0]
         return False  # re-raise this rank's own error (a bug keeps its traceback)
-
-
-_OUTPUT_DIR_PROBLEMS = {
-    errno.EEXIST: "a file is in the way",
-    errno.ENOTDIR: "a file is in the way",
-    errno.EACCES: "no permission to write there",
-    errno.EPERM: "no permission to write there",
-    errno.EROFS: "it is on a read-only file system",
-    errno.ENOENT: "it cannot be created there",
-}
-
-
-def make_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
-    """Create the output folder `path` (and its parents) and check that a file can be written in it.
-
-    A folder that cannot be created or written is one `UserError` line naming `flag` and the reason,
-    instead of the raw `OSError` of the first write (which may come after hours of work)."""
-    folder = Path(path).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        reason = _OUTPUT_DIR_PROBLEMS.get(exc.errno or 0, exc.strerror or str(exc))
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(folder) else ""
-        raise UserError(
-            f"{flag} {path} cannot be used as the output folder: {reason}{where}; give a writable folder"
-        ) from exc
-    return folder
 
 
 def _launch_rank() -> int:

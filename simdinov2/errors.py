@@ -8,9 +8,13 @@ Owns:
 - `MissingFileError`: the user-error kind of a missing file or folder (also a FileNotFoundError).
 - `NonFiniteLossError`: training stopped on a NaN/inf loss (on every rank together).
 - `PeerFailedError`: the quiet error of a rank whose peer failed in a set-up block.
+- `DiskFullError`: a save ran out of space (also an OSError); `exception_chain` finds such causes inside the
+  wrappers of torch.save and torch.distributed.checkpoint.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 
 class UserError(ValueError):
@@ -35,3 +39,27 @@ class PeerFailedError(UserError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"another process failed while {what}", report=False)
+
+
+class DiskFullError(UserError, OSError):
+    """Saving a checkpoint ran out of disk space; the temporaries are gone and the previous one is intact."""
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, what it was raised from or during, and the per-rank failures a DCP CheckpointException holds.
+
+    torch.save's zip writer wraps a failed write in a RuntimeError, and torch.distributed.checkpoint
+    gathers every rank's exception into `failures` ({rank: (exception, traceback)}): the cause of a
+    failed save or load is somewhere in this chain.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack += [current.__cause__, current.__context__]
+        for failure in getattr(current, "failures", {}).values():
+            stack.append(failure[0] if isinstance(failure, tuple) else failure)

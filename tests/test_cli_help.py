@@ -13,6 +13,7 @@ PROGRAMS = [
     ("simdino", ["eval_knn.py"]),
     ("simdino", ["eval_linear.py"]),
     ("simdino", ["visualize_attention.py"]),
+    ("simdino", ["video_generation.py"]),
     ("simdino", ["run_with_submitit.py"]),
     (".", ["prepare.py"]),
     (".", ["simdinov2/train/train.py"]),
@@ -25,6 +26,7 @@ PROGRAMS = [
     (".", ["simdinov2/run/eval/log_regression.py"]),
     (".", ["-m", "simdinov2.export"]),
     (".", ["-m", "simdinov2.tools.plot_log"]),
+    (".", ["-m", "simdinov2.tools.pca_features"]),
 ]
 
 

@@ -12,9 +12,11 @@ What is substituted (nothing else is changed):
   val/, 3 classes, 40 + 10 PNGs each; Fashion-MNIST images when the Debian package is installed, the
   synthetic class patterns of conftest.py otherwise); `<OUT>`, `<OUTPUT>`, `<PATH/TO/OUTPUT/DIR>` -> the v1 or
   v2 run directory of this test; `<ITER>` -> the last v2 teacher snapshot's iteration; `<CKPT>` -> the v1
-  `checkpoint.pth`;
+  `checkpoint.pth`; `<FRAMES>` -> a folder of 3 of the dataset's images (a 'video'); `<IMAGE>` -> one of them; `<OWN>` -> the
+  folder of the own-data run (its image list, the run, the run started from `<CKPT>` in `finetune/`);
 - sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), and
-  the attention maps use 64 px images (the default 480 px is 14400 tokens at the tiny model's patch 4).
+  the attention maps and the PCA pictures use 64 px images (the defaults, 480 and 448 px, are over 12000 tokens
+  at the tiny model's patch 4).
 
 Time: 12.5 minutes for all blocks on the shared 2-core machine at a load average of 5 to 10 (other jobs), far
 above the 2-minute aim; the 2-process FSDP v2 training on CPU is the slowest block (its first iteration alone
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +43,21 @@ SIZES = (
     ("--nproc_per_node=8", "--nproc_per_node=1"),
     ("eval_linear.py", "eval_linear.py --epochs 1"),
     ("visualize_attention.py", "visualize_attention.py --image_size 64"),  # 480 px at patch 4: 14400 tokens
+    ("simdinov2.tools.pca_features", "simdinov2.tools.pca_features --image_size 64"),  # 448 px: 12544 tokens
 )
 
 
 def marked_blocks(text: str) -> list[tuple[str, str, str]]:
     """(name, language, body) of the README's marked code blocks, in order."""
     return MARKED_BLOCK.findall(text)
+
+
+def frames_folder(data: Path, folder: Path, count: int = 3) -> Path:
+    """A 'video' as a folder of frames: the first validation images, in name order."""
+    folder.mkdir()
+    for i, image in enumerate(sorted((data / "val").rglob("*.png"))[:count]):
+        shutil.copy(image, folder / f"frame-{i:02d}.png")
+    return folder
 
 
 def last_snapshot_iteration(run: Path) -> str:
@@ -66,6 +78,9 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "export": [("<OUTPUT>/eval/", "v2/eval/"), ("<OUTPUT>", "v1")],
     "visualize-attention": [("<CKPT>", "v1_checkpoint"), ("<OUTPUT>", "v1")],
     "plot-log": [("<OUTPUT>", "v1")],
+    "video-attention": [("<CKPT>", "v1_checkpoint"), ("<FRAMES>", "frames"), ("<OUTPUT>", "v1")],
+    "pca-features": [("<CKPT>", "v1_checkpoint"), ("<IMAGE>", "image"), ("<OUTPUT>", "v1")],
+    "hf-export": [("<CKPT>", "v1_checkpoint"), ("<OUTPUT>", "v1")],
     "own-data": [("<DIR>", "data"), ("<OWN>", "own")],
     "pretrained": [("<DIR>", "data"), ("<OWN>", "own"), ("<CKPT>", "v1_checkpoint")],
     "plot-reference": [("<OWN>", "own")],
@@ -98,6 +113,8 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     v1, v2, elsewhere = tmp_path / "v1_run", tmp_path / "v2_run", tmp_path / "cwd"
     elsewhere.mkdir()
     paths = {"data": str(tiny_imagefolder), "v1": str(v1), "v2": str(v2), "v1_checkpoint": str(v1 / "checkpoint.pth"),
+             "frames": str(frames_folder(tiny_imagefolder, tmp_path / "frames")),
+             "image": str(next((tiny_imagefolder / "val").rglob("*.png"))),
              "own": str(tmp_path / "own_run")}
     blocks = {name: (language, body) for name, language, body in marked_blocks(README.read_text())}
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
@@ -118,6 +135,9 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     assert (elsewhere / "vit.safetensors").is_file() and (elsewhere / "vit_timm.pth").is_file()
     assert any((v1 / "attn").glob("attn-head*.png"))
     assert (v1 / "loss_curve.png").is_file()
+    assert (v1 / "video" / "video.mp4").is_file() and any((v1 / "video" / "attention").glob("attn-*.jpg"))
+    assert len(list((v1 / "pca").glob("*_pca.png"))) == 1
+    assert (v1 / "hf" / "config.json").is_file() and (v1 / "hf" / "preprocessor_config.json").is_file()
     own = tmp_path / "own_run"
     assert "knn_monitor_top1" in (own / "log.txt").read_text() and (own / "curves_vs_reference.png").is_file()
     assert "backbones start from" in (own / "finetune" / "output.log").read_text()

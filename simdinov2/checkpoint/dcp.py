@@ -43,8 +43,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from simdinov2 import distributed
+from simdinov2.io.atomic import (
+    atomic_torch_save,
+    atomic_write_text,
+    disk_full_error,
+    is_disk_full,
+    tensor_bytes,
+)
 
-from .atomic import atomic_torch_save, atomic_write_text, disk_full_error, is_disk_full, tensor_bytes
 from .errors import CheckpointError, CheckpointNotFoundError
 from .safe_load import (
     SafeFileSystemReader,

@@ -37,7 +37,9 @@ from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.api import CheckpointException
 
-from .errors import CheckpointError, CheckpointNotFoundError, exception_chain
+from simdinov2.errors import exception_chain
+
+from .errors import CheckpointError, CheckpointNotFoundError
 
 DCP_METADATA = ".metadata"
 # What torch.load / pickle raise on bytes that are not a checkpoint (text, zeros, a cut-off file).

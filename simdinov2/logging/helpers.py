@@ -15,8 +15,8 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from simdinov2 import distributed
-from simdinov2.checkpoint.atomic import atomic_write_text
-from simdinov2.cli import make_output_dir
+from simdinov2.io.atomic import atomic_write_text
+from simdinov2.io.output_dir import make_output_dir
 
 logger = logging.getLogger("simdinov2")
 

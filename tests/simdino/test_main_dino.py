@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from simdino import main_dino
-from simdinov2.train.multicrop import MultiCropWrapper
+from simdino.train.multicrop import MultiCropWrapper
 
 REPO = Path(__file__).resolve().parents[2]
 SIMDINO_DIR = REPO / "simdino"
@@ -214,7 +214,7 @@ def _metric_iterations(out: Path) -> list[int]:
 
 
 def test_kill_after_checkpoint_rename_loses_nothing_on_resume(train_dir, tmp_path, monkeypatch):
-    from simdinov2.checkpoint import epoch_checkpoint
+    from simdino.train import epoch_checkpoint
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_main(train_dir, full, "--saveckp_freq", "1", epochs=2)

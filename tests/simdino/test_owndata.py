@@ -134,8 +134,8 @@ def test_knn_monitor_in_two_processes(flat_folder, tiny_imagefolder, tmp_path):
     log = (out / "output.log").read_text()
     assert "120 train / 30 val images" in log and "s per 1,000 images" in log
     # the sharded monitor equals the same k-NN of the saved teacher in one process
+    from simdino.train.multicrop import build_student_teacher
     from simdinov2.eval.knn_monitor import KnnMonitor
-    from simdinov2.train.multicrop import build_student_teacher
 
     args = safe_torch_load(out / "checkpoint.pth")["args"]
     _, teacher = build_student_teacher(args)

@@ -94,3 +94,10 @@ def test_bad_inputs_are_one_line(tmp_path):
     with pytest.raises(SystemExit) as exc:
         va.main(["--arch", "vit_tiny", "--patch_size", "4", "--image_path", str(tmp_path / "none.jpg")])
     assert "is not a file" in str(exc.value.code)
+
+
+def test_threshold_outside_zero_one_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        va.main(["--threshold", "60", "--output_dir", str(tmp_path)])
+    line = str(exit_info.value.code)
+    assert "\n" not in line and "--threshold 60.0 is not a fraction of the attention mass" in line, line

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import torch
 
-from .errors import DiskFullError, exception_chain
+from simdinov2.errors import DiskFullError, exception_chain
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # The name of `_new_temporary`'s files: `.<target name>.<8 hex digits>.tmp`.
