@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from benchmarks.common import format_table
-from simdino import demo
+from simdino.fmnist.recipe import recipe_flags
 from simdino.run import trainer as v1_trainer
+from simdinov2.data.datasets import export_fashion_mnist_imagefolder
 
 # experiment -> [(row name, run folder, main_dino flags over the demo recipe)]
 EXPERIMENTS = {
@@ -42,6 +43,13 @@ SMALL_BATCH = 16
 # 2-core machine: 2 blocks, batch 64, 2 local crops, a 512-128 head, fp32, one thread.
 LIGHT = {"depth": 2, "batch_size_per_gpu": 64, "local_crops_number": 2, "hidden_dim": 512, "z_dim": 128,
          "use_fp16": False}  # fmt: skip
+
+
+def knn_monitor_set(root: Path) -> Path:
+    """The k-NN monitor's labeled set: 100 training and 50 test Fashion-MNIST images per class."""
+    for split, per_class in (("TRAIN", 100), ("TEST", 50)):
+        export_fashion_mnist_imagefolder(root, split, limit_per_class=per_class)
+    return root
 
 
 def run(flags: dict[str, Any], processes: int) -> None:
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(1)  # the trainer gets this process's thread count
-    monitor_root = demo.knn_monitor_set(None, out / "knn_set")
+    monitor_root = knn_monitor_set(out / "knn_set")
     processes = 2 if args.experiment == "reduce_cov" else 1
     table = []
     for name, folder, overrides in EXPERIMENTS[args.experiment]:
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             continue
         run_dir = out / args.experiment / folder
         extra = {**LIGHT, "batch_size_per_gpu": SMALL_BATCH} if processes > 1 else LIGHT
-        flags = demo.recipe_flags(args.seconds, run_dir, "FashionMNIST:split=TRAIN", num_workers=1,
+        flags = recipe_flags(args.seconds, run_dir, "FashionMNIST:split=TRAIN", num_workers=1,
                                   knn_monitor_path=str(monitor_root), **{**extra, **overrides})  # fmt: skip
         run(flags, processes)
         table.append({"run": name, "processes x batch": f"{processes} x {flags['batch_size_per_gpu']}",

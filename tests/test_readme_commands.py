@@ -14,9 +14,9 @@ What is substituted (nothing else is changed):
   v2 run directory of this test; `<ITER>` -> the last v2 teacher snapshot's iteration; `<CKPT>` -> the v1
   `checkpoint.pth`; `<FRAMES>` -> a folder of 3 of the dataset's images (a 'video'); `<IMAGE>` -> one of them; `<OWN>` -> the
   folder of the own-data run (its image list, the run, the run started from `<CKPT>` in `finetune/`);
-- sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), and
-  the attention maps and the PCA pictures use 64 px images (the defaults, 480 and 448 px, are over 12000 tokens
-  at the tiny model's patch 4).
+- sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), the v2
+  linear / attentive probes 2 iterations and the fine-tuning 1 epoch, and the attention maps and the PCA pictures
+  use 64 px images (the defaults, 480 and 448 px, are over 12000 tokens at the tiny model's patch 4).
 
 Time: 12.5 minutes for all blocks on the shared 2-core machine at a load average of 5 to 10 (other jobs), far
 above the 2-minute aim; the 2-process FSDP v2 training on CPU is the slowest block (its first iteration alone
@@ -25,6 +25,7 @@ took over 2 minutes under that load), then the attention maps, the v1 training a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -44,6 +45,9 @@ SIZES = (
     ("eval_linear.py", "eval_linear.py --epochs 1"),
     ("visualize_attention.py", "visualize_attention.py --image_size 64"),  # 480 px at patch 4: 14400 tokens
     ("simdinov2.tools.pca_features", "simdinov2.tools.pca_features --image_size 64"),  # 448 px: 12544 tokens
+    # the v2 linear / attentive probes and fine-tuning: a few iterations, not 10 x 1250 or 200 epochs
+    ("linear.py --config-file", "linear.py --epochs 1 --epoch-length 2 --config-file"),
+    ("finetuning.py --config-file", "finetuning.py --epochs 1 --config-file"),
 )
 
 
@@ -74,6 +78,9 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "v2-cpu-train": [("<DIR>", "data"), ("<OUT>", "v2")],
     "v1-eval": [("<PATH/TO/OUTPUT/DIR>", "v1"), ("<PATH/TO/DATASET>", "data")],
     "cpu-eval": [("<DIR>", "data"), ("<OUT>", "v2")],
+    "eval-linear-test-sets": [("<DIR>", "data"), ("<OUT>", "v2")],
+    "eval-attentive": [("<DIR>", "data"), ("<OUT>", "v2")],
+    "eval-finetuning": [("<DIR>", "data"), ("<OUT>", "v2")],
     "build-backbone": [("<OUTPUT>", "v1")],
     "export": [("<OUTPUT>/eval/", "v2/eval/"), ("<OUTPUT>", "v1")],
     "visualize-attention": [("<CKPT>", "v1_checkpoint"), ("<OUTPUT>", "v1")],
@@ -132,6 +139,10 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     assert (v1 / "knn_results.json").is_file()  # v1 eval_knn.py: next to the checkpoint
     assert (v1 / "eval_linear" / "checkpoint.pth.tar").is_file()  # v1 eval_linear.py: eval_linear/ next to it
     assert (v2 / "knn" / "results_eval_knn.json").is_file()
+    linear_eval_sets = json.loads((v2 / "linear" / "results_eval_linear.json").read_text().splitlines()[-1])["eval_sets"]
+    assert len(linear_eval_sets) == 2  # the validation folder (two metric types) and the training folder
+    assert json.loads((v2 / "attentive" / "results_eval_linear.json").read_text().splitlines()[-1])["attentive"]
+    assert "top1" in json.loads((v2 / "finetune" / "results_eval_finetuning.json").read_text())["final"]
     assert (elsewhere / "vit.safetensors").is_file() and (elsewhere / "vit_timm.pth").is_file()
     assert any((v1 / "attn").glob("attn-head*.png"))
     assert (v1 / "loss_curve.png").is_file()

@@ -164,10 +164,12 @@ def build_model_for_eval(
     opts: Sequence[str] = (),
     config_file: str | None = None,
     source: str = "",
+    **vit_kwargs: Any,
 ) -> nn.Module:
     """The backbone of `pretrained_weights` (a path or an already read checkpoint), built from its own
     tensors and loaded strictly, frozen, in eval mode, on `device`. `opts` are the command-line config
-    overrides (their `student.*` architecture keys must agree with the weights)."""
+    overrides (their `student.*` architecture keys must agree with the weights); `vit_kwargs` are
+    options the weights do not record (e.g. `drop_path_rate` for fine-tuning)."""
     if "student" not in config:
         raise UserError("the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml")
     source = source or str(pretrained_weights)
@@ -175,12 +177,14 @@ def build_model_for_eval(
         pretrained_weights, checkpoint_key, source, check=_architecture_check(config, opts, config_file, source),
         interpolate_offset=float(OmegaConf.select(config, "student.interpolate_offset", default=0.1)),
         interpolate_antialias=bool(OmegaConf.select(config, "student.interpolate_antialias", default=False)),
+        **vit_kwargs,
     )  # fmt: skip
     return model.to(device or distributed.get_device())
 
 
-def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dtype, DictConfig]:
-    """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags."""
+def setup_and_build_model(args: argparse.Namespace, **vit_kwargs: Any) -> tuple[nn.Module, torch.dtype, DictConfig]:
+    """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags;
+    `vit_kwargs` as for `build_model_for_eval`."""
     if not args.pretrained_weights:
         raise UserError("--pretrained-weights is required (a teacher_checkpoint.pth, or a v1 checkpoint.pth)")
     if not os.path.exists(args.pretrained_weights):
@@ -194,7 +198,7 @@ def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dt
         logger.info("no --config-file: evaluation crop %d px, the training crop stored in the checkpoint", crop)
     config = load_eval_config(config_file, opts)
     model = build_model_for_eval(config, checkpoint, getattr(args, "checkpoint_key", "teacher"), opts=opts,
-                                 config_file=config_file, source=args.pretrained_weights)
+                                 config_file=config_file, source=args.pretrained_weights, **vit_kwargs)
     return model, config_compute_dtype(config), config
 
 

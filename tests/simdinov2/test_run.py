@@ -189,6 +189,7 @@ def _importable(module: str) -> bool:
     ("simdinov2.run.eval.knn", "simdinov2.eval.knn", ["--nb_knn", "--train-dataset"]),
     ("simdinov2.run.eval.linear", "simdinov2.eval.linear", ["--learning-rates", "--epoch-length"]),
     ("simdinov2.run.eval.log_regression", "simdinov2.eval.log_regression", ["--train-dataset"]),
+    ("simdinov2.run.eval.finetuning", "simdinov2.eval.finetuning", ["--layer-decay", "--test-datasets", "--model-ema"]),
     ("simdinov2.run.train.train", "simdinov2.train.train", ["--config-file", "--no-resume"]),
 ])  # fmt: skip
 def test_v2_launchers_join_program_and_launcher_flags(launcher, program, flags, capsys):
