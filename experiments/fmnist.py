@@ -55,6 +55,7 @@ from simdinov2.eval.knn import feasible_ks, knn_classify
 from simdinov2.eval.log_regression import accuracy, fit_logistic_regression, select_c
 from simdinov2.logging import setup_logging
 from simdinov2.train import train as v2_train
+from simdinov2.train.health import effective_rank
 
 logger = logging.getLogger("simdinov2")
 
@@ -235,16 +236,6 @@ def linear_probe(
     return {"top1": top1, "top5": top5, "best_C": best_c, "holdout_top1": {str(c): s for c, s in holdout.items()}}
 
 
-def effective_rank(features: Tensor) -> float:
-    """exp(entropy) of the normalised singular values of the centred features (Roy & Vetterli, 2007):
-    about 1 for a collapsed representation, up to the feature dimension for a spread-out one."""
-    centred = features.double() - features.double().mean(0)
-    singular = torch.linalg.svdvals(centred)
-    p = singular / singular.sum().clamp_min(1e-12)
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
 def evaluate(
     model: nn.Module, train_set: Dataset, test_set: Dataset, batch_size: int = 500, num_workers: int = 0,
     c_values: Sequence[float] = DEFAULT_C_VALUES, max_iter: int = 300,
@@ -267,7 +258,7 @@ def evaluate(
         "linear_top1": linear["top1"],
         "linear": linear,
         "feature_dim": int(train_x.shape[1]),
-        "effective_rank": effective_rank(test_x),
+        "effective_rank": effective_rank(test_x, centered=True),
         "eval_seconds": time.perf_counter() - start,
     }
 

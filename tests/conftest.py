@@ -1,6 +1,7 @@
 """Shared pytest set-up: small thread counts, the `gpu` auto-skip and session-wide tiny datasets.
 
-Fixtures (session-scoped, built once, read-only for tests: copy before modifying):
+Fixtures (session-scoped, built once, read-only for tests: copy before modifying; `one_torch_thread` is
+module-scoped):
 - `tiny_imagefolder`: Path with `train/` (3 classes x 40) and `val/` (3 x 10) folders of 32x32 RGB
   PNGs, real Fashion-MNIST images when the Debian package is installed, synthetic class-dependent
   patterns otherwise (`tiny_imagefolder_is_real` says which).
@@ -165,3 +166,13 @@ def fashion_mnist_root() -> Path:
             f"Fashion-MNIST not installed in {FASHION_MNIST_ROOT} (sudo apt-get install dataset-fashion-mnist)"
         )
     return FASHION_MNIST_ROOT
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process training on shared cores: one intra-op thread is faster than several fighting for them
+    (use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

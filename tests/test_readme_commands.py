@@ -12,7 +12,8 @@ What is substituted (nothing else is changed):
   val/, 3 classes, 40 + 10 PNGs each; Fashion-MNIST images when the Debian package is installed, the
   synthetic class patterns of conftest.py otherwise); `<OUT>`, `<OUTPUT>`, `<PATH/TO/OUTPUT/DIR>` -> the v1 or
   v2 run directory of this test; `<ITER>` -> the last v2 teacher snapshot's iteration; `<CKPT>` -> the v1
-  `checkpoint.pth`; `<FRAMES>` -> a folder of 3 of the dataset's images (a 'video'); `<IMAGE>` -> one of them;
+  `checkpoint.pth`; `<FRAMES>` -> a folder of 3 of the dataset's images (a 'video'); `<IMAGE>` -> one of them; `<OWN>` -> the
+  folder of the own-data run (its image list, the run, the run started from `<CKPT>` in `finetune/`);
 - sizes (`SIZES`): 8-process torchrun commands run 1 process, the v1 linear probe trains 1 epoch (not 100), the v2
   linear / attentive probes 2 iterations and the fine-tuning 1 epoch, and the attention maps and the PCA pictures
   use 64 px images (the defaults, 480 and 448 px, are over 12000 tokens at the tiny model's patch 4).
@@ -87,6 +88,9 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "video-attention": [("<CKPT>", "v1_checkpoint"), ("<FRAMES>", "frames"), ("<OUTPUT>", "v1")],
     "pca-features": [("<CKPT>", "v1_checkpoint"), ("<IMAGE>", "image"), ("<OUTPUT>", "v1")],
     "hf-export": [("<CKPT>", "v1_checkpoint"), ("<OUTPUT>", "v1")],
+    "own-data": [("<DIR>", "data"), ("<OWN>", "own")],
+    "pretrained": [("<DIR>", "data"), ("<OWN>", "own"), ("<CKPT>", "v1_checkpoint")],
+    "plot-reference": [("<OWN>", "own")],
 }
 # Blocks that write into the working directory run in a temporary folder, not in the repository.
 RUN_OUTSIDE_REPO = ("export",)
@@ -117,7 +121,8 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     elsewhere.mkdir()
     paths = {"data": str(tiny_imagefolder), "v1": str(v1), "v2": str(v2), "v1_checkpoint": str(v1 / "checkpoint.pth"),
              "frames": str(frames_folder(tiny_imagefolder, tmp_path / "frames")),
-             "image": str(next((tiny_imagefolder / "val").rglob("*.png")))}
+             "image": str(next((tiny_imagefolder / "val").rglob("*.png"))),
+             "own": str(tmp_path / "own_run")}
     blocks = {name: (language, body) for name, language, body in marked_blocks(README.read_text())}
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")  # torchrun of this Python
@@ -144,3 +149,6 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     assert (v1 / "video" / "video.mp4").is_file() and any((v1 / "video" / "attention").glob("attn-*.jpg"))
     assert len(list((v1 / "pca").glob("*_pca.png"))) == 1
     assert (v1 / "hf" / "config.json").is_file() and (v1 / "hf" / "preprocessor_config.json").is_file()
+    own = tmp_path / "own_run"
+    assert "knn_monitor_top1" in (own / "log.txt").read_text() and (own / "curves_vs_reference.png").is_file()
+    assert "backbones start from" in (own / "finetune" / "output.log").read_text()

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from simdino.train.multicrop import MultiCropStudentTeacher
 from simdinov2 import distributed
-from simdinov2.data import ImageFolderDataset, make_dataset
 from simdinov2.data.datasets import UnreadableImageError
+from simdinov2.data.datasets.unlabeled import training_dataset
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger
+from simdinov2.logging.helpers import metrics_row_due
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train.clock import TrainingClock
 from simdinov2.train.step import train_step
@@ -63,24 +64,9 @@ class LoopSettings:
 
 
 def build_dataset(data_path: str | None, transform: Any) -> Dataset:
-    """ImageFolder tree at `data_path` (upstream), or any dataset string `make_dataset` knows
-    (e.g. `FashionMNIST:split=TRAIN`)."""
-    if not data_path:
-        raise UserError("--data_path is missing: give the training images as an ImageFolder tree (one folder per class)")
-    path = Path(data_path).expanduser()
-    if path.is_dir():
-        if not any(path.iterdir()):
-            raise UserError(f"--data_path {data_path} is an empty folder: it must hold one sub-folder of images per class")
-        dataset = ImageFolderDataset(str(path), transform=transform)
-    elif ":" in data_path and not path.exists():
-        dataset = make_dataset(data_path, transform=transform)
-    elif path.exists():
-        raise UserError(f"--data_path {data_path} is a file, not a folder: give the folder of class sub-folders")
-    else:
-        raise UserError(f"--data_path {data_path} does not exist: give the folder of training images (ImageFolder tree)")
-    if len(dataset) == 0:
-        raise UserError(f"--data_path {data_path} holds no images (jpg, png, ...)")
-    return dataset
+    """The training images of `--data_path`: a folder (class sub-folders or not), a `.txt` list of image
+    paths, or any dataset string `make_dataset` knows (e.g. `FashionMNIST:split=TRAIN`)."""
+    return training_dataset(data_path or "", transform, option="--data_path")
 
 
 def _seed_numpy_in_worker(worker_id: int) -> None:
@@ -226,6 +212,8 @@ def train_one_epoch(loop: EpochLoop, epoch: int) -> dict[str, float]:
             ) from None
         clock.iterations += 1
         metrics = {**losses, "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"]}
+        if metrics_row_due(global_it, PRINT_FREQ, clock.total_iterations) or step == n_iter - 1:
+            metrics.update(pair.probe.measure())  # one small SVD, on the iterations the progress line shows
         metric_logger.update(**metrics)
         if step % PRINT_FREQ == 0:
             loop.trackers.log(metrics, step=global_it)

@@ -48,6 +48,9 @@ def parse_dataset_str(dataset_str: str) -> tuple[type, dict[str, str]]:
     if not isinstance(dataset_str, str) or not dataset_str.strip():
         raise _bad(str(dataset_str), "it is empty")
     dataset_str = dataset_str.strip()
+    if dataset_str.lower().endswith(".txt") and os.path.isfile(dataset_str):
+        raise UserError(f"{dataset_str} is a list of images without labels: this needs labels; give a "
+                        "class-per-folder tree (root/<class>/<image>) or a labeled dataset string")
     if ":" not in dataset_str and "=" not in dataset_str and os.path.isdir(dataset_str):
         return ImageFolderDataset, {"root": dataset_str}
     if ":" not in dataset_str and "=" not in dataset_str and (os.sep in dataset_str or dataset_str.startswith(("~", "."))):

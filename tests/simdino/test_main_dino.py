@@ -153,7 +153,9 @@ def test_one_epoch_writes_the_upstream_files(base_run):
     assert "backbone.mask_token" not in ckpt["student"]  # DINO v1 layout
     assert ckpt["optimizer"]["state"] and all("exp_avg" in s for s in ckpt["optimizer"]["state"].values())
     (line,) = read_log(out)
-    assert list(line) == ["train_loss", "train_expa_loss", "train_comp_loss", "train_lr", "train_wd", "epoch"]
+    # upstream's keys, then the teacher's effective rank (ours)
+    assert list(line) == ["train_loss", "train_expa_loss", "train_comp_loss", "train_lr", "train_wd",
+                          "train_effective_rank", "train_effective_rank_head", "epoch"]
     assert line["epoch"] == 0
     # loss = -(coeff * comp + expa) on every iteration, so also for the epoch averages
     assert line["train_loss"] == pytest.approx(-(line["train_comp_loss"] + line["train_expa_loss"]), abs=1e-5)
@@ -303,7 +305,7 @@ def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(tr
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
              "--teacher_temp", "0.07", "--warmup_epochs", "0")
     (line,) = read_log(out)
-    assert list(line) == ["train_loss", "train_lr", "train_wd", "epoch"]
+    assert list(line) == ["train_loss", "train_lr", "train_wd", "train_effective_rank", "epoch"]  # no head rank: DINO
     assert line["train_loss"] > 0  # a cross-entropy
     ckpt = load_ckpt(out / "checkpoint.pth")
     center = ckpt["dino_loss"]["center"]
