@@ -175,6 +175,7 @@ def run_demo(
         output_dir,
         train_source,
         num_workers=layout.num_workers,
+        knn_monitor_path=str(data.knn_monitor_root(data_path, output_dir)),  # the health panel's k-NN
         **{"use_fp16": layout.use_fp16, **chosen.overrides, **overrides},
     )
     print(

@@ -13,6 +13,7 @@ from simdinov2.data import FashionMNIST, ImageFolderDataset, make_classification
 from simdinov2.data.datasets.fashion_mnist import (
     DEFAULT_FASHION_MNIST_ROOT,
     INSTALL_HINT,
+    export_fashion_mnist_imagefolder,
     fashion_mnist_paths,
 )
 from simdinov2.errors import MissingFileError
@@ -65,6 +66,22 @@ def resolve_data(data_path: str | None) -> tuple[str, MakeSplit, str]:
         )
 
     return str(root_path / "train"), image_folder, str(root_path)
+
+
+# the k-NN monitor's labeled set on Fashion-MNIST: small, so that its one pass at the end of the run's
+# single (partial) epoch costs seconds, not minutes, of the demo's wall time
+KNN_MONITOR_PER_CLASS = {"TRAIN": 50, "TEST": 20}
+
+
+def knn_monitor_root(data_path: str | None, output_dir: Path) -> Path:
+    """The labeled train/ + val/ folder main_dino's `--knn_monitor_path` reads: the user's ImageFolder tree
+    itself, or a small Fashion-MNIST export under `output_dir` (reused when already there)."""
+    if data_path is not None:
+        return Path(data_path).expanduser()
+    root = output_dir / "knn_monitor_set"
+    for split, per_class in KNN_MONITOR_PER_CLASS.items():
+        export_fashion_mnist_imagefolder(root, split, limit_per_class=per_class)
+    return root
 
 
 def eval_transform(image_size: int) -> Any:

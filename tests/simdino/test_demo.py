@@ -140,6 +140,9 @@ def test_short_demo_end_to_end(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     metrics = [json.loads(line) for line in (out / "training_metrics.json").read_text().splitlines()]
     assert {"iteration", "loss", "comp_loss", "expa_loss", "lr"} <= set(metrics[0])
+    # the health panel's two signals: the teacher's effective rank and the k-NN monitor on a small labeled set
+    assert any("effective_rank" in row for row in metrics)
+    assert any(0.0 <= row.get("knn_monitor_top1", -1.0) <= 100.0 for row in metrics)
 
     printed = capsys.readouterr().out
     for row in ("SimDINO teacher (trained)", "same network, random init", "raw pixels"):
