@@ -7,6 +7,11 @@ Fixtures (session-scoped, built once, read-only for tests: copy before modifying
 - `mini_imagenet`: Path to a miniature ImageNet tree (labels.txt, train/val/test JPEGs, 3 classes)
   in the DINOv2 layout, ready for `prepare.py` (`MINI_IMAGENET_COUNTS` gives its split sizes).
 - `fashion_mnist_root`: the Debian package's folder, or the test is skipped when it is absent.
+
+Per test:
+- `fake_slurm`: a folder first on PATH holding a fake of every SLURM command (tests/fake_slurm_commands.py):
+  a tiny cluster that accepts jobs, whether or not the host has SLURM. Replace one with
+  `fake_slurm_commands.write_command(fake_slurm, "sbatch", "...")`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_slurm_commands import install_fake_slurm
 from PIL import Image
 
 FASHION_MNIST_ROOT = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
@@ -149,3 +155,8 @@ def fashion_mnist_root() -> Path:
             f"Fashion-MNIST not installed in {FASHION_MNIST_ROOT} (sudo apt-get install dataset-fashion-mnist)"
         )
     return FASHION_MNIST_ROOT
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return install_fake_slurm(tmp_path / "fake_slurm", monkeypatch)
