@@ -40,7 +40,7 @@ test: $(STAMP) fashion-mnist
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PYTEST) -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(PYTEST) -m "$(FAST_MARKERS)" --forbid-python-subprocesses $(PYTEST_ARGS)
 
 test-launchers: $(STAMP)
 	$(PYTEST) $(LAUNCHER_TESTS) $(PYTEST_ARGS)

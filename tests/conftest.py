@@ -17,6 +17,7 @@ Per test:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +57,20 @@ def fashion_mnist_available(root: Path = FASHION_MNIST_ROOT) -> bool:
     return all((root / name).is_file() for name in names)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--forbid-python-subprocesses",
+        action="store_true",
+        help="fail any test that starts a Python interpreter, torchrun or a multiprocessing worker: `make "
+        "test-fast` passes it, so a test that does must be marked slow or distributed",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    # 2 shared cores: keep each test process from spawning a thread per core on its own.
-    torch.set_num_threads(2)
+    # Few shared cores: each test process (one per pytest-xdist worker) gets its share, at most 2 threads,
+    # instead of a thread per core fighting the other workers.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -68,6 +80,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:  # not `in item.keywords`: a folder named gpu matches
             item.add_marker(skip_gpu)
+
+
+FAST_TIER_EXCLUDES = ("slow", "distributed", "slurm", "gpu")
+
+
+def _refuse(what: str) -> None:
+    raise RuntimeError(
+        f"this test starts {what}: mark it @pytest.mark.slow (or distributed) so that `make test-fast` leaves it out"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_python(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --forbid-python-subprocesses, an unmarked test that starts a Python process fails, naming the fix."""
+    if not request.config.getoption("--forbid-python-subprocesses"):
+        return
+    if any(request.node.get_closest_marker(name) for name in FAST_TIER_EXCLUDES):
+        return
+    import multiprocessing.process
+    import subprocess
+
+    real_init = subprocess.Popen.__init__
+
+    def checked_init(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        program = Path(os.fsdecode(argv[0]).split()[0]).name if argv else ""
+        if program.startswith("python") or program == "torchrun" or os.fsdecode(argv[0]) == sys.executable:
+            _refuse(f"a Python process ({' '.join(map(os.fsdecode, argv))[:120]})")
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked_init)
+    monkeypatch.setattr(
+        multiprocessing.process.BaseProcess, "start", lambda self: _refuse("a multiprocessing worker")
+    )
 
 
 def _synthetic_pattern(label: int, index: int, size: int, rng: np.random.Generator) -> np.ndarray:
