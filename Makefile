@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_SECONDS ?= 540
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist); a test file runs whole in one process, so its module-scoped runs are shared.
+# Test processes (pytest-xdist): a test file runs whole in one of them (its module-scoped runs are shared),
+# the files with the longest tests first (tests/conftest.py).
 TEST_WORKERS ?= auto
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 FAST_MARKERS := not slow and not distributed and not slurm and not gpu
 # The tests that go through submitit and SLURM (fake or real): .ci/run runs them once more with SLURM hidden.
 LAUNCHER_TESTS := tests/test_fake_slurm.py tests/simdinov2/test_run.py tests/simdino/test_submitit.py tests/slurm

@@ -17,6 +17,7 @@ Per test:
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -71,15 +72,37 @@ def pytest_configure(config: pytest.Config) -> None:
     # instead of a thread per core fighting the other workers.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
+    # torchrun without --master_port listens on 29500: give the torchruns of each test process (one per xdist
+    # worker) their own port, through torchrun's environment default (PET_MASTER_PORT), so that two workers'
+    # torchruns (the README's commands run as written) never collide.
+    # (Set in every process, the workers too: they inherit the controller's environment.)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        os.environ["PET_MASTER_PORT"] = str(probe.getsockname()[1])
+
+
+def _time_limit(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0] if marker.args else marker.kwargs["timeout"]) if marker else 0.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    # pytest-xdist (`--dist loadfile --no-loadscope-reorder`) gives each worker a whole file at a time, in
+    # this order: the files with the longest tests (the largest @pytest.mark.timeout) first, so that the
+    # longest one does not start last while the other workers sit idle. (Not loadgroup: with pytest 9.2 it
+    # no longer groups, pytest-xdist issue 1386.)
+    files: dict[str, list[pytest.Item]] = {}
     for item in items:
-        if item.get_closest_marker("gpu") is not None:  # not `in item.keywords`: a folder named gpu matches
-            item.add_marker(skip_gpu)
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    longest = {name: max(_time_limit(item) for item in tests) for name, tests in files.items()}
+    items[:] = [item for name in sorted(files, key=lambda name: -longest[name]) for item in files[name]]
+
+    if not torch.cuda.is_available():
+        skip_gpu = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+        for item in items:
+            # not `in item.keywords`: a folder named gpu matches
+            if item.get_closest_marker("gpu") is not None:
+                item.add_marker(skip_gpu)
 
 
 FAST_TIER_EXCLUDES = ("slow", "distributed", "slurm", "gpu")

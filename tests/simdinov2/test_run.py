@@ -227,6 +227,7 @@ def test_v2_eval_launcher_passes_parsed_args_to_the_program(tmp_path, monkeypatc
 # `fake_slurm` (tests/conftest.py): a fake for every SLURM command, first on PATH.
 
 
+@pytest.mark.slow
 def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_slurm, program, tmp_path, capsys):
     """The newcomer's case: `sbatch` exists, SLURM is not configured."""
     _fake_command(fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1")

@@ -52,6 +52,7 @@ def one_thread():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_kill_during_teacher_snapshot_loses_nothing_on_resume(tmp_path, monkeypatch):
     data = write_golden_imagefolder(tmp_path / "train")
     full, killed = tmp_path / "full", tmp_path / "killed"
