@@ -132,6 +132,7 @@ def test_num_labels_mismatch_is_one_line(v1_checkpoint: Path, tiny_imagefolder: 
     assert not (tmp_path / "out" / "checkpoint.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_num_labels_and_output_dir_defaults(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path) -> None:
     """No --num_labels: the dataset's class count; no --output_dir: eval_linear/ next to the checkpoint,
     not the current directory (the repository when run from simdino/)."""
