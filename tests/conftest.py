@@ -8,17 +8,25 @@ module-scoped):
 - `mini_imagenet`: Path to a miniature ImageNet tree (labels.txt, train/val/test JPEGs, 3 classes)
   in the DINOv2 layout, ready for `prepare.py` (`MINI_IMAGENET_COUNTS` gives its split sizes).
 - `fashion_mnist_root`: the Debian package's folder, or the test is skipped when it is absent.
+
+Per test:
+- `fake_slurm`: a folder first on PATH holding a fake of every SLURM command (tests/fake_slurm_commands.py):
+  a tiny cluster that accepts jobs, whether or not the host has SLURM. Replace one with
+  `fake_slurm_commands.write_command(fake_slurm, "sbatch", "...")`.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fake_slurm_commands import install_fake_slurm
 from PIL import Image
 
 FASHION_MNIST_ROOT = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
@@ -52,9 +60,32 @@ def fashion_mnist_available(root: Path = FASHION_MNIST_ROOT) -> bool:
     return all((root / name).is_file() for name in names)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--forbid-python-subprocesses",
+        action="store_true",
+        help="fail any test that starts a Python interpreter, torchrun or a multiprocessing worker: `make "
+        "test-fast` passes it, so a test that does must be marked slow or distributed",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    # 2 shared cores: keep each test process from spawning a thread per core on its own.
-    torch.set_num_threads(2)
+    # Few shared cores: each test process (one per pytest-xdist worker) gets its share, at most 2 threads,
+    # instead of a thread per core fighting the other workers.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
+    # torchrun without --master_port listens on 29500: give the torchruns of each test process (one per xdist
+    # worker) their own port, through torchrun's environment default (PET_MASTER_PORT), so that two workers'
+    # torchruns (the README's commands run as written) never collide.
+    # (Set in every process, the workers too: they inherit the controller's environment.)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        os.environ["PET_MASTER_PORT"] = str(probe.getsockname()[1])
+
+
+def _time_limit(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0] if marker.args else marker.kwargs["timeout"]) if marker else 0.0
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -73,12 +104,56 @@ def private_job_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    # pytest-xdist (`--dist loadfile --no-loadscope-reorder`) gives each worker a whole file at a time, in
+    # this order: the files with the longest tests (the largest @pytest.mark.timeout) first, so that the
+    # longest one does not start last while the other workers sit idle. (Not loadgroup: with pytest 9.2 it
+    # no longer groups, pytest-xdist issue 1386.)
+    files: dict[str, list[pytest.Item]] = {}
     for item in items:
-        if item.get_closest_marker("gpu") is not None:  # not `in item.keywords`: a folder named gpu matches
-            item.add_marker(skip_gpu)
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    longest = {name: max(_time_limit(item) for item in tests) for name, tests in files.items()}
+    items[:] = [item for name in sorted(files, key=lambda name: -longest[name]) for item in files[name]]
+
+    if not torch.cuda.is_available():
+        skip_gpu = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+        for item in items:
+            # not `in item.keywords`: a folder named gpu matches
+            if item.get_closest_marker("gpu") is not None:
+                item.add_marker(skip_gpu)
+
+
+FAST_TIER_EXCLUDES = ("slow", "distributed", "slurm", "gpu")
+
+
+def _refuse(what: str) -> None:
+    raise RuntimeError(
+        f"this test starts {what}: mark it @pytest.mark.slow (or distributed) so that `make test-fast` leaves it out"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_python(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --forbid-python-subprocesses, an unmarked test that starts a Python process fails, naming the fix."""
+    if not request.config.getoption("--forbid-python-subprocesses"):
+        return
+    if any(request.node.get_closest_marker(name) for name in FAST_TIER_EXCLUDES):
+        return
+    import multiprocessing.process
+    import subprocess
+
+    real_init = subprocess.Popen.__init__
+
+    def checked_init(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        program = Path(os.fsdecode(argv[0]).split()[0]).name if argv else ""
+        if program.startswith("python") or program == "torchrun" or os.fsdecode(argv[0]) == sys.executable:
+            _refuse(f"a Python process ({' '.join(map(os.fsdecode, argv))[:120]})")
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked_init)
+    monkeypatch.setattr(
+        multiprocessing.process.BaseProcess, "start", lambda self: _refuse("a multiprocessing worker")
+    )
 
 
 def _synthetic_pattern(label: int, index: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -176,3 +251,8 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return install_fake_slurm(tmp_path / "fake_slurm", monkeypatch)

@@ -27,6 +27,7 @@ def _check_record(record: dict, out, method: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefolder):
     out = tmp_path / "simdino"
     argv = ["--method", "simdino", "--seconds", "6", "--out", str(out), "--data_path", str(tiny_imagefolder),

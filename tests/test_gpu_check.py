@@ -114,6 +114,7 @@ def gradient_checkpointing_key_exists() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_dry_run_writes_every_row(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PY": sys.executable}

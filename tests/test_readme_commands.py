@@ -116,6 +116,7 @@ def test_every_marked_block_is_known() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) -> None:
     v1, v2, elsewhere = tmp_path / "v1_run", tmp_path / "v2_run", tmp_path / "cwd"
     elsewhere.mkdir()
@@ -126,6 +127,7 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     blocks = {name: (language, body) for name, language, body in marked_blocks(README.read_text())}
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")  # torchrun of this Python
+    logs: dict[str, str] = {}
     for name, pairs in PLACEHOLDERS.items():
         language, body = blocks[name]
         script = substitute(body, pairs, paths)
@@ -133,9 +135,15 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
         cwd = elsewhere if name in RUN_OUTSIDE_REPO else REPO
         proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"README block {name!r} failed:\n{script}\n{proc.stderr[-4000:]}"
+        logs[name] = proc.stdout + proc.stderr
 
     # what the blocks and the text around them promise
     assert (v1 / "checkpoint.pth").is_file() and (v2 / "config.yaml").is_file()
+    # the v2 CPU command: FSDP2 over the 2 processes, bf16 for the configured fp16, and (120 images / (16 x 2)
+    # = 3 iterations per epoch) a teacher snapshot after each epoch (tests/simdinov2/test_train_e2e.py resumes it)
+    assert "sharding: fsdp over 2 process(es) on cpu" in logs["v2-cpu-train"]
+    assert "fp16 requested on CPU, running bf16 instead" in logs["v2-cpu-train"]
+    assert sorted(p.parent.name for p in v2.glob("eval/training_*/teacher_checkpoint.pth")) == ["training_2", "training_5"]
     assert (v1 / "knn_results.json").is_file()  # v1 eval_knn.py: next to the checkpoint
     assert (v1 / "eval_linear" / "checkpoint.pth.tar").is_file()  # v1 eval_linear.py: eval_linear/ next to it
     assert (v2 / "knn" / "results_eval_knn.json").is_file()

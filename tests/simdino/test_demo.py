@@ -65,6 +65,7 @@ def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
     assert 0 < queries < bank < 60000
 
 
+@pytest.mark.slow
 def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_path):
     # With a zero learning rate and weight decay nothing moves: the saved teacher is the initial network,
     # which random_init_backbone must rebuild exactly from the run's flags.
@@ -102,6 +103,7 @@ def test_pixel_features_are_the_flattened_input():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.timeout(900)
 def test_short_demo_end_to_end(tmp_path, capsys):
     seconds = 30.0
     out = tmp_path / "demo"

@@ -116,6 +116,7 @@ def test_avgpool_features_in_upstream_v1_order() -> None:
     assert not torch.equal(v2(((patches, cls),)), expected)
 
 
+@pytest.mark.slow
 def test_num_labels_mismatch_is_one_line(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path) -> None:
     """`--num_labels 2` on 3 class folders used to end in `IndexError: Target 2 is out of bounds`."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -131,6 +132,7 @@ def test_num_labels_mismatch_is_one_line(v1_checkpoint: Path, tiny_imagefolder: 
     assert not (tmp_path / "out" / "checkpoint.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_num_labels_and_output_dir_defaults(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path) -> None:
     """No --num_labels: the dataset's class count; no --output_dir: eval_linear/ next to the checkpoint,
     not the current directory (the repository when run from simdino/)."""

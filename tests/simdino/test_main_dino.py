@@ -138,6 +138,7 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_the_upstream_files(base_run):
     out = base_run
     for name in ("checkpoint.pth", "checkpoint0000.pth", "log.txt", "args.log", "output.log"):
@@ -178,6 +179,7 @@ def test_one_epoch_writes_the_upstream_files(base_run):
     assert report.loaded and not report.missing_keys
 
 
+@pytest.mark.slow
 def test_wandb_logs_offline(base_run):
     pytest.importorskip("wandb")
     runs = list((base_run / "wandb").glob("offline-run-*"))
@@ -185,10 +187,17 @@ def test_wandb_logs_offline(base_run):
     assert list(runs[0].glob("*.wandb"))
 
 
-@pytest.mark.slow
-def test_resume_after_interruption_equals_uninterrupted_run(train_dir, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
+@pytest.fixture(scope="module")
+def two_epoch_run(train_dir, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run with a checkpoint per epoch: the reference of the resume tests (read-only)."""
+    full = tmp_path_factory.mktemp("two_epoch_run") / "full"
     run_main(train_dir, full, "--saveckp_freq", "1", epochs=2)
+    return full
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_equals_uninterrupted_run(two_epoch_run, train_dir, tmp_path):
+    full, resumed = two_epoch_run, tmp_path / "resumed"
     # What a run killed after epoch 0 leaves behind: its epoch-0 checkpoint and first log line.
     resumed.mkdir()
     (resumed / "checkpoint.pth").write_bytes((full / "checkpoint0000.pth").read_bytes())
@@ -216,11 +225,11 @@ def _metric_iterations(out: Path) -> list[int]:
     return [json.loads(line)["iteration"] for line in (out / "training_metrics.json").read_text().splitlines()]
 
 
-def test_kill_after_checkpoint_rename_loses_nothing_on_resume(train_dir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_kill_after_checkpoint_rename_loses_nothing_on_resume(two_epoch_run, train_dir, tmp_path, monkeypatch):
     from simdino.train import epoch_checkpoint
 
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    run_main(train_dir, full, "--saveckp_freq", "1", epochs=2)
+    full, killed = two_epoch_run, tmp_path / "killed"
 
     real_save = epoch_checkpoint.atomic_torch_save
 
@@ -250,9 +259,9 @@ def test_kill_after_checkpoint_rename_loses_nothing_on_resume(train_dir, tmp_pat
     assert (killed / "log.txt").read_text() == (full / "log.txt").read_text()
 
 
-def test_kill_mid_epoch_leaves_no_duplicate_metric_rows(train_dir, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run_main(train_dir, full, "--saveckp_freq", "1", epochs=2)
+@pytest.mark.slow
+def test_kill_mid_epoch_leaves_no_duplicate_metric_rows(two_epoch_run, train_dir, tmp_path):
+    full, resumed = two_epoch_run, tmp_path / "resumed"
     rows = (full / "training_metrics.json").read_text().splitlines(keepends=True)
     epoch0 = [row for row in rows if json.loads(row)["iteration"] < 2]  # 2 iterations per epoch
     assert 0 < len(epoch0) < len(rows)
@@ -266,6 +275,7 @@ def test_kill_mid_epoch_leaves_no_duplicate_metric_rows(train_dir, tmp_path):
     assert (resumed / "log.txt").read_text() == (full / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_kill_before_the_first_checkpoint_leaves_no_duplicate_rows(train_dir, tmp_path):
     """Killed in epoch 0: no checkpoint.pth, some rows (and half a row) of epoch 0 written. Before: the
     rerun appended its rows after them (iterations [0, 0, 1, ...])."""
@@ -300,6 +310,7 @@ def test_a_checkpoint_pth_that_is_not_a_v1_checkpoint_is_one_line(content, train
     assert not (out / "log.txt").exists()  # refused before training
 
 
+@pytest.mark.slow
 def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(train_dir, tmp_path):
     out = tmp_path / "dino"
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
@@ -319,6 +330,7 @@ def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(tr
 
 
 @pytest.mark.parametrize("optimizer, state_key", [("sgd", "momentum_buffer"), ("lars", "mu")])  # adamw: base_run
+@pytest.mark.slow
 def test_each_optimizer_takes_a_step(train_dir, tmp_path, optimizer, state_key):
     out = tmp_path / optimizer
     n_images = len([p for p in train_dir.rglob("*") if p.is_file()])
@@ -357,6 +369,7 @@ def test_patch_larger_than_a_crop_is_one_line(train_dir, tmp_path, flags, messag
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(base_run, train_dir, tmp_path, monkeypatch):
     out = copy_run(base_run, tmp_path / "nan")
     good = (out / "checkpoint.pth").read_bytes()
@@ -433,6 +446,7 @@ def test_unreadable_image_is_fatal_and_named(train_dir, tmp_path):
     assert "broken.jpg" in message
 
 
+@pytest.mark.slow
 def test_resuming_a_checkpoint_of_another_arch_fails_clearly(base_run, train_dir, tmp_path):
     out = copy_run(base_run, tmp_path / "arch")
     with pytest.raises(SystemExit) as exc:
@@ -453,6 +467,7 @@ def test_resuming_a_checkpoint_of_another_arch_fails_clearly(base_run, train_dir
     assert "do not fit this model" in _error_line(exc)
 
 
+@pytest.mark.slow
 def test_cli_error_exit_code_and_single_stderr_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

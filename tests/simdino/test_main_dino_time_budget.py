@@ -70,6 +70,7 @@ def test_clock_maps_elapsed_time_onto_the_schedules():
     assert no_budget.state_dict() == {}  # budget-less checkpoints keep upstream's keys
 
 
+@pytest.mark.slow
 def test_budget_stops_training_and_anneals_the_schedules(train_dir, tmp_path):
     budget = 12.0
     summary = train(train_dir, tmp_path / "run", budget)
@@ -95,6 +96,7 @@ def test_budget_stops_training_and_anneals_the_schedules(train_dir, tmp_path):
     assert not np.allclose(lrs, iteration_indexed)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_clock_and_a_spent_budget_trains_no_more(train_dir, tmp_path):
     out = tmp_path / "run"
     first = train(train_dir, out, 8.0)
@@ -114,6 +116,7 @@ def test_negative_budget_is_one_line(train_dir, tmp_path):
         ))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_depth_builds_a_shallower_vit_of_the_arch_width_and_resume_checks_it(train_dir, tmp_path):
     from simdinov2.checkpoint import build_backbone_from_checkpoint
 

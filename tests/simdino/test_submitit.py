@@ -46,6 +46,7 @@ def test_launcher_flags_and_the_trainer_flags_it_passes_on():
     assert args.script_argv == ["--arch", "vit_base", "--eps", "0.05", "--global_crops_scale", "0.3", "1", "--n", "3"]
 
 
+@pytest.mark.slow
 def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, monkeypatch):
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)

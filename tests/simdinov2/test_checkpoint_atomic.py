@@ -177,6 +177,7 @@ _TMPFS_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux) for a private tmpfs")
+@pytest.mark.slow
 def test_a_real_full_disk_on_a_small_tmpfs(tmp_path):
     """The same on a real 1 MiB file system (a tmpfs mounted in a private user + mount namespace)."""
     disk = tmp_path / "disk"

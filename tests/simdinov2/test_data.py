@@ -457,6 +457,7 @@ def _batches(num_workers: int, advance: int, n: int) -> list[torch.Tensor]:
     return [batch for batch in itertools.islice(iter(loader), n)]
 
 
+@pytest.mark.slow
 def test_loader_batches_depend_only_on_seed_and_position() -> None:
     torch.manual_seed(0)
     before = torch.get_rng_state()

@@ -83,6 +83,7 @@ def test_build_from_checkpoint_reads_the_architecture(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_v1_checkpoint_by_v2_knn(tmp_path: Path, tiny_imagefolder: Path) -> None:
     """v1 checkpoint.pth through the v2 k-NN: without a config (crop from the checkpoint's args) and with
     the repository's SimDINOv2 config (another ViT layout: one log line, the weights win)."""
@@ -111,6 +112,7 @@ def test_v1_checkpoint_by_v2_knn(tmp_path: Path, tiny_imagefolder: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_v2_snapshot_by_v1_eval_knn(tmp_path: Path, tiny_imagefolder: Path) -> None:
     """v2 teacher_checkpoint.pth through v1 eval_knn.py (run from simdino/) with no architecture flags;
     a contradicting --patch_size is one line naming the flag."""

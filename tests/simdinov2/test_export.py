@@ -97,6 +97,7 @@ def test_timm_export_of_a_standard_vit_uses_the_registered_name(tmp_path, capsys
         assert (timm_model(x) - model(x)).abs().max().item() < 1e-5
 
 
+@pytest.mark.slow
 def test_pth_and_safetensors_exports_round_trip(tmp_path, capsys):
     model = random_model(num_register_tokens=4, init_values=1e-5, block_chunks=4)
     source = teacher_snapshot(model, tmp_path / "teacher_checkpoint.pth")

@@ -75,6 +75,7 @@ def run_v2(data: Path, out: Path, monkeypatch) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_v2_golden_numbers(tmp_path, monkeypatch):
     data = write_golden_imagefolder(tmp_path / "train")
     got = run_v2(data, tmp_path / "run", monkeypatch)

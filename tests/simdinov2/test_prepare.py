@@ -21,6 +21,7 @@ def _load_prepare():
     return module
 
 
+@pytest.mark.slow
 def test_prepare_cli_writes_extra_files(mini_imagenet: Path, tmp_path: Path) -> None:
     extra = tmp_path / "extra"
     result = subprocess.run(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_slurm_commands import write_command as _fake_command
 
 from simdinov2.run import submit
 
@@ -226,21 +227,10 @@ def test_v2_eval_launcher_passes_parsed_args_to_the_program(tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------------------ choosing where to run
-def _fake_command(folder: Path, name: str, body: str) -> None:
-    path = folder / name
-    path.write_text("#!/bin/sh\n" + body + "\n")
-    path.chmod(0o755)
+# `fake_slurm` (tests/conftest.py): a fake for every SLURM command, first on PATH.
 
 
-@pytest.fixture()
-def fake_slurm(tmp_path, monkeypatch) -> Path:
-    """A folder first on PATH where a test writes fake `sbatch` / `scontrol` commands."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    monkeypatch.setenv("PATH", os.pathsep.join([str(folder), os.environ["PATH"]]))
-    return folder
-
-
+@pytest.mark.slow
 def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_slurm, program, tmp_path, capsys):
     """The newcomer's case: `sbatch` exists, SLURM is not configured."""
     _fake_command(fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1")
@@ -260,6 +250,7 @@ def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_s
 
 def test_auto_detection_without_sbatch_and_with_a_live_controller(fake_slurm, monkeypatch):
     monkeypatch.setenv("PATH", str(fake_slurm))  # no sbatch anywhere
+    (fake_slurm / "sbatch").unlink()
     assert submit.detect_cluster()[0] == "local"
     _fake_command(fake_slurm, "sbatch", "exit 0")
     _fake_command(fake_slurm, "scontrol", "echo 'Slurmctld(primary) at node1 is UP'")

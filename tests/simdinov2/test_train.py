@@ -155,6 +155,7 @@ def test_non_finite_loss_stops_before_the_update():
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 def test_checkpoint_roundtrip_keep_last_and_snapshot(tmp_path):
     cfg = tiny_cfg()
     model, optimizer = _model_and_optimizer(cfg)

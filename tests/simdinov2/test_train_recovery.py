@@ -62,6 +62,7 @@ def full_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_kill_during_teacher_snapshot_loses_nothing_on_resume(full_run, tmp_path, monkeypatch):
     data, full = full_run
     killed = tmp_path / "killed"

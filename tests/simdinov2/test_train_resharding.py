@@ -76,6 +76,7 @@ def test_sampler_position_is_the_same_global_stream_for_any_process_count():
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.timeout(900)
 def test_run_saved_by_4_processes_resumes_on_2(images_24, tmp_path):
     """DCP resharding: 4 processes train 2 epochs; a copy cut back to the end of epoch 0 resumes on 2
     processes with the same global batch. Iterations and schedules continue exactly; the teacher of a
@@ -119,6 +120,7 @@ def test_run_saved_by_4_processes_resumes_on_2(images_24, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.timeout(900)
 def test_two_node_torchrun_on_localhost_trains(images_24, tmp_path):
     """`torchrun --nnodes 2` twice on this machine (one process each), c10d rendezvous: 2 ranks train."""
     out = tmp_path / "run"
