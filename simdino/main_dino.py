@@ -96,11 +96,12 @@ def _add_optimization_args(parser: argparse.ArgumentParser) -> None:
     """Training / optimization: precision, device, schedules, optimizer, budget."""
     parser.add_argument("--compile", default=True, type=bool_flag, help="""Whether to torch.compile the student
         and teacher networks. Honoured on CUDA only; on CPU it is skipped (logged once).""")
-    parser.add_argument("--use_fp16", type=bool_flag, default=True, help="""Whether or not to use half precision
-        for training (autocast). On CUDA: float16 with a gradient scaler unless --amp_dtype bfloat16; on
-        CPU: bfloat16. Improves training time and memory requirements, but can provoke instability and
-        slight decay of performance. We recommend disabling mixed precision if the loss is unstable, if
-        reducing the patch size or if training with bigger ViTs.""")
+    parser.add_argument("--use_fp16", type=bool_flag, default=None, help="""Whether or not to use half precision
+        for training (autocast). Default: true on CUDA (float16 with a gradient scaler unless --amp_dtype
+        bfloat16); on a CPU, bfloat16 only where it computes bf16 natively (AVX-512 BF16 / AMX), else fp32
+        (logged; SIMDINO_CPU_BF16=0/1 overrides the detection). Improves training time and memory requirements,
+        but can provoke instability and slight decay of performance. We recommend disabling mixed precision if
+        the loss is unstable, if reducing the patch size or if training with bigger ViTs.""")
     parser.add_argument("--amp_dtype", default="auto", type=str, choices=["auto", "float16", "bfloat16"],
                         help="""Autocast dtype when --use_fp16 is true: auto = float16 (+ grad scaler) on CUDA,
         bfloat16 on CPU. float16 requested on CPU runs as bfloat16.""")

@@ -48,6 +48,7 @@ from simdinov2.data import (
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
 from simdinov2.fsdp import resolve_sharding
 from simdinov2.logging import MetricLogger, setup_logging
+from simdinov2.precision import apply_cpu_precision, user_precision_keys
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train.clock import TrainingClock
 from simdinov2.train.recipe_keys import (
@@ -94,6 +95,9 @@ def setup(args: argparse.Namespace) -> DictConfig:
     cfg.train.output_dir = os.path.abspath(os.path.expanduser(str(cfg.train.output_dir)))
     distributed.init_distributed(str(cfg.train.device))
     setup_logging(cfg.train.output_dir)
+    apply_cpu_precision(
+        cfg, user_precision_keys(getattr(args, "opts", None), getattr(args, "config_file", None)), distributed.get_device()
+    )
     apply_scaling_rules_to_cfg(cfg, distributed.get_world_size())
     existing = Path(cfg.train.output_dir) / "config.yaml"
     if getattr(args, "eval_only", False) and existing.is_file():
