@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from simdinov2 import distributed
-from simdinov2.errors import PeerFailedError, UserError
+from simdinov2.errors import PeerFailedError, TrainingInterrupted, UserError
 
 
 class agree_on_errors:  # noqa: N801 - used as a context manager, like contextlib's
@@ -121,6 +122,10 @@ def run_cli(prog: str, main: Callable[..., Any], *args: Any, **kwargs: Any) -> A
         failed = False
         return result
     except UserError as error:
+        if isinstance(error, TrainingInterrupted):  # a stop signal: one line, exit status 128 + its number
+            if distributed.is_main_process():
+                print(f"{f'{prog}: ' if prog else ''}{error}", file=sys.stderr, flush=True)
+            raise SystemExit(error.exit_code) from None
         raise SystemExit(error_line(prog, error) if _reports(error) else 1) from None
     finally:
         distributed.destroy(barrier=not failed)

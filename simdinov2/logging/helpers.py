@@ -107,8 +107,10 @@ class MetricLogger:
         self.meters: defaultdict[str, SmoothedValue] = defaultdict(SmoothedValue)
         self.delimiter = delimiter
         self.output_file = Path(output_file) if output_file else None
+        self._updates = 0  # calls of `update`: whether the consumer of `log_every` finished its item
 
     def update(self, **kwargs: Any) -> None:
+        self._updates += 1
         for k, v in kwargs.items():
             if v is None:
                 continue
@@ -171,13 +173,15 @@ class MetricLogger:
         last_dumped = -1
         for obj in iterable:
             data_time.update(time.time() - end)
+            updates_at_yield = self._updates
             try:
                 yield obj
             except GeneratorExit:
-                # The consumer stopped early (e.g. at a time budget): the record ends with the last
-                # iteration it finished.
-                if i - 1 >= start_iteration and i - 1 != last_dumped:
-                    self._dump_json(i - 1 + json_iteration_offset, iter_time.avg, data_time.avg)
+                # The consumer stopped early: before this item (a time budget) or after it (a stop signal; its
+                # `update` says so). The record ends with the last iteration it finished.
+                done = i if self._updates != updates_at_yield else i - 1
+                if done >= start_iteration and done != last_dumped:
+                    self._dump_json(done + json_iteration_offset, iter_time.avg, data_time.avg)
                 raise
             iter_time.update(time.time() - end)
             if metrics_row_due(i, print_freq, n_iterations) or i == last_of_iterable:

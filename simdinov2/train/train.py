@@ -51,6 +51,7 @@ from simdinov2.logging import MetricLogger, setup_logging
 from simdinov2.precision import apply_cpu_precision, user_precision_keys
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train.clock import TrainingClock
+from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.recipe_keys import (
     NonFiniteGuard,
     backbone_frozen,
@@ -363,6 +364,13 @@ class TrainingLoop:
         }  # fmt: skip
         return {**record, **losses}
 
+    def _stop(self, stop: StopSignals, progress: Any, iteration: int, metrics: dict[str, float]) -> None:
+        """A stop signal: the checkpoint of the last iteration done (unless just saved), then one line."""
+        progress.close()  # the metrics row of the last iteration done (a resume drops it when not due)
+        if iteration % self.period != 0:
+            self.save(iteration - 1, metrics)
+        stop.finish(f"checkpoint of iteration {iteration - 1} in {self.checkpointer.root}; run the same command to resume")
+
     def run(self, data_iter: Any, start_iter: int) -> int:
         """Train from `start_iter`; returns the number of iterations done (resumed ones included)."""
         clock, max_iter = self.clock, self.clock.total_iterations
@@ -375,20 +383,23 @@ class TrainingLoop:
         self.model.train()
         clock.start()
         iteration = start_iter
-        for batch in progress:
-            elapsed = clock.synchronized_elapsed(self.model.device)
-            if clock.exhausted(elapsed):
-                clock.stopped = True
-                break
-            metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
-            clock.iterations += 1
-            metric_logger.update(**metrics)
-            self.trackers.log(metrics, step=iteration)
-            if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
-                self.save(iteration, metrics)
-            if snapshot_due(iteration, self.eval_period):
-                save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
-            iteration += 1
+        with StopSignals() as stop:
+            for batch in progress:
+                elapsed = clock.synchronized_elapsed(self.model.device)
+                if clock.exhausted(elapsed):
+                    clock.stopped = True
+                    break
+                metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
+                clock.iterations += 1
+                metric_logger.update(**metrics)
+                self.trackers.log(metrics, step=iteration)
+                if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
+                    self.save(iteration, metrics)
+                if snapshot_due(iteration, self.eval_period):
+                    save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
+                iteration += 1
+                if iteration < max_iter and stop.requested(self.model.device):
+                    self._stop(stop, progress, iteration, metrics)
         if clock.stopped and iteration > start_iter:
             # The budget's end is the run's end: its checkpoint and the teacher snapshot for evaluation.
             logger.info("time budget of %.0f s reached after %d iterations: training stops here", clock.budget, iteration)
