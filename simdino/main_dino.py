@@ -24,7 +24,12 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
-from simdinov2.checkpoint.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
+from simdinov2.checkpoint.epoch_checkpoint import (
+    epoch_state,
+    restart_from_checkpoint,
+    save_epoch,
+    save_mid_epoch,
+)
 from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
 from simdinov2.data.augmentations import DataAugmentationDINO
 from simdinov2.logging import setup_logging
@@ -32,6 +37,7 @@ from simdinov2.precision import resolve_amp
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train import dino_loop
 from simdinov2.train.clock import TrainingClock
+from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.multicrop import (
     TORCHVISION_ARCHS,
     VIT_ARCHS,
@@ -227,12 +233,15 @@ def train_dino(args: argparse.Namespace) -> dict[str, float]:
     device = distributed.init_distributed(args.device)
     output_dir, trackers = start_run(args)
     try:
-        return _train(args, device, output_dir, trackers)
+        with StopSignals() as stop:  # SIGINT / SIGTERM / SIGUSR2: checkpoint of the iteration reached, one line
+            return _train(args, device, output_dir, trackers, stop)
     finally:
         trackers.finish()
 
 
-def _train(args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers) -> dict[str, float]:
+def _train(
+    args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers, stop: StopSignals
+) -> dict[str, float]:
     world_size = distributed.get_world_size()
     logger.info(f"world size {world_size}, device {device}")
     # ============ data ... ============
@@ -259,7 +268,7 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
     schedules = dino_loop.build_schedules(args, niter_per_ep)
     clock = TrainingClock(args.time_budget, total_iterations=args.epochs * niter_per_ep, niter_per_epoch=niter_per_ep)
     checkpoint_path = output_dir / "checkpoint.pth"
-    start_epoch = restart_from_checkpoint(
+    start_epoch, mid_epoch = restart_from_checkpoint(
         checkpoint_path, args, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock
     )
     # ============ training ... ============
@@ -276,8 +285,14 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
         data_loader.sampler.set_epoch(epoch)
         fix_random_seeds(dino_loop.epoch_seed(args.seed, epoch, distributed.get_rank()))
         train_stats = dino_loop.run_epoch(
-            pair, optimizer, scaler, data_loader, schedules, epoch, args, device, trackers, checkpoint_path, clock
+            pair, optimizer, scaler, data_loader, schedules, epoch, args, device, trackers, checkpoint_path, clock,
+            stop=stop, resume=mid_epoch if epoch == start_epoch else None,
         )
+        if stop.position is not None:  # a stop signal within the epoch
+            state = epoch_state(args, epoch - 1, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock)
+            save_mid_epoch(checkpoint_path, state, stop.position, stop.meters, clock.iterations)
+            stop.finish(f"checkpoint of epoch {epoch}, iteration {stop.position} of {niter_per_ep}, written to "
+                        f"{checkpoint_path}; run the same command to resume")
         # ============ writing logs ... ============
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
         if distributed.is_main_process():
@@ -286,6 +301,8 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
             trackers.log({f"epoch/{k}": v for k, v in log_stats.items()}, step=(epoch + 1) * niter_per_ep)
         distributed.barrier()
         epochs_done = epoch + 1
+        if epoch + 1 < args.epochs and stop.requested(device):
+            stop.finish(f"checkpoint of epoch {epoch} written to {checkpoint_path}; run the same command to resume")
         if clock.stopped:
             logger.info(f"Time budget of {clock.budget:.0f} s reached in epoch {epoch}: training stops here")
             break

@@ -10,7 +10,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -151,12 +151,14 @@ class MetricLogger:
         start_iteration: int = 0,
         json_iteration_offset: int = 0,
         images_per_iteration: int = 0,
+        eta: Callable[[int], float] | None = None,
     ) -> Iterator[Any]:
         """Yield from `iterable`, printing `header [it/total] eta: ... img/s: ... metrics ... time: ...`.
 
         `n_iterations` / `start_iteration` are those of the whole run when a per-epoch loop passes them
         (then the ETA is that of the run); `images_per_iteration` (over all processes) adds the
-        throughput. `json_iteration_offset` is added to the iteration written to `output_file`."""
+        throughput. `json_iteration_offset` is added to the iteration written to `output_file`; `eta(i)`,
+        when given, is the ETA after iteration `i` in seconds (a time budget's rest)."""
         i = start_iteration
         if n_iterations is None:
             n_iterations = len(iterable)  # type: ignore[arg-type]
@@ -187,8 +189,8 @@ class MetricLogger:
             if metrics_row_due(i, print_freq, n_iterations) or i == last_of_iterable:
                 self._dump_json(i + json_iteration_offset, iter_time.avg, data_time.avg)
                 last_dumped = i
-                eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
-                eta = str(datetime.timedelta(seconds=int(eta_seconds)))
+                eta_seconds = eta(i) if eta is not None else iter_time.global_avg * (n_iterations - i - 1)
+                eta_text = str(datetime.timedelta(seconds=int(eta_seconds)))
                 throughput = (
                     [f"img/s: {images_per_iteration / iter_time.avg:.1f}"] if images_per_iteration and iter_time.avg else []
                 )
@@ -196,7 +198,7 @@ class MetricLogger:
                     [
                         header,
                         f"[{i:{width}d}/{n_iterations}]",
-                        f"eta: {eta}",
+                        f"eta: {eta_text}",
                         *throughput,
                         str(self),
                         f"time: {iter_time}",

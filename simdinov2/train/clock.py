@@ -84,6 +84,10 @@ class TrainingClock:
         per_iteration = (self.now() - self._started_at) / done_here
         return per_iteration * max(self.total_iterations - iteration, 0)
 
+    def eta(self, iteration: int) -> float:
+        """ETA of the run after global `iteration` (progress lines): the budget's rest with a budget."""
+        return self.seconds_left(iteration + 1, self.elapsed())
+
     def state_dict(self) -> dict[str, float]:
         """Checkpoint entries: only with a budget (without one, no clock entries are added to upstream's keys)."""
         return {"train_seconds": self.spent, "iterations": self.iterations} if self.budget else {}

@@ -21,12 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from simdinov2 import distributed
+from simdinov2.checkpoint.epoch_checkpoint import MidEpoch, resumed_batches
 from simdinov2.data import ImageFolderDataset, make_dataset
 from simdinov2.data.datasets import UnreadableImageError
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger
 from simdinov2.trackers import ExperimentTrackers, check_packages
 from simdinov2.train.clock import TrainingClock
+from simdinov2.train.interrupt import StopSignals, ignore_in_loader_worker
 from simdinov2.train.multicrop import VIT_ARCHS, MultiCropStudentTeacher
 from simdinov2.train.step import train_step
 from simdinov2.utils.schedules import cosine_scheduler_epochs
@@ -89,6 +91,7 @@ def build_dataset(data_path: str | None, transform: Any) -> Dataset:
 def _seed_numpy_in_worker(worker_id: int) -> None:
     # torch seeds `random` and torch in each worker from the loader's base seed, not numpy.
     np.random.seed(torch.initial_seed() % 2**32)
+    ignore_in_loader_worker()
 
 
 def build_data_loader(args: argparse.Namespace, dataset: Dataset, device: torch.device) -> DataLoader:
@@ -178,19 +181,26 @@ def train_one_epoch(
     pair: MultiCropStudentTeacher, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
     data_loader: DataLoader, schedules: dict[str, np.ndarray], epoch: int, args: argparse.Namespace,
     device: torch.device, trackers: ExperimentTrackers, checkpoint_path: Path, clock: TrainingClock,
+    stop: StopSignals | None = None, resume: MidEpoch | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """One pass over `data_loader` (or until `clock`'s time budget is spent); returns the epoch averages
-    (over all processes) of the metrics. Progress lines show the run's iteration, images/s, the loss
-    parts, lr and the ETA of the whole run; `training_metrics.json` gets the values at that iteration."""
+    """One pass over `data_loader` (or until `clock`'s time budget is spent, or `stop` got a signal: then
+    `stop.position` says where); returns the epoch averages (over all processes) of the metrics. Progress
+    lines show the run's iteration, images/s, the loss parts, lr and the ETA of the whole run (of the
+    budget with one); `training_metrics.json` gets the values at that iteration. `resume`: the epoch
+    continues where a stop signal ended it."""
     metric_logger = MetricLogger(delimiter="  ", output_file=checkpoint_path.parent / "training_metrics.json")
-    n_iter = len(data_loader)
+    n_iter, first_step = len(data_loader), resume.step if resume else 0
+    if resume is not None and distributed.is_main_process():  # the epoch's sums so far, over all processes
+        for name, (total, count) in resume.meters.items():
+            metric_logger.meters[name].total, metric_logger.meters[name].count = total, int(count)
     images_per_step = args.batch_size_per_gpu * distributed.get_world_size()
     progress = metric_logger.log_every(
-        data_loader, PRINT_FREQ, f"Epoch: [{epoch}/{args.epochs}]", n_iterations=clock.total_iterations,
-        start_iteration=n_iter * epoch, images_per_iteration=images_per_step,
+        resumed_batches(data_loader, resume), PRINT_FREQ, f"Epoch: [{epoch}/{args.epochs}]",
+        n_iterations=clock.total_iterations, start_iteration=n_iter * epoch + first_step,
+        images_per_iteration=images_per_step, eta=clock.eta if clock.budget else None,
     )  # fmt: skip
     pair.train()
-    for step, (images, _) in enumerate(progress):
+    for step, (images, _) in enumerate(progress, start=first_step):
         elapsed = clock.synchronized_elapsed(device)
         if clock.exhausted(elapsed):
             clock.stopped = True
@@ -218,8 +228,14 @@ def train_one_epoch(
         metric_logger.update(**metrics)
         if step % PRINT_FREQ == 0:
             trackers.log(metrics, step=global_it)
+        if stop is not None and step + 1 < n_iter and stop.requested(device):
+            progress.close()  # the metrics row of this iteration (a resume drops it when not due)
+            stop.position = step + 1
+            break
     # gather the stats from all processes
     metric_logger.synchronize_between_processes()
+    if stop is not None and stop.position is not None:
+        stop.meters = {name: [meter.total, meter.count] for name, meter in metric_logger.meters.items()}
     logger.info(f"Averaged stats: {metric_logger}")
     return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
 

@@ -40,6 +40,9 @@ class StopSignals:
         self.signals = signals
         self.signum: int | None = None
         self.count = 0
+        # where the loop stopped, for its checkpoint (v1: iterations done in the epoch, and its metric sums)
+        self.position: int | None = None
+        self.meters: dict[str, list[float]] = {}
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -85,6 +88,7 @@ class StopSignals:
         the job on SIGUSR2), then end training with one line (`what` says where the checkpoint is)."""
         signum = int(self.signum or signal.SIGTERM)
         previous = self._previous.get(signum)
+        distributed.barrier()  # no rank exits (and has the launcher end the others) before the checkpoint is written
         self.restore()
         if callable(previous) and previous not in (signal.default_int_handler,):
             previous(signum, None)

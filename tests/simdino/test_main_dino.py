@@ -490,3 +490,49 @@ def test_gpu_torchrun_nccl(train_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "backend nccl" in (out / "output.log").read_text()
+
+
+def _without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.endswith("_time")} for row in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_stop_signal_mid_epoch_resumes_exactly(train_dir, tmp_path, monkeypatch, capsys, workers):
+    """SIGTERM during iteration 5 (epoch 1, its 2nd of 4 iterations): one line, the checkpoint of that
+    iteration, and the resumed run's files, losses and weights are the uninterrupted run's, bit for bit
+    (with loader workers too: the skipped batches are loaded again so their random streams continue)."""
+    import signal
+
+    from simdino.main_dino import dino_loop
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    extra = ("--saveckp_freq", "1", "--num_workers", workers)
+    run_main(train_dir, full, *extra, batch=2, epochs=2)  # 9 images: 4 iterations per epoch
+
+    real_step, calls = dino_loop.train_step, []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(dino_loop, "train_step", step_then_signal)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train_dir, stopped, *extra, batch=2, epochs=2)
+    monkeypatch.undo()
+    assert exit_info.value.code == 128 + signal.SIGTERM and len(calls) == 6
+    lines = [line for line in capsys.readouterr().err.splitlines() if "interrupted by SIGTERM" in line]
+    assert len(lines) == 1 and "epoch 1, iteration 2 of 4" in lines[0], lines
+    assert load_ckpt(stopped / "checkpoint.pth")["epoch_step"] == 2 and len(read_log(stopped)) == 1
+
+    run_main(train_dir, stopped, *extra, batch=2, epochs=2)
+    assert "resuming from epoch 1, iteration 2 of it" in (stopped / "output.log").read_text()
+    assert (stopped / "log.txt").read_text() == (full / "log.txt").read_text()
+    assert _without_times(json.loads(line) for line in (stopped / "training_metrics.json").read_text().splitlines()) == \
+        _without_times(json.loads(line) for line in (full / "training_metrics.json").read_text().splitlines())
+    a, b = load_ckpt(full / "checkpoint.pth"), load_ckpt(stopped / "checkpoint.pth")
+    for part in ("student", "teacher"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
