@@ -207,7 +207,17 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+SLURM_COMMANDS = ("sbatch", "srun")  # submission, and the job's tasks (submitit needs both here)
+
+
 def _which_cluster(requested: str | None) -> str:
+    if requested == "slurm":
+        missing = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+        if missing:
+            raise LauncherError(
+                f"--cluster slurm: SLURM's {' and '.join(missing)} command{'s are' if len(missing) > 1 else ' is'} not "
+                "installed here; run on this machine with --cluster local, or submit from a SLURM login node"
+            )
     if requested and requested != "auto":
         return requested
     cluster, why = detect_cluster()
