@@ -24,6 +24,7 @@ from simdinov2 import distributed
 from simdinov2.checkpoint.epoch_checkpoint import MidEpoch, resumed_batches
 from simdinov2.data import ImageFolderDataset, make_dataset
 from simdinov2.data.datasets import UnreadableImageError
+from simdinov2.data.samplers import usable_num_workers
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger
 from simdinov2.trackers import ExperimentTrackers, check_packages
@@ -102,7 +103,7 @@ def build_data_loader(args: argparse.Namespace, dataset: Dataset, device: torch.
         dataset, num_replicas=world_size, rank=distributed.get_rank(), shuffle=True, seed=args.seed
     )
     loader = DataLoader(
-        dataset, sampler=sampler, batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
+        dataset, sampler=sampler, batch_size=args.batch_size_per_gpu, num_workers=usable_num_workers(args.num_workers),
         pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=_seed_numpy_in_worker,
         persistent_workers=False,
     )  # fmt: skip
@@ -224,6 +225,8 @@ def train_one_epoch(
                 report=e.report,
             ) from None
         clock.iterations += 1
+        if (over := clock.first_iteration_over_budget()) is not None:
+            logger.warning(over)
         metrics = {**losses, "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"]}
         metric_logger.update(**metrics)
         if step % PRINT_FREQ == 0:

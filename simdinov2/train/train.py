@@ -378,7 +378,7 @@ class TrainingLoop:
         images = int(self.cfg.train.batch_size_per_gpu) * distributed.get_world_size()
         progress = metric_logger.log_every(
             data_iter, int(self.cfg.train.print_freq), "Training", n_iterations=max_iter, start_iteration=start_iter,
-            images_per_iteration=images,
+            images_per_iteration=images, eta=clock.eta if clock.budget else None,
         )  # fmt: skip
         self.model.train()
         clock.start()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from simdino import main_dino
+from simdinov2.precision import resolve_amp
 from simdinov2.train.multicrop import MultiCropWrapper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +71,7 @@ def test_every_reference_flag_and_default():
         "arch": "vit_small", "patch_size": 16, "out_dim": 65536, "norm_last_layer": True,
         "momentum_teacher": 0.996, "use_bn_in_head": False, "z_dim": 256, "hidden_dim": 2048,
         "use_simdino": True, "warmup_teacher_temp": 0.04, "teacher_temp": 0.04,
-        "warmup_teacher_temp_epochs": 0, "compile": True, "use_fp16": True, "weight_decay": 0.04,
+        "warmup_teacher_temp_epochs": 0, "compile": True, "use_fp16": None, "weight_decay": 0.04,
         "weight_decay_end": 0.4, "clip_grad": 3.0, "batch_size_per_gpu": 64, "epochs": 100,
         "freeze_last_layer": 1, "lr": 0.0005, "warmup_epochs": 10, "min_lr": 1e-6, "optimizer": "adamw",
         "drop_path_rate": 0.1, "local_crops_number": 8, "output_dir": ".", "saveckp_freq": 10, "seed": 0,
@@ -80,6 +81,8 @@ def test_every_reference_flag_and_default():
     }  # fmt: skip
     for key, value in expected.items():
         assert getattr(args, key) == value, key
+    # use_fp16 unset = upstream's true on CUDA, the CPU rule on a CPU (simdinov2.precision.resolve_amp)
+    assert resolve_amp(torch.device("cuda"), args.use_fp16).dtype == torch.float16
     assert tuple(args.global_crops_scale) == (0.4, 1.0)
     assert tuple(args.local_crops_scale) == (0.05, 0.4)
     # the upstream README command parses as written
