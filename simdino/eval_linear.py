@@ -40,7 +40,7 @@ from simdinov2.eval.backbone import default_output_dir, read_checkpoint, trainin
 from simdinov2.eval.features import make_eval_loader
 from simdinov2.eval.setup import run_main
 from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
-from simdinov2.logging import MetricLogger
+from simdinov2.logging import LengthEstimate, MetricLogger
 from simdinov2.utils.utils import bool_flag, fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
@@ -166,7 +166,7 @@ def _evaluate_only(args: argparse.Namespace, feature_model, classifier, val_load
     return stats["top1"]
 
 
-def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_loader, device) -> dict:
+def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_loader, device, estimate) -> dict:
     """One epoch of SGD on the classifier; returns the epoch's averaged `train_*` statistics."""
     train_loader.sampler.set_epoch(epoch)
     trained.train()
@@ -177,6 +177,7 @@ def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_load
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite linear-probe loss in epoch {epoch}; lower --lr")
         metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        estimate.tick()
     metric_logger.synchronize_between_processes()
     return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
 
@@ -225,8 +226,13 @@ def main(args: argparse.Namespace) -> float:
         logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
     make_output_dir(args.output_dir)
 
+    estimate = LengthEstimate(
+        "linear probe", f"{args.epochs} epochs x {len(train_loader)} iterations of {args.batch_size_per_gpu} images per "
+        f"process ({len(train_dataset)} training images)", (args.epochs - start_epoch) * len(train_loader),
+        "shorten with fewer --epochs (upstream's 100 stay the default)",
+    )  # fmt: skip
     for epoch in range(start_epoch, args.epochs):
-        log_stats = _train_epoch(args, epoch, feature_model, trained, optimizer, train_loader, device)
+        log_stats = _train_epoch(args, epoch, feature_model, trained, optimizer, train_loader, device, estimate)
         scheduler.step()
         log_stats["epoch"] = epoch
         if epoch % args.val_freq == 0 or epoch == args.epochs - 1:

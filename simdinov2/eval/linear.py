@@ -53,7 +53,7 @@ from simdinov2.data import (
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import dataset_labels, make_eval_loader
-from simdinov2.logging import MetricLogger
+from simdinov2.logging import LengthEstimate, MetricLogger
 from simdinov2.precision import autocast
 from simdinov2.utils.utils import fix_random_seeds
 
@@ -427,7 +427,12 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
                                "num_classes": num_classes}, checkpoint_path)
 
     val_loader = make_eval_loader(val_dataset, args.batch_size, args.num_workers, pad=False)
-    logger.info("training %d linear classifiers for %d iterations (%d per epoch)", len(classifiers), max_iter, epoch_length)
+    one_pass = max(len(train_dataset) // global_batch, 1)
+    estimate = LengthEstimate(
+        "linear probe", f"{len(classifiers)} classifiers, {args.epochs} epochs x {epoch_length} iterations = {max_iter} "
+        f"iterations of {global_batch} images ({len(train_dataset)} training images: one pass is {one_pass})", max_iter - start_iteration,
+        f"shorten with --epoch-length 0 (one pass per epoch) or fewer --epochs (upstream's {DEFAULT_EPOCH_LENGTH} x 10 stay the defaults)",
+    )  # fmt: skip
     metric_logger = MetricLogger(delimiter="  ")
     summary: dict[str, Any] | None = None
     iteration = start_iteration
@@ -449,6 +454,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates")
             metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+            estimate.tick()
             if iteration % checkpoint_period == 0 or iteration == max_iter:
                 save(iteration)
             if iteration % eval_period == 0 and iteration != max_iter:

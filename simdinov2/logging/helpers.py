@@ -264,3 +264,29 @@ def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     root.addHandler(handler)
+
+
+class LengthEstimate:
+    """A long loop says its size when it starts and, once its first iterations are timed, how long the
+    whole takes at that pace, each with how to shorten it (one line each, main process).
+
+    `tick()` after every iteration: the first one (loader start-up, first calls) is left out of the
+    measure, the next `probe` are timed."""
+
+    def __init__(self, what: str, size: str, iterations: int, shorten: str, probe: int = 5) -> None:
+        self.what, self.iterations, self.shorten, self.probe = what, int(iterations), shorten, probe
+        self.count, self._timed_from = 0, 0.0
+        if distributed.is_main_process():
+            logger.info("%s: %s; time estimate after %d iterations; %s", what, size, probe + 1, shorten)
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self._timed_from = time.monotonic()
+        elif self.count == self.probe + 1 and distributed.is_main_process():
+            per_iteration = (time.monotonic() - self._timed_from) / self.probe
+            left = max(self.iterations - self.count, 0)
+            logger.info(
+                "%s: %.2f s per iteration, about %s for the %d iterations left; %s", self.what, per_iteration,
+                datetime.timedelta(seconds=int(per_iteration * left)), left, self.shorten,
+            )  # fmt: skip
