@@ -33,7 +33,7 @@ from torch import nn
 
 from simdinov2 import data
 from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
-from simdinov2.cli import make_output_dir, run_cli
+from simdinov2.cli import HelpFormatter, make_output_dir, run_cli
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
 from simdinov2.eval import linear as probe
 from simdinov2.eval.backbone import default_output_dir, read_checkpoint, training_crop_size
@@ -49,7 +49,9 @@ CHECKPOINT_NAME = "checkpoint.pth.tar"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Evaluation with linear classification on ImageNet", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        "Evaluation with linear classification on ImageNet", add_help=add_help, formatter_class=HelpFormatter
+    )
     parser.add_argument("--n_last_blocks", default=4, type=int,
                         help="concatenate the CLS tokens of the last n blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
     parser.add_argument("--avgpool_patchtokens", default=False, type=bool_flag,

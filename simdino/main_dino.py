@@ -30,7 +30,7 @@ from simdinov2.checkpoint.epoch_checkpoint import (
     save_epoch,
     save_mid_epoch,
 )
-from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
+from simdinov2.cli import HelpFormatter, agree_on_errors, make_output_dir, run_cli
 from simdinov2.data.augmentations import DataAugmentationDINO
 from simdinov2.logging import setup_logging
 from simdinov2.precision import resolve_amp
@@ -197,7 +197,7 @@ def _add_coding_rate_args(parser: argparse.ArgumentParser) -> None:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The v1 command line: every flag and default of upstream SimDINO's main_dino.py, plus crop sizes,
     device and AMP choices. `add_help=False` lets launchers (run_with_submitit.py) use it as a parent."""
-    parser = argparse.ArgumentParser("SimDINO", add_help=add_help)
+    parser = argparse.ArgumentParser("SimDINO", add_help=add_help, formatter_class=HelpFormatter)
     for add_group in (
         _add_model_args, _add_teacher_temperature_args, _add_optimization_args, _add_multicrop_args,
         _add_misc_args, _add_coding_rate_args,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from simdinov2.cli import make_output_dir
+from simdinov2.cli import HelpFormatter, make_output_dir
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
 from simdinov2.data.datasets import load_rgb_image
 from simdinov2.distributed import resolve_device
@@ -41,7 +41,7 @@ logger = logging.getLogger("simdinov2")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Visualize Self-Attention maps", add_help=add_help)
+    parser = argparse.ArgumentParser("Visualize Self-Attention maps", add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("--arch", default=None, type=str, choices=list(ARCHS),
                         help="Architecture (ViTs only). Default: the checkpoint's (checked when given); vit_small "
                              "without --pretrained_weights.")

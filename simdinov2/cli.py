@@ -6,6 +6,7 @@ Owns:
   without a barrier, so that `torchrun` / SLURM end the other ranks instead of a hang.
 - `agree_on_errors(what)`: a set-up block whose failure on any rank fails every rank, so that no rank goes
   on into the next collective and waits there forever (e.g. a tracker that fails to start on rank 0).
+- `HelpFormatter` (from `simdinov2.help_format`, which imports no torch): every program's `--help`.
 - `make_output_dir(path, flag)`: every program's output folder, created and checked writable, or one
   `UserError` line naming the flag (a file in the way, no permission, a read-only file system).
 """
@@ -24,6 +25,9 @@ import torch.distributed as dist
 
 from simdinov2 import distributed
 from simdinov2.errors import PeerFailedError, TrainingInterrupted, UserError
+from simdinov2.help_format import HelpFormatter
+
+__all__ = ["HelpFormatter", "agree_on_errors", "error_line", "make_output_dir", "run_cli"]
 
 
 class agree_on_errors:  # noqa: N801 - used as a context manager, like contextlib's

@@ -29,6 +29,7 @@ from simdinov2.checkpoint import (
     extract_backbone,
     infer_vit_config,
 )
+from simdinov2.help_format import HelpFormatter
 
 FORMATS = ("pth", "safetensors", "timm")
 _TIMM_SIZES = {"vit_tiny": "tiny", "vit_small": "small", "vit_base": "base", "vit_large": "large"}
@@ -219,7 +220,8 @@ def export_backbone(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m simdinov2.export", description="Export the ViT backbone of a SimDINO/DINO checkpoint."
+        prog="python -m simdinov2.export", description="Export the ViT backbone of a SimDINO/DINO checkpoint.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint file, teacher snapshot, DCP directory or state dict")
     parser.add_argument("--out", required=True, help="output file (.pth or .safetensors)")

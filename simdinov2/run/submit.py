@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simdinov2.help_format import HelpFormatter
+
 logger = logging.getLogger("simdinov2")
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
@@ -56,7 +58,9 @@ def get_args_parser(
 
     Both spellings are accepted for multi-word flags (`--use_volta32` as DINO, `--use-volta32` as DINOv2).
     """
-    parser = argparse.ArgumentParser(description=description, parents=list(parents or []), add_help=add_help)
+    parser = argparse.ArgumentParser(
+        description=description, parents=list(parents or []), add_help=add_help, formatter_class=HelpFormatter
+    )
     group = parser.add_argument_group("submitit launcher")
     group.add_argument("--ngpus", "--gpus", "--gpus-per-node", dest="ngpus", default=ngpus, type=int,
                        help="""GPUs per node, one process each. 0: a CPU job (SLURM: no GPU requested, CPU-only

@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from simdinov2.help_format import HelpFormatter
+
 LOG_FILES = ("training_metrics.json", "log.txt")
 # Parts of the SimDINO objective that training maximises, by name suffix (v1 `comp_loss`, v2 `dino_comp_loss`,
 # `train_` prefixes of log.txt), with what they measure.
@@ -122,7 +124,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", help="training output directory (or a log file)")
     parser.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss_curve.png)")
     parser.add_argument("--title", default=None)

@@ -71,7 +71,7 @@ logger = logging.getLogger("simdinov2")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SimDINOv2 training", add_help=add_help)
+    parser = argparse.ArgumentParser("SimDINOv2 training", add_help=add_help, formatter_class=cli.HelpFormatter)
     parser.add_argument("--config-file", "--config_file", default="", metavar="FILE", help="path to a config file")
     parser.add_argument(
         "--no-resume", "--no_resume", action="store_true", help="start from scratch even if checkpoints exist"

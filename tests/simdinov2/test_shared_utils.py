@@ -168,8 +168,7 @@ def test_resolve_amp_cuda_fp16_scaler():
 
 
 def test_length_estimate_says_the_size_then_the_measured_time(monkeypatch, caplog):
-    from simdinov2.logging import LengthEstimate
-    from simdinov2.logging import helpers
+    from simdinov2.logging import LengthEstimate, helpers
 
     now = iter([100.0, 110.0])  # the timed iterations 2..6 take 10 s: 2 s each
     monkeypatch.setattr(helpers.time, "monotonic", lambda: next(now))
