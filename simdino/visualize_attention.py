@@ -54,7 +54,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help='Key to use in the checkpoint (example: "teacher")')
     parser.add_argument("--image_path", default=None, type=str,
                         help="Path of the image to load (default: scikit-image's astronaut photo).")
-    parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+", help="Resize image (one or two values).")
+    parser.add_argument("--image_size", default=None, type=int, nargs="+", help="""Resize image (one or two values).
+        Default: the resolution the model was trained at, as its checkpoint tells it (its position embedding's
+        grid x patch size: 28 for a 28-px run, 224 for upstream's ViTs); 480 without --pretrained_weights.""")
     parser.add_argument("--output_dir", default=".", help="Path where to save visualizations.")
     parser.add_argument("--threshold", type=float, default=None, help="""We visualize masks
         obtained by thresholding the self-attention maps to keep xx%% of the mass.""")
@@ -144,6 +146,10 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     image = load_image(args.image_path)
     model = load_model(args, device)
     args.patch_size = model.patch_size
+    if args.image_size is None:  # the training resolution (random weights: upstream's 480)
+        args.image_size = [model.img_size if args.pretrained_weights else 480]
+        print(f"--image_size not given: {args.image_size[0]} px, the resolution the model was trained at"
+              if args.pretrained_weights else "--image_size not given: 480 px")
     size = tuple(args.image_size) * 2 if len(args.image_size) == 1 else tuple(args.image_size[:2])
     img = preprocess(image, size, args.patch_size).to(device)
     if img.shape[-1] < args.patch_size or img.shape[-2] < args.patch_size:
