@@ -24,12 +24,12 @@ from simdinov2 import distributed
 from simdinov2.checkpoint.epoch_checkpoint import MidEpoch, resumed_batches
 from simdinov2.data import ImageFolderDataset, make_dataset
 from simdinov2.data.datasets import UnreadableImageError
-from simdinov2.data.samplers import usable_num_workers
+from simdinov2.data.samplers import seed_loader_worker, usable_num_workers
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger
 from simdinov2.trackers import ExperimentTrackers, check_packages
 from simdinov2.train.clock import TrainingClock
-from simdinov2.train.interrupt import StopSignals, ignore_in_loader_worker
+from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.multicrop import VIT_ARCHS, MultiCropStudentTeacher
 from simdinov2.train.step import train_step
 from simdinov2.utils.schedules import cosine_scheduler_epochs
@@ -89,12 +89,6 @@ def build_dataset(data_path: str | None, transform: Any) -> Dataset:
     return dataset
 
 
-def _seed_numpy_in_worker(worker_id: int) -> None:
-    # torch seeds `random` and torch in each worker from the loader's base seed, not numpy.
-    np.random.seed(torch.initial_seed() % 2**32)
-    ignore_in_loader_worker()
-
-
 def build_data_loader(args: argparse.Namespace, dataset: Dataset, device: torch.device) -> DataLoader:
     """Shuffled per epoch with seed + epoch (`set_epoch`), in one process as well: a resumed run sees the
     same order as an uninterrupted one. Refuses a dataset smaller than one step."""
@@ -104,7 +98,7 @@ def build_data_loader(args: argparse.Namespace, dataset: Dataset, device: torch.
     )
     loader = DataLoader(
         dataset, sampler=sampler, batch_size=args.batch_size_per_gpu, num_workers=usable_num_workers(args.num_workers),
-        pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=_seed_numpy_in_worker,
+        pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=seed_loader_worker,
         persistent_workers=False,
     )  # fmt: skip
     if len(loader) == 0:

@@ -10,7 +10,7 @@ line (`TrainingInterrupted`, exit status 128 + signal). Resuming then loses noth
 A repeated signal (a terminal's Ctrl-C reaches torchrun, which forwards it to the workers again) is not a
 second request; the third Ctrl-C raises KeyboardInterrupt at once (no checkpoint). torchrun gives its
 workers 30 s after forwarding a signal before it kills them: an iteration plus a checkpoint must fit.
-Data-loader workers ignore SIGINT (`ignore_in_loader_worker`): the main process stops them itself.
+Data-loader workers ignore SIGINT (`simdinov2.data.samplers.seed_loader_worker`): the trainer stops them itself.
 """
 
 from __future__ import annotations
@@ -94,8 +94,3 @@ class StopSignals:
             previous(signum, None)
         raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name}: {what}", signum)
 
-
-def ignore_in_loader_worker() -> None:
-    """In a data-loader worker: ignore Ctrl-C (the terminal sends it to every process; the trainer stops
-    the workers itself after its checkpoint)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
