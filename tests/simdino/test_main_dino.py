@@ -460,6 +460,40 @@ def test_torchrun_two_processes_then_resume(train_dir, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["student"])
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_to_torchrun_checkpoints_mid_epoch_with_one_line(tiny_imagefolder, tmp_path):
+    """SIGTERM to torchrun (which forwards it to the workers' process groups, loader workers included):
+    the workers write the checkpoint of the iteration reached and say so in one line; the run resumes."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main_dino.py", *TINY[:-8],
+        "--num_workers", "1", "--hidden_dim", "256", "--z_dim", "64", "--batch_size_per_gpu", "4",
+        "--data_path", str(Path(tiny_imagefolder) / "train"), "--output_dir", str(out),
+    ]  # fmt: skip
+    with subprocess.Popen([*cmd, "--epochs", "20"], cwd=SIMDINO_DIR, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+        metrics = out / "training_metrics.json"
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+            time.sleep(0.5)  # two rows: iterations 0 and 10, well inside epoch 0 (15 iterations)
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    lines = [line for line in stderr.splitlines() if "interrupted by SIGTERM" in line]
+    assert len(lines) == 1 and lines[0].startswith("main_dino.py: interrupted by SIGTERM: checkpoint of epoch"), stderr[-3000:]
+    assert "DataLoader worker" not in stderr
+    ckpt = load_ckpt(out / "checkpoint.pth")
+    assert ckpt["epoch_step"] > 0 and len(ckpt["rng"]) == 2
+    done = subprocess.run([*cmd, "--epochs", "1"], cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from epoch 0, iteration {ckpt['epoch_step']} of it" in (out / "output.log").read_text()
+    assert [rec["epoch"] for rec in read_log(out)] == [0]
+
+
 # ------------------------------------------------------------------------------------------- GPU only
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
