@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# What the v1 model, loss and step builders of `simdinov2.train.multicrop` read, at the values of the v1
+# What the v1 model, loss and step builders of `simdino.train.multicrop` read, at the values of the v1
 # trainer's command line (`python simdino/main_dino.py --help`; tests/test_benchmarks_smoke.py keeps
 # them equal). The benchmarks give shapes explicitly and take the rest from here.
 V1_TRAINER_DEFAULTS: dict[str, Any] = {

@@ -227,7 +227,9 @@ def _trainer_row(
         mfu = 100.0 * step_img_s * run["gflop_per_img"] / (peak_tflops * 1e3)
     notes = []
     if data.get("largest_batch") is not None:
-        notes.append(f"largest batch {data['largest_batch']} (predicted {data.get('predicted_batch')}, "
+        predicted = data.get("predicted_batch")
+        how = f"predicted {predicted}" if predicted is not None else "found by doubling: memory did not grow"
+        notes.append(f"largest batch {data['largest_batch']} ({how}, "
                      f"{data.get('mib_per_image', float('nan')):.0f} MiB/img)")  # fmt: skip
     if run.get("data_wait_pct") is not None:
         notes.append(f"loader wait {run['data_wait_pct']:.0f}%")

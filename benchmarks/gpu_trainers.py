@@ -406,10 +406,17 @@ def fit(
     (b1, m1), (b2, m2) = points
     per_image = (m2 - m1) / (b2 - b1)
     fixed = m2 - per_image * b2
-    predicted = int((0.95 * capacity_mib - fixed) / per_image) if per_image > 0 else max_batch
-    predicted = max(b2, min(max_batch, predicted // 8 * 8))
-    result.update(mib_per_image=per_image, fixed_mib=fixed, predicted_batch=predicted)
+    result.update(mib_per_image=per_image, fixed_mib=fixed)
     attempt = run if timed else probe
+    if per_image <= 0:
+        # The sampled peak did not grow with the batch (with recomputation the two probes can sit within
+        # the sampler's noise): no line to extrapolate, so double from the larger probe instead of
+        # jumping to `max_batch`, whose first batch alone can outlast the deadline.
+        result["predicted_batch"] = None
+        return _fit_by_doubling(attempt, b2, max_batch, scratch, deadline, log, result)
+    predicted = int((0.95 * capacity_mib - fixed) / per_image)
+    predicted = max(b2, min(max_batch, predicted // 8 * 8))
+    result["predicted_batch"] = predicted
     for batch in dict.fromkeys((predicted, max(b2, int(0.85 * predicted) // 8 * 8))):
         row = launch(replace(attempt, batch=batch), scratch, deadline - time.perf_counter(), log)
         runs.append(row)
@@ -419,6 +426,27 @@ def fit(
         if row["status"] != "oom":
             break
     result.update(status=runs[-1]["status"], why=runs[-1]["why"], largest_batch=b2)
+    return result
+
+
+def _fit_by_doubling(
+    attempt: TrainerRun, fits: int, max_batch: int, scratch: Path, deadline: float, log: Path | None,
+    result: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Largest of `fits`, 2x`fits`, 4x`fits`, ... (at most `max_batch`) that runs before `deadline`; the
+    first out-of-memory, failure or timeout ends the search and the last batch that ran is reported."""
+    runs = result["runs"]
+    result.update(status="ok", why="memory did not grow between the probes: largest of doubling batches",
+                  largest_batch=fits)  # fmt: skip
+    batch = fits * 2
+    while batch <= max_batch and deadline - time.perf_counter() > 0:
+        row = launch(replace(attempt, batch=batch), scratch, deadline - time.perf_counter(), log)
+        runs.append(row)
+        if row["status"] != "ok":
+            result["stopped"] = f"batch {batch}: {row['status']} ({row['why']})"
+            break
+        result.update(largest_batch=batch, confirm=row)
+        batch *= 2
     return result
 
 

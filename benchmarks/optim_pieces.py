@@ -30,7 +30,7 @@ from benchmarks.common import (
     v1_model_args,
     write_json,
 )
-from simdinov2.train.multicrop import build_student_teacher
+from simdino.train.multicrop import build_student_teacher
 from simdinov2.train.optim import (
     _clip_gradients_per_tensor,
     build_optimizer,

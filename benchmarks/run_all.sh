@@ -25,4 +25,5 @@ run loss -m benchmarks.loss --collapse
 run knn -m benchmarks.knn
 run augment -m benchmarks.augment
 run attention -m benchmarks.attention
+run listing -m benchmarks.listing
 run gradient_checkpointing -m benchmarks.gradient_checkpointing

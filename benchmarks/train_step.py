@@ -50,13 +50,13 @@ from benchmarks.common import (
     v1_model_args,
     write_json,
 )
+from simdino.train.multicrop import MultiCropStudentTeacher, build_loss, build_student_teacher
 from simdinov2 import distributed
 from simdinov2.configs import get_cfg
 from simdinov2.data.collate import collate_data_and_cast
 from simdinov2.data.masking import MaskingGenerator
 from simdinov2.precision import resolve_amp
 from simdinov2.train import train as v2_train
-from simdinov2.train.multicrop import MultiCropStudentTeacher, build_loss, build_student_teacher
 from simdinov2.train.optim import build_optimizer, param_groups
 from simdinov2.train.step import train_step
 

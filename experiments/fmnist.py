@@ -16,8 +16,8 @@ What this module owns: the per-method recipes (`V1_METHODS`, `v2_recipe_override
 (`evaluate`: k-NN top-1 at k=20, T=0.07 on the 10k test images with the 60k training images as memory, and
 logistic regression on standardised frozen CLS features with C chosen on a 10% held-out part of the
 training set), and `results.json` / the markdown table (`--table DIR`). Training is the command
-`python simdino/main_dino.py ...` (v1, run by `simdinov2.run.v1_trainer`) and `simdinov2/train/train.py` (v2); k-NN, features, logistic regression and checkpoints are the shared cores
-of `simdinov2`; data, random init and raw-pixel features come from `simdino.demo`.
+`python simdino/main_dino.py ...` (v1, run by `simdino.run.trainer`) and `simdinov2/train/train.py` (v2); k-NN, features, logistic regression and checkpoints are the shared cores
+of `simdinov2`; data, random init and raw-pixel features come from the demo's harness `simdino.fmnist`.
 
 Both trees train for the wall-clock budget (`--time_budget` in v1, `train.time_budget` in v2), which
 excludes start-up and evaluation. For comparisons, run the two members
@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -47,21 +46,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from simdino import demo
+from simdino.fmnist import data, knn, machine, recipe
+from simdino.run import trainer as v1_trainer
 from simdinov2.checkpoint import build_backbone_from_checkpoint
 from simdinov2.errors import UserError
 from simdinov2.eval.features import extract_features, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, knn_classify
 from simdinov2.eval.log_regression import accuracy, fit_logistic_regression, select_c
 from simdinov2.logging import setup_logging
-from simdinov2.run import v1_trainer
 from simdinov2.train import train as v2_train
+from simdinov2.train.health import effective_rank
 
 logger = logging.getLogger("simdinov2")
 
-KNN_KS = demo.KNN_KS
-KNN_K = demo.KNN_K
-KNN_TEMPERATURE = demo.KNN_TEMPERATURE
+KNN_KS = knn.KNN_KS
+KNN_K = knn.KNN_K
+KNN_TEMPERATURE = knn.KNN_TEMPERATURE
 DEFAULT_C_VALUES = (0.01, 0.1, 1.0, 10.0)
 V2_CONFIG_DIR = Path(__file__).resolve().parents[1] / "simdinov2" / "configs"
 
@@ -155,7 +155,7 @@ def v2_recipe_overrides(train_source: str, seed: int, num_workers: int) -> list[
 def v1_flags(method: str, seconds: float, out: Path, train_source: str, seed: int, num_workers: int) -> dict[str, Any]:
     """main_dino's flags of a row: `RESULTS_RECIPE` ⊕ method flags (user overrides come after them)."""
     flags = {**RESULTS_RECIPE, **V1_METHODS[method], "seed": seed}
-    return demo.recipe_flags(seconds, out, train_source, num_workers=num_workers, **flags)
+    return recipe.recipe_flags(seconds, out, train_source, num_workers=num_workers, **flags)
 
 
 def _backbone_flags(overrides: Sequence[str]) -> dict[str, Any]:
@@ -236,16 +236,6 @@ def linear_probe(
     return {"top1": top1, "top5": top5, "best_C": best_c, "holdout_top1": {str(c): s for c, s in holdout.items()}}
 
 
-def effective_rank(features: Tensor) -> float:
-    """exp(entropy) of the normalised singular values of the centred features (Roy & Vetterli, 2007):
-    about 1 for a collapsed representation, up to the feature dimension for a spread-out one."""
-    centred = features.double() - features.double().mean(0)
-    singular = torch.linalg.svdvals(centred)
-    p = singular / singular.sum().clamp_min(1e-12)
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
 def evaluate(
     model: nn.Module, train_set: Dataset, test_set: Dataset, batch_size: int = 500, num_workers: int = 0,
     c_values: Sequence[float] = DEFAULT_C_VALUES, max_iter: int = 300,
@@ -255,43 +245,25 @@ def evaluate(
     start = time.perf_counter()
     train_x, train_y = extract_raw(model, train_set, batch_size, num_workers)
     test_x, test_y = extract_raw(model, test_set, batch_size, num_workers)
-    knn = knn_classify(
+    neighbours = knn_classify(
         F.normalize(train_x, dim=1), train_y, F.normalize(test_x, dim=1), test_y,
         feasible_ks(KNN_KS, train_x.shape[0]), KNN_TEMPERATURE,
     )  # fmt: skip
     linear = linear_probe(train_x, train_y, test_x, test_y, c_values, max_iter)
-    headline_k = KNN_K if KNN_K in knn else max(knn)
+    headline_k = KNN_K if KNN_K in neighbours else max(neighbours)
     return {
         "knn_k": headline_k,
-        "knn_top1": knn[headline_k][0],
-        "knn": {str(k): {"top1": v[0], "top5": v[1]} for k, v in knn.items()},
+        "knn_top1": neighbours[headline_k][0],
+        "knn": {str(k): {"top1": v[0], "top5": v[1]} for k, v in neighbours.items()},
         "linear_top1": linear["top1"],
         "linear": linear,
         "feature_dim": int(train_x.shape[1]),
-        "effective_rank": effective_rank(test_x),
+        "effective_rank": effective_rank(test_x, centered=True),
         "eval_seconds": time.perf_counter() - start,
     }
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - not Linux
-        pass
-
-    return platform.processor() or platform.machine()
-
-
-def _load() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return []
-
-
 def _last_json_line(path: Path) -> dict[str, Any] | None:
     """The last record of a JSON-lines log (main_dino's log.txt, the v2 training_metrics.json)."""
     if not path.is_file():
@@ -341,11 +313,11 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
     out.mkdir(parents=True, exist_ok=True)
 
     setup_logging(out)  # progress on the console and in out/output.log (the trainers log there too)
-    threads = args.threads or demo.default_threads()
+    threads = args.threads or machine.default_threads()
     torch.set_num_threads(threads)
     started = datetime.datetime.now(datetime.timezone.utc)
-    load_before = _load()
-    train_source, make_split, data_name = demo.resolve_data(args.data_path)
+    load_before = machine.load_average()
+    train_source, make_split, data_name = data.resolve_data(args.data_path)
 
     record: dict[str, Any] = {"method": args.method, "name": out.name, "seed": args.seed}
     model: nn.Module
@@ -354,14 +326,14 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
                       args.seed, args.num_workers)  # fmt: skip
         if args.method == "random_init":
             v1.update(_backbone_flags(overrides))
-            model = demo.random_init_backbone(v1)
+            model = knn.random_init_backbone(v1)
             eval_size = int(v1["global_crops_size"])
         else:
             trained = train_v1(v1, overrides)
             eval_size = int(trained.pop("trainer_args").global_crops_size)
             record.update(trained, time_budget_seconds=float(args.seconds), tree="v1")
             record["final_train_stats"] = _last_json_line(out / "log.txt")
-            model = demo.trained_teacher(out)
+            model = knn.trained_teacher(out)
     elif args.method in V2_METHODS:
         opts = [*v2_recipe_overrides(train_source, args.seed, args.num_workers), *overrides]
         summary = train_v2(args.method, args.seconds, out, opts)
@@ -371,14 +343,14 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
         model = build_backbone_from_checkpoint(summary["teacher_snapshot"], "teacher", verbose=False)
         eval_size = int(RESULTS_RECIPE["global_crops_size"])
     else:
-        model = demo.pixel_features()
+        model = knn.pixel_features()
         eval_size = int(RESULTS_RECIPE["global_crops_size"])
 
-    full_train_set = make_split("TRAIN", demo.eval_transform(eval_size))
+    full_train_set = make_split("TRAIN", data.eval_transform(eval_size))
     if record.get("images_seen") is not None:
         record["epochs_over_train_set"] = record["images_seen"] / len(full_train_set)
-    train_set = demo.evaluation_subset(full_train_set, args.knn_train_images)
-    test_set = demo.evaluation_subset(make_split("TEST", demo.eval_transform(eval_size)), args.knn_test_images)
+    train_set = data.evaluation_subset(full_train_set, args.knn_train_images)
+    test_set = data.evaluation_subset(make_split("TEST", data.eval_transform(eval_size)), args.knn_test_images)
     logger.info("evaluating %s: %d train / %d test images", args.method, len(train_set), len(test_set))
     record.update(evaluate(model.eval(), train_set, test_set, c_values=args.c_values, max_iter=args.max_iter))
     record.update(
@@ -390,13 +362,13 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
         command=" ".join(["python -m experiments.fmnist", *(shlex.quote(a) for a in argv)]),
         date=started.isoformat(timespec="seconds"),
         machine={
-            "cpu": _cpu_model(),
+            "cpu": machine.cpu_model(),
             "cpu_count": os.cpu_count(),
             "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "threads": threads,
             "torch": torch.__version__,
             "load_average_before": load_before,
-            "load_average_after": _load(),
+            "load_average_after": machine.load_average(),
         },
     )
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -5,7 +5,7 @@ eval_knn.py ...`.
 
 This script owns the v1 command line (upstream DINO's k-NN flags plus `--img_size`, `--output_dir`). The
 v1 set-up it shares with `eval_linear.py` (backbone flags and building, the ImageFolder datasets under
-`--data_path`) is `simdinov2.eval.v1_setup`; the work itself is done by the shared cores in `simdinov2.eval`:
+`--data_path`) is `simdino.eval.setup`; the work itself is done by the shared cores in `simdinov2.eval`:
 distributed feature extraction and the chunked weighted vote. Features are the final-norm CLS tokens,
 L2-normalised; each k prints DINO's line `{k}-NN classifier result: Top1: {top1}, Top5: {top5}` and the
 main process appends one JSON record with every k to `OUTPUT_DIR/knn_results.json`.
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Sequence
 
@@ -30,14 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simdino.eval.setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2 import distributed
+from simdinov2.checkpoint import atomic_torch_save
 from simdinov2.cli import HelpFormatter, make_output_dir, run_cli
+from simdinov2.configs.validate import at_least
 from simdinov2.data import make_classification_eval_transform
 from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.features import extract_features, l2_normalized, make_eval_loader
 from simdinov2.eval.knn import feasible_ks, format_knn_result, knn_classify_sharded
 from simdinov2.eval.setup import run_main
-from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
+from simdinov2.logging import append_json_lines
 from simdinov2.utils.utils import bool_flag
 
 logger = logging.getLogger("simdinov2")
@@ -98,11 +101,23 @@ def compute_features(args: argparse.Namespace, storage: torch.device) -> tuple[T
     return train_features.to(storage), test_features.to(storage), train_labels.to(storage), test_labels.to(storage)
 
 
+def _load_bank(path: str) -> Tensor:
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise UserError(f"--load_features: {path} is corrupt or cut short ({' '.join(str(e).split())[:120]}); "
+                        "dump the features again with --dump_features") from None
+    if not isinstance(tensor, Tensor):
+        raise UserError(f"--load_features: {path} holds a {type(tensor).__name__}, not a tensor; dump the features "
+                        "again with --dump_features")
+    return tensor
+
+
 def load_features(folder: str, storage: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     missing = [name for name in FEATURE_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise MissingFileError(f"--load_features {folder} lacks {', '.join(missing)} (written by --dump_features)")
-    tensors = [torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True) for name in FEATURE_FILES]
+    tensors = [_load_bank(os.path.join(folder, name)) for name in FEATURE_FILES]
     train_features, test_features, train_labels, test_labels = (t.to(storage) for t in tensors)
     if (train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]
             or len(train_labels) != len(train_features) or len(test_labels) != len(test_features)):
@@ -116,6 +131,7 @@ def load_features(folder: str, storage: torch.device) -> tuple[Tensor, Tensor, T
 def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
     if args.temperature <= 0:
         raise UserError(f"--temperature must be > 0 (got {args.temperature})")
+    at_least(1)("--batch_size_per_gpu", args.batch_size_per_gpu)
     if args.output_dir and distributed.is_main_process():
         make_output_dir(args.output_dir)  # before any work: an unusable folder is found at once
     start = time.time()
@@ -125,9 +141,9 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
     else:
         train_features, test_features, train_labels, test_labels = compute_features(args, storage)
         if args.dump_features and distributed.is_main_process():
-            os.makedirs(args.dump_features, exist_ok=True)
+            make_output_dir(args.dump_features)
             for name, tensor in zip(FEATURE_FILES, (train_features, test_features, train_labels, test_labels)):
-                torch.save(tensor.cpu(), os.path.join(args.dump_features, name))
+                atomic_torch_save(tensor.cpu(), os.path.join(args.dump_features, name))  # a full disk: one line
             logger.info("features saved to %s", args.dump_features)
     logger.info("Features are ready! Starting k-NN classification (%d train, %d test, dim %d).",
                 train_features.shape[0], test_features.shape[0], train_features.shape[1])
@@ -152,8 +168,7 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
             "n_test": int(test_features.shape[0]),
             "results": {str(k): {"top1": top1, "top5": top5} for k, (top1, top5) in results.items()},
         }
-        with open(os.path.join(output_dir, "knn_results.json"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_lines(os.path.join(output_dir, "knn_results.json"), [record])
         logger.info("k-NN done in %.0f s; record appended to %s", time.time() - start,
                     os.path.join(output_dir, "knn_results.json"))
     distributed.barrier()

@@ -5,7 +5,7 @@ eval_linear.py ...`.
 
 This script owns the v1 command line (upstream DINO's linear-probe flags plus `--img_size`) and the epoch
 loop. The classifier, the frozen feature model and the train / evaluation steps are the shared core of
-`simdinov2.eval.linear`; the backbone, weights and datasets come through `simdinov2.eval.v1_setup`.
+`simdinov2.eval.linear`; the backbone, weights and datasets come through `simdino.eval.setup`.
 
 One linear layer on the concatenated CLS tokens of the last `--n_last_blocks` blocks (plus the mean
 patch token with `--avgpool_patchtokens true`), SGD momentum 0.9, lr `--lr` × global batch / 256 with a
@@ -18,7 +18,6 @@ per-epoch cosine decay to 0. Files in `--output_dir`: `checkpoint.pth.tar` (`epo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
 import torch
 from torch import nn
 
+from simdino.eval.setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2 import data
 from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
 from simdinov2.cli import HelpFormatter, make_output_dir, run_cli
@@ -39,8 +39,7 @@ from simdinov2.eval import linear as probe
 from simdinov2.eval.backbone import default_output_dir, read_checkpoint, training_crop_size
 from simdinov2.eval.features import make_eval_loader
 from simdinov2.eval.setup import run_main
-from simdinov2.eval.v1_setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
-from simdinov2.logging import LengthEstimate, MetricLogger
+from simdinov2.logging import LengthEstimate, MetricLogger, append_json_lines, resume_records
 from simdinov2.utils.utils import bool_flag, fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
@@ -227,6 +226,8 @@ def main(args: argparse.Namespace) -> float:
         probe.stretch_cosine_schedule(scheduler, args.epochs)
         logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
     make_output_dir(args.output_dir)
+    if distributed.is_main_process():  # the epochs after the checkpoint are trained (and logged) again
+        resume_records(args.output_dir, "log.txt", "epoch", start_epoch)
 
     estimate = LengthEstimate(
         "linear probe", f"{args.epochs} epochs x {len(train_loader)} iterations of {args.batch_size_per_gpu} images per "
@@ -247,8 +248,7 @@ def main(args: argparse.Namespace) -> float:
             log_stats.update({"test_acc1": test_stats["top1"], "test_acc5": test_stats["top5"],
                               "test_loss": test_stats["loss"]})
         if distributed.is_main_process():
-            with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
-                f.write(json.dumps(log_stats) + "\n")
+            append_json_lines(os.path.join(args.output_dir, "log.txt"), [log_stats])
             atomic_torch_save({"epoch": epoch + 1, "state_dict": classifier.state_dict(),
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "best_acc": best_acc}, checkpoint_path)

@@ -14,6 +14,7 @@ Launch modes: `torchrun --nproc_per_node=N` (gloo on CPU, nccl on CUDA), SLURM /
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import time
@@ -24,28 +25,28 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
-from simdinov2.checkpoint.epoch_checkpoint import (
-    epoch_state,
-    restart_from_checkpoint,
-    save_epoch,
-    save_mid_epoch,
-)
-from simdinov2.cli import HelpFormatter, agree_on_errors, make_output_dir, run_cli
-from simdinov2.data.augmentations import DataAugmentationDINO
-from simdinov2.logging import setup_logging
-from simdinov2.precision import resolve_amp
-from simdinov2.trackers import ExperimentTrackers
-from simdinov2.train import dino_loop
-from simdinov2.train.clock import TrainingClock
-from simdinov2.train.interrupt import StopSignals
-from simdinov2.train.multicrop import (
+from simdino.train import dino_loop
+from simdino.train.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch, save_mid_epoch
+from simdino.train.multicrop import (
     TORCHVISION_ARCHS,
     VIT_ARCHS,
     MultiCropStudentTeacher,
     build_loss,
     build_student_teacher,
 )
+from simdinov2.cli import HelpFormatter, agree_on_errors, make_output_dir, run_cli
+from simdinov2.configs.validate import check_v1_args
+from simdinov2.data.augmentations import DataAugmentationDINO
+from simdinov2.errors import UserError
+from simdinov2.eval.knn_monitor import KnnMonitor, append_metrics_row
+from simdinov2.logging import setup_logging
+from simdinov2.precision import resolve_amp
+from simdinov2.trackers import ExperimentTrackers, check_packages
+from simdinov2.train.clock import TrainingClock
+from simdinov2.train.health import warn_if_rank_deficient_covariance
+from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.optim import build_optimizer, param_groups
+from simdinov2.train.ssl_meta_arch import load_pretrained_backbone
 from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha
 
 logger = logging.getLogger("simdinov2")
@@ -80,6 +81,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         (its bottleneck): the L2-normalised features of the coding-rate loss in SimDINO, the input of the
         prototype layer in the DINO baseline.""")
     parser.add_argument("--hidden_dim", default=2048, type=int, help="Hidden dimension of the projection head MLP.")
+    parser.add_argument("--pretrained_weights", default="", type=str, help="""Backbone weights to start the
+        student and teacher from (a released DINO / SimDINO checkpoint, a v2 teacher snapshot, a timm or hub
+        checkpoint: any layout the evaluations read). Position embedding and patch kernel are resampled to
+        this model's crop and patch size; the heads start fresh. A checkpoint.pth in --output_dir wins
+        (the run resumes from it).""")
+    parser.add_argument("--checkpoint_key", default="teacher", type=str,
+                        help='Which network of --pretrained_weights to take when it holds several (Default: "teacher").')
     parser.add_argument("--use_simdino", default=True, type=bool_flag, help="""Train SimDINO (coding-rate loss,
         no prototypes, no centering, no sharpening; default). False trains the DINO baseline: prototype
         layer of --out_dim, centered and sharpened teacher softmax, last layer frozen for
@@ -175,6 +183,10 @@ def _add_misc_args(parser: argparse.ArgumentParser) -> None:
         distributed training (kept for compatibility: the rendezvous is env://, set by torchrun or SLURM).""")
     parser.add_argument("--local_rank", "--local-rank", default=0, type=int,
                         help="Please ignore and do not set this argument (set by old launchers; torchrun uses LOCAL_RANK).")
+    parser.add_argument("--knn_monitor_path", default="", type=str, help="""Folder with labeled train/ and val/
+        ImageFolder trees (a small set: a few thousand images): the teacher's weighted k-NN top-1 on it is
+        logged as knn_monitor_top1 (log.txt, training_metrics.json, trackers) every --knn_monitor_freq epochs.""")
+    parser.add_argument("--knn_monitor_freq", default=1, type=int, help="Epochs between k-NN monitor runs (and the last epoch).")
     parser.add_argument("--track_wandb", action="store_true",
                         help="Log metrics to Weights & Biases (honours WANDB_MODE=offline; needs `pip install wandb`).")
     parser.add_argument("--track_swan", action="store_true",
@@ -206,6 +218,37 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks of the flags that need no data or model; each failure is one line saying what to change."""
+    check_v1_args(args)  # the ranges of the values both trees share
+    for name in ("batch_size_per_gpu", "epochs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    check_packages(args.track_wandb, args.track_swan)
+    if not getattr(args, "time_budget", 0.0) >= 0:
+        raise UserError(f"--time_budget must be >= 0 seconds (got {args.time_budget}); 0 means no budget")
+    if getattr(args, "depth", 0) < 0:
+        raise UserError(f"--depth must be >= 1 blocks, or 0 for the arch's own (got {args.depth})")
+    if args.arch in VIT_ARCHS:
+        crops = [("global_crops_size", args.global_crops_size)]
+        crops += [("local_crops_size", args.local_crops_size)] if args.local_crops_number else []
+        for name, size in crops:
+            if size < args.patch_size:
+                raise UserError(f"--{name} {size} is smaller than one patch (--patch_size {args.patch_size}): "
+                                f"raise --{name} or lower --patch_size")
+    if args.arch in VIT_ARCHS and args.global_crops_size % args.patch_size:
+        logger.warning("--global_crops_size %d is not a multiple of --patch_size %d: border pixels are dropped",
+                       args.global_crops_size, args.patch_size)
+    if args.warmup_epochs >= args.epochs:
+        logger.warning(f"--warmup_epochs {args.warmup_epochs} >= --epochs {args.epochs}: the learning rate never "
+                       "leaves its linear warm-up; lower --warmup_epochs")
+
+
+def loop_settings(args: argparse.Namespace) -> dino_loop.LoopSettings:
+    """The flags the training loop reads, typed, taken once from the command line."""
+    return dino_loop.LoopSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(dino_loop.LoopSettings)})
+
+
 def start_run(args: argparse.Namespace) -> tuple[Path, ExperimentTrackers]:
     """Output folder, logs (`output.log`, `args.log`), seeds and trackers, on every rank."""
     output_dir = Path(args.output_dir)
@@ -224,12 +267,50 @@ def start_run(args: argparse.Namespace) -> tuple[Path, ExperimentTrackers]:
     return output_dir, trackers
 
 
+def init_from_pretrained(args: argparse.Namespace, student, teacher, checkpoint_path: Path) -> None:
+    """Both backbones from `--pretrained_weights` (resized as v2's `student.pretrained_weights`), unless the
+    run resumes from `checkpoint_path`."""
+    if not args.pretrained_weights:
+        return
+    if checkpoint_path.is_file():
+        logger.info(f"--pretrained_weights {args.pretrained_weights} not loaded: {checkpoint_path} exists and the run resumes from it")
+        return
+    if args.arch not in VIT_ARCHS:
+        raise UserError(f"--pretrained_weights needs a ViT --arch ({', '.join(VIT_ARCHS)}), not {args.arch}")
+    report = load_pretrained_backbone(student.backbone, args.pretrained_weights, checkpoint_key=args.checkpoint_key)
+    teacher.backbone.load_state_dict(student.backbone.state_dict())
+    logger.info(f"student and teacher backbones start from {args.pretrained_weights}: {report.summary()}; heads start fresh")
+
+
+def build_knn_monitor(args: argparse.Namespace) -> KnnMonitor | None:
+    """The k-NN monitor of `--knn_monitor_path` (None without it)."""
+    if not args.knn_monitor_path:
+        return None
+    if args.knn_monitor_freq < 1:
+        raise UserError(f"--knn_monitor_freq must be >= 1 epoch (got {args.knn_monitor_freq})")
+    with agree_on_errors("reading the k-NN monitor set"):
+        return KnnMonitor(args.knn_monitor_path, args.global_crops_size, batch_size=args.batch_size_per_gpu)
+
+
+def run_knn_monitor(monitor: KnnMonitor | None, args: argparse.Namespace, epoch: int, teacher, clock: TrainingClock,
+                    output_dir: Path) -> dict[str, float]:  # fmt: skip
+    """The teacher's k-NN top-1 after `epoch` when due (every --knn_monitor_freq epochs and the last), its row in
+    training_metrics.json; its time is left out of the budget."""
+    due = (epoch + 1) % args.knn_monitor_freq == 0 or epoch + 1 == args.epochs or clock.stopped
+    if monitor is None or not due:
+        return {}
+    knn = monitor(teacher.backbone)
+    clock.exclude(knn["knn_monitor_seconds"])
+    append_metrics_row(output_dir / "training_metrics.json", clock.iterations - 1, {**knn, "epoch": epoch})
+    return knn
+
+
 def train_dino(args: argparse.Namespace) -> dict[str, float]:
     """Train SimDINO (or the DINO baseline with --use_simdino false) as described by `args`.
 
     Returns a summary of the whole run (resumed parts included): `epochs`, `iterations`, `images_seen`
     (over all processes) and `train_seconds` (wall time of the training loops)."""
-    dino_loop.validate_args(args)
+    validate_args(args)
     device = distributed.init_distributed(args.device)
     output_dir, trackers = start_run(args)
     try:
@@ -242,8 +323,11 @@ def train_dino(args: argparse.Namespace) -> dict[str, float]:
 def _train(
     args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers, stop: StopSignals
 ) -> dict[str, float]:
+    settings = loop_settings(args)
     world_size = distributed.get_world_size()
     logger.info(f"world size {world_size}, device {device}")
+    if args.use_simdino:
+        warn_if_rank_deficient_covariance(args.batch_size_per_gpu, args.z_dim, bool(args.reduce_cov), world_size, "--reduce_cov 1")
     # ============ data ... ============
     transform = DataAugmentationDINO(
         args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
@@ -251,9 +335,12 @@ def _train(
         blur="dino",  # DINO v1's PIL blur with the drawn radius, as upstream v1
     )  # fmt: skip
     with agree_on_errors("reading the dataset"):
-        data_loader = dino_loop.build_data_loader(args, dino_loop.build_dataset(args.data_path, transform), device)
+        data_loader = dino_loop.build_data_loader(settings, dino_loop.build_dataset(args.data_path, transform), device)
+    monitor = build_knn_monitor(args)
     # ============ building student and teacher networks, loss, optimizer ... ============
-    student, student_without_ddp, teacher = dino_loop.prepare_networks(args, *build_student_teacher(args), device)
+    student, teacher = build_student_teacher(args)
+    init_from_pretrained(args, student, teacher, output_dir / "checkpoint.pth")
+    student, student_without_ddp, teacher = dino_loop.prepare_networks(settings, student, teacher, device)
     n_params = sum(p.numel() for p in student_without_ddp.parameters())
     logger.info(f"Student and Teacher are built: they are both {args.arch} network ({n_params / 1e6:.2f}M parameters).")
     loss_fn = build_loss(args).to(device)
@@ -265,11 +352,15 @@ def _train(
     )
     # ============ schedules, clock and resume ... ============
     niter_per_ep = len(data_loader)
-    schedules = dino_loop.build_schedules(args, niter_per_ep)
+    schedules = dino_loop.build_schedules(settings, niter_per_ep)
     clock = TrainingClock(args.time_budget, total_iterations=args.epochs * niter_per_ep, niter_per_epoch=niter_per_ep)
     checkpoint_path = output_dir / "checkpoint.pth"
     start_epoch, mid_epoch = restart_from_checkpoint(
         checkpoint_path, args, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock
+    )
+    loop = dino_loop.EpochLoop(
+        pair=pair, optimizer=optimizer, scaler=scaler, data_loader=data_loader, schedules=schedules, settings=settings,
+        device=device, trackers=trackers, checkpoint_path=checkpoint_path, clock=clock, stop=stop,
     )
     # ============ training ... ============
     logger.info("Starting SimDINO training !" if args.use_simdino else "Starting DINO training !")
@@ -284,10 +375,7 @@ def _train(
             break
         data_loader.sampler.set_epoch(epoch)
         fix_random_seeds(dino_loop.epoch_seed(args.seed, epoch, distributed.get_rank()))
-        train_stats = dino_loop.run_epoch(
-            pair, optimizer, scaler, data_loader, schedules, epoch, args, device, trackers, checkpoint_path, clock,
-            stop=stop, resume=mid_epoch if epoch == start_epoch else None,
-        )
+        train_stats = dino_loop.run_epoch(loop, epoch, resume=mid_epoch if epoch == start_epoch else None)
         if stop.position is not None:  # a stop signal within the epoch
             state = epoch_state(args, epoch - 1, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock)
             save_mid_epoch(checkpoint_path, state, stop.position, stop.meters, clock.iterations)
@@ -295,6 +383,7 @@ def _train(
                         f"{checkpoint_path}; run the same command to resume")
         # ============ writing logs ... ============
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
+        log_stats.update(run_knn_monitor(monitor, args, epoch, teacher, clock, output_dir))
         if distributed.is_main_process():
             state = epoch_state(args, epoch, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock)
             save_epoch(output_dir, epoch, state, log_stats, args.saveckp_freq)
@@ -307,6 +396,11 @@ def _train(
             logger.info(f"Time budget of {clock.budget:.0f} s reached in epoch {epoch}: training stops here")
             break
     logger.info(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
+    return run_summary(args, clock, epochs_done, world_size)
+
+
+def run_summary(args: argparse.Namespace, clock: TrainingClock, epochs_done: int, world_size: int) -> dict[str, float]:
+    """What `train_dino` returns (the whole run, resumed parts included); warns of a budget left unspent."""
     if clock.budget and not clock.stopped and clock.spent < clock.budget:
         logger.warning(f"--epochs {args.epochs} ended after {clock.spent:.0f} s, before the {clock.budget:.0f} s "
                        "budget: the schedules did not reach their end; raise --epochs")

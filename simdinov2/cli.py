@@ -7,17 +7,15 @@ Owns:
 - `agree_on_errors(what)`: a set-up block whose failure on any rank fails every rank, so that no rank goes
   on into the next collective and waits there forever (e.g. a tracker that fails to start on rank 0).
 - `HelpFormatter` (from `simdinov2.help_format`, which imports no torch): every program's `--help`.
-- `make_output_dir(path, flag)`: every program's output folder, created and checked writable, or one
-  `UserError` line naming the flag (a file in the way, no permission, a read-only file system).
+- `make_output_dir(path, flag)`, handed on from `simdinov2.io.output_dir` (where `logging` takes it too):
+  every program's output folder, created and checked writable, or one `UserError` line naming the flag.
 """
 
 from __future__ import annotations
 
-import errno
 import os
+import re
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -26,6 +24,7 @@ import torch.distributed as dist
 from simdinov2 import distributed
 from simdinov2.errors import PeerFailedError, TrainingInterrupted, UserError
 from simdinov2.help_format import HelpFormatter
+from simdinov2.io.output_dir import make_output_dir as make_output_dir  # handed on beside run_cli
 
 __all__ = ["HelpFormatter", "agree_on_errors", "error_line", "make_output_dir", "run_cli"]
 
@@ -61,35 +60,6 @@ class agree_on_errors:  # noqa: N801 - used as a context manager, like contextli
         return False  # re-raise this rank's own error (a bug keeps its traceback)
 
 
-_OUTPUT_DIR_PROBLEMS = {
-    errno.EEXIST: "a file is in the way",
-    errno.ENOTDIR: "a file is in the way",
-    errno.EACCES: "no permission to write there",
-    errno.EPERM: "no permission to write there",
-    errno.EROFS: "it is on a read-only file system",
-    errno.ENOENT: "it cannot be created there",
-}
-
-
-def make_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
-    """Create the output folder `path` (and its parents) and check that a file can be written in it.
-
-    A folder that cannot be created or written is one `UserError` line naming `flag` and the reason,
-    instead of the raw `OSError` of the first write (which may come after hours of work)."""
-    folder = Path(path).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        reason = _OUTPUT_DIR_PROBLEMS.get(exc.errno or 0, exc.strerror or str(exc))
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(folder) else ""
-        raise UserError(
-            f"{flag} {path} cannot be used as the output folder: {reason}{where}; give a writable folder"
-        ) from exc
-    return folder
-
-
 def _launch_rank() -> int:
     """This process's rank, also before the process group exists (torchrun / SLURM set it)."""
     if distributed.is_enabled():
@@ -113,6 +83,24 @@ def _reports(error: UserError) -> bool:
     return error.report
 
 
+# How gloo / NCCL report a collective whose peer process ended (its own error is reported by that rank).
+_PEER_GONE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|NCCL communicator was aborted")
+
+
+def _peer_gone(error: BaseException) -> bool:
+    """Whether `error` is a collective broken by another rank's exit, in a job of several processes."""
+    if not distributed.is_enabled() or distributed.get_world_size() < 2:
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:  # the error and its causes
+        if _PEER_GONE.search(str(current)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def run_cli(prog: str, main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run `main(*args, **kwargs)` as a command-line program and return its result.
 
@@ -131,5 +119,9 @@ def run_cli(prog: str, main: Callable[..., Any], *args: Any, **kwargs: Any) -> A
                 print(f"{f'{prog}: ' if prog else ''}{error}", file=sys.stderr, flush=True)
             raise SystemExit(error.exit_code) from None
         raise SystemExit(error_line(prog, error) if _reports(error) else 1) from None
+    except Exception as error:
+        if _peer_gone(error):  # the rank that failed prints the one line; this one was waiting for it
+            raise SystemExit(1) from None
+        raise
     finally:
         distributed.destroy(barrier=not failed)

@@ -9,9 +9,13 @@ Owns:
 - `NonFiniteLossError`: training stopped on a NaN/inf loss (on every rank together).
 - `PeerFailedError`: the quiet error of a rank whose peer failed in a set-up block.
 - `TrainingInterrupted`: training stopped on a signal after its checkpoint (one line, exit status 128 + signal).
+- `DiskFullError`: a save ran out of space (also an OSError); `exception_chain` finds such causes inside the
+  wrappers of torch.save and torch.distributed.checkpoint.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 
 class UserError(ValueError):
@@ -44,3 +48,27 @@ class TrainingInterrupted(UserError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + int(signum)
+
+
+class DiskFullError(UserError, OSError):
+    """Saving a checkpoint ran out of disk space; the temporaries are gone and the previous one is intact."""
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, what it was raised from or during, and the per-rank failures a DCP CheckpointException holds.
+
+    torch.save's zip writer wraps a failed write in a RuntimeError, and torch.distributed.checkpoint
+    gathers every rank's exception into `failures` ({rank: (exception, traceback)}): the cause of a
+    failed save or load is somewhere in this chain.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack += [current.__cause__, current.__context__]
+        for failure in getattr(current, "failures", {}).values():
+            stack.append(failure[0] if isinstance(failure, tuple) else failure)

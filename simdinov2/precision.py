@@ -60,7 +60,8 @@ def cpu_has_bf16() -> bool:
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if capability and not capability.startswith("avx512"):  # torch kept off its bf16 kernels (`avx2`, `default`)
         return False
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_NO_BF16:
         return False

@@ -1,6 +1,7 @@
 """Shared pytest set-up: small thread counts, the `gpu` auto-skip and session-wide tiny datasets.
 
-Fixtures (session-scoped, built once, read-only for tests: copy before modifying):
+Fixtures (session-scoped, built once, read-only for tests: copy before modifying; `one_torch_thread` is
+module-scoped):
 - `tiny_imagefolder`: Path with `train/` (3 classes x 40) and `val/` (3 x 10) folders of 32x32 RGB
   PNGs, real Fashion-MNIST images when the Debian package is installed, synthetic class-dependent
   patterns otherwise (`tiny_imagefolder_is_real` says which).
@@ -12,6 +13,7 @@ Fixtures (session-scoped, built once, read-only for tests: copy before modifying
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,21 @@ def fashion_mnist_available(root: Path = FASHION_MNIST_ROOT) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     # 2 shared cores: keep each test process from spawning a thread per core on its own.
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_job_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """submitit's job folders (pickles, logs) of the launchers under test: a private folder of the
+    session, not ~/.simdino/jobs."""
+    root = tmp_path_factory.mktemp("jobs")
+    root.chmod(0o700)
+    previous = os.environ.get("SIMDINO_JOB_FOLDER")
+    os.environ["SIMDINO_JOB_FOLDER"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("SIMDINO_JOB_FOLDER", None)
+    else:
+        os.environ["SIMDINO_JOB_FOLDER"] = previous
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -149,3 +166,13 @@ def fashion_mnist_root() -> Path:
             f"Fashion-MNIST not installed in {FASHION_MNIST_ROOT} (sudo apt-get install dataset-fashion-mnist)"
         )
     return FASHION_MNIST_ROOT
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process training on shared cores: one intra-op thread is faster than several fighting for them
+    (use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

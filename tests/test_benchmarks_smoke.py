@@ -182,3 +182,11 @@ def test_gradient_checkpointing_small(capsys):
     off, on = result["rows"]
     assert off["grads identical"] and on["grads identical"]
     assert on["activations MB"] < off["activations MB"]  # only the block inputs stay
+
+
+def test_listing_quick(tmp_path, capsys):
+    from benchmarks import listing
+
+    result = listing.main(["--files", "300", "--per_folder", "100", "--quick", "--root", str(tmp_path / "files")])
+    assert [row["images"] for row in result["rows"]] == [300] * 4  # every method finds every image, no README.txt
+    assert "| cached" in capsys.readouterr().out

@@ -102,5 +102,5 @@ def test_random_init_takes_the_backbone_flags_of_the_overrides():
     # docs/RESULTS.md: `--method random_init ... -- --depth 6` is the untrained 6-block network
     assert fmnist._backbone_flags(["--depth", "6", "--eps", "0.05", "--global_crops_scale", "0.3", "1"]) == {"depth": 6}
     flags = fmnist.v1_flags("simdino", 1.0, "out", "x", seed=0, num_workers=0)
-    model = fmnist.demo.random_init_backbone({**flags, **fmnist._backbone_flags(["--depth", "2"])})
+    model = fmnist.knn.random_init_backbone({**flags, **fmnist._backbone_flags(["--depth", "2"])})
     assert len(model.blocks) == 2

@@ -87,6 +87,27 @@ def test_fit_predicts_from_two_probes_and_steps_down_when_it_does_not_fit(monkey
     assert launched[:1] == [32] and 64 not in launched
 
 
+def test_fit_doubles_when_memory_does_not_grow_between_probes(monkeypatch, tmp_path):
+    # seen on an H200 with gradient checkpointing: the sampled peak at batch 128 was below batch 64's;
+    # the straight line then "predicted" the maximum batch, whose first iteration outlasted the deadline
+    peaks = {64: 20_000.0, 128: 19_000.0, 256: 21_000.0, 512: 23_000.0}
+    launched = []
+
+    def fake_launch(run, scratch, timeout, log=None):
+        launched.append(run.batch)
+        if run.batch not in peaks:
+            return {"status": "oom", "why": "CUDA out of memory", "batch": run.batch}
+        return {"status": "ok", "why": "", "batch": run.batch, "peak_mem_mib": peaks[run.batch]}
+
+    monkeypatch.setattr(gpu_trainers, "launch", fake_launch)
+    run = gpu_trainers.TrainerRun("v2", "simdino", "vit_tiny", 8, 32, 16, 2, 4, 0, 2, 0, "cpu", False)
+    result = gpu_trainers.fit(run, tmp_path, 60, (64, 128), 143_000.0, 1024, timed=False)
+    assert result["predicted_batch"] is None and result["mib_per_image"] < 0
+    assert launched == [64, 128, 256, 512, 1024]
+    assert result["status"] == "ok" and result["largest_batch"] == 512
+    assert "1024" in result["stopped"]
+
+
 def gradient_checkpointing_key_exists() -> bool:
     cfg = get_cfg(None, [])
     return "gradient_checkpointing" in cfg.student

@@ -43,8 +43,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from simdinov2 import distributed
+from simdinov2.io.atomic import (
+    atomic_torch_save,
+    atomic_write_text,
+    disk_full_error,
+    is_disk_full,
+    tensor_bytes,
+)
 
-from .atomic import atomic_torch_save, atomic_write_text, disk_full_error, is_disk_full, tensor_bytes
 from .errors import CheckpointError, CheckpointNotFoundError
 from .safe_load import (
     SafeFileSystemReader,
@@ -216,6 +222,25 @@ class Checkpointer:
     def latest(self) -> Path | None:
         found = self.checkpoints()
         return found[-1][1] if found else None
+
+    def refuse_damaged(self) -> None:
+        """Before resuming: a `checkpoint_<it>` folder newer than the latest complete one but without its
+        `trainer_state.json` (a save never leaves one: it renames a complete folder into place, so the file
+        was lost or copied in part) is one line saying how to go on, never skipped without a word (the run
+        would restart and overwrite it)."""
+        if not self.root.is_dir():
+            return
+        latest = self.latest()
+        newest = -1 if latest is None else int(_CKPT_NAME.match(latest.name).group(1))
+        for entry in sorted(self.root.iterdir()):
+            match = _CKPT_NAME.match(entry.name)
+            if match and entry.is_dir() and int(match.group(1)) > newest and not (entry / TRAINER_STATE).is_file():
+                instead = f"resume from {latest.name}" if latest is not None else "start at iteration 0"
+                raise CheckpointNotFoundError(
+                    f"cannot resume: {entry} has no {TRAINER_STATE} (lost or copied in part): restore that file "
+                    f"to resume from it, remove the folder to {instead}, or start fresh with --no-resume or "
+                    "another --output-dir"
+                )
 
     def sweep_temporaries(self) -> list[Path]:
         """Remove the temporary checkpoint folders of saves cut short by a kill (main process, on resume,

@@ -120,6 +120,50 @@ def _layout_name(top_level: list[str], entry: str, is_dcp: bool, converted_timm:
     return f"checkpoint entry {entry!r}"
 
 
+def _tensor_catalogue(obj: Any) -> tuple[str, dict[str, Any], list[str], tuple[pathlib.Path, Any] | None]:
+    """(source, {flat key: tensor}, top-level keys, (path, metadata) of a DCP directory or None) of a module,
+    a state dict, a checkpoint file or a DCP directory. A DCP directory is only catalogued here (its
+    tensors are None until `dcp_load_flat` reads the wanted ones)."""
+    source = "checkpoint object"
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, (str, os.PathLike)):
+        path = pathlib.Path(obj).expanduser()
+        source = str(path)
+        if is_dcp_dir(path):
+            metadata = read_dcp_metadata(path)
+            flat = {
+                fqn: None
+                for fqn, meta in metadata.state_dict_metadata.items()
+                if isinstance(meta, TensorStorageMetadata)
+            }
+            return source, flat, sorted({fqn.split(".")[0] for fqn in metadata.state_dict_metadata}), (path, metadata)
+        obj = safe_torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{source} holds a {type(obj).__name__}, not a state dict or checkpoint dict; "
+            "pass a checkpoint file, a DCP directory or a state dict"
+        )
+    return source, _flatten(obj), sorted(str(k) for k in obj), None
+
+
+def _backbone_and_skipped(values: dict[str, Any], prefix: str, root: str) -> tuple[dict[str, Tensor], list[str]]:
+    """The tensors under `prefix` without it (the backbone's state dict), and the names of the others
+    under `root` (heads, the other role) that are skipped."""
+    state_dict: dict[str, Tensor] = {}
+    skipped: list[str] = []
+    for key, value in values.items():
+        if key.startswith(prefix):
+            short = key[len(prefix) :]
+            if short.split(".")[0] in _HEAD_ROOTS:
+                skipped.append(short)
+            else:
+                state_dict[short] = value
+        else:
+            skipped.append(key[len(root) :])
+    return state_dict, skipped
+
+
 def extract_backbone(
     obj: Any,
     checkpoint_key: str = "teacher",
@@ -130,35 +174,7 @@ def extract_backbone(
 
     `marker` is the key that locates the backbone (a ViT's `patch_embed.proj.weight`); with `required`
     (all key names of a non-ViT model), only prefixes under which every one of them exists qualify."""
-    source = "checkpoint object"
-    is_dcp = False
-    lazy_dcp: tuple[pathlib.Path, Any] | None = None
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, (str, os.PathLike)):
-        path = pathlib.Path(obj).expanduser()
-        source = str(path)
-        if is_dcp_dir(path):
-            is_dcp = True
-            metadata = read_dcp_metadata(path)
-            lazy_dcp = (path, metadata)
-            flat_original = {
-                fqn: None
-                for fqn, meta in metadata.state_dict_metadata.items()
-                if isinstance(meta, TensorStorageMetadata)
-            }
-            top_level = sorted({fqn.split(".")[0] for fqn in metadata.state_dict_metadata})
-        else:
-            obj = safe_torch_load(path)
-    if lazy_dcp is None:
-        if not isinstance(obj, Mapping):
-            raise CheckpointError(
-                f"{source} holds a {type(obj).__name__}, not a state dict or checkpoint dict; "
-                "pass a checkpoint file, a DCP directory or a state dict"
-            )
-        top_level = sorted(str(k) for k in obj)
-        flat_original = _flatten(obj)
-
+    source, flat_original, top_level, lazy_dcp = _tensor_catalogue(obj)
     normalized = {_normalize_key(key): key for key in flat_original}
     prefixes = sorted(
         {key[: -len(marker)] for key in normalized if key == marker or key.endswith(f".{marker}")}
@@ -183,17 +199,7 @@ def extract_backbone(
     else:
         values = {key: flat_original[normalized[key]] for key in wanted}
 
-    state_dict: dict[str, Tensor] = {}
-    skipped: list[str] = []
-    for key in wanted:
-        if key.startswith(prefix):
-            short = key[len(prefix) :]
-            if short.split(".")[0] in _HEAD_ROOTS:
-                skipped.append(short)
-            else:
-                state_dict[short] = values[key]
-        else:
-            skipped.append(key[len(root) :])
+    state_dict, skipped = _backbone_and_skipped(values, prefix, root)
     converted = False
     if marker == BACKBONE_MARKER:
         state_dict, converted = from_timm_layout(state_dict)
@@ -201,7 +207,7 @@ def extract_backbone(
     return ExtractedBackbone(
         state_dict=state_dict,
         skipped=skipped,
-        layout=_layout_name(top_level, entry, is_dcp, converted),
+        layout=_layout_name(top_level, entry, lazy_dcp is not None, converted),
         entry=entry,
         source=source,
     )

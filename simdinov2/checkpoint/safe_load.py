@@ -37,7 +37,9 @@ from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.api import CheckpointException
 
-from .errors import CheckpointError, CheckpointNotFoundError, exception_chain
+from simdinov2.errors import exception_chain
+
+from .errors import CheckpointError, CheckpointNotFoundError
 
 DCP_METADATA = ".metadata"
 # What torch.load / pickle raise on bytes that are not a checkpoint (text, zeros, a cut-off file).
@@ -355,10 +357,12 @@ def dcp_load_error(
             return current
     for current in exception_chain(exc):
         if isinstance(current, pickle.UnpicklingError):
-            return _refusal(
-                reader.current_file or str(path),
-                re.findall(r"GLOBAL ([\w.]+)", str(current)) or [_first_line(current)],
-            )
+            offenders = re.findall(r"GLOBAL ([\w.]+)", str(current))
+            if offenders:
+                return _refusal(reader.current_file or str(path), offenders)
+            # No global named: not code but bytes that are no pickle at all (a zero-filled or overwritten shard).
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(current))
+            return corrupt_error(reader.current_file or path, detail.group(1) if detail else "unreadable tensor data")
         if isinstance(current, (EOFError, struct.error)) or "PytorchStreamReader" in str(current):
             return corrupt_error(reader.current_file or path, _first_line(current))
     return None

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from simdinov2.errors import MissingFileError, UserError
 
 from .actions import Action, apply_actions, parse_actions
+from .validate import check_v2_config
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "ssl_default_config.yaml"
@@ -234,6 +235,7 @@ def _check_types(cfg: DictConfig, reference: DictConfig) -> None:
 
 def _check_values(cfg: DictConfig) -> None:
     """Value checks that can be done without a dataset or a device (one clear line each)."""
+    check_v2_config(cfg)  # the ranges of the values both trees share
     if cfg.optim.scaling_rule not in SCALING_RULES:
         raise UserError(f"optim.scaling_rule={cfg.optim.scaling_rule!r} is not one of {', '.join(SCALING_RULES)}")
     if cfg.train.centering not in ("centering", "sinkhorn_knopp", "none"):

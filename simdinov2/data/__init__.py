@@ -28,6 +28,8 @@ _EXPORTS = {
     "ImageNet": ".datasets",
     "ImageNet22k": ".datasets",
     "export_fashion_mnist_imagefolder": ".datasets",
+    "UnlabeledImageDataset": ".datasets",
+    "training_dataset": ".datasets",
     "make_dataset": ".loaders",
     "parse_dataset_str": ".loaders",
     "MaskingGenerator": ".masking",

@@ -20,6 +20,59 @@ import numpy as np
 import torch
 
 
+def _stack_crops(samples_list: Sequence[tuple[dict[str, list[torch.Tensor]], Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global crops [2B, 3, G, G] and local crops [nB, 3, L, L], crop-major (all first crops, then
+    all second crops, ...); an empty local tensor when there are no local crops."""
+    first = samples_list[0][0]
+    n_global_crops = len(first["global_crops"])
+    n_local_crops = len(first["local_crops"])
+    collated_global_crops = torch.stack(
+        [sample[0]["global_crops"][k] for k in range(n_global_crops) for sample in samples_list]
+    )
+    if n_local_crops == 0:
+        return collated_global_crops, collated_global_crops.new_empty((0, *collated_global_crops.shape[1:]))
+    collated_local_crops = torch.stack(
+        [sample[0]["local_crops"][k] for k in range(n_local_crops) for sample in samples_list]
+    )
+    return collated_global_crops, collated_local_crops
+
+
+def _dropped_patch_masks(
+    n_crops: int, n_tokens: int, mask_probability: float, rng: Any
+) -> tuple[list[torch.Tensor], int]:
+    """MAE-style `drop_masks`: the same number of random patches dropped from every crop."""
+    n_dropped = n_tokens - int(n_tokens * (1.0 - mask_probability))
+    masks_list = []
+    for _ in range(n_crops):
+        mask = torch.zeros(n_tokens, dtype=torch.bool)
+        mask[rng.sample(range(n_tokens), n_dropped)] = True
+        masks_list.append(mask)
+    return masks_list, n_dropped * n_crops
+
+
+def _generated_masks(
+    n_crops: int, n_tokens: int, mask_ratio_tuple: Sequence[float], mask_probability: float,
+    mask_generator: Callable[[int], np.ndarray], rng: Any,
+) -> tuple[list[torch.Tensor], int]:  # fmt: skip
+    """iBOT masks: `mask_probability` of the crops masked, with ratios spread over `mask_ratio_tuple`,
+    the others empty, in a shuffled order. Returns (masks, upper bound on the masked patches)."""
+    lo, hi = float(mask_ratio_tuple[0]), float(mask_ratio_tuple[1])
+    n_masked_crops = int(n_crops * mask_probability)
+    # Ratio bin edges: masked crop i draws its ratio in [edges[i], edges[i+1]].
+    edges = np.linspace(lo, hi, n_masked_crops + 1)
+    masks_list = []
+    upperbound = 0
+    for i in range(n_masked_crops):
+        ratio = rng.uniform(float(edges[i]), float(edges[i + 1]))
+        mask = mask_generator(int(n_tokens * ratio))
+        masks_list.append(torch.from_numpy(np.ascontiguousarray(mask)).flatten())
+        upperbound += int(n_tokens * edges[i + 1])
+    empty = torch.from_numpy(np.ascontiguousarray(mask_generator(0))).flatten()
+    masks_list.extend(empty.clone() for _ in range(n_masked_crops, n_crops))
+    rng.shuffle(masks_list)
+    return masks_list, upperbound
+
+
 def collate_data_and_cast(
     samples_list: Sequence[tuple[dict[str, list[torch.Tensor]], Any]],
     mask_ratio_tuple: Sequence[float],
@@ -41,31 +94,12 @@ def collate_data_and_cast(
     if not samples_list:
         raise ValueError("collate_data_and_cast got an empty batch")
     rng = rng if rng is not None else random
-    first = samples_list[0][0]
-    n_global_crops = len(first["global_crops"])
-    n_local_crops = len(first["local_crops"])
-
-    collated_global_crops = torch.stack(
-        [sample[0]["global_crops"][k] for k in range(n_global_crops) for sample in samples_list]
-    )
-    if n_local_crops > 0:
-        collated_local_crops = torch.stack(
-            [sample[0]["local_crops"][k] for k in range(n_local_crops) for sample in samples_list]
-        )
-    else:
-        collated_local_crops = collated_global_crops.new_empty((0, *collated_global_crops.shape[1:]))
-
+    collated_global_crops, collated_local_crops = _stack_crops(samples_list)
     n_crops = len(collated_global_crops)
     if drop_masks:
         if n_tokens is None:
             raise ValueError("collate_data_and_cast with drop_masks needs n_tokens")
-        n_dropped = n_tokens - int(n_tokens * (1.0 - mask_probability))
-        masks_list = []
-        for _ in range(n_crops):
-            mask = torch.zeros(n_tokens, dtype=torch.bool)
-            mask[rng.sample(range(n_tokens), n_dropped)] = True
-            masks_list.append(mask)
-        upperbound = n_dropped * n_crops
+        masks_list, upperbound = _dropped_patch_masks(n_crops, n_tokens, mask_probability, rng)
     elif mask_generator is None:
         if n_tokens is None:
             raise ValueError("collate_data_and_cast needs n_tokens or a mask_generator")
@@ -75,20 +109,9 @@ def collate_data_and_cast(
         if n_tokens is None:
             height, width = mask_generator.get_shape()  # type: ignore[attr-defined]
             n_tokens = height * width
-        lo, hi = float(mask_ratio_tuple[0]), float(mask_ratio_tuple[1])
-        n_masked_crops = int(n_crops * mask_probability)
-        # Ratio bin edges: masked crop i draws its ratio in [edges[i], edges[i+1]].
-        edges = np.linspace(lo, hi, n_masked_crops + 1)
-        masks_list = []
-        upperbound = 0
-        for i in range(n_masked_crops):
-            ratio = rng.uniform(float(edges[i]), float(edges[i + 1]))
-            mask = mask_generator(int(n_tokens * ratio))
-            masks_list.append(torch.from_numpy(np.ascontiguousarray(mask)).flatten())
-            upperbound += int(n_tokens * edges[i + 1])
-        empty = torch.from_numpy(np.ascontiguousarray(mask_generator(0))).flatten()
-        masks_list.extend(empty.clone() for _ in range(n_masked_crops, n_crops))
-        rng.shuffle(masks_list)
+        masks_list, upperbound = _generated_masks(
+            n_crops, n_tokens, mask_ratio_tuple, mask_probability, mask_generator, rng
+        )
 
     collated_masks = torch.stack(masks_list).reshape(n_crops, -1)
     if collated_masks.shape[1] != n_tokens:

@@ -1,10 +1,11 @@
 """Evaluation of frozen backbones, shared by both trees.
 
 The cores live here once: feature extraction (`features`), the weighted k-NN vote (`knn`), the
-linear-probe classifiers and their training / evaluation steps (`linear`), and logistic regression
-(`log_regression`). The v2 command-line programs are `knn.py`, `linear.py` and `log_regression.py`
-(set-up in `setup.py`); the v1 programs `simdino/eval_knn.py` and `simdino/eval_linear.py` import the
-same cores.
+linear-probe and attentive-probe classifiers and their training step (`linear`), logistic regression
+(`log_regression`), and the metric types, the one evaluation loop and the evaluation sets (`metrics`).
+The v2 command-line programs are `knn.py`, `linear.py` (also `--attentive`), `log_regression.py` and
+`finetuning.py` (set-up in `setup.py`); the v1 programs `simdino/eval_knn.py` and
+`simdino/eval_linear.py` import the same cores.
 """
 
 from .features import (
@@ -26,15 +27,19 @@ from .linear import (
     train_step,
 )
 from .log_regression import fit_logistic_regression
+from .metrics import ClassificationCounts, MetricType, evaluate
 
 __all__ = [
     "AllClassifiers",
+    "ClassificationCounts",
     "IndexedDataset",
     "LinearClassifier",
+    "MetricType",
     "ModelWithIntermediateLayers",
     "ShardSampler",
     "class_balanced_subset",
     "create_linear_input",
+    "evaluate",
     "evaluate_classifiers",
     "extract_features",
     "fit_logistic_regression",

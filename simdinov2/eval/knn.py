@@ -16,18 +16,20 @@ arbitrary order and could count as hits by chance; here a class nobody voted for
 CLI (v2, DINOv2 flags): `python simdinov2/eval/knn.py --config-file D/config.yaml --pretrained-weights
 W --output-dir K --train-dataset S --val-dataset S [--nb_knn 10 20 100 200] [--temperature 0.07]
 [--gather-on-cpu] [--batch-size 256] [--n-per-class-list -1] [--n-tries 1] [--image-size PX]`.
-Appends one JSON line per (n_per_class, k) to `K/results_eval_knn.json`.
+Appends one JSON line per (n_per_class, k) to `K/results_eval_knn.json`. With `--test-datasets A B ...`
+(and `--val-metric-type`, `--test-metric-types`, class-mapping files; `simdinov2.eval.metrics`) the
+full-bank lines also hold `eval_sets`: {dataset string: {metric type: result}}, the validation set first.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,10 +37,20 @@ from torch import Tensor
 
 from simdinov2 import distributed
 from simdinov2.cli import make_output_dir
+from simdinov2.configs.validate import at_least
 from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import class_balanced_subset, extract_features, l2_normalized, make_eval_loader
+from simdinov2.eval.metrics import (
+    ClassificationCounts,
+    EvalSet,
+    add_eval_set_args,
+    load_eval_sets,
+    num_dataset_classes,
+    set_results,
+)
+from simdinov2.logging import append_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -66,7 +78,7 @@ def _validate(
     return ks
 
 
-def knn_correct_counts(
+def knn_hit_flags(
     train_features: Tensor,
     train_labels: Tensor,
     test_features: Tensor,
@@ -75,8 +87,11 @@ def knn_correct_counts(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk_size: int | None = None,
-) -> dict[int, tuple[int, int]]:
-    """Number of top-1 and top-5 hits per k (see the module docstring for the vote and the hit rule).
+    class_mapping: Tensor | None = None,
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Per test image, whether it is a top-1 and a top-5 hit, for every k (see the module docstring for
+    the vote and the hit rule). With `class_mapping` (one training class per test class) the test labels
+    index the mapped class scores `scores[:, class_mapping]`.
 
     Runs on the device of `train_features`; test chunks are moved there one at a time."""
     ks = _validate(train_features, train_labels, test_features, test_labels, ks)
@@ -88,12 +103,12 @@ def knn_correct_counts(
     if num_classes is None:
         top_label = max(int(train_labels.max().item()), int(test_labels.max().item()) if num_test else 0)
         num_classes = top_label + 1
-    elif num_test and int(test_labels.max().item()) >= num_classes:
+    elif num_test and class_mapping is None and int(test_labels.max().item()) >= num_classes:
         raise ValueError(f"a test label is >= num_classes={num_classes}")
     if chunk_size is None:
         chunk_size = max(1, _SIMILARITY_BUDGET // max(num_train, 1))
     k_max = ks[-1]
-    counts = {k: [0, 0] for k in ks}
+    flags: dict[int, tuple[list[Tensor], list[Tensor]]] = {k: ([], []) for k in ks}
     bank_t = train_features.t()  # a view: the bank is never copied
     for start in range(0, num_test, chunk_size):
         queries = test_features[start : start + chunk_size].to(device=device, dtype=train_features.dtype)
@@ -108,12 +123,57 @@ def knn_correct_counts(
         for k in ks:
             scores = torch.zeros((queries.shape[0], num_classes), dtype=weights.dtype, device=device)
             scores.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+            if class_mapping is not None:
+                scores = scores[:, class_mapping.to(device)]
             true_score = scores.gather(1, targets[:, None])
             n_higher = (scores > true_score).sum(dim=1)
             voted = true_score.squeeze(1) > 0
-            counts[k][0] += int((voted & (n_higher < 1)).sum().item())
-            counts[k][1] += int((voted & (n_higher < 5)).sum().item())
-    return {k: (c[0], c[1]) for k, c in counts.items()}
+            flags[k][0].append(voted & (n_higher < 1))
+            flags[k][1].append(voted & (n_higher < 5))
+    empty = torch.zeros(0, dtype=torch.bool, device=device)
+    return {k: (torch.cat(h1) if h1 else empty, torch.cat(h5) if h5 else empty) for k, (h1, h5) in flags.items()}
+
+
+def knn_correct_counts(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: Sequence[int],
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int | None = None,
+) -> dict[int, tuple[int, int]]:
+    """Number of top-1 and top-5 hits per k (`knn_hit_flags` summed)."""
+    flags = knn_hit_flags(train_features, train_labels, test_features, test_labels, ks, temperature, num_classes,
+                          chunk_size)  # fmt: skip
+    return {k: (int(hit1.sum().item()), int(hit5.sum().item())) for k, (hit1, hit5) in flags.items()}
+
+
+def knn_set_counts(
+    bank: Tensor,
+    bank_labels: Tensor,
+    features: Tensor,
+    labels: Tensor,
+    ks: Sequence[int],
+    temperature: float,
+    num_classes: int,
+    class_mapping: Tensor | None = None,
+) -> dict[int, ClassificationCounts]:
+    """Per-class hit counts (`simdinov2.eval.metrics`) of every k on an evaluation set, its rows split
+    over processes as in `knn_classify_sharded` and the counts summed."""
+    world, rank = distributed.get_world_size(), distributed.get_rank()
+    per_rank = math.ceil(features.shape[0] / world)
+    begin, end = min(rank * per_rank, features.shape[0]), min((rank + 1) * per_rank, features.shape[0])
+    flags = knn_hit_flags(bank, bank_labels, features[begin:end], labels[begin:end], ks, temperature, num_classes,
+                          class_mapping=class_mapping)  # fmt: skip
+    scored = num_classes if class_mapping is None else int(class_mapping.numel())
+    counts = {}
+    for k, (hit1, hit5) in flags.items():
+        counts[k] = ClassificationCounts(scored)
+        counts[k].add_hits(labels[begin:end], hit1, hit5)
+        counts[k].all_reduce()
+    return counts
 
 
 def knn_classify(
@@ -205,7 +265,31 @@ def get_args_parser(
     parser.add_argument("--image-size", type=int, default=None,
                         help="evaluation crop size (default: crops.global_crops_size of the config); images are "
                              "resized to size*8/7 then centre-cropped")
+    add_eval_set_args(parser)
     return parser
+
+
+def _eval_set_results(features_of, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
+                      eval_sets: Sequence[EvalSet], nb_knn: Sequence[int], temperature: float, num_classes: int,
+                      loader_args: tuple) -> dict[int, dict[str, dict[str, Any]]]:  # fmt: skip
+    """{k: {dataset string: {metric type: result}}} of the full training bank on every evaluation set (the
+    first is the validation set, whose features are `val`)."""
+    if not eval_sets:
+        return {}
+    batch_size, num_workers, gather_on_cpu, device, autocast_dtype = loader_args
+    ks = feasible_ks(nb_knn, train[0].shape[0])
+    per_k: dict[int, list] = {k: [] for k in ks}
+    for i, eval_set in enumerate(eval_sets):
+        if i == 0:
+            features, labels = val
+        else:
+            logger.info("extracting features of %s (%d images)", eval_set.dataset_str, len(eval_set.dataset))
+            loader = make_eval_loader(eval_set.dataset, batch_size, num_workers)
+            features, labels = extract_features(features_of, loader, gather_on_cpu, device, autocast_dtype)
+        counts = knn_set_counts(*train, features, labels, ks, temperature, num_classes, eval_set.class_mapping)
+        for k in ks:
+            per_k[k].append((eval_set, counts[k].result(eval_set.metric_type)))
+    return {k: set_results(records) for k, records in per_k.items()}
 
 
 def eval_knn_with_model(
@@ -220,9 +304,12 @@ def eval_knn_with_model(
     autocast_dtype: torch.dtype | None,
     n_per_class_list: Sequence[int] = (-1,),
     n_tries: int = 1,
+    eval_sets: Sequence[EvalSet] = (),
 ) -> list[dict]:
     """Extract L2-normalised CLS features of both datasets once, then run the vote for every
-    (n_per_class, try, k). Returns one record per (n_per_class, k), tries averaged."""
+    (n_per_class, try, k). Returns one record per (n_per_class, k), tries averaged; with `eval_sets`
+    (the validation set first, then the test sets) the full-bank records also hold `eval_sets`, every
+    set's results under its metric type and class mapping."""
     device = distributed.get_device()
     model.eval()
     features_of = l2_normalized(model)
@@ -235,6 +322,9 @@ def eval_knn_with_model(
         features_of, make_eval_loader(val_dataset, batch_size, num_workers), gather_on_cpu, device, autocast_dtype
     )
     num_classes = max(int(train_labels.max().item()), int(val_labels.max().item())) + 1
+    loader_args = (batch_size, num_workers, gather_on_cpu, device, autocast_dtype)
+    per_set = _eval_set_results(features_of, (train_features, train_labels), (val_features, val_labels), eval_sets,
+                                nb_knn, temperature, num_classes, loader_args)  # fmt: skip
     records = []
     for n_per_class in n_per_class_list:
         tries = 1 if n_per_class < 0 else n_tries
@@ -258,6 +348,7 @@ def eval_knn_with_model(
                 "top5": top5,
                 "top1_per_try": [a[0] for a in accuracies],
                 "top5_per_try": [a[1] for a in accuracies],
+                **({"eval_sets": per_set[k]} if n_per_class < 0 and k in per_set else {}),
             })  # fmt: skip
     return records
 
@@ -269,15 +360,16 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"--temperature must be > 0 (got {args.temperature})")
     if args.n_tries < 1:
         raise UserError(f"--n-tries must be >= 1 (got {args.n_tries})")
+    at_least(1)("--batch-size", args.batch_size)
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
-    val_dataset = make_dataset(args.val_dataset_str, transform=transform)
+    eval_sets = load_eval_sets(args, transform, num_dataset_classes(train_dataset))
     start = time.time()
     records = eval_knn_with_model(
-        model, train_dataset, val_dataset, args.nb_knn, args.temperature, args.batch_size, args.num_workers,
-        args.gather_on_cpu, autocast_dtype, args.n_per_class_list, args.n_tries,
+        model, train_dataset, eval_sets[0].dataset, args.nb_knn, args.temperature, args.batch_size, args.num_workers,
+        args.gather_on_cpu, autocast_dtype, args.n_per_class_list, args.n_tries, eval_sets,
     )  # fmt: skip
     if distributed.is_main_process():
         make_output_dir(args.output_dir)
@@ -289,9 +381,7 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
             "image_size": image_size,
         }
         path = os.path.join(args.output_dir, "results_eval_knn.json")
-        with open(path, "a") as f:
-            for record in records:
-                f.write(json.dumps({**record, **common}) + "\n")
+        append_json_lines(path, [{**record, **common} for record in records])
         logger.info("k-NN evaluation done in %.0f s; results appended to %s", time.time() - start, path)
     distributed.barrier()
     return records

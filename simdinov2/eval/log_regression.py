@@ -14,13 +14,14 @@ float64 with tolerance 1e-12.
 
 CLI: `python simdinov2/eval/log_regression.py --config-file D/config.yaml --pretrained-weights W
 --output-dir R --train-dataset S --val-dataset S [--c-values ...] [--max-train-iters 1000]`; appends
-one JSON line to `R/results_eval_log_regression.json`.
+one JSON line to `R/results_eval_log_regression.json`. `--test-datasets A B ...` (with `--val-metric-type`,
+`--test-metric-types` and class-mapping files, `simdinov2.eval.metrics`) adds every set's result to the
+line's `eval_sets`: {dataset string: {metric type: result}}, the validation set first.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -38,6 +39,16 @@ from simdinov2.data import make_classification_eval_transform, make_dataset
 from simdinov2.errors import UserError
 from simdinov2.eval import setup as eval_setup
 from simdinov2.eval.features import extract_features, make_eval_loader
+from simdinov2.eval.metrics import (
+    ClassificationCounts,
+    EvalSet,
+    add_eval_set_args,
+    load_eval_sets,
+    map_logits,
+    num_dataset_classes,
+    set_results,
+)
+from simdinov2.logging import append_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -94,6 +105,17 @@ def accuracy(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chu
     return 100.0 * hits1 / n, 100.0 * hits5 / n
 
 
+def set_result(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, eval_set: EvalSet,
+               chunk: int = 65536) -> dict[str, Any]:  # fmt: skip
+    """The linear model's result on one evaluation set (all its features on this process) under the set's
+    metric type and class mapping."""
+    counts = ClassificationCounts(eval_set.num_scored_classes or weight.shape[0], weight.device)
+    for start in range(0, features.shape[0], chunk):
+        logits = F.linear(features[start : start + chunk].to(weight.device, weight.dtype), weight, bias)
+        counts.add_logits(map_logits(logits, eval_set.class_mapping), labels[start : start + chunk])
+    return counts.result(eval_set.metric_type)
+
+
 def holdout_split(num_samples: int, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
     """(fit indices, held-out indices), a seeded random split identical on every rank."""
     if not 0.0 < fraction < 1.0:
@@ -142,6 +164,7 @@ def get_args_parser(
     parser.add_argument("--gather-on-cpu", action="store_true", help="keep the features in CPU memory")
     parser.add_argument("--image-size", type=int, default=None,
                         help="crop size (default: crops.global_crops_size of the config)")
+    add_eval_set_args(parser)
     return parser
 
 
@@ -154,16 +177,16 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--max-train-iters must be >= 1 (got {args.max_train_iters})")
     start = time.time()
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
-    image_size = eval_setup.eval_image_size(args.image_size, config)
+    image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
     transform = make_classification_eval_transform(resize_size=image_size, crop_size=image_size)
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
-    val_dataset = make_dataset(args.val_dataset_str, transform=transform)
+    eval_sets = load_eval_sets(args, transform, num_dataset_classes(train_dataset))
     device = distributed.get_device()
-    features: dict[str, tuple[Tensor, Tensor]] = {}
-    for name, dataset in (("train", train_dataset), ("val", val_dataset)):
+    features = []
+    for dataset in (train_dataset, *(s.dataset for s in eval_sets)):
         loader = make_eval_loader(dataset, args.batch_size, args.num_workers)
-        features[name] = extract_features(model, loader, args.gather_on_cpu, device, autocast_dtype)
-    (train_x, train_y), (val_x, val_y) = features["train"], features["val"]
+        features.append(extract_features(model, loader, args.gather_on_cpu, device, autocast_dtype))
+    (train_x, train_y), (val_x, val_y) = features[0], features[1]
     num_classes = max(int(train_y.max().item()), int(val_y.max().item())) + 1
 
     holdout = select_c(train_x, train_y, num_classes, args.c_values, args.max_train_iters, args.holdout_fraction)
@@ -180,11 +203,11 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
         "train_dataset": args.train_dataset_str,
         "val_dataset": args.val_dataset_str,
         "image_size": image_size,
+        "eval_sets": set_results([(s, set_result(*f, weight, bias, s)) for s, f in zip(eval_sets, features[1:])]),
     }
     if distributed.is_main_process():
         make_output_dir(args.output_dir)
-        with open(os.path.join(args.output_dir, "results_eval_log_regression.json"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_lines(os.path.join(args.output_dir, "results_eval_log_regression.json"), [record])
     logger.info("logistic-regression evaluation done in %.0f s", time.time() - start)
     distributed.barrier()
     return record

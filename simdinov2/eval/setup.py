@@ -92,13 +92,18 @@ def load_eval_config(config_file: str | None, opts: Sequence[str] = ()) -> DictC
     return get_cfg(config_file or None, list(opts))
 
 
-def eval_image_size(requested: int | None, config: DictConfig) -> int:
-    """`--image-size` if given, else the training global crop size of the config (224 if unset)."""
+def eval_image_size(requested: int | None, config: DictConfig, config_file: str | None = None) -> int:
+    """`--image-size` if given, else the training global crop size of the config (224 if unset); one line
+    says which and why (a model trained on 28-px crops evaluated at the default 224 px is slow)."""
     if requested is not None:
         if requested <= 0:
             raise UserError(f"--image-size must be positive (got {requested})")
         return int(requested)
-    return int(OmegaConf.select(config, "crops.global_crops_size", default=224))
+    size = int(OmegaConf.select(config, "crops.global_crops_size", default=224))
+    source = f"--config-file {config_file}" if config_file else "the default config, as no --config-file was given"
+    logger.info("evaluating at %d px: crops.global_crops_size of %s (the run's config.yaml gives its training "
+                "crop; --image-size N chooses)", size, source)
+    return size
 
 
 # Config keys of `student` -> the architecture fields (as the checkpoint loader names them) they set.
@@ -166,10 +171,12 @@ def build_model_for_eval(
     opts: Sequence[str] = (),
     config_file: str | None = None,
     source: str = "",
+    **vit_kwargs: Any,
 ) -> nn.Module:
     """The backbone of `pretrained_weights` (a path or an already read checkpoint), built from its own
     tensors and loaded strictly, frozen, in eval mode, on `device`. `opts` are the command-line config
-    overrides (their `student.*` architecture keys must agree with the weights)."""
+    overrides (their `student.*` architecture keys must agree with the weights); `vit_kwargs` are
+    options the weights do not record (e.g. `drop_path_rate` for fine-tuning)."""
     if "student" not in config:
         raise UserError("the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml")
     source = source or str(pretrained_weights)
@@ -177,12 +184,14 @@ def build_model_for_eval(
         pretrained_weights, checkpoint_key, source, check=_architecture_check(config, opts, config_file, source),
         interpolate_offset=float(OmegaConf.select(config, "student.interpolate_offset", default=0.1)),
         interpolate_antialias=bool(OmegaConf.select(config, "student.interpolate_antialias", default=False)),
+        **vit_kwargs,
     )  # fmt: skip
     return model.to(device or distributed.get_device())
 
 
-def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dtype, DictConfig]:
-    """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags."""
+def setup_and_build_model(args: argparse.Namespace, **vit_kwargs: Any) -> tuple[nn.Module, torch.dtype, DictConfig]:
+    """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags;
+    `vit_kwargs` as for `build_model_for_eval`."""
     if not args.pretrained_weights:
         raise UserError("--pretrained-weights is required (a teacher_checkpoint.pth, or a v1 checkpoint.pth)")
     if not os.path.exists(args.pretrained_weights):
@@ -196,7 +205,7 @@ def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dt
         logger.info("no --config-file: evaluation crop %d px, the training crop stored in the checkpoint", crop)
     config = load_eval_config(config_file, opts)
     model = build_model_for_eval(config, checkpoint, getattr(args, "checkpoint_key", "teacher"), opts=opts,
-                                 config_file=config_file, source=args.pretrained_weights)
+                                 config_file=config_file, source=args.pretrained_weights, **vit_kwargs)
     return model, config_compute_dtype(config), config
 
 

@@ -4,7 +4,6 @@ console tee to a file. Shared by the v1 scripts and the v2 trainer."""
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import sys
 import time
@@ -15,8 +14,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from simdinov2 import distributed
-from simdinov2.checkpoint.atomic import atomic_write_text
-from simdinov2.cli import make_output_dir
+from simdinov2.io.output_dir import make_output_dir
+
+from .json_lines import append_json_lines
 
 logger = logging.getLogger("simdinov2")
 
@@ -62,33 +62,6 @@ class SmoothedValue:
 
     def __str__(self) -> str:
         return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
-
-
-def resume_json_lines(path: str | Path, key: str, first: int, replay: dict[str, Any] | None = None) -> None:
-    """Make the JSON-lines log `path` (`log.txt`, `training_metrics.json`) that of a run resuming at
-    `key` == `first`, so that it ends as an uninterrupted run's would: rows from `first` on (written after
-    the checkpoint resumed from; the resumed run writes them again) and a line cut short by a kill are
-    dropped, and `replay` (the row of the last checkpointed step, which the checkpoint keeps because the
-    kill may have come before it was written) is appended if its row is missing. Rewritten atomically,
-    and only when something changes. Call on the main process."""
-    path = Path(path)
-    text = path.read_text() if path.is_file() else ""
-    kept, present = [], set()
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # cut short by the kill
-        position = row.get(key) if isinstance(row, dict) else None
-        if isinstance(position, (int, float)) and position >= first:
-            continue
-        kept.append(line)
-        present.add(position)
-    if replay is not None and replay.get(key) not in present:
-        kept.append(json.dumps(replay))
-    new_text = "".join(line + "\n" for line in kept)
-    if new_text != text:
-        atomic_write_text(path, new_text)
 
 
 def metrics_row_due(iteration: int, print_freq: int, n_iterations: int) -> bool:
@@ -139,8 +112,7 @@ class MetricLogger:
             return
         record = {"iteration": iteration, "iter_time": iter_time, "data_time": data_time}
         record.update({name: meter.value for name, meter in self.meters.items()})
-        with open(self.output_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_lines(self.output_file, [record])
 
     def log_every(
         self,
@@ -225,12 +197,33 @@ class _Tee:
 
     def write(self, data: str) -> int:
         self.stream.write(data)
-        self.file.write(data)
+        self._to_file(data)
         return len(data)
 
     def flush(self) -> None:
         self.stream.flush()
-        self.file.flush()
+        self._to_file(None)
+
+    def _to_file(self, data: str | None) -> None:
+        """Copy to the file while it can be written: a full disk stops the copy with one warning on the
+        console (not a "Logging error" traceback for every line, nor a failed flush at exit)."""
+        if self.file is None:
+            return
+        try:
+            if data is not None:
+                self.file.write(data)
+            self.file.flush()
+        except OSError as exc:
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError:
+                pass
+            self.stream.write(f"warning: no longer copying the console to {self.path}: {exc.strerror or exc}\n")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
     def isatty(self) -> bool:
         return False
@@ -254,7 +247,7 @@ def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.
             for name in ("stdout", "stderr"):
                 tee = getattr(sys, name)
                 if isinstance(tee, _Tee):
-                    tee.file.close()
+                    tee.close()
                     setattr(sys, name, tee.stream)
         if not isinstance(sys.stdout, _Tee):
             sys.stdout = _Tee(sys.stdout, target)  # type: ignore[assignment]

@@ -44,6 +44,45 @@ def _init_weights_vit(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _check_vit_arguments(
+    ffn_layer: str, embed_dim: int, num_heads: int, depth: int, block_chunks: int, num_register_tokens: int,
+    cls_token_init: str,
+) -> None:  # fmt: skip
+    if ffn_layer not in FFN_LAYERS:
+        raise ValueError(f"unknown ffn_layer {ffn_layer!r}; choose one of {sorted(FFN_LAYERS)}")
+    if embed_dim % num_heads != 0:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    if not 0 <= block_chunks <= depth:
+        raise ValueError(f"block_chunks must be between 0 and depth={depth} (got {block_chunks})")
+    if num_register_tokens < 0:
+        raise ValueError(f"num_register_tokens must be >= 0 (got {num_register_tokens})")
+    if cls_token_init not in ("dino", "dinov2"):
+        raise ValueError(f"cls_token_init must be dino or dinov2 (got {cls_token_init!r})")
+
+
+def _drop_rates(drop_path_rate: float, depth: int, uniform: bool) -> list[float]:
+    if uniform:
+        return [drop_path_rate] * depth
+    # Stochastic depth grows linearly with depth (first block 0, last block drop_path_rate); plain Python,
+    # not torch.linspace, so the model can be built on the meta device.
+    return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def build_blocks(
+    block_fn: Callable[..., nn.Module], depth: int, block_chunks: int, drop_rates: list[float], **block_kwargs: Any
+) -> nn.ModuleList:
+    """The `depth` transformer blocks, in `block_chunks` `BlockChunk`s when > 0 (DINOv2's FSDP layout, whose
+    identity padding keeps the global block index as the name inside each chunk: `blocks.1.6.*`)."""
+    blocks_list = [block_fn(drop_path=drop_rates[i], **block_kwargs) for i in range(depth)]
+    if block_chunks == 0:
+        return nn.ModuleList(blocks_list)
+    chunk_size = depth // block_chunks
+    return nn.ModuleList(
+        BlockChunk([nn.Identity()] * start + blocks_list[start : start + chunk_size])
+        for start in range(0, depth, chunk_size)
+    )
+
+
 class DinoVisionTransformer(nn.Module):
     """ViT backbone with DINO v1 and DINOv2 checkpoint compatibility.
 
@@ -82,16 +121,7 @@ class DinoVisionTransformer(nn.Module):
         cls_token_init: str = "dinov2",
     ) -> None:
         super().__init__()
-        if ffn_layer not in FFN_LAYERS:
-            raise ValueError(f"unknown ffn_layer {ffn_layer!r}; choose one of {sorted(FFN_LAYERS)}")
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if not 0 <= block_chunks <= depth:
-            raise ValueError(f"block_chunks must be between 0 and depth={depth} (got {block_chunks})")
-        if num_register_tokens < 0:
-            raise ValueError(f"num_register_tokens must be >= 0 (got {num_register_tokens})")
-        if cls_token_init not in ("dino", "dinov2"):
-            raise ValueError(f"cls_token_init must be dino or dinov2 (got {cls_token_init!r})")
+        _check_vit_arguments(ffn_layer, embed_dim, num_heads, depth, block_chunks, num_register_tokens, cls_token_init)
         self.cls_token_init = cls_token_init
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
@@ -121,41 +151,13 @@ class DinoVisionTransformer(nn.Module):
         # DINO v1 checkpoints have no mask token: v1 builds use use_mask_token=False to load strict=True.
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim)) if use_mask_token else None
 
-        if drop_path_uniform:
-            drop_rates = [drop_path_rate] * depth
-        else:  # stochastic depth grows linearly with depth (first block 0, last block drop_path_rate)
-            # (plain Python, not torch.linspace, so the model can be built on the meta device)
-            drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        blocks_list = [
-            block_fn(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                proj_bias=proj_bias,
-                ffn_bias=ffn_bias,
-                drop_path=drop_rates[i],
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-                ffn_layer=FFN_LAYERS[ffn_layer],
-                init_values=init_values,
-                drop=ffn_drop,
-                attn_drop=attn_drop,
-                qknorm=qknorm,
-            )
-            for i in range(depth)
-        ]
-        if block_chunks > 0:
-            self.chunked_blocks = True
-            chunk_size = depth // block_chunks
-            # DINOv2 layout: identity padding keeps the global block index as the name inside each chunk.
-            self.blocks = nn.ModuleList(
-                BlockChunk([nn.Identity()] * start + blocks_list[start : start + chunk_size])
-                for start in range(0, depth, chunk_size)
-            )
-        else:
-            self.chunked_blocks = False
-            self.blocks = nn.ModuleList(blocks_list)
+        self.chunked_blocks = block_chunks > 0
+        self.blocks = build_blocks(
+            block_fn, depth, block_chunks, _drop_rates(drop_path_rate, depth, drop_path_uniform),
+            dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias,
+            ffn_bias=ffn_bias, norm_layer=norm_layer, act_layer=act_layer, ffn_layer=FFN_LAYERS[ffn_layer],
+            init_values=init_values, drop=ffn_drop, attn_drop=attn_drop, qknorm=qknorm,
+        )  # fmt: skip
         self.n_blocks = len(self.blocks)
 
         self.norm = norm_layer(embed_dim)

@@ -7,7 +7,8 @@ SLURM only when a cluster answers `scontrol ping`, this machine otherwise), the 
 SLURM (GPU or CPU-only partitions: `--ngpus 0` requests CPUs and tasks only, and the job trains on
 gloo) / a local machine (sized to its GPUs or cores) / in-process debugging, the translation of
 submitit's job environment into torch.distributed's `env://` variables, one-line launcher errors,
-the console summary of where the results are, and requeueing: when SLURM (or the local controller) signals a timeout or a preemption, submitit calls
+the console summary of where the results are, submitit's job folder (pickles and logs, in a folder only
+the user can write: `private_job_root`, never the run folder), and requeueing: when SLURM (or the local controller) signals a timeout or a preemption, submitit calls
 `SubmititTask.checkpoint`, which resubmits the same task; the program then resumes from the checkpoint
 it wrote in its output folder (v1: `checkpoint.pth`, v2: its resumable checkpoints).
 
@@ -24,10 +25,13 @@ import io
 import logging
 import os
 import runpy
+import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +98,51 @@ def get_shared_folder() -> Path:
     if checkpoint_root.is_dir():
         return checkpoint_root / "experiments"
     return Path.cwd() / "outputs" / "submitit"
+
+
+# Where submitit keeps its job pickles and logs (overridable, e.g. to a shared home on a cluster whose
+# compute nodes do not mount ~): a folder only this user can write, never the run folder.
+JOB_FOLDER_ENV = "SIMDINO_JOB_FOLDER"
+# The link in the run folder to the job's logs (nothing reads pickles through it).
+LOGS_LINK = "submitit_logs"
+
+
+def private_job_root() -> Path:
+    """The root of submitit's job folders: `$SIMDINO_JOB_FOLDER`, else `~/.simdino/jobs`, mode 0700.
+
+    submitit unpickles `<job>_submitted.pkl` from its folder whenever a job starts or is requeued: a
+    file there runs code. Kept out of the run folder (which collaborators, a shared project space or a
+    copied-in result may write), in a folder only this user can write, no planted pickle is ever read.
+    A root that others may write, or that belongs to someone else, is refused."""
+    root = Path(os.environ.get(JOB_FOLDER_ENV) or Path.home() / ".simdino" / "jobs").expanduser().absolute()
+    try:
+        if not root.is_dir():
+            root.mkdir(parents=True, mode=0o700)
+            root.chmod(0o700)  # mkdir's mode is filtered by the umask
+        info = root.stat()
+    except OSError as e:
+        raise LauncherError(f"cannot create the private job folder {root}: {e.strerror or e} "
+                            f"(set {JOB_FOLDER_ENV} to a folder of yours)") from None
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise LauncherError(f"the job folder {root} must belong to you and be writable by you only "
+                            f"(chmod 700 {root}, or set {JOB_FOLDER_ENV} to such a folder)")
+    return root
+
+
+def _new_job_folder(name: str) -> Path:
+    return private_job_root() / f"{name.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _link_logs(output_dir: str, job_folder: Path) -> None:
+    """`<run folder>/submitit_logs` -> the job folder, so that the logs are found next to the results."""
+    link = Path(output_dir) / LOGS_LINK
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(job_folder, target_is_directory=True)
+    except OSError as e:
+        logger.warning("could not link %s to the job's logs in %s: %s", link, job_folder, e)
 
 
 def _free_port() -> int:
@@ -353,8 +402,8 @@ def submit_jobs(
     """Submit `entry(args)` (or, with `task_type=ScriptTask`, the script module `entry`) with the launcher
     flags in `args`; return the submitit job.
 
-    `args.output_dir` (may contain `%j`) is the job folder (submitit logs) and the program's output
-    folder; empty means `get_shared_folder()/%j`. Local and debug jobs are waited for (`wait=None`) and
+    `args.output_dir` (may contain `%j`) is the program's output folder, with a link `submitit_logs` to
+    submitit's job folder (its pickles and logs), which lies in `private_job_root()`; empty means `get_shared_folder()/%j`. Local and debug jobs are waited for (`wait=None`) and
     the results summarized on the console; SLURM jobs return right after submission with the commands to
     follow them. Raises `LauncherError` (one line) for bad flags, a refused submission or a failed task.
     """
@@ -378,7 +427,8 @@ def submit_jobs(
     except OSError as e:
         raise LauncherError(f"cannot create the output folder {args.output_dir}: {e.strerror or e}") from None
 
-    executor = submitit.AutoExecutor(folder=args.output_dir, cluster=cluster, slurm_max_num_timeout=30)
+    job_folder = _new_job_folder(name)
+    executor = submitit.AutoExecutor(folder=job_folder, cluster=cluster, slurm_max_num_timeout=30)
     parameters: dict[str, Any] = dict(name=name, timeout_min=args.timeout, cpus_per_task=args.cpus_per_task)
     if cluster == "slurm":
         parameters.update(_slurm_parameters(args, tasks_per_node))
@@ -402,6 +452,7 @@ def submit_jobs(
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
         raise _submission_error(e, cluster, args) from None
     output_dir = args.output_dir.replace("%j", str(job.job_id))
+    _link_logs(output_dir, job_folder)
     if cluster == "slurm":
         _say(f"Submitted SLURM job {job.job_id} ({args.nodes} node(s) x {tasks_per_node} task(s), "
              f"{args.ngpus} GPU(s) per node); follow it with: squeue -j {job.job_id}; tail -f {job.paths.stdout}")

@@ -45,6 +45,11 @@ class TrainingClock:
         self._iterations_before = self.iterations
         self._started_at = self.now()
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent outside training (the k-NN monitor) out of the budget."""
+        if self._started_at is not None:
+            self._started_at += seconds
+
     def elapsed(self) -> float:
         """Training seconds so far on this process (`spent` at resume + time since `start`)."""
         if self._started_at is None:

@@ -52,7 +52,9 @@ def complete_iteration_end(
     output_dir = Path(cfg.train.output_dir)
     if distributed.is_main_process():
         _sweep(output_dir, checkpointer)
-    if latest is None:
+    if latest is None:  # killed before its first checkpoint: the run starts over, so does its file
+        if distributed.is_main_process():
+            resume_json_lines(output_dir / "training_metrics.json", "iteration", 0)
         return
     state = Checkpointer.read_trainer_state(latest)
     last = int(state["iteration"])

@@ -143,15 +143,9 @@ class SSLMetaArch(nn.Module):
         if not (self.do_dino or self.do_ibot):
             raise ValueError("dino.loss_weight and ibot.loss_weight are both 0: nothing to train")
         self.centering = str(cfg.train.centering)
-        uses_cross_entropy = (self.do_dino and not self.dino_use_mcr) or (self.do_ibot and not self.ibot_use_mcr)
-        self.uses_cross_entropy = uses_cross_entropy  # the teacher temperature matters only then
-        if uses_cross_entropy and self.centering == "none":
-            raise ValueError(
-                "train.centering=none leaves DINO's cross-entropy without teacher targets: set "
-                "train.centering=centering or sinkhorn_knopp, or dino.use_mcr=true and ibot.use_mcr=true"
-            )
-        if not uses_cross_entropy and self.centering != "none":
-            logger.info("train.centering=%s is unused: the coding-rate losses take raw teacher features", self.centering)
+        # the teacher temperature matters only with a cross-entropy
+        self.uses_cross_entropy = (self.do_dino and not self.dino_use_mcr) or (self.do_ibot and not self.ibot_use_mcr)
+        self._check_centering()
 
         student: dict[str, nn.Module] = {"backbone": student_backbone}
         teacher: dict[str, nn.Module] = {"backbone": teacher_backbone}
@@ -164,18 +158,7 @@ class SSLMetaArch(nn.Module):
         dino_out_dim = student["dino_head"].out_dim if "dino_head" in student else 0
         ibot_out_dim = student["ibot_head"].out_dim if self.ibot_separate_head else dino_out_dim
 
-        if self.do_dino:
-            if self.dino_use_mcr:
-                mcr = cfg.dino.mcr
-                self.dino_loss = MCRLoss(
-                    eps=float(mcr.eps), coeff=float(mcr.coeff), expa_type=int(mcr.expa_type), reduce_cov=int(mcr.reduce_cov)
-                )
-            else:
-                self.dino_loss = DINOLoss(dino_out_dim)
-        if self.do_koleo:
-            self.koleo_loss = KoLeoLoss()
-        if self.do_ibot:
-            self.ibot_patch_loss = CosinePatchLoss() if self.ibot_use_mcr else iBOTPatchLoss(ibot_out_dim)
+        self._build_losses(dino_out_dim, ibot_out_dim)
 
         self.student = nn.ModuleDict(student)
         self.teacher = nn.ModuleDict(teacher)
@@ -199,6 +182,30 @@ class SSLMetaArch(nn.Module):
             "on" if self.do_koleo else "off",
             ", ".join(student),
         )
+
+    def _check_centering(self) -> None:
+        if self.uses_cross_entropy and self.centering == "none":
+            raise ValueError(
+                "train.centering=none leaves DINO's cross-entropy without teacher targets: set "
+                "train.centering=centering or sinkhorn_knopp, or dino.use_mcr=true and ibot.use_mcr=true"
+            )
+        if not self.uses_cross_entropy and self.centering != "none":
+            logger.info("train.centering=%s is unused: the coding-rate losses take raw teacher features", self.centering)
+
+    def _build_losses(self, dino_out_dim: int, ibot_out_dim: int) -> None:
+        """`dino_loss` (coding rate or DINO's cross-entropy), `koleo_loss`, `ibot_patch_loss`: those in use."""
+        if self.do_dino:
+            if self.dino_use_mcr:
+                mcr = self.cfg.dino.mcr
+                self.dino_loss = MCRLoss(
+                    eps=float(mcr.eps), coeff=float(mcr.coeff), expa_type=int(mcr.expa_type), reduce_cov=int(mcr.reduce_cov)
+                )
+            else:
+                self.dino_loss = DINOLoss(dino_out_dim)
+        if self.do_koleo:
+            self.koleo_loss = KoLeoLoss()
+        if self.do_ibot:
+            self.ibot_patch_loss = CosinePatchLoss() if self.ibot_use_mcr else iBOTPatchLoss(ibot_out_dim)
 
     # ------------------------------------------------------------------ distribution
     def prepare_for_distributed_training(self, sharding: str, device: torch.device, compile_blocks: bool = False) -> None:

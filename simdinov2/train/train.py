@@ -43,14 +43,17 @@ from simdinov2.data import (
     MaskingGenerator,
     collate_data_and_cast,
     make_data_loader,
-    make_dataset,
+    training_dataset,
 )
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
+from simdinov2.eval.knn_monitor import KnnMonitor, append_metrics_row
 from simdinov2.fsdp import resolve_sharding
 from simdinov2.logging import MetricLogger, setup_logging
+from simdinov2.logging.helpers import metrics_row_due
 from simdinov2.precision import apply_cpu_precision, user_precision_keys
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train.clock import TrainingClock
+from simdinov2.train.health import probe_teacher, warn_if_rank_deficient_covariance
 from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.recipe_keys import (
     NonFiniteGuard,
@@ -121,7 +124,7 @@ def build_data(cfg: DictConfig) -> tuple[Any, int, Any]:
         global_crops_size=int(cfg.crops.global_crops_size),
         local_crops_size=int(cfg.crops.local_crops_size),
     )
-    dataset = make_dataset(str(cfg.train.dataset_path), transform=transform)
+    dataset = training_dataset(str(cfg.train.dataset_path), transform, option="train.dataset_path")
     global_batch = int(cfg.train.batch_size_per_gpu) * distributed.get_world_size()
     epoch_len = epoch_length(len(dataset), global_batch, int(cfg.train.OFFICIAL_EPOCH_LENGTH))
     if epoch_len < 1:
@@ -200,6 +203,10 @@ def build_model(cfg: DictConfig) -> SSLMetaArch:
     # Same seed on every rank for the weights (the shards and replicas must describe one model) ...
     fix_random_seeds(int(cfg.train.seed))
     model = SSLMetaArch(cfg)
+    if model.do_dino and model.dino_use_mcr:
+        out_dim = cfg.dino.head_bottleneck_dim if cfg.dino.remove_last_layer else cfg.dino.head_n_prototypes
+        warn_if_rank_deficient_covariance(int(cfg.train.batch_size_per_gpu), int(out_dim), bool(int(cfg.dino.mcr.reduce_cov)),
+                                          distributed.get_world_size(), "dino.mcr.reduce_cov=1")  # fmt: skip
     sharding = resolve_sharding(str(cfg.train.sharding), distributed.get_world_size())
     compile_blocks = compile_enabled(bool(cfg.compile), device)
     model.prepare_for_distributed_training(sharding, device, compile_blocks=compile_blocks)
@@ -224,6 +231,8 @@ def _resume(
     checkpointer: Checkpointer, scaler: Any, clock: TrainingClock, resume: bool
 ) -> tuple[int, Path | None]:
     """(first iteration to run, checkpoint resumed from or None); restores the scaler and the clock."""
+    if resume:
+        checkpointer.refuse_damaged()
     latest = checkpointer.latest()
     if latest is None or not resume:
         if latest is not None:
@@ -329,6 +338,10 @@ class TrainingLoop:
         self.actions = scheduled_actions(cfg)
         self.nan_guard = NonFiniteGuard(bool(cfg.ignore_nan), int(cfg.train.max_nan_steps))
         self.output_dir = Path(cfg.train.output_dir)
+        self.probe = probe_teacher(model)
+        monitor_path = str(cfg.evaluation.knn_monitor_path or "")
+        self.monitor = KnnMonitor(monitor_path, int(cfg.crops.global_crops_size), int(cfg.train.batch_size_per_gpu),
+                                  option="evaluation.knn_monitor_path") if monitor_path else None  # fmt: skip
 
     def save(self, iteration: int, metrics: dict[str, float]) -> None:
         trainer_state = {"epoch_len": self.epoch_len, "epoch": (iteration + 1) / self.epoch_len, **self.clock.state_dict()}
@@ -337,6 +350,15 @@ class TrainingLoop:
         if self.scaler is not None:
             trainer_state["grad_scaler"] = self.scaler.state_dict()
         self.checkpointer.save(iteration, trainer_state)
+
+    def snapshot(self, iteration: int) -> None:
+        """The teacher snapshot for evaluation, and the k-NN monitor's top-1 of that teacher."""
+        save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
+        if self.monitor is not None:
+            values = self.monitor(self.model.teacher.backbone)
+            self.clock.exclude(values["knn_monitor_seconds"])  # the budget is for training
+            self.trackers.log(values, step=iteration)
+            append_metrics_row(self.output_dir / "training_metrics.json", iteration, values)
 
     def step(self, batch: dict[str, Any], iteration: int, index: int) -> dict[str, float]:
         """One `train_step` at schedule position `index`; returns what is logged for the iteration."""
@@ -391,12 +413,14 @@ class TrainingLoop:
                     break
                 metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
                 clock.iterations += 1
+                if metrics_row_due(iteration, int(self.cfg.train.print_freq), max_iter):
+                    metrics.update(self.probe.measure())  # one small SVD, on the iterations the progress line shows
                 metric_logger.update(**metrics)
                 self.trackers.log(metrics, step=iteration)
                 if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
                     self.save(iteration, metrics)
                 if snapshot_due(iteration, self.eval_period):
-                    save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
+                    self.snapshot(iteration)
                 iteration += 1
                 if iteration < max_iter and stop.requested(self.model.device):
                     self._stop(stop, progress, iteration, metrics)
@@ -406,7 +430,7 @@ class TrainingLoop:
             if iteration % self.period != 0:
                 self.save(iteration - 1, metrics)
             if self.eval_period <= 0 or iteration % self.eval_period != 0:
-                save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration - 1))
+                self.snapshot(iteration - 1)
         metric_logger.synchronize_between_processes()
         return iteration
 

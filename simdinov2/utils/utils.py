@@ -1,5 +1,5 @@
 """Seeds, argparse booleans and the git commit of the code, shared by both trees (atomic writes:
-`simdinov2.checkpoint.atomic`)."""
+`simdinov2.io.atomic`)."""
 
 from __future__ import annotations
 

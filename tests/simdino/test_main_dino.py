@@ -4,18 +4,21 @@ optimizers, trackers, non-finite loss, bad inputs and a 2-process torchrun (CPU,
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from simdino import main_dino
+from simdino.train.multicrop import MultiCropWrapper
 from simdinov2.precision import resolve_amp
-from simdinov2.train.multicrop import MultiCropWrapper
 
 REPO = Path(__file__).resolve().parents[2]
 SIMDINO_DIR = REPO / "simdino"
@@ -153,7 +156,9 @@ def test_one_epoch_writes_the_upstream_files(base_run):
     assert "backbone.mask_token" not in ckpt["student"]  # DINO v1 layout
     assert ckpt["optimizer"]["state"] and all("exp_avg" in s for s in ckpt["optimizer"]["state"].values())
     (line,) = read_log(out)
-    assert list(line) == ["train_loss", "train_expa_loss", "train_comp_loss", "train_lr", "train_wd", "epoch"]
+    # upstream's keys, then the teacher's effective rank (ours)
+    assert list(line) == ["train_loss", "train_expa_loss", "train_comp_loss", "train_lr", "train_wd",
+                          "train_effective_rank", "train_effective_rank_head", "epoch"]
     assert line["epoch"] == 0
     # loss = -(coeff * comp + expa) on every iteration, so also for the epoch averages
     assert line["train_loss"] == pytest.approx(-(line["train_comp_loss"] + line["train_expa_loss"]), abs=1e-5)
@@ -215,7 +220,7 @@ def _metric_iterations(out: Path) -> list[int]:
 
 
 def test_kill_after_checkpoint_rename_loses_nothing_on_resume(train_dir, tmp_path, monkeypatch):
-    from simdinov2.checkpoint import epoch_checkpoint
+    from simdino.train import epoch_checkpoint
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_main(train_dir, full, "--saveckp_freq", "1", epochs=2)
@@ -264,12 +269,46 @@ def test_kill_mid_epoch_leaves_no_duplicate_metric_rows(train_dir, tmp_path):
     assert (resumed / "log.txt").read_text() == (full / "log.txt").read_text()
 
 
+def test_kill_before_the_first_checkpoint_leaves_no_duplicate_rows(train_dir, tmp_path):
+    """Killed in epoch 0: no checkpoint.pth, some rows (and half a row) of epoch 0 written. Before: the
+    rerun appended its rows after them (iterations [0, 0, 1, ...])."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_main(train_dir, full, epochs=2)
+    rows = (full / "training_metrics.json").read_text().splitlines(keepends=True)
+    resumed.mkdir()
+    (resumed / "training_metrics.json").write_text(rows[0] + '{"iteration": 1, "lo')
+    (resumed / ".log.txt.0123abcd.tmp").write_text("{")  # a write cut short
+    run_main(train_dir, resumed, epochs=2)
+    assert _metric_iterations(resumed) == _metric_iterations(full)
+    assert [row["epoch"] for row in read_log(resumed)] == [row["epoch"] for row in read_log(full)] == [0, 1]
+    assert not list(resumed.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("content", ["v2_snapshot", "no_student", "list", "folder"])
+def test_a_checkpoint_pth_that_is_not_a_v1_checkpoint_is_one_line(content, train_dir, tmp_path):
+    """Before: a KeyError / TypeError traceback, or (a folder) a traceback after a full epoch."""
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / "checkpoint.pth"
+    if content == "folder":
+        path.mkdir()
+    else:
+        obj = {"v2_snapshot": {"teacher": {"backbone.cls_token": torch.zeros(1)}},
+               "no_student": {"teacher": {}, "optimizer": {}, "epoch": 1}, "list": [1, 2]}[content]
+        torch.save(obj, path)
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_dir, out)
+    message = _error_line(exc)
+    assert f"cannot resume from {path}" in message and "another --output_dir" in message
+    assert not (out / "log.txt").exists()  # refused before training
+
+
 def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(train_dir, tmp_path):
     out = tmp_path / "dino"
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
              "--teacher_temp", "0.07", "--warmup_epochs", "0")
     (line,) = read_log(out)
-    assert list(line) == ["train_loss", "train_lr", "train_wd", "epoch"]
+    assert list(line) == ["train_loss", "train_lr", "train_wd", "train_effective_rank", "epoch"]  # no head rank: DINO
     assert line["train_loss"] > 0  # a cross-entropy
     ckpt = load_ckpt(out / "checkpoint.pth")
     center = ckpt["dino_loss"]["center"]
@@ -371,8 +410,8 @@ def test_bad_inputs_give_one_clear_line(train_dir, tmp_path, capsys):
     (tmp_path / "noimg" / "cls").mkdir(parents=True)
     (tmp_path / "noimg" / "cls" / "notes.txt").write_text("not an image")
     assert "no images" in fails("--data_path", str(tmp_path / "noimg"))
-    assert "--eps must be > 0" in fails("--data_path", str(train_dir), "--eps", "0")
-    assert "--eps must be > 0" in fails("--data_path", str(train_dir), "--eps", "-0.5")
+    assert "--eps 0.0 is invalid: it must be > 0" in fails("--data_path", str(train_dir), "--eps", "0")
+    assert "--eps -0.5 is invalid: it must be > 0" in fails("--data_path", str(train_dir), "--eps", "-0.5")
     assert "fewer than one step" in fails("--data_path", str(train_dir), "--batch_size_per_gpu", "100000")
 
     with pytest.raises(SystemExit) as exc:
@@ -426,6 +465,27 @@ def test_cli_error_exit_code_and_single_stderr_line(tmp_path):
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "does not exist" in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_truncated_jpeg_under_torchrun_is_one_line_not_a_gloo_traceback(train_dir, tmp_path):
+    """Before: the right line inside 129 lines of the waiting rank's gloo traceback."""
+    data = tmp_path / "data"
+    shutil.copytree(train_dir, data, symlinks=False)
+    first_class = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    jpeg = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(jpeg, format="JPEG")
+    # one process meets it while the other waits in a collective
+    (first_class / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 3])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main_dino.py", *TINY,
+           "--batch_size_per_gpu", "4", "--epochs", "1", "--data_path", str(data), "--output_dir", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "main_dino.py: error:" in line]
+    assert len(errors) == 1 and "cut" in errors[0] and ".jpg" in errors[0], proc.stderr[-3000:]
+    assert "Connection closed by peer" not in proc.stderr and "gloo" not in proc.stderr.lower(), proc.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from simdino import main_dino
-from simdinov2.train import multicrop
+from simdino.train import multicrop
 from simdinov2.train.clock import TrainingClock
 from simdinov2.utils.schedules import cosine_scheduler_epochs
 

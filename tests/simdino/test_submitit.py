@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from simdino import run_with_submitit
+from simdino.train import dino_loop
 from simdinov2.run import submit
-from simdinov2.train import dino_loop
 
 TINY = [
     "--arch", "vit_tiny", "--patch_size", "4", "--global_crops_size", "28", "--local_crops_size", "12",
@@ -61,7 +61,7 @@ def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, m
         real_train_one_epoch = dino_loop.train_one_epoch
 
         def preempted_in_epoch_1(*a, **kw):
-            if a[5] >= 1:  # the epoch argument
+            if a[1] >= 1:  # the epoch argument (after the EpochLoop)
                 raise Preempted
             return real_train_one_epoch(*a, **kw)
 

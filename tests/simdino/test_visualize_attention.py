@@ -107,3 +107,10 @@ def test_image_size_defaults_to_the_training_resolution(tmp_path, capsys):
         assert im.size == (28, 28)
     assert "--image_size not given: 28 px, the resolution the model was trained at" in capsys.readouterr().out
     assert va.get_args_parser().parse_args([]).image_size is None
+
+
+def test_threshold_outside_zero_one_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        va.main(["--threshold", "60", "--output_dir", str(tmp_path)])
+    line = str(exit_info.value.code)
+    assert "\n" not in line and "--threshold 60.0 is not a fraction of the attention mass" in line, line

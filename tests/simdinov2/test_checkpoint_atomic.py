@@ -1,4 +1,4 @@
-"""simdinov2.checkpoint.atomic and the v2 saver: atomic writes, file modes that follow the umask, and a
+"""simdinov2.io.atomic and the v2 saver: atomic writes, file modes that follow the umask, and a
 full disk reported as one line with the previous checkpoint intact and no temporaries left."""
 
 from __future__ import annotations
@@ -19,14 +19,9 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint import filesystem as dcp_filesystem
 
-from simdinov2.checkpoint import (
-    Checkpointer,
-    DiskFullError,
-    atomic_torch_save,
-    atomic_write_text,
-    safe_torch_load,
-)
-from simdinov2.errors import UserError
+from simdinov2.checkpoint import Checkpointer, safe_torch_load
+from simdinov2.errors import DiskFullError, UserError
+from simdinov2.io.atomic import atomic_torch_save, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -153,7 +148,9 @@ _TMPFS_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from torch import nn
-    from simdinov2.checkpoint import Checkpointer, DiskFullError, atomic_torch_save, safe_torch_load
+    from simdinov2.checkpoint import Checkpointer, safe_torch_load
+    from simdinov2.errors import DiskFullError
+    from simdinov2.io.atomic import atomic_torch_save
 
     root = sys.argv[1]
     result = {}

@@ -165,7 +165,8 @@ def test_rng_file_of_an_older_version_is_refused_with_the_way_out(tmp_path):
 # ---------------------------------------------------------------------------------------------- corrupt files
 @pytest.mark.parametrize(
     "damage",
-    ["empty .metadata", "text .metadata", "truncated .distcp", "missing .distcp", "empty rng", "text json"],
+    ["empty .metadata", "text .metadata", "truncated .distcp", "zero-filled .distcp", "missing .distcp", "empty rng",
+     "text json"],
 )
 def test_corrupt_or_truncated_files_say_corrupt_not_mismatch(tmp_path, damage):
     _, folder = _saved_run(tmp_path)
@@ -176,6 +177,8 @@ def test_corrupt_or_truncated_files_say_corrupt_not_mismatch(tmp_path, damage):
         (folder / ".metadata").write_text("not a pickle\n"), (named := ".metadata")
     elif damage == "truncated .distcp":
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2]), (named := shard.name)
+    elif damage == "zero-filled .distcp":  # before: reported as pickled code
+        shard.write_bytes(bytes(shard.stat().st_size)), (named := shard.name)
     elif damage == "missing .distcp":
         shard.unlink(), (named := shard.name)
     elif damage == "empty rng":
@@ -187,6 +190,7 @@ def test_corrupt_or_truncated_files_say_corrupt_not_mismatch(tmp_path, damage):
         Checkpointer.restore_rng(folder) if damage == "empty rng" else resumed.load(folder)
     message = _one_line_naming(err, named)
     assert "corrupt or not a checkpoint" in message and "does not match" not in message
+    assert "pickled code" not in message and "code execution" not in message
 
 
 def test_another_model_still_says_does_not_match(tmp_path):

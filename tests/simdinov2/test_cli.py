@@ -1,5 +1,5 @@
 """The shared command-line pieces: every program's output folder (`make_output_dir`) — an unusable one is
-one line in each of the eight programs of both trees, before any work."""
+one line in each of the nine programs of both trees, before any work."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from simdino import eval_linear as v1_linear
 from simdino import main_dino, visualize_attention
 from simdinov2.cli import make_output_dir
 from simdinov2.errors import UserError
-from simdinov2.eval import knn, linear, log_regression
+from simdinov2.eval import finetuning, knn, linear, log_regression
 from simdinov2.train import train as v2_train
 
 READ_ONLY = Path("/sys/simdinov2_test_output")  # sysfs: nobody, root included, may create a folder there
@@ -31,6 +31,7 @@ PROGRAMS = {
     "simdinov2/eval/knn.py": lambda out: knn.cli(["--output-dir", out]),
     "simdinov2/eval/linear.py": lambda out: linear.cli(["--output-dir", out]),
     "simdinov2/eval/log_regression.py": lambda out: log_regression.cli(["--output-dir", out]),
+    "simdinov2/eval/finetuning.py": lambda out: finetuning.cli(["--output-dir", out]),
 }
 
 

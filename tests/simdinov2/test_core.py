@@ -198,7 +198,7 @@ def test_training_metrics_store_the_value_of_each_iteration(tmp_path):
 
 def test_one_train_step_drives_both_trees_and_the_benchmark():
     from benchmarks import train_step as bench
-    from simdinov2.train import dino_loop
+    from simdino.train import dino_loop
     from simdinov2.train import train as v2_train
     from simdinov2.train.step import train_step
 
@@ -217,17 +217,16 @@ def test_progress_shows_iteration_throughput_and_the_run_eta(caplog):
 
 def test_v1_warns_when_warmup_covers_the_whole_run(caplog):
     from simdino import main_dino
-    from simdinov2.train.dino_loop import validate_args
 
     args = main_dino.get_args_parser().parse_args(["--epochs", "2", "--arch", "vit_tiny", "--compile", "false"])
     with caplog.at_level("WARNING", logger="simdinov2"):
-        validate_args(args)  # default --warmup_epochs 10
+        main_dino.validate_args(args)  # default --warmup_epochs 10
     warnings = [r.getMessage() for r in caplog.records if "warmup_epochs" in r.getMessage()]
     assert len(warnings) == 1 and "--warmup_epochs 10 >= --epochs 2" in warnings[0]
     caplog.clear()
     args.epochs = 20
     with caplog.at_level("WARNING", logger="simdinov2"):
-        validate_args(args)
+        main_dino.validate_args(args)
     assert not [r for r in caplog.records if "warmup_epochs" in r.getMessage()]
 
 

@@ -366,7 +366,7 @@ def test_dataset_strings(
         ("ImageFolder:root", "not key=value"),
         ("ImageFolder:root=/x:color=red", "unknown key 'color'"),
         ("ImageFolder:root=/x:root=/y", "given twice"),
-        ("/definitely/not/a/folder", "unknown dataset"),
+        ("/definitely/not/a/folder", "does not exist"),  # not "unknown dataset"
     ],
 )
 def test_bad_dataset_strings(bad: str, fragment: str) -> None:

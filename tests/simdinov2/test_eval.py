@@ -34,6 +34,7 @@ from simdinov2.eval.linear import (
     train_step,
 )
 from simdinov2.eval.log_regression import accuracy, fit_logistic_regression
+from simdinov2.models import build_vit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -435,3 +436,85 @@ def test_v2_linear_defaults_on_a_small_set_say_the_arithmetic(v2_snapshot, tiny_
     assert proc.stderr.strip().splitlines()[-1] == (
         "linear.py: error: --batch-size 128 per process x 1 process = global batch 128 > 120 training images: "
         "pass --batch-size 120 or less")
+
+
+class _Killed(BaseException):
+    """`kill -9` at a chosen point: nothing after it runs."""
+
+
+@pytest.mark.slow
+def test_v2_linear_killed_resumes_to_the_rows_of_an_uninterrupted_run(v2_snapshot, tiny_imagefolder: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    """Rows at iterations 1, 2, 3, the final one at 4; checkpoints at 2 and 4. Killed at the save of 4
+    (row 3 written after checkpoint 2): before, row 3 came twice. Killed right after checkpoint 2 was
+    written: before, row 2 (written after the checkpoint) was lost."""
+    from simdinov2.eval import linear
+
+    config, weights = v2_snapshot
+
+    def run(out: Path) -> None:
+        argv = _v2_args(config, weights, tiny_imagefolder, out) + [
+            "--batch-size", "32", "--image-size", "16", "--epochs", "2", "--epoch-length", "2",
+            "--eval-period-iterations", "1", "--save-checkpoint-frequency", "1", "--learning-rates", "0.1"]  # fmt: skip
+        linear.run_linear_probe(linear.get_args_parser().parse_args(argv))
+
+    def rows(out: Path) -> list[int]:
+        return [json.loads(line)["iteration"] for line in (out / "results_eval_linear.json").read_text().splitlines()]
+
+    run(tmp_path / "full")
+    assert rows(tmp_path / "full") == [1, 2, 3, 4]
+    real_save = linear.atomic_torch_save
+    for kill in ("after_a_row", "right_after_the_checkpoint"):
+        def killing_save(state, path, kill=kill):
+            if kill == "after_a_row" and state["iteration"] == 4:
+                raise _Killed
+            real_save(state, path)
+            if kill == "right_after_the_checkpoint" and state["iteration"] == 2:
+                raise _Killed
+
+        monkeypatch.setattr(linear, "atomic_torch_save", killing_save)
+        with pytest.raises(_Killed):
+            run(tmp_path / kill)
+        monkeypatch.undo()
+        run(tmp_path / kill)
+        assert rows(tmp_path / kill) == [1, 2, 3, 4], kill
+    run(tmp_path / kill)  # resuming a finished run adds nothing
+    assert rows(tmp_path / kill) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_v1_eval_linear_killed_at_its_checkpoint_save_resumes_to_an_uninterrupted_log(
+        tmp_path: Path, monkeypatch, tiny_imagefolder: Path) -> None:  # fmt: skip
+    """Killed while saving epoch 1's checkpoint (log line written, a temporary half written): before,
+    log.txt held epochs [0, 1, 1] and the temporary stayed."""
+    from simdino import eval_linear
+
+    v1_weights = tmp_path / "v1.pth"
+    backbone = build_vit("vit_tiny", patch_size=4, v1=True, img_size=28)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, v1_weights)
+
+    def run(out: Path) -> None:
+        argv = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--num_workers", "0",
+                "--batch_size_per_gpu", "32", "--epochs", "2", "--pretrained_weights", str(v1_weights),
+                "--data_path", str(tiny_imagefolder), "--output_dir", str(out)]  # fmt: skip
+        eval_linear.main(eval_linear.get_args_parser().parse_args(argv))
+
+    def epochs(out: Path) -> list[int]:
+        return [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()]
+
+    run(tmp_path / "full")
+    real_save = eval_linear.atomic_torch_save
+
+    def killing_save(state, path):
+        if state["epoch"] == 2:
+            (Path(path).parent / f".{Path(path).name}.0123abcd.tmp").write_bytes(b"partial")
+            raise _Killed
+        real_save(state, path)
+
+    monkeypatch.setattr(eval_linear, "atomic_torch_save", killing_save)
+    with pytest.raises(_Killed):
+        run(tmp_path / "killed")
+    monkeypatch.undo()
+    run(tmp_path / "killed")
+    assert epochs(tmp_path / "killed") == epochs(tmp_path / "full") == [0, 1]
+    assert not list((tmp_path / "killed").glob(".*.tmp"))

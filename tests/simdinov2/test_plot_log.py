@@ -81,3 +81,42 @@ def test_legends_say_which_way_is_good(tmp_path, monkeypatch):
     assert panels["schedules"] == ["lr", "wd"]
     assert plot_log.metric_label("dino_comp_loss").endswith("(maximised, higher is better)")
     assert plot_log.metric_label("koleo_loss") == "koleo_loss (minimised, lower is better)"
+
+
+def test_released_reference_log_is_the_100_epoch_v1_run():
+    from pathlib import Path
+
+    records = plot_log.read_json_lines(Path(__file__).resolve().parents[2] / "assets" / "simdino_v1_vitb16_log.txt")
+    assert [r["epoch"] for r in records] == list(range(100))
+    assert set(records[0]) == {"train_loss", "train_expa_loss", "train_comp_loss", "train_lr", "train_wd", "epoch"}
+    # healthy SimDINO (what the README says): both parts positive and rising, the loss falling
+    assert records[-1]["train_comp_loss"] > records[0]["train_comp_loss"] > 0
+    assert records[-1]["train_expa_loss"] > records[0]["train_expa_loss"] > 0
+    assert records[-1]["train_loss"] < records[0]["train_loss"] < 0
+
+
+def test_run_over_reference_in_epochs_and_fractions(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    reference = tmp_path / "reference.txt"
+    _write(reference, [{"train_loss": -1.0 - e / 10, "train_expa_loss": 0.4, "train_comp_loss": 0.6 + e / 10,
+                        "train_lr": 1e-4, "train_wd": 0.04, "epoch": e} for e in range(10)])  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    _write(run / "training_metrics.json", [
+        {"iteration": i, "loss": -1.0, "expa_loss": 0.4, "comp_loss": 0.6, "lr": 1e-3, "wd": 0.04, "effective_rank": 9.0}
+        for i in range(0, 40, 10)] + [{"iteration": 39, "knn_monitor_top1": 55.0}])  # fmt: skip
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert plot_log.main([str(run), "--reference", str(reference)]) == 0
+    axes = figures[0].axes
+    expa = next(ax for ax in axes if ax.get_title().startswith("expa_loss"))
+    (ours, theirs) = expa.get_lines()
+    assert list(ours.get_xdata()) == pytest.approx([1 / 31, 11 / 31, 21 / 31, 1.0]) and list(theirs.get_xdata())[-1] == 1.0
+    assert (run / "curves_vs_reference.png").is_file()
+    with pytest.raises(ValueError, match="use --x fraction"):
+        plot_log.plot_against_reference(run, reference, "epoch")
+    # the plain plot gains a health panel: effective rank and the k-NN monitor's own rows
+    plot_log.plot_run(run)
+    health = [ax for ax in figures[-1].axes if ax.get_ylabel() in ("effective rank", "k-NN top-1 (%)")]
+    assert len(health) == 2 and list(health[1].get_lines()[0].get_ydata()) == [55.0]

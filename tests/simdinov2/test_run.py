@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -189,6 +191,7 @@ def _importable(module: str) -> bool:
     ("simdinov2.run.eval.knn", "simdinov2.eval.knn", ["--nb_knn", "--train-dataset"]),
     ("simdinov2.run.eval.linear", "simdinov2.eval.linear", ["--learning-rates", "--epoch-length"]),
     ("simdinov2.run.eval.log_regression", "simdinov2.eval.log_regression", ["--train-dataset"]),
+    ("simdinov2.run.eval.finetuning", "simdinov2.eval.finetuning", ["--layer-decay", "--test-datasets", "--model-ema"]),
     ("simdinov2.run.train.train", "simdinov2.train.train", ["--config-file", "--no-resume"]),
 ])  # fmt: skip
 def test_v2_launchers_join_program_and_launcher_flags(launcher, program, flags, capsys):
@@ -363,3 +366,49 @@ def test_failed_local_task_is_one_line_naming_its_log(program, tmp_path, capsys)
     assert "failed: ValueError: the dataset folder /nowhere does not exist (full log: " in message
     log = Path(message.split("(full log: ")[1].rstrip(")"))
     assert "Traceback" in log.read_text()  # the traceback is kept, in the log
+
+
+class _Payload:
+    """What an attacker plants as a submitit pickle: unpickling it creates `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_planted_submitit_pickle_in_the_run_folder_never_runs_on_requeue(program, tmp_path):
+    """A requeue starts `python -m submitit.core._submit <job folder>` again, which unpickles
+    `<job>_submitted.pkl` there: that folder is private (0700, outside the run folder), so a pickle planted
+    in the run folder is never read."""
+    out = tmp_path / "run"
+    args = launcher_args(out, "--cluster", "local", "--ngpus", "0", "--cpus_per_task", "1", "--timeout", "5")
+    job = submit.submit_jobs(f"{program}:record", args, name="test")
+    folder = job.paths.folder
+    assert out not in [folder, *folder.parents] and not list(out.glob("*.pkl"))
+    assert (submit.private_job_root().stat().st_mode & 0o777) == 0o700
+    assert (out / submit.LOGS_LINK).resolve() == folder.resolve()  # the logs are found from the run folder
+    marker = tmp_path / "payload_ran"
+    for name in (f"{job.job_id}_submitted.pkl", f"{job.job_id}_0_result.pkl"):
+        (out / name).write_bytes(pickle.dumps(_Payload(marker)))
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": str(job.job_id),
+           "SUBMITIT_LOCAL_NTASKS": "1", "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+           "SUBMITIT_LOCAL_LOCALID": "0", "SUBMITIT_LOCAL_GLOBALID": "0"}  # fmt: skip
+    requeued = subprocess.run([sys.executable, "-m", "submitit.core._submit", str(folder)], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert not marker.exists()  # before: the planted pickle ran `touch`
+    assert requeued.returncode == 0, requeued.stderr[-2000:]
+    assert json.loads((out / "rank0.json").read_text())["rank"] == "0"  # the real task ran again
+
+
+def test_a_job_folder_others_may_write_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setenv(submit.JOB_FOLDER_ENV, str(shared))
+    with pytest.raises(submit.LauncherError, match="writable by you only"):
+        submit.private_job_root()
+    monkeypatch.setenv(submit.JOB_FOLDER_ENV, str(tmp_path / "new" / "jobs"))
+    assert (submit.private_job_root().stat().st_mode & 0o777) == 0o700

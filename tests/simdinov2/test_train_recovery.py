@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -53,11 +54,19 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(images, output folder) of an uninterrupted run, shared read-only."""
+    root = tmp_path_factory.mktemp("recovery")
+    data = write_golden_imagefolder(root / "train")
+    _train(data, root / "full")
+    return data, root / "full"
+
+
 @pytest.mark.slow
-def test_kill_during_teacher_snapshot_loses_nothing_on_resume(tmp_path, monkeypatch):
-    data = write_golden_imagefolder(tmp_path / "train")
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    _train(data, full)
+def test_kill_during_teacher_snapshot_loses_nothing_on_resume(full_run, tmp_path, monkeypatch):
+    data, full = full_run
+    killed = tmp_path / "killed"
 
     real_snapshot = v2_train.save_teacher_snapshot
 
@@ -106,12 +115,11 @@ def test_kill_during_teacher_snapshot_loses_nothing_on_resume(tmp_path, monkeypa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
-def test_stop_signal_mid_run_checkpoints_and_resumes_exactly(tmp_path, monkeypatch, capsys, signum):
+def test_stop_signal_mid_run_checkpoints_and_resumes_exactly(full_run, tmp_path, monkeypatch, capsys, signum):
     """SIGTERM / SLURM's SIGUSR2 during iteration 5 (between the checkpoints of 3 and 7): one line, the
     checkpoint of iteration 5, and the resumed run ends bit-identical to an uninterrupted one."""
-    data = write_golden_imagefolder(tmp_path / "train")
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    _train(data, full)
+    data, full = full_run
+    stopped = tmp_path / "stopped"
 
     real_step, calls = v2_train.train_step, []
 
@@ -139,3 +147,33 @@ def test_stop_signal_mid_run_checkpoints_and_resumes_exactly(tmp_path, monkeypat
     teacher_full, teacher = _snapshot(full, 7), _snapshot(stopped, 7)
     for key, value in teacher_full.items():
         assert torch.equal(teacher[key], value), key
+
+
+@pytest.mark.slow
+def test_kill_at_the_first_checkpoint_leaves_no_duplicate_rows(full_run, tmp_path):
+    """Killed while saving its first checkpoint: rows of iterations 0..3 written, no checkpoint. Before:
+    the rerun appended its rows after them ([0, 3, 0, 3, 6, 7])."""
+    data, full = full_run
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    rows = (full / "training_metrics.json").read_text().splitlines(keepends=True)
+    (killed / "training_metrics.json").write_text(rows[0] + rows[1] + '{"iteration": 4, "to')
+    (killed / "ckpt" / ".tmp_checkpoint_00000003").mkdir(parents=True)  # the save cut short
+    _train(data, killed)
+    assert [row["iteration"] for row in _rows(killed)] == [row["iteration"] for row in _rows(full)] == [0, 3, 6, 7]
+    assert not (killed / "ckpt" / ".tmp_checkpoint_00000003").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_without_trainer_state_is_one_line_not_a_silent_restart(full_run, tmp_path):
+    data, full = full_run
+    out = tmp_path / "damaged"
+    shutil.copytree(full, out)
+    (out / "ckpt" / "checkpoint_00000007" / "trainer_state.json").unlink()
+    before = sorted(p.name for p in (out / "ckpt").iterdir())
+    with pytest.raises(SystemExit) as exc:
+        _train(data, out)
+    message = str(exc.value.code)
+    assert "\n" not in message and "checkpoint_00000007 has no trainer_state.json" in message, message
+    assert "remove the folder to resume from checkpoint_00000003" in message and "--no-resume" in message
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == before  # nothing overwritten

@@ -71,7 +71,7 @@ def _v2_iterations_logged(output_dir: Path) -> list[int]:
 
 
 def _log_tail(run: Run) -> str:
-    texts = [p.read_text(errors="replace")[-2500:] for p in sorted(run.output_dir.glob("*_log.*"))]
+    texts = [p.read_text(errors="replace")[-2500:] for p in sorted(run.output_dir.glob("submitit_logs/*_log.*"))]
     return f"{run.name} job {run.job_id}:\n" + "\n".join(texts)
 
 
@@ -132,14 +132,14 @@ def test_both_launchers_requeued_mid_run_resume_with_contiguous_logs(slurm_clust
         assert run.requeued_at_progress < run.total, f"{run.name} was requeued after its last unit: not mid-run"
         show = slurm_cluster.run(["scontrol", "show", "job", "-o", run.job_id])
         assert "Restarts=1" in show, show
-        assert "DUE TO JOB REQUEUE" in "".join(p.read_text() for p in run.output_dir.glob("*_log.*"))
+        assert "DUE TO JOB REQUEUE" in "".join(p.read_text() for p in run.output_dir.glob("submitit_logs/*_log.*"))
 
     # v1: resumed from checkpoint.pth at the epoch after the last logged one; one log line per epoch.
     resumed_at = [int(e) for e in re.findall(r"resuming from epoch (\d+)", (v1_out / "output.log").read_text())]
     assert len(resumed_at) == 1 and resumed_at[0] >= runs[0].requeue_at
     assert _v1_epochs_logged(v1_out) == list(range(V1_EPOCHS))
     # v2: continued at the iteration after its last checkpoint; one metrics row per iteration.
-    console = "".join(p.read_text() for p in v2_out.glob("*_log.*"))
+    console = "".join(p.read_text() for p in v2_out.glob("submitit_logs/*_log.*"))
     resumed_at = [int(i) for i in re.findall(r"continuing at iteration (\d+)", console)]
     assert len(resumed_at) == 1 and resumed_at[0] >= runs[1].requeue_at, console[-3000:]
     assert _v2_iterations_logged(v2_out) == list(range(V2_EPOCHS * V2_EPOCH_LEN))

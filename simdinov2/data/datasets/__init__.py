@@ -10,6 +10,7 @@ from .fashion_mnist import (
 )
 from .image_folder import IMG_EXTENSIONS, ImageFolderDataset, UnreadableImageError, load_rgb_image, to_rgb
 from .image_net import ImageNet, ImageNet22k, read_labels
+from .unlabeled import UnlabeledImageDataset, training_dataset
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
@@ -19,6 +20,7 @@ __all__ = [
     "ImageFolderDataset",
     "ImageNet",
     "ImageNet22k",
+    "UnlabeledImageDataset",
     "UnreadableImageError",
     "export_fashion_mnist_imagefolder",
     "load_rgb_image",
@@ -26,4 +28,5 @@ __all__ = [
     "read_idx",
     "read_labels",
     "to_rgb",
+    "training_dataset",
 ]

@@ -96,7 +96,8 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
         loose = sum(1 for e in entries if e.is_file() and is_image_file(e.name))
         hint = f" ({loose} images lie directly in it; move them into class sub-folders)" if loose else ""
         raise UserError(
-            f"image folder {root} has no class sub-folders{hint}; expected {root}/<class>/<image>"
+            f"image folder {root} has no class sub-folders{hint}; evaluations need labels: expected "
+            f"{root}/<class>/<image> (training reads folders without classes)"
         )
     if {"train", "val"} <= set(classes):
         logger.warning(

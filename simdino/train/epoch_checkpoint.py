@@ -21,7 +21,6 @@ of the epoch it re-runs (no duplicates): its files end as an uninterrupted run's
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from simdinov2 import distributed
 from simdinov2.checkpoint import atomic_torch_save, safe_torch_load, strip_wrapper_prefixes, sweep_temporaries
 from simdinov2.checkpoint.dcp import rng_state, set_rng_state
 from simdinov2.errors import UserError
-from simdinov2.logging import resume_json_lines
+from simdinov2.logging import append_json_lines, resume_json_lines
 from simdinov2.logging.helpers import metrics_row_due
 
 logger = logging.getLogger("simdinov2")
@@ -55,8 +54,7 @@ def save_epoch(
     atomic_torch_save(state, output_dir / "checkpoint.pth")
     if _periodic_due(epoch, saveckp_freq):
         atomic_torch_save(state, _periodic_path(output_dir, epoch))
-    with (output_dir / "log.txt").open("a") as f:
-        f.write(json.dumps(log_stats) + "\n")
+    append_json_lines(output_dir / "log.txt", [log_stats])
 
 
 def _periodic_due(epoch: int, saveckp_freq: int) -> bool:
@@ -77,17 +75,15 @@ def complete_epoch_end(
     signal wrote for its last iteration when it was not due)."""
     for stale in sweep_temporaries(output_dir):
         logger.info("removed %s, left by a write that was cut short", stale)
-    if ckpt is None:
-        return
-    start_epoch = int(ckpt.get("epoch", 0))
-    step = int(ckpt.get("epoch_step", 0))
+    start_epoch = int(ckpt.get("epoch", 0)) if ckpt is not None else 0  # no checkpoint: the files start over
+    step = int(ckpt.get("epoch_step", 0)) if ckpt is not None else 0
     last = start_epoch - 1
     periodic_missing = last >= 0 and _periodic_due(last, saveckp_freq) and not _periodic_path(output_dir, last).is_file()
-    if periodic_missing and not step:
+    if ckpt is not None and periodic_missing and not step:
         atomic_torch_save(ckpt, _periodic_path(output_dir, last))
         logger.info("wrote %s, which the interrupted run did not", _periodic_path(output_dir, last))
-    resume_json_lines(output_dir / "log.txt", "epoch", start_epoch, ckpt.get("log_stats"))
-    if niter_per_epoch:
+    resume_json_lines(output_dir / "log.txt", "epoch", start_epoch, (ckpt or {}).get("log_stats"))
+    if niter_per_epoch or ckpt is None:
         first = start_epoch * niter_per_epoch + step
         if step and not metrics_row_due(first - 1, print_freq, total_iterations):
             first -= 1
@@ -163,12 +159,22 @@ def epoch_state(
     return state
 
 
+# What every checkpoint of this trainer holds (a v2 snapshot, a classifier or another program's file lacks some).
+_REQUIRED_KEYS = ("student", "teacher", "optimizer", "epoch")
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
-        return safe_torch_load(str(path))
+        ckpt = safe_torch_load(str(path))
     except (ValueError, OSError, RuntimeError, EOFError) as e:
         detail = " ".join(str(e).split())[:300]
         raise UserError(f"cannot resume from {path}: {detail}; remove it or use another --output_dir") from e
+    missing = [key for key in _REQUIRED_KEYS if key not in ckpt] if isinstance(ckpt, dict) else None
+    if missing is None or missing:
+        what = f"a {type(ckpt).__name__}" if missing is None else f"a dict without {', '.join(missing)}"
+        raise UserError(f"cannot resume from {path}: it is {what}, not a main_dino.py checkpoint (student, teacher, "
+                        "optimizer, epoch); remove it or use another --output_dir")
+    return ckpt
 
 
 def _check_same_model(path: Path, ckpt: dict[str, Any], args: argparse.Namespace) -> None:
@@ -190,6 +196,9 @@ def restart_from_checkpoint(
     """Resume every piece of state from `path`; return the epoch to start from (0 without a checkpoint) and,
     after a stop signal within it, where in it (`MidEpoch`). The main process completes the checkpointed
     epoch's files (`complete_epoch_end`)."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot resume from {path}: it is a folder, not a checkpoint file; remove it or use "
+                        "another --output_dir")
     if not path.is_file():
         if distributed.is_main_process():
             complete_epoch_end(path.parent, None, args.saveckp_freq, 0)

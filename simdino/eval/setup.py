@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from simdino.train.multicrop import TORCHVISION_ARCHS, VIT_ARCHS, build_backbone
 from simdinov2.checkpoint import load_backbone_weights
 from simdinov2.data import ImageFolderDataset
 from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval import backbone
-from simdinov2.train.multicrop import TORCHVISION_ARCHS, VIT_ARCHS, build_backbone
 
 logger = logging.getLogger("simdinov2")
 

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import torch
 
-from .errors import DiskFullError, exception_chain
+from simdinov2.errors import DiskFullError, exception_chain
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # The name of `_new_temporary`'s files: `.<target name>.<8 hex digits>.tmp`.
@@ -110,14 +110,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (temporary file + rename); a full disk raises `DiskFullError`."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file atomically (temporary file + rename): never a 0-byte or cut file, even on a full disk,
+    which raises `DiskFullError` (one line) with the temporary removed."""
     path = Path(path)
     try:
-        with _new_temporary(path, "w") as (f, tmp):
-            f.write(text)
+        with _new_temporary(path, "wb") as (f, tmp):
+            f.write(data)
             _commit(f, tmp, path)
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full_error(path, len(text.encode())) from None
+            raise disk_full_error(path, len(data)) from None
         raise
 
 
@@ -134,5 +140,5 @@ def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 __all__ = [
-    "atomic_torch_save", "atomic_write_text", "disk_full_error", "is_disk_full", "sweep_temporaries", "tensor_bytes",
+    "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "disk_full_error", "is_disk_full", "sweep_temporaries", "tensor_bytes",
 ]

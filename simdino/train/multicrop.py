@@ -18,6 +18,7 @@ from simdinov2.layers import DINOHead
 from simdinov2.loss import DINOLoss, MCRLoss
 from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit
 from simdinov2.precision import AmpSettings
+from simdinov2.train.health import RepresentationProbe
 from simdinov2.train.optim import cancel_gradients_last_layer, clip_gradients, ema_update
 
 VIT_ARCHS = list(ARCHS)
@@ -139,6 +140,8 @@ class MultiCropStudentTeacher:
         self.amp = amp
         self.use_simdino = use_simdino
         self.freeze_last_layer = freeze_last_layer
+        # effective rank of the teacher's CLS embeddings (and of SimDINO's head output) at logged iterations
+        self.probe = RepresentationProbe(teacher.backbone, teacher.head if use_simdino else None)
 
     def train(self) -> None:
         self.student.train()
