@@ -396,10 +396,10 @@ def _train(
             logger.info(f"Time budget of {clock.budget:.0f} s reached in epoch {epoch}: training stops here")
             break
     logger.info(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
-    return run_summary(args, clock, epochs_done, world_size)
+    return training_summary(args, clock, epochs_done, world_size)
 
 
-def run_summary(args: argparse.Namespace, clock: TrainingClock, epochs_done: int, world_size: int) -> dict[str, float]:
+def training_summary(args: argparse.Namespace, clock: TrainingClock, epochs_done: int, world_size: int) -> dict[str, float]:
     """What `train_dino` returns (the whole run, resumed parts included); warns of a budget left unspent."""
     if clock.budget and not clock.stopped and clock.spent < clock.budget:
         logger.warning(f"--epochs {args.epochs} ended after {clock.spent:.0f} s, before the {clock.budget:.0f} s "
