@@ -4,6 +4,7 @@ Also `--depth` (a shallower ViT of the arch's width), which the CPU demo uses.""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from simdino import main_dino
-from simdino.train import multicrop
+from simdino.train import dino_loop, multicrop
+from simdinov2.data import samplers
 from simdinov2.train.clock import TrainingClock
 from simdinov2.utils.schedules import cosine_scheduler_epochs
 
@@ -158,11 +160,6 @@ def test_progress_eta_is_the_budget_left_and_an_overlong_first_iteration_is_name
 
 
 def test_v1_loader_workers_are_capped_at_the_cores(train_dir, monkeypatch, caplog):
-    import argparse
-
-    from simdinov2.data import samplers
-    from simdinov2.train import dino_loop
-
     monkeypatch.setattr(samplers, "available_cores", lambda: 2)
     args = argparse.Namespace(seed=0, batch_size_per_gpu=2, num_workers=10)
     with caplog.at_level("INFO", logger="simdinov2"):
