@@ -33,7 +33,7 @@ from torch import Tensor
 from simdino.eval.setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2 import distributed
 from simdinov2.checkpoint import atomic_torch_save
-from simdinov2.cli import make_output_dir, run_cli
+from simdinov2.cli import HelpFormatter, make_output_dir, run_cli
 from simdinov2.configs.validate import at_least
 from simdinov2.data import make_classification_eval_transform
 from simdinov2.errors import MissingFileError, UserError
@@ -49,7 +49,9 @@ FEATURE_FILES = ("trainfeat.pth", "testfeat.pth", "trainlabels.pth", "testlabels
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Evaluation with weighted k-NN on ImageNet", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        "Evaluation with weighted k-NN on ImageNet", add_help=add_help, formatter_class=HelpFormatter
+    )
     parser.add_argument("--batch_size_per_gpu", default=128, type=int, help="images per process per forward pass")
     parser.add_argument("--nb_knn", default=[10, 20, 100, 200], nargs="+", type=int,
                         help="numbers of nearest neighbours (20 is usually best); k above the training-set size is "

@@ -33,13 +33,13 @@ from torch import nn
 from simdino.eval.setup import add_data_args, add_model_args, build_v1_eval_model, image_folder
 from simdinov2 import data
 from simdinov2.checkpoint import atomic_torch_save, safe_torch_load
-from simdinov2.cli import make_output_dir, run_cli
+from simdinov2.cli import HelpFormatter, make_output_dir, run_cli
 from simdinov2.errors import MissingFileError, NonFiniteLossError, UserError
 from simdinov2.eval import linear as probe
 from simdinov2.eval.backbone import default_output_dir, read_checkpoint, training_crop_size
 from simdinov2.eval.features import make_eval_loader
 from simdinov2.eval.setup import run_main
-from simdinov2.logging import MetricLogger, append_json_lines, resume_records
+from simdinov2.logging import LengthEstimate, MetricLogger, append_json_lines, resume_records
 from simdinov2.utils.utils import bool_flag, fix_random_seeds
 
 logger = logging.getLogger("simdinov2")
@@ -48,7 +48,9 @@ CHECKPOINT_NAME = "checkpoint.pth.tar"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Evaluation with linear classification on ImageNet", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        "Evaluation with linear classification on ImageNet", add_help=add_help, formatter_class=HelpFormatter
+    )
     parser.add_argument("--n_last_blocks", default=4, type=int,
                         help="concatenate the CLS tokens of the last n blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
     parser.add_argument("--avgpool_patchtokens", default=False, type=bool_flag,
@@ -165,7 +167,7 @@ def _evaluate_only(args: argparse.Namespace, feature_model, classifier, val_load
     return stats["top1"]
 
 
-def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_loader, device) -> dict:
+def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_loader, device, estimate) -> dict:
     """One epoch of SGD on the classifier; returns the epoch's averaged `train_*` statistics."""
     train_loader.sampler.set_epoch(epoch)
     trained.train()
@@ -176,6 +178,7 @@ def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_load
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite linear-probe loss in epoch {epoch}; lower --lr")
         metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        estimate.tick()
     metric_logger.synchronize_between_processes()
     return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
 
@@ -226,8 +229,13 @@ def main(args: argparse.Namespace) -> float:
     if distributed.is_main_process():  # the epochs after the checkpoint are trained (and logged) again
         resume_records(args.output_dir, "log.txt", "epoch", start_epoch)
 
+    estimate = LengthEstimate(
+        "linear probe", f"{args.epochs} epochs x {len(train_loader)} iterations of {args.batch_size_per_gpu} images per "
+        f"process ({len(train_dataset)} training images)", (args.epochs - start_epoch) * len(train_loader),
+        "shorten with fewer --epochs (upstream's 100 stay the default)",
+    )  # fmt: skip
     for epoch in range(start_epoch, args.epochs):
-        log_stats = _train_epoch(args, epoch, feature_model, trained, optimizer, train_loader, device)
+        log_stats = _train_epoch(args, epoch, feature_model, trained, optimizer, train_loader, device, estimate)
         scheduler.step()
         log_stats["epoch"] = epoch
         if epoch % args.val_freq == 0 or epoch == args.epochs - 1:

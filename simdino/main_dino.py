@@ -26,7 +26,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
 from simdino.train import dino_loop
-from simdino.train.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch
+from simdino.train.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch, save_mid_epoch
 from simdino.train.multicrop import (
     TORCHVISION_ARCHS,
     VIT_ARCHS,
@@ -34,7 +34,7 @@ from simdino.train.multicrop import (
     build_loss,
     build_student_teacher,
 )
-from simdinov2.cli import agree_on_errors, make_output_dir, run_cli
+from simdinov2.cli import HelpFormatter, agree_on_errors, make_output_dir, run_cli
 from simdinov2.configs.validate import check_v1_args
 from simdinov2.data.augmentations import DataAugmentationDINO
 from simdinov2.errors import UserError
@@ -44,6 +44,7 @@ from simdinov2.precision import resolve_amp
 from simdinov2.trackers import ExperimentTrackers, check_packages
 from simdinov2.train.clock import TrainingClock
 from simdinov2.train.health import warn_if_rank_deficient_covariance
+from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.optim import build_optimizer, param_groups
 from simdinov2.train.ssl_meta_arch import load_pretrained_backbone
 from simdinov2.utils.utils import bool_flag, fix_random_seeds, get_sha
@@ -109,11 +110,12 @@ def _add_optimization_args(parser: argparse.ArgumentParser) -> None:
     """Training / optimization: precision, device, schedules, optimizer, budget."""
     parser.add_argument("--compile", default=True, type=bool_flag, help="""Whether to torch.compile the student
         and teacher networks. Honoured on CUDA only; on CPU it is skipped (logged once).""")
-    parser.add_argument("--use_fp16", type=bool_flag, default=True, help="""Whether or not to use half precision
-        for training (autocast). On CUDA: float16 with a gradient scaler unless --amp_dtype bfloat16; on
-        CPU: bfloat16. Improves training time and memory requirements, but can provoke instability and
-        slight decay of performance. We recommend disabling mixed precision if the loss is unstable, if
-        reducing the patch size or if training with bigger ViTs.""")
+    parser.add_argument("--use_fp16", type=bool_flag, default=None, help="""Whether or not to use half precision
+        for training (autocast). Default: true on CUDA (float16 with a gradient scaler unless --amp_dtype
+        bfloat16); on a CPU, bfloat16 only where it computes bf16 natively (AVX-512 BF16 / AMX), else fp32
+        (logged; SIMDINO_CPU_BF16=0/1 overrides the detection). Improves training time and memory requirements,
+        but can provoke instability and slight decay of performance. We recommend disabling mixed precision if
+        the loss is unstable, if reducing the patch size or if training with bigger ViTs.""")
     parser.add_argument("--amp_dtype", default="auto", type=str, choices=["auto", "float16", "bfloat16"],
                         help="""Autocast dtype when --use_fp16 is true: auto = float16 (+ grad scaler) on CUDA,
         bfloat16 on CPU. float16 requested on CPU runs as bfloat16.""")
@@ -207,7 +209,7 @@ def _add_coding_rate_args(parser: argparse.ArgumentParser) -> None:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The v1 command line: every flag and default of upstream SimDINO's main_dino.py, plus crop sizes,
     device and AMP choices. `add_help=False` lets launchers (run_with_submitit.py) use it as a parent."""
-    parser = argparse.ArgumentParser("SimDINO", add_help=add_help)
+    parser = argparse.ArgumentParser("SimDINO", add_help=add_help, formatter_class=HelpFormatter)
     for add_group in (
         _add_model_args, _add_teacher_temperature_args, _add_optimization_args, _add_multicrop_args,
         _add_misc_args, _add_coding_rate_args,
@@ -312,12 +314,15 @@ def train_dino(args: argparse.Namespace) -> dict[str, float]:
     device = distributed.init_distributed(args.device)
     output_dir, trackers = start_run(args)
     try:
-        return _train(args, device, output_dir, trackers)
+        with StopSignals() as stop:  # SIGINT / SIGTERM / SIGUSR2: checkpoint of the iteration reached, one line
+            return _train(args, device, output_dir, trackers, stop)
     finally:
         trackers.finish()
 
 
-def _train(args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers) -> dict[str, float]:
+def _train(
+    args: argparse.Namespace, device, output_dir: Path, trackers: ExperimentTrackers, stop: StopSignals
+) -> dict[str, float]:
     settings = loop_settings(args)
     world_size = distributed.get_world_size()
     logger.info(f"world size {world_size}, device {device}")
@@ -350,12 +355,12 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
     schedules = dino_loop.build_schedules(settings, niter_per_ep)
     clock = TrainingClock(args.time_budget, total_iterations=args.epochs * niter_per_ep, niter_per_epoch=niter_per_ep)
     checkpoint_path = output_dir / "checkpoint.pth"
-    start_epoch = restart_from_checkpoint(
+    start_epoch, mid_epoch = restart_from_checkpoint(
         checkpoint_path, args, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock
     )
     loop = dino_loop.EpochLoop(
         pair=pair, optimizer=optimizer, scaler=scaler, data_loader=data_loader, schedules=schedules, settings=settings,
-        device=device, trackers=trackers, checkpoint_path=checkpoint_path, clock=clock,
+        device=device, trackers=trackers, checkpoint_path=checkpoint_path, clock=clock, stop=stop,
     )
     # ============ training ... ============
     logger.info("Starting SimDINO training !" if args.use_simdino else "Starting DINO training !")
@@ -370,7 +375,12 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
             break
         data_loader.sampler.set_epoch(epoch)
         fix_random_seeds(dino_loop.epoch_seed(args.seed, epoch, distributed.get_rank()))
-        train_stats = dino_loop.run_epoch(loop, epoch)
+        train_stats = dino_loop.run_epoch(loop, epoch, resume=mid_epoch if epoch == start_epoch else None)
+        if stop.position is not None:  # a stop signal within the epoch
+            state = epoch_state(args, epoch - 1, student_without_ddp, teacher, optimizer, loss_fn, scaler, clock)
+            save_mid_epoch(checkpoint_path, state, stop.position, stop.meters, clock.iterations)
+            stop.finish(f"checkpoint of epoch {epoch}, iteration {stop.position} of {niter_per_ep}, written to "
+                        f"{checkpoint_path}; run the same command to resume")
         # ============ writing logs ... ============
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
         log_stats.update(run_knn_monitor(monitor, args, epoch, teacher, clock, output_dir))
@@ -380,10 +390,17 @@ def _train(args: argparse.Namespace, device, output_dir: Path, trackers: Experim
             trackers.log({f"epoch/{k}": v for k, v in log_stats.items()}, step=(epoch + 1) * niter_per_ep)
         distributed.barrier()
         epochs_done = epoch + 1
+        if epoch + 1 < args.epochs and stop.requested(device):
+            stop.finish(f"checkpoint of epoch {epoch} written to {checkpoint_path}; run the same command to resume")
         if clock.stopped:
             logger.info(f"Time budget of {clock.budget:.0f} s reached in epoch {epoch}: training stops here")
             break
     logger.info(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
+    return training_summary(args, clock, epochs_done, world_size)
+
+
+def training_summary(args: argparse.Namespace, clock: TrainingClock, epochs_done: int, world_size: int) -> dict[str, float]:
+    """What `train_dino` returns (the whole run, resumed parts included); warns of a budget left unspent."""
     if clock.budget and not clock.stopped and clock.spent < clock.budget:
         logger.warning(f"--epochs {args.epochs} ended after {clock.spent:.0f} s, before the {clock.budget:.0f} s "
                        "budget: the schedules did not reach their end; raise --epochs")

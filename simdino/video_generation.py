@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from simdinov2.cli import make_output_dir
+from simdinov2.cli import HelpFormatter, make_output_dir
 from simdinov2.data.datasets import load_rgb_image
 from simdinov2.distributed import resolve_device
 from simdinov2.errors import MissingFileError, UserError
@@ -56,7 +56,7 @@ INSTALL_WRITER = "pip install imageio imageio-ffmpeg"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Generation self-attention video", add_help=add_help)
+    parser = argparse.ArgumentParser("Generation self-attention video", add_help=add_help, formatter_class=HelpFormatter)
     add_backbone_args(parser)
     parser.add_argument("--input_path", required=True, type=str,
                         help="A video file (its frames are extracted to OUTPUT/frames), a folder of frames "

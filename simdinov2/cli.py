@@ -6,6 +6,7 @@ Owns:
   without a barrier, so that `torchrun` / SLURM end the other ranks instead of a hang.
 - `agree_on_errors(what)`: a set-up block whose failure on any rank fails every rank, so that no rank goes
   on into the next collective and waits there forever (e.g. a tracker that fails to start on rank 0).
+- `HelpFormatter` (from `simdinov2.help_format`, which imports no torch): every program's `--help`.
 - `make_output_dir(path, flag)`, handed on from `simdinov2.io.output_dir` (where `logging` takes it too):
   every program's output folder, created and checked writable, or one `UserError` line naming the flag.
 """
@@ -14,14 +15,18 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from simdinov2 import distributed
-from simdinov2.errors import PeerFailedError, UserError
+from simdinov2.errors import PeerFailedError, TrainingInterrupted, UserError
+from simdinov2.help_format import HelpFormatter
 from simdinov2.io.output_dir import make_output_dir as make_output_dir  # handed on beside run_cli
+
+__all__ = ["HelpFormatter", "agree_on_errors", "error_line", "make_output_dir", "run_cli"]
 
 
 class agree_on_errors:  # noqa: N801 - used as a context manager, like contextlib's
@@ -109,6 +114,10 @@ def run_cli(prog: str, main: Callable[..., Any], *args: Any, **kwargs: Any) -> A
         failed = False
         return result
     except UserError as error:
+        if isinstance(error, TrainingInterrupted):  # a stop signal: one line, exit status 128 + its number
+            if distributed.is_main_process():
+                print(f"{f'{prog}: ' if prog else ''}{error}", file=sys.stderr, flush=True)
+            raise SystemExit(error.exit_code) from None
         raise SystemExit(error_line(prog, error) if _reports(error) else 1) from None
     except Exception as error:
         if _peer_gone(error):  # the rank that failed prints the one line; this one was waiting for it

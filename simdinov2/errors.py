@@ -8,6 +8,7 @@ Owns:
 - `MissingFileError`: the user-error kind of a missing file or folder (also a FileNotFoundError).
 - `NonFiniteLossError`: training stopped on a NaN/inf loss (on every rank together).
 - `PeerFailedError`: the quiet error of a rank whose peer failed in a set-up block.
+- `TrainingInterrupted`: training stopped on a signal after its checkpoint (one line, exit status 128 + signal).
 - `DiskFullError`: a save ran out of space (also an OSError); `exception_chain` finds such causes inside the
   wrappers of torch.save and torch.distributed.checkpoint.
 """
@@ -39,6 +40,14 @@ class PeerFailedError(UserError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"another process failed while {what}", report=False)
+
+
+class TrainingInterrupted(UserError):
+    """Training stopped on a stop signal after writing its checkpoint (`simdinov2.train.interrupt`)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class DiskFullError(UserError, OSError):

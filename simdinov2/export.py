@@ -46,7 +46,7 @@ from simdinov2.checkpoint import (
     extract_backbone,
     infer_vit_config,
 )
-from simdinov2.cli import make_output_dir
+from simdinov2.cli import HelpFormatter, make_output_dir
 from simdinov2.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
 from simdinov2.errors import UserError
 
@@ -387,7 +387,8 @@ def export_backbone(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m simdinov2.export", description="Export the ViT backbone of a SimDINO/DINO checkpoint."
+        prog="python -m simdinov2.export", description="Export the ViT backbone of a SimDINO/DINO checkpoint.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint file, teacher snapshot, DCP directory or state dict")
     parser.add_argument("--out", required=True, help="output file (.pth or .safetensors); a folder for --format hf")

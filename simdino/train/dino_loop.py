@@ -21,15 +21,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from simdino.train.epoch_checkpoint import MidEpoch, resumed_batches
 from simdino.train.multicrop import MultiCropStudentTeacher
 from simdinov2 import distributed
 from simdinov2.data.datasets import UnreadableImageError
 from simdinov2.data.datasets.unlabeled import training_dataset
+from simdinov2.data.samplers import seed_loader_worker, usable_num_workers
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger
 from simdinov2.logging.helpers import metrics_row_due
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train.clock import TrainingClock
+from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.step import train_step
 from simdinov2.utils.schedules import cosine_scheduler_epochs
 
@@ -69,11 +72,6 @@ def build_dataset(data_path: str | None, transform: Any) -> Dataset:
     return training_dataset(data_path or "", transform, option="--data_path")
 
 
-def _seed_numpy_in_worker(worker_id: int) -> None:
-    # torch seeds `random` and torch in each worker from the loader's base seed, not numpy.
-    np.random.seed(torch.initial_seed() % 2**32)
-
-
 def build_data_loader(settings: LoopSettings, dataset: Dataset, device: torch.device) -> DataLoader:
     """Shuffled per epoch with seed + epoch (`set_epoch`), in one process as well: a resumed run sees the
     same order as an uninterrupted one. Refuses a dataset smaller than one step."""
@@ -82,8 +80,9 @@ def build_data_loader(settings: LoopSettings, dataset: Dataset, device: torch.de
         dataset, num_replicas=world_size, rank=distributed.get_rank(), shuffle=True, seed=settings.seed
     )
     loader = DataLoader(
-        dataset, sampler=sampler, batch_size=settings.batch_size_per_gpu, num_workers=settings.num_workers,
-        pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=_seed_numpy_in_worker,
+        dataset, sampler=sampler, batch_size=settings.batch_size_per_gpu,
+        num_workers=usable_num_workers(settings.num_workers), pin_memory=device.type == "cuda", drop_last=True,
+        worker_init_fn=seed_loader_worker,
         persistent_workers=False,
     )  # fmt: skip
     if len(loader) == 0:
@@ -171,23 +170,30 @@ class EpochLoop:
     trackers: ExperimentTrackers
     checkpoint_path: Path  # the last good checkpoint, named when a loss turns non-finite
     clock: TrainingClock
+    stop: StopSignals | None = None  # a stop signal ends the epoch after the iteration under way
 
 
-def train_one_epoch(loop: EpochLoop, epoch: int) -> dict[str, float]:
-    """One pass over `data_loader` (or until `clock`'s time budget is spent); returns the epoch averages
-    (over all processes) of the metrics. Progress lines show the run's iteration, images/s, the loss
-    parts, lr and the ETA of the whole run; `training_metrics.json` gets the values at that iteration."""
+def train_one_epoch(loop: EpochLoop, epoch: int, resume: MidEpoch | None = None) -> dict[str, float]:
+    """One pass over `data_loader` (or until `clock`'s time budget is spent, or `loop.stop` got a signal:
+    then `stop.position` says where); returns the epoch averages (over all processes) of the metrics.
+    Progress lines show the run's iteration, images/s, the loss parts, lr and the ETA of the whole run (of
+    the budget with one); `training_metrics.json` gets the values at that iteration. `resume`: the epoch
+    continues where a stop signal ended it."""
     pair, optimizer, data_loader, device, clock = loop.pair, loop.optimizer, loop.data_loader, loop.device, loop.clock
-    checkpoint_path = loop.checkpoint_path
+    checkpoint_path, stop = loop.checkpoint_path, loop.stop
     metric_logger = MetricLogger(delimiter="  ", output_file=checkpoint_path.parent / "training_metrics.json")
-    n_iter = len(data_loader)
+    n_iter, first_step = len(data_loader), resume.step if resume else 0
+    if resume is not None and distributed.is_main_process():  # the epoch's sums so far, over all processes
+        for name, (total, count) in resume.meters.items():
+            metric_logger.meters[name].total, metric_logger.meters[name].count = total, int(count)
     images_per_step = loop.settings.batch_size_per_gpu * distributed.get_world_size()
     progress = metric_logger.log_every(
-        data_loader, PRINT_FREQ, f"Epoch: [{epoch}/{loop.settings.epochs}]", n_iterations=clock.total_iterations,
-        start_iteration=n_iter * epoch, images_per_iteration=images_per_step,
+        resumed_batches(data_loader, resume), PRINT_FREQ, f"Epoch: [{epoch}/{loop.settings.epochs}]",
+        n_iterations=clock.total_iterations, start_iteration=n_iter * epoch + first_step,
+        images_per_iteration=images_per_step, eta=clock.eta if clock.budget else None,
     )  # fmt: skip
     pair.train()
-    for step, (images, _) in enumerate(progress):
+    for step, (images, _) in enumerate(progress, start=first_step):
         elapsed = clock.synchronized_elapsed(device)
         if clock.exhausted(elapsed):
             clock.stopped = True
@@ -211,23 +217,31 @@ def train_one_epoch(loop: EpochLoop, epoch: int) -> dict[str, float]:
                 report=e.report,
             ) from None
         clock.iterations += 1
+        if (over := clock.first_iteration_over_budget()) is not None:
+            logger.warning(over)
         metrics = {**losses, "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"]}
         if metrics_row_due(global_it, PRINT_FREQ, clock.total_iterations) or step == n_iter - 1:
             metrics.update(pair.probe.measure())  # one small SVD, on the iterations the progress line shows
         metric_logger.update(**metrics)
         if step % PRINT_FREQ == 0:
             loop.trackers.log(metrics, step=global_it)
+        if stop is not None and step + 1 < n_iter and stop.requested(device):
+            progress.close()  # the metrics row of this iteration (a resume drops it when not due)
+            stop.position = step + 1
+            break
     # gather the stats from all processes
     metric_logger.synchronize_between_processes()
+    if stop is not None and stop.position is not None:
+        stop.meters = {name: [meter.total, meter.count] for name, meter in metric_logger.meters.items()}
     logger.info(f"Averaged stats: {metric_logger}")
     return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
 
 
-def run_epoch(loop: EpochLoop, epoch: int) -> dict[str, float]:
+def run_epoch(loop: EpochLoop, epoch: int, resume: MidEpoch | None = None) -> dict[str, float]:
     """`train_one_epoch`, with an unreadable image reported as the one line of its error (a loader
     worker wraps the message in its traceback, whose last line is the original one)."""
     try:
-        return train_one_epoch(loop, epoch)
+        return train_one_epoch(loop, epoch, resume)
     except UnreadableImageError as e:
         last_line = str(e).strip().splitlines()[-1]
         raise UserError(last_line.split("UnreadableImageError: ", 1)[-1]) from e

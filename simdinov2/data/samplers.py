@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
@@ -202,9 +203,14 @@ class _SeededCollate:
             return self.collate_fn([item for _, item in batch])
 
 
-def _seed_numpy_in_worker(worker_id: int) -> None:
-    # torch seeds `random` and itself per worker; numpy would otherwise repeat across workers.
+def seed_loader_worker(worker_id: int) -> None:
+    """`worker_init_fn` of the loaders: numpy seeded per worker (torch seeds `random` and itself per worker;
+    numpy would otherwise repeat across workers), and the trainers' stop signals ignored: a terminal (Ctrl-C),
+    torchrun (its workers' process groups) and SLURM (every process of the step) send them to the workers
+    too, and the trainer, which stops after writing its checkpoint, ends its workers itself."""
     np.random.seed(torch.initial_seed() % 2**32)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def make_data_loader(
@@ -269,6 +275,6 @@ def make_data_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         persistent_workers=persistent_workers and num_workers > 0,
-        worker_init_fn=_seed_numpy_in_worker,
+        worker_init_fn=seed_loader_worker,
         generator=generator,
     )

@@ -66,7 +66,7 @@ from simdinov2.eval.metrics import (
     num_dataset_classes,
     set_results,
 )
-from simdinov2.logging import MetricLogger, append_json_lines, resume_records
+from simdinov2.logging import LengthEstimate, MetricLogger, append_json_lines, resume_records
 from simdinov2.precision import autocast
 from simdinov2.utils.utils import fix_random_seeds
 
@@ -504,6 +504,19 @@ def evaluate_sets(probe: SimpleNamespace, eval_sets: Sequence[EvalSet], args: ar
     return results
 
 
+def _length_estimate(args: argparse.Namespace, probe: SimpleNamespace, epoch_length: int, left: int) -> LengthEstimate:
+    """The size of the training (said now) and, after its first iterations, how long the rest takes."""
+    global_batch = args.batch_size * distributed.get_world_size()
+    n_images, max_iter = len(probe.train_dataset), args.epochs * epoch_length
+    return LengthEstimate(
+        "attentive probe" if args.attentive else "linear probe",
+        f"{len(probe.classifiers)} classifiers, {args.epochs} epochs x {epoch_length} iterations = {max_iter} iterations "
+        f"of {global_batch} images ({n_images} training images: one pass is {max(n_images // global_batch, 1)})", left,
+        f"shorten with --epoch-length 0 (one pass per epoch) or fewer --epochs (upstream's {DEFAULT_EPOCH_LENGTH} x 10 "
+        "stay the defaults)",
+    )  # fmt: skip
+
+
 def _train(args, probe: SimpleNamespace, optimizer, scheduler, start_iteration: int, save) -> int:
     """Train the grid from `start_iteration` to the end, saving and evaluating on the validation set
     periodically; returns the last iteration."""
@@ -514,8 +527,7 @@ def _train(args, probe: SimpleNamespace, optimizer, scheduler, start_iteration: 
         trained = nn.parallel.DistributedDataParallel(probe.classifiers)
         if probe.feature_model.trainable:
             features = nn.parallel.DistributedDataParallel(probe.feature_model)
-    logger.info("training %d %s classifiers for %d iterations (%d per epoch)", len(probe.classifiers),
-                "attentive" if args.attentive else "linear", max_iter, epoch_length)  # fmt: skip
+    estimate = _length_estimate(args, probe, epoch_length, max_iter - start_iteration)
     iteration = start_iteration
     if start_iteration >= max_iter:
         return iteration
@@ -535,6 +547,7 @@ def _train(args, probe: SimpleNamespace, optimizer, scheduler, start_iteration: 
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates")
         metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        estimate.tick()
         # The row before the checkpoint: a kill between them re-runs (and re-writes) the iteration.
         if iteration % eval_period == 0 and iteration != max_iter:
             results = evaluate_sets(probe, probe.eval_sets[:1], args)[0]

@@ -26,7 +26,7 @@ from torch import nn
 
 from simdinov2 import distributed
 from simdinov2.checkpoint import infer_vit_config
-from simdinov2.cli import run_cli
+from simdinov2.cli import HelpFormatter, run_cli
 from simdinov2.configs import get_cfg
 from simdinov2.errors import MissingFileError, UserError
 from simdinov2.eval.backbone import (
@@ -47,7 +47,8 @@ def get_args_parser(
     add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=description or "Evaluation set-up", parents=list(parents or []), add_help=add_help
+        description=description or "Evaluation set-up", parents=list(parents or []), add_help=add_help,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config-file", type=str, default=None,
                         help="training config (e.g. the run's resolved OUTPUT_DIR/config.yaml): evaluation crop, "
@@ -72,7 +73,8 @@ def get_eval_args_parser(
     """The parser of a v2 evaluation: the set-up flags above, then `parents`, then the dataset flags
     (DINOv2's dataset strings, `train_role` / `val_role` saying what each set is for) and loader workers."""
     parser = argparse.ArgumentParser(
-        description=description, parents=[get_args_parser(add_help=False), *(parents or [])], add_help=add_help
+        description=description, parents=[get_args_parser(add_help=False), *(parents or [])], add_help=add_help,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
                         help=f"{train_role} dataset string, e.g. ImageFolder:root=P/train")

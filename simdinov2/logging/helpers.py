@@ -9,7 +9,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -80,8 +80,10 @@ class MetricLogger:
         self.meters: defaultdict[str, SmoothedValue] = defaultdict(SmoothedValue)
         self.delimiter = delimiter
         self.output_file = Path(output_file) if output_file else None
+        self._updates = 0  # calls of `update`: whether the consumer of `log_every` finished its item
 
     def update(self, **kwargs: Any) -> None:
+        self._updates += 1
         for k, v in kwargs.items():
             if v is None:
                 continue
@@ -121,12 +123,14 @@ class MetricLogger:
         start_iteration: int = 0,
         json_iteration_offset: int = 0,
         images_per_iteration: int = 0,
+        eta: Callable[[int], float] | None = None,
     ) -> Iterator[Any]:
         """Yield from `iterable`, printing `header [it/total] eta: ... img/s: ... metrics ... time: ...`.
 
         `n_iterations` / `start_iteration` are those of the whole run when a per-epoch loop passes them
         (then the ETA is that of the run); `images_per_iteration` (over all processes) adds the
-        throughput. `json_iteration_offset` is added to the iteration written to `output_file`."""
+        throughput. `json_iteration_offset` is added to the iteration written to `output_file`; `eta(i)`,
+        when given, is the ETA after iteration `i` in seconds (a time budget's rest)."""
         i = start_iteration
         if n_iterations is None:
             n_iterations = len(iterable)  # type: ignore[arg-type]
@@ -143,20 +147,22 @@ class MetricLogger:
         last_dumped = -1
         for obj in iterable:
             data_time.update(time.time() - end)
+            updates_at_yield = self._updates
             try:
                 yield obj
             except GeneratorExit:
-                # The consumer stopped early (e.g. at a time budget): the record ends with the last
-                # iteration it finished.
-                if i - 1 >= start_iteration and i - 1 != last_dumped:
-                    self._dump_json(i - 1 + json_iteration_offset, iter_time.avg, data_time.avg)
+                # The consumer stopped early: before this item (a time budget) or after it (a stop signal; its
+                # `update` says so). The record ends with the last iteration it finished.
+                done = i if self._updates != updates_at_yield else i - 1
+                if done >= start_iteration and done != last_dumped:
+                    self._dump_json(done + json_iteration_offset, iter_time.avg, data_time.avg)
                 raise
             iter_time.update(time.time() - end)
             if metrics_row_due(i, print_freq, n_iterations) or i == last_of_iterable:
                 self._dump_json(i + json_iteration_offset, iter_time.avg, data_time.avg)
                 last_dumped = i
-                eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
-                eta = str(datetime.timedelta(seconds=int(eta_seconds)))
+                eta_seconds = eta(i) if eta is not None else iter_time.global_avg * (n_iterations - i - 1)
+                eta_text = str(datetime.timedelta(seconds=int(eta_seconds)))
                 throughput = (
                     [f"img/s: {images_per_iteration / iter_time.avg:.1f}"] if images_per_iteration and iter_time.avg else []
                 )
@@ -164,7 +170,7 @@ class MetricLogger:
                     [
                         header,
                         f"[{i:{width}d}/{n_iterations}]",
-                        f"eta: {eta}",
+                        f"eta: {eta_text}",
                         *throughput,
                         str(self),
                         f"time: {iter_time}",
@@ -251,3 +257,29 @@ def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     root.addHandler(handler)
+
+
+class LengthEstimate:
+    """A long loop says its size when it starts and, once its first iterations are timed, how long the
+    whole takes at that pace, each with how to shorten it (one line each, main process).
+
+    `tick()` after every iteration: the first one (loader start-up, first calls) is left out of the
+    measure, the next `probe` are timed."""
+
+    def __init__(self, what: str, size: str, iterations: int, shorten: str, probe: int = 5) -> None:
+        self.what, self.iterations, self.shorten, self.probe = what, int(iterations), shorten, probe
+        self.count, self._timed_from = 0, 0.0
+        if distributed.is_main_process():
+            logger.info("%s: %s; time estimate after %d iterations; %s", what, size, probe + 1, shorten)
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self._timed_from = time.monotonic()
+        elif self.count == self.probe + 1 and distributed.is_main_process():
+            per_iteration = (time.monotonic() - self._timed_from) / self.probe
+            left = max(self.iterations - self.count, 0)
+            logger.info(
+                "%s: %.2f s per iteration, about %s for the %d iterations left; %s", self.what, per_iteration,
+                datetime.timedelta(seconds=int(per_iteration * left)), left, self.shorten,
+            )  # fmt: skip

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simdinov2.help_format import HelpFormatter
+
 logger = logging.getLogger("simdinov2")
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
@@ -60,7 +62,9 @@ def get_args_parser(
 
     Both spellings are accepted for multi-word flags (`--use_volta32` as DINO, `--use-volta32` as DINOv2).
     """
-    parser = argparse.ArgumentParser(description=description, parents=list(parents or []), add_help=add_help)
+    parser = argparse.ArgumentParser(
+        description=description, parents=list(parents or []), add_help=add_help, formatter_class=HelpFormatter
+    )
     group = parser.add_argument_group("submitit launcher")
     group.add_argument("--ngpus", "--gpus", "--gpus-per-node", dest="ngpus", default=ngpus, type=int,
                        help="""GPUs per node, one process each. 0: a CPU job (SLURM: no GPU requested, CPU-only
@@ -256,7 +260,17 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+SLURM_COMMANDS = ("sbatch", "srun")  # submission, and the job's tasks (submitit needs both here)
+
+
 def _which_cluster(requested: str | None) -> str:
+    if requested == "slurm":
+        missing = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+        if missing:
+            raise LauncherError(
+                f"--cluster slurm: SLURM's {' and '.join(missing)} command{'s are' if len(missing) > 1 else ' is'} not "
+                "installed here; run on this machine with --cluster local, or submit from a SLURM login node"
+            )
     if requested and requested != "auto":
         return requested
     cluster, why = detect_cluster()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simdinov2.cli import make_output_dir, run_cli
+from simdinov2.cli import HelpFormatter, make_output_dir, run_cli
 from simdinov2.data.datasets import load_rgb_image
 from simdinov2.distributed import resolve_device
 from simdinov2.errors import MissingFileError, UserError
@@ -31,7 +31,7 @@ from simdinov2.eval.patch_pca import DEFAULT_THRESHOLD, patch_token_grid, pca_pi
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simdinov2.tools.pca_features", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_backbone_args(parser)
     parser.add_argument("--image_path", nargs="+", required=True, help="One or more images.")
     parser.add_argument("--output_dir", default=".", help="Folder for the <image name>_pca.png pictures.")

@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from simdinov2.help_format import HelpFormatter
+
 LOG_FILES = ("training_metrics.json", "log.txt")
 # Health of the representation: the teacher's effective rank (every progress line) and the k-NN monitor.
 HEALTH_KEYS = ("effective_rank", "effective_rank_head", "knn_monitor_top1")
@@ -92,11 +94,22 @@ def series(records: list[dict]) -> tuple[str, list[float], dict[str, list[float]
         if k == x_key:
             continue
         values = [float(r.get(k, float("nan"))) for r in records]
-        if "loss" in k:
+        if "loss" in k and not is_weight(k):
             losses[k] = values
         elif k.endswith("lr") or k.endswith("wd") or k in ("lr", "wd"):
             scheds[k] = values
     return x_key, xs, losses, scheds
+
+
+def is_weight(name: str) -> bool:
+    """A loss weight (v2 `ibot_loss_weight`): a schedule, neither minimised nor maximised."""
+    return name.endswith("_weight")
+
+
+def weight_series(records: list[dict], x_key: str) -> dict[str, list[float]]:
+    """The loss-weight series of the records (drawn on their own panel)."""
+    names = [k for k in (records[0] if records else {}) if is_weight(k) and isinstance(records[0][k], (int, float))]
+    return {k: [float(r.get(k, float("nan"))) for r in records] for k in names if k != x_key}
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
@@ -116,6 +129,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     panels = [(title or f"{Path(run_dir).name}: losses (lower is better)", "loss", minimised, False)]
     if maximised:
         panels.append(("parts of the SimDINO loss (higher is better)", "value", maximised, False))
+    weights = weight_series(records, x_key)
+    if weights:
+        panels.append(("loss weights", "weight", weights, False))
     if scheds:
         panels.append(("schedules", None, scheds, True))
     panels = [p for p in panels if p[2]] or panels[:1]
@@ -125,7 +141,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
         _draw_health(axes[0][-1], health, x_key)
     for ax, (panel_title, ylabel, curves, log_scale) in zip(axes[0], panels):
         for k, v in curves.items():
-            ax.plot(xs, v, label=k if log_scale else metric_label(k))
+            ax.plot(xs, v, label=k if log_scale or is_weight(k) else metric_label(k))
         ax.set_xlabel(x_key)
         if ylabel:
             ax.set_ylabel(ylabel)
@@ -227,7 +243,7 @@ def _draw_health(ax, health: dict[str, tuple[list[float], list[float]]], x_key: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", help="training output directory (or a log file)")
     parser.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss_curve.png)")
     parser.add_argument("--title", default=None)

@@ -89,6 +89,21 @@ class TrainingClock:
         per_iteration = (self.now() - self._started_at) / done_here
         return per_iteration * max(self.total_iterations - iteration, 0)
 
+    def first_iteration_over_budget(self) -> str | None:
+        """After this process's first iteration: a line when it alone (loader start-up and first calls
+        included) took the budget, which then ends training after it; None otherwise."""
+        if not self.budget or self.iterations != self._iterations_before + 1:
+            return None
+        took = self.spent - self._spent_before
+        if self.spent < self.budget:
+            return None
+        return (f"time budget: the first iteration took {took:.0f} s (start-up included), the whole {self.budget:.0f} s "
+                "budget: training stops after it; raise the time budget")
+
+    def eta(self, iteration: int) -> float:
+        """ETA of the run after global `iteration` (progress lines): the budget's rest with a budget."""
+        return self.seconds_left(iteration + 1, self.spent)  # no clock reading: the last iteration's
+
     def state_dict(self) -> dict[str, float]:
         """Checkpoint entries: only with a budget (without one, no clock entries are added to upstream's keys)."""
         return {"train_seconds": self.spent, "iterations": self.iterations} if self.budget else {}

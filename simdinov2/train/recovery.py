@@ -62,11 +62,10 @@ def complete_iteration_end(
     ended_by_budget = clock.exhausted(clock.spent)
     if distributed.is_main_process():
         metrics = state.get("metrics")
-        due = metrics is not None and (
-            metrics_row_due(last, int(cfg.train.print_freq), clock.total_iterations) or ended_by_budget
-        )
-        replay = {"iteration": last, **metrics} if due else None
-        resume_json_lines(output_dir / "training_metrics.json", "iteration", last + 1, replay)
+        due = metrics_row_due(last, int(cfg.train.print_freq), clock.total_iterations) or ended_by_budget
+        replay = {"iteration": last, **metrics} if due and metrics is not None else None
+        # a row that was not due (an interrupt's last iteration) is dropped: the log ends as an uninterrupted run's
+        resume_json_lines(output_dir / "training_metrics.json", "iteration", last + 1 if due else last, replay)
     eval_period = snapshot_period(
         int(cfg.evaluation.eval_period_epochs), int(cfg.evaluation.eval_period_iterations), clock.niter_per_epoch
     )

@@ -50,9 +50,11 @@ from simdinov2.eval.knn_monitor import KnnMonitor, append_metrics_row
 from simdinov2.fsdp import resolve_sharding
 from simdinov2.logging import MetricLogger, setup_logging
 from simdinov2.logging.helpers import metrics_row_due
+from simdinov2.precision import apply_cpu_precision, user_precision_keys
 from simdinov2.trackers import ExperimentTrackers
 from simdinov2.train.clock import TrainingClock
 from simdinov2.train.health import probe_teacher, warn_if_rank_deficient_covariance
+from simdinov2.train.interrupt import StopSignals
 from simdinov2.train.recipe_keys import (
     NonFiniteGuard,
     backbone_frozen,
@@ -72,7 +74,7 @@ logger = logging.getLogger("simdinov2")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SimDINOv2 training", add_help=add_help)
+    parser = argparse.ArgumentParser("SimDINOv2 training", add_help=add_help, formatter_class=cli.HelpFormatter)
     parser.add_argument("--config-file", "--config_file", default="", metavar="FILE", help="path to a config file")
     parser.add_argument(
         "--no-resume", "--no_resume", action="store_true", help="start from scratch even if checkpoints exist"
@@ -97,6 +99,9 @@ def setup(args: argparse.Namespace) -> DictConfig:
     cfg.train.output_dir = os.path.abspath(os.path.expanduser(str(cfg.train.output_dir)))
     distributed.init_distributed(str(cfg.train.device))
     setup_logging(cfg.train.output_dir)
+    apply_cpu_precision(
+        cfg, user_precision_keys(getattr(args, "opts", None), getattr(args, "config_file", None)), distributed.get_device()
+    )
     apply_scaling_rules_to_cfg(cfg, distributed.get_world_size())
     existing = Path(cfg.train.output_dir) / "config.yaml"
     if getattr(args, "eval_only", False) and existing.is_file():
@@ -381,6 +386,13 @@ class TrainingLoop:
         }  # fmt: skip
         return {**record, **losses}
 
+    def _stop(self, stop: StopSignals, progress: Any, iteration: int, metrics: dict[str, float]) -> None:
+        """A stop signal: the checkpoint of the last iteration done (unless just saved), then one line."""
+        progress.close()  # the metrics row of the last iteration done (a resume drops it when not due)
+        if iteration % self.period != 0:
+            self.save(iteration - 1, metrics)
+        stop.finish(f"checkpoint of iteration {iteration - 1} in {self.checkpointer.root}; run the same command to resume")
+
     def run(self, data_iter: Any, start_iter: int) -> int:
         """Train from `start_iter`; returns the number of iterations done (resumed ones included)."""
         clock, max_iter = self.clock, self.clock.total_iterations
@@ -388,27 +400,30 @@ class TrainingLoop:
         images = int(self.cfg.train.batch_size_per_gpu) * distributed.get_world_size()
         progress = metric_logger.log_every(
             data_iter, int(self.cfg.train.print_freq), "Training", n_iterations=max_iter, start_iteration=start_iter,
-            images_per_iteration=images,
+            images_per_iteration=images, eta=clock.eta if clock.budget else None,
         )  # fmt: skip
         self.model.train()
         clock.start()
         iteration = start_iter
-        for batch in progress:
-            elapsed = clock.synchronized_elapsed(self.model.device)
-            if clock.exhausted(elapsed):
-                clock.stopped = True
-                break
-            metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
-            clock.iterations += 1
-            if metrics_row_due(iteration, int(self.cfg.train.print_freq), max_iter):
-                metrics.update(self.probe.measure())  # one small SVD, on the iterations the progress line shows
-            metric_logger.update(**metrics)
-            self.trackers.log(metrics, step=iteration)
-            if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
-                self.save(iteration, metrics)
-            if snapshot_due(iteration, self.eval_period):
-                self.snapshot(iteration)
-            iteration += 1
+        with StopSignals() as stop:
+            for batch in progress:
+                elapsed = clock.synchronized_elapsed(self.model.device)
+                if clock.exhausted(elapsed):
+                    clock.stopped = True
+                    break
+                metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
+                clock.iterations += 1
+                if metrics_row_due(iteration, int(self.cfg.train.print_freq), max_iter):
+                    metrics.update(self.probe.measure())  # one small SVD, on the iterations the progress line shows
+                metric_logger.update(**metrics)
+                self.trackers.log(metrics, step=iteration)
+                if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
+                    self.save(iteration, metrics)
+                if snapshot_due(iteration, self.eval_period):
+                    self.snapshot(iteration)
+                iteration += 1
+                if iteration < max_iter and stop.requested(self.model.device):
+                    self._stop(stop, progress, iteration, metrics)
         if clock.stopped and iteration > start_iter:
             # The budget's end is the run's end: its checkpoint and the teacher snapshot for evaluation.
             logger.info("time budget of %.0f s reached after %d iterations: training stops here", clock.budget, iteration)

@@ -53,6 +53,9 @@ def test_one_epoch_then_resume_then_evaluate(v1_checkpoint: Path, tiny_imagefold
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Accuracy at epoch 0 of the network on the 30 test images" in proc.stdout
+    # the run's size and how to shorten it, said at the start
+    assert "linear probe: 1 epochs x 4 iterations" in proc.stdout + proc.stderr
+    assert "shorten with fewer --epochs" in proc.stdout + proc.stderr
     checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
     assert set(checkpoint) == {"epoch", "state_dict", "optimizer", "scheduler", "best_acc"}
     assert checkpoint["epoch"] == 1

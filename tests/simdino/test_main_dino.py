@@ -18,6 +18,7 @@ from PIL import Image
 
 from simdino import main_dino
 from simdino.train.multicrop import MultiCropWrapper
+from simdinov2.precision import resolve_amp
 
 REPO = Path(__file__).resolve().parents[2]
 SIMDINO_DIR = REPO / "simdino"
@@ -73,7 +74,7 @@ def test_every_reference_flag_and_default():
         "arch": "vit_small", "patch_size": 16, "out_dim": 65536, "norm_last_layer": True,
         "momentum_teacher": 0.996, "use_bn_in_head": False, "z_dim": 256, "hidden_dim": 2048,
         "use_simdino": True, "warmup_teacher_temp": 0.04, "teacher_temp": 0.04,
-        "warmup_teacher_temp_epochs": 0, "compile": True, "use_fp16": True, "weight_decay": 0.04,
+        "warmup_teacher_temp_epochs": 0, "compile": True, "use_fp16": None, "weight_decay": 0.04,
         "weight_decay_end": 0.4, "clip_grad": 3.0, "batch_size_per_gpu": 64, "epochs": 100,
         "freeze_last_layer": 1, "lr": 0.0005, "warmup_epochs": 10, "min_lr": 1e-6, "optimizer": "adamw",
         "drop_path_rate": 0.1, "local_crops_number": 8, "output_dir": ".", "saveckp_freq": 10, "seed": 0,
@@ -83,6 +84,8 @@ def test_every_reference_flag_and_default():
     }  # fmt: skip
     for key, value in expected.items():
         assert getattr(args, key) == value, key
+    # use_fp16 unset = upstream's true on CUDA, the CPU rule on a CPU (simdinov2.precision.resolve_amp)
+    assert resolve_amp(torch.device("cuda"), args.use_fp16).dtype == torch.float16
     assert tuple(args.global_crops_scale) == (0.4, 1.0)
     assert tuple(args.local_crops_scale) == (0.05, 0.4)
     # the upstream README command parses as written
@@ -532,6 +535,40 @@ def test_torchrun_two_processes_then_resume(train_dir, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["student"])
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_to_torchrun_checkpoints_mid_epoch_with_one_line(tiny_imagefolder, tmp_path):
+    """SIGTERM to torchrun (which forwards it to the workers' process groups, loader workers included):
+    the workers write the checkpoint of the iteration reached and say so in one line; the run resumes."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main_dino.py", *TINY[:-8],
+        "--num_workers", "1", "--hidden_dim", "256", "--z_dim", "64", "--batch_size_per_gpu", "4",
+        "--data_path", str(Path(tiny_imagefolder) / "train"), "--output_dir", str(out),
+    ]  # fmt: skip
+    with subprocess.Popen([*cmd, "--epochs", "20"], cwd=SIMDINO_DIR, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+        metrics = out / "training_metrics.json"
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+            time.sleep(0.5)  # two rows: iterations 0 and 10, well inside epoch 0 (15 iterations)
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    lines = [line for line in stderr.splitlines() if "interrupted by SIGTERM" in line]
+    assert len(lines) == 1 and lines[0].startswith("main_dino.py: interrupted by SIGTERM: checkpoint of epoch"), stderr[-3000:]
+    assert "DataLoader worker" not in stderr
+    ckpt = load_ckpt(out / "checkpoint.pth")
+    assert ckpt["epoch_step"] > 0 and len(ckpt["rng"]) == 2
+    done = subprocess.run([*cmd, "--epochs", "1"], cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from epoch 0, iteration {ckpt['epoch_step']} of it" in (out / "output.log").read_text()
+    assert [rec["epoch"] for rec in read_log(out)] == [0]
+
+
 # ------------------------------------------------------------------------------------------- GPU only
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -565,3 +602,49 @@ def test_gpu_torchrun_nccl(train_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "backend nccl" in (out / "output.log").read_text()
+
+
+def _without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.endswith("_time")} for row in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_stop_signal_mid_epoch_resumes_exactly(train_dir, tmp_path, monkeypatch, capsys, workers):
+    """SIGTERM during iteration 5 (epoch 1, its 2nd of 4 iterations): one line, the checkpoint of that
+    iteration, and the resumed run's files, losses and weights are the uninterrupted run's, bit for bit
+    (with loader workers too: the skipped batches are loaded again so their random streams continue)."""
+    import signal
+
+    from simdino.main_dino import dino_loop
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    extra = ("--saveckp_freq", "1", "--num_workers", workers)
+    run_main(train_dir, full, *extra, batch=2, epochs=2)  # 9 images: 4 iterations per epoch
+
+    real_step, calls = dino_loop.train_step, []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(dino_loop, "train_step", step_then_signal)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train_dir, stopped, *extra, batch=2, epochs=2)
+    monkeypatch.undo()
+    assert exit_info.value.code == 128 + signal.SIGTERM and len(calls) == 6
+    lines = [line for line in capsys.readouterr().err.splitlines() if "interrupted by SIGTERM" in line]
+    assert len(lines) == 1 and "epoch 1, iteration 2 of 4" in lines[0], lines
+    assert load_ckpt(stopped / "checkpoint.pth")["epoch_step"] == 2 and len(read_log(stopped)) == 1
+
+    run_main(train_dir, stopped, *extra, batch=2, epochs=2)
+    assert "resuming from epoch 1, iteration 2 of it" in (stopped / "output.log").read_text()
+    assert (stopped / "log.txt").read_text() == (full / "log.txt").read_text()
+    assert _without_times(json.loads(line) for line in (stopped / "training_metrics.json").read_text().splitlines()) == \
+        _without_times(json.loads(line) for line in (full / "training_metrics.json").read_text().splitlines())
+    a, b = load_ckpt(full / "checkpoint.pth"), load_ckpt(stopped / "checkpoint.pth")
+    for part in ("student", "teacher"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"

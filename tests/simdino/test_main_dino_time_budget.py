@@ -4,6 +4,7 @@ Also `--depth` (a shallower ViT of the arch's width), which the CPU demo uses.""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from simdino import main_dino
-from simdino.train import multicrop
+from simdino.train import dino_loop, multicrop
+from simdinov2.data import samplers
 from simdinov2.train.clock import TrainingClock
 from simdinov2.utils.schedules import cosine_scheduler_epochs
 
@@ -133,3 +135,36 @@ def test_depth_builds_a_shallower_vit_of_the_arch_width_and_resume_checks_it(tra
     assert len(teacher.block_list()) == 3  # the depth is read back from the weights
     with pytest.raises(SystemExit, match="trained with --depth 3 but this run uses --depth 2"):
         main_dino.main(main_dino.get_args_parser().parse_args([*argv[:-2], "--epochs", "2", "--depth", "2"]))
+
+
+def test_progress_eta_is_the_budget_left_and_an_overlong_first_iteration_is_named(tmp_path, caplog):
+    """A 40 s budget over 100 epochs: the ETA is what the budget leaves, not 100 epochs' worth; a first
+    iteration that takes the whole budget is said in one line."""
+    from simdinov2.logging import MetricLogger
+
+    clock = TrainingClock(40.0, total_iterations=100 * 1000, niter_per_epoch=1000)
+    clock.start()  # tick 0
+    clock.elapsed()  # tick 1: 1 s spent
+    clock.iterations += 1
+    assert clock.eta(0) == 39.0 and clock.first_iteration_over_budget() is None
+    logger = MetricLogger()
+    # the progress line, not the 100 000-iteration estimate
+    with caplog.at_level("INFO", logger="simdinov2"):
+        for _ in logger.log_every(range(1), 1, "Epoch", n_iterations=clock.total_iterations, eta=clock.eta):
+            logger.update(loss=1.0)
+    assert "eta: 0:00:39" in caplog.text
+
+    slow = TrainingClock(40.0, total_iterations=100, niter_per_epoch=10)
+    slow.start()
+    for _ in range(45):
+        slow.elapsed()
+    slow.iterations += 1
+    assert "first iteration took 45 s" in slow.first_iteration_over_budget()
+
+
+def test_v1_loader_workers_are_capped_at_the_cores(train_dir, monkeypatch, caplog):
+    monkeypatch.setattr(samplers, "available_cores", lambda: 2)
+    args = argparse.Namespace(seed=0, batch_size_per_gpu=2, num_workers=10)
+    with caplog.at_level("INFO", logger="simdinov2"):
+        loader = dino_loop.build_data_loader(args, dino_loop.build_dataset(str(train_dir), None), torch.device("cpu"))
+    assert loader.num_workers == 2 and "num_workers 10 capped at 2" in caplog.text

@@ -85,3 +85,41 @@ def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, m
         torch.set_num_threads(previous_threads)
     assert "resuming from epoch 1" in (out / "output.log").read_text()
     assert [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()] == [0, 1]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_local_job_preempted_mid_epoch_checkpoints_then_requeued_job_resumes(small_train, tmp_path):
+    """SLURM's preemption signal (SIGUSR2, as submitit asks for) mid-epoch: the trainer writes the checkpoint
+    of the iteration reached, then submitit's handler requeues the job, which resumes within the epoch."""
+    import signal
+    import time
+
+    args = run_with_submitit.parse_args(
+        [*TINY, "--epochs", "2", "--batch_size_per_gpu", "1", "--data_path", str(small_train),
+         "--output_dir", str(tmp_path / "job"), "--cluster", "local", "--nodes", "1", "--ngpus", "0", "--cpus_per_task", "1"]
+    )  # fmt: skip
+    job = submit.submit_jobs(run_with_submitit.TRAINER, args, name="simdino", task_type=submit.ScriptTask, wait=False)
+    metrics = tmp_path / "job" / "training_metrics.json"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and job.state != "FINISHED", job.stderr()
+        time.sleep(0.2)  # iteration 0 of 9 logged: inside epoch 0
+    (task,) = _children(job._process.pid)
+    os.kill(task, signal.SIGUSR2)
+    job.result()
+    log = (tmp_path / "job" / "output.log").read_text()
+    assert "SIGUSR2 received: stopping after this iteration" in log
+    assert "resuming from epoch 0, iteration" in log and "of it" in log
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "job" / "log.txt").read_text().splitlines()] == [0, 1]

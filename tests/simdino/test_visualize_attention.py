@@ -96,6 +96,19 @@ def test_bad_inputs_are_one_line(tmp_path):
     assert "is not a file" in str(exc.value.code)
 
 
+def test_image_size_defaults_to_the_training_resolution(tmp_path, capsys):
+    """A 28-px model is drawn at 28 px (not upstream's 480, 66 s on a CPU for such a model)."""
+    torch.manual_seed(0)
+    source = build_vit("vit_tiny", patch_size=4, num_register_tokens=0, img_size=28).eval()
+    ckpt = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in source.state_dict().items()}}, ckpt)
+    written = va.main(["--pretrained_weights", str(ckpt), "--output_dir", str(tmp_path / "vis")])
+    with Image.open(written[0]) as im:
+        assert im.size == (28, 28)
+    assert "--image_size not given: 28 px, the resolution the model was trained at" in capsys.readouterr().out
+    assert va.get_args_parser().parse_args([]).image_size is None
+
+
 def test_threshold_outside_zero_one_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         va.main(["--threshold", "60", "--output_dir", str(tmp_path)])

@@ -36,6 +36,21 @@ def test_plot_v2_metrics_prefers_iterations(tmp_path):
     assert x_key == "iteration" and xs[-1] == 40 and "total_loss" in losses
 
 
+def test_loss_weight_is_drawn_on_a_weights_panel_not_the_minimised_one(tmp_path, monkeypatch):
+    records = [{"iteration": i, "total_loss": -1.0 - i, "ibot_loss_weight": 1.0, "lr": 0.001} for i in range(3)]
+    _write(tmp_path / "training_metrics.json", records)
+    _, _, losses, _ = plot_log.series(records)
+    assert "ibot_loss_weight" not in losses and "total_loss" in losses
+    assert plot_log.weight_series(records, "iteration") == {"ibot_loss_weight": [1.0, 1.0, 1.0]}
+    import matplotlib.axes
+
+    titles = []
+    real_set_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **kw: (titles.append(t), real_set_title(ax, t, **kw))[1])
+    plot_log.plot_run(tmp_path)
+    assert titles[1:] == ["loss weights", "schedules"]
+
+
 def test_plot_errors(tmp_path, capsys):
     assert plot_log.main([str(tmp_path)]) == 2
     assert "no training_metrics.json or log.txt" in capsys.readouterr().err

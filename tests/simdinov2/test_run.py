@@ -230,6 +230,32 @@ def test_v2_eval_launcher_passes_parsed_args_to_the_program(tmp_path, monkeypatc
 # `fake_slurm` (tests/conftest.py): a fake for every SLURM command, first on PATH.
 
 
+@pytest.mark.parametrize("present", [(), ("sbatch",)])
+def test_cluster_slurm_without_slurm_is_one_line_and_creates_nothing(tmp_path, monkeypatch, present):
+    """The newcomer's case: `--cluster slurm` on a machine without SLURM."""
+    from simdino import run_with_submitit
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    for command in present:
+        _fake_command(empty, command, "exit 0")
+    monkeypatch.setenv("PATH", str(empty))
+    out = tmp_path / "out"
+    missing = "srun command is" if present else "sbatch and srun commands are"
+    with pytest.raises(SystemExit) as exit_info:
+        run_with_submitit.main(["--cluster", "slurm", "--output_dir", str(out / "%j"), "--arch", "vit_tiny"])
+    assert exit_info.value.code == (
+        f"run_with_submitit.py: error: --cluster slurm: SLURM's {missing} not installed here; run on this "
+        "machine with --cluster local, or submit from a SLURM login node"
+    )
+    config = Path(submit.__file__).parent.parent / "configs" / "simdino_config.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        submit.launch("simdinov2.train.train", "train", "simdinov2:train",
+                      ["--config-file", str(config), "--output-dir", str(out / "%j"), "--cluster", "slurm"])  # fmt: skip
+    assert f"{missing} not installed here" in exit_info.value.code and "--cluster local" in exit_info.value.code
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_slurm, program, tmp_path, capsys):
     """The newcomer's case: `sbatch` exists, SLURM is not configured."""

@@ -165,3 +165,18 @@ def test_resolve_amp_cpu_and_off():
 def test_resolve_amp_cuda_fp16_scaler():
     amp = resolve_amp(torch.device("cuda"), True, "auto")
     assert amp.dtype == torch.float16 and amp.grad_scaler() is not None
+
+
+def test_length_estimate_says_the_size_then_the_measured_time(monkeypatch, caplog):
+    from simdinov2.logging import LengthEstimate, helpers
+
+    now = iter([100.0, 110.0])  # the timed iterations 2..6 take 10 s: 2 s each
+    monkeypatch.setattr(helpers.time, "monotonic", lambda: next(now))
+    with caplog.at_level("INFO", logger="simdinov2"):
+        estimate = LengthEstimate("linear probe", "10 epochs x 1250 iterations", 12500, "shorten with --epochs")
+        for _ in range(7):
+            estimate.tick()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "linear probe: 10 epochs x 1250 iterations; time estimate after 6 iterations; shorten with --epochs"
+    assert lines[1] == "linear probe: 2.00 s per iteration, about 6:56:28 for the 12494 iterations left; shorten with --epochs"
+    assert len(lines) == 2

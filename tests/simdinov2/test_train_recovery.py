@@ -5,7 +5,9 @@ are written on resume, temporaries of cut-short writes are removed, no metrics r
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -82,11 +84,11 @@ def test_kill_during_teacher_snapshot_loses_nothing_on_resume(full_run, tmp_path
         _train(data, killed)
     monkeypatch.undo()
     assert (killed / "ckpt" / "checkpoint_00000003").is_dir()
-    # Raising unwinds the progress generator, which writes the row of the last finished iteration (2);
-    # a kill -9 runs no handler: it leaves the rows written before, and not that of iteration 3 (written
-    # after the iteration's save and snapshot).
+    # Raising unwinds the progress generator, which writes the row of the last finished iteration (3,
+    # whose metrics were recorded); a kill -9 runs no handler: it leaves the rows written before, and not
+    # that of iteration 3 (written after the iteration's save and snapshot).
     rows = (killed / "training_metrics.json").read_text().splitlines(keepends=True)
-    assert [json.loads(row)["iteration"] for row in rows] == [0, 2]
+    assert [json.loads(row)["iteration"] for row in rows] == [0, 3]
     (killed / "training_metrics.json").write_text(rows[0])
     # a DCP save cut short, and a row and half a row that iterations after the checkpoint had written
     (killed / "ckpt" / ".tmp_checkpoint_00000007").mkdir()
@@ -110,6 +112,42 @@ def test_kill_during_teacher_snapshot_loses_nothing_on_resume(full_run, tmp_path
     # resuming a finished run writes nothing twice
     _train(data, killed)
     assert [row["iteration"] for row in _rows(killed)] == [0, 3, 6, 7]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_stop_signal_mid_run_checkpoints_and_resumes_exactly(full_run, tmp_path, monkeypatch, capsys, signum):
+    """SIGTERM / SLURM's SIGUSR2 during iteration 5 (between the checkpoints of 3 and 7): one line, the
+    checkpoint of iteration 5, and the resumed run ends bit-identical to an uninterrupted one."""
+    data, full = full_run
+    stopped = tmp_path / "stopped"
+
+    real_step, calls = v2_train.train_step, []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # iteration 5
+            os.kill(os.getpid(), signum)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(v2_train, "train_step", step_then_signal)
+    with pytest.raises(SystemExit) as exit_info:
+        _train(data, stopped)
+    monkeypatch.undo()
+    assert exit_info.value.code == 128 + signum and len(calls) == 6
+    lines = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and "checkpoint of iteration 5" in lines[0], lines
+    assert (stopped / "ckpt" / "checkpoint_00000005").is_dir()
+    assert signal.getsignal(signum) == signal.SIG_DFL  # handlers restored
+
+    _train(data, stopped)
+    want, got = _rows(full), _rows(stopped)
+    assert [row["iteration"] for row in got] == [row["iteration"] for row in want] == [0, 3, 6, 7]
+    for a, b in zip(want, got):
+        assert {k: v for k, v in a.items() if not k.endswith("_time")} == {k: v for k, v in b.items() if not k.endswith("_time")}
+    teacher_full, teacher = _snapshot(full, 7), _snapshot(stopped, 7)
+    for key, value in teacher_full.items():
+        assert torch.equal(teacher[key], value), key
 
 
 @pytest.mark.slow
