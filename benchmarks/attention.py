@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 with mock.patch.object(attention_module, "_use_explicit_attention", rule):
                     outputs[kernel] = _forward_backward(layer, x, dtype, device)
 
-                    def step() -> None:
+                    def step(x: torch.Tensor = x, dtype: str = dtype) -> None:
                         _forward_backward(layer, x, dtype, device)
 
                     times = time_fn(step, device, warmup=1, repeats=args.repeats)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             probe = torch.empty(1, 1, tokens, 1, device=device, dtype=AUTOCAST_DTYPES.get(dtype, torch.float32))
             shipped = "explicit" if shipped_rule(probe) else "sdpa"
             out_err, grad_err = (
-                float((e - s).norm() / s.norm()) for e, s in zip(outputs["explicit"], outputs["sdpa"])
+                float((e - s).norm() / s.norm()) for e, s in zip(outputs["explicit"], outputs["sdpa"], strict=True)
             )
             rows.append({
                 "dtype": dtype, "tokens": tokens, "sdpa ms": ms["sdpa"], "explicit ms": ms["explicit"],

@@ -203,7 +203,7 @@ def measure_matmul_peak(
         out = torch.empty(size, size, device=device, dtype=dtype)
         inner = 10 if device.type == "cuda" else 1
 
-        def run(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out) -> None:
+        def run(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out, inner: int = inner) -> None:
             for _ in range(inner):
                 torch.mm(a, b, out=out)
 
@@ -244,10 +244,10 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     cells = [[fmt(row.get(col)) for col in columns] for row in rows]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
     lines = [
-        "| " + " | ".join(col.ljust(w) for col, w in zip(columns, widths)) + " |",
+        "| " + " | ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     return "\n".join(lines)
 
 

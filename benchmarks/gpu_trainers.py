@@ -21,6 +21,7 @@ decides whether a batch fits), and is the peak resident set size of the run's pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -246,10 +247,8 @@ def _read_lines(stream: Any, lines: queue.Queue) -> None:
 def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> float:
     """SIGTERM the run's process group, SIGKILL after `grace` s; reap it. Returns its peak RSS in MiB."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             grads[checkpointing] = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
             model.zero_grad(set_to_none=True)
 
-            def step() -> None:
+            def step(dtype: str = dtype) -> None:
                 _step(model, crops, dtype, device)
                 model.zero_grad(set_to_none=True)
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append({"dtype": dtype, "checkpointing": checkpointing, "activations MB": activations / 2**20,
                          "peak MB": peak, "ms": ms})  # fmt: skip
             print(f"  {dtype} checkpointing={checkpointing}: {activations / 2**20:.0f} MB saved, {ms:.0f} ms", flush=True)
-        same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+        same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True], strict=True))
         off, on = rows[-2], rows[-1]
         off["grads identical"] = on["grads identical"] = same
         off["activations / off"], on["activations / off"] = 1.0, on["activations MB"] / off["activations MB"]

@@ -315,7 +315,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
     setup_logging(out)  # progress on the console and in out/output.log (the trainers log there too)
     threads = args.threads or machine.default_threads()
     torch.set_num_threads(threads)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_before = machine.load_average()
     train_source, make_split, data_name = data.resolve_data(args.data_path)
 

@@ -26,7 +26,7 @@ try:
     from simdinov2.cli import run_cli
 except ImportError as e:  # pragma: no cover - depends on the install
     raise SystemExit(f"video_generation.py: error: {e}; install the package first: `pip install -e .` from the "
-                     "repository root")
+                     "repository root") from None
 
 import numpy as np
 import torch

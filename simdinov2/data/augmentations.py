@@ -216,7 +216,7 @@ class ToNormalizedTensor:
         self.std = tuple(float(s) for s in std)
         # uint8 value v maps to v * scale + shift, per channel.
         self._scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
-        self._shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(3, 1, 1)
+        self._shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(3, 1, 1)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         array = np.asarray(img, dtype=np.uint8)

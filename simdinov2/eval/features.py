@@ -125,7 +125,7 @@ def _all_gather_variable(tensor: Tensor) -> Tensor:
     padded[: tensor.shape[0]] = tensor
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded.contiguous())
-    return torch.cat([g[:c] for g, c in zip(gathered, counts)], dim=0)
+    return torch.cat([g[:c] for g, c in zip(gathered, counts, strict=True)], dim=0)
 
 
 @torch.no_grad()

@@ -254,7 +254,7 @@ def _restore(args: argparse.Namespace, run: SimpleNamespace) -> int:
     if args.no_resume or not os.path.isfile(path):
         return 0
     state = safe_torch_load(path)
-    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+    if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
         raise UserError(f"{path} is not a fine-tuning checkpoint of this program; use --no-resume or another --output-dir")
     if set(state["model"]) != set(run.model.state_dict()) or state.get("num_classes") != run.num_classes:
         raise UserError(f"{path} holds another model or class count; use --no-resume or another --output-dir")
@@ -375,7 +375,7 @@ def run_finetuning(args: argparse.Namespace) -> dict[str, Any]:
         return {"stopped_at": iteration}
     results = evaluate_model(run, run.eval_sets, args)
     final = {"iteration": iteration, "top1": results[0]["top1"], "top5": results[0]["top5"],
-             "eval_sets": set_results(list(zip(run.eval_sets, results))), "model_ema": bool(args.model_ema),
+             "eval_sets": set_results(list(zip(run.eval_sets, results, strict=True))), "model_ema": bool(args.model_ema),
              "pretrained_weights": str(args.pretrained_weights), "train_dataset": args.train_dataset_str,
              "val_dataset": args.val_dataset_str, "image_size": run.image_size, "net_type": args.net_type}  # fmt: skip
     logger.info("fine-tuning done in %.0f s", time.time() - start)

@@ -145,7 +145,7 @@ def select_c(
         scores = scores.to(distributed.get_device())
         dist.all_reduce(scores)
         scores = scores.cpu()
-    return {float(c): float(s) for c, s in zip(c_values, scores)}
+    return {float(c): float(s) for c, s in zip(c_values, scores, strict=True)}
 
 
 def get_args_parser(
@@ -203,7 +203,7 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
         "train_dataset": args.train_dataset_str,
         "val_dataset": args.val_dataset_str,
         "image_size": image_size,
-        "eval_sets": set_results([(s, set_result(*f, weight, bias, s)) for s, f in zip(eval_sets, features[1:])]),
+        "eval_sets": set_results([(s, set_result(*f, weight, bias, s)) for s, f in zip(eval_sets, features[1:], strict=True)]),
     }
     if distributed.is_main_process():
         make_output_dir(args.output_dir)

@@ -112,7 +112,7 @@ class ClassificationCounts:
             per_class = 100.0 * hits / support.clamp(min=1.0)
             record[name] = float(per_class[present].mean()) if present.any() else 0.0
             if metric_type == MetricType.PER_CLASS_ACCURACY:
-                record[f"{name}_per_class"] = [float(v) if p else None for v, p in zip(per_class, present)]
+                record[f"{name}_per_class"] = [float(v) if p else None for v, p in zip(per_class, present, strict=True)]
         return record
 
 
@@ -199,7 +199,7 @@ def eval_sets_from_args(args: argparse.Namespace) -> list[EvalSet]:
     metrics = _per_test_set(getattr(args, "test_metric_types", None), len(tests), "--test-metric-types", val_metric)
     mappings = _per_test_set(getattr(args, "test_class_mapping_fpaths", None), len(tests),
                              "--test-class-mapping-fpaths", None)  # fmt: skip
-    for dataset_str, metric, mapping in zip(tests, metrics, mappings):
+    for dataset_str, metric, mapping in zip(tests, metrics, mappings, strict=True):
         mapping = None if mapping in (None, "None", "none", "") else mapping
         sets.append(EvalSet(dataset_str, parse_metric_type(metric, "--test-metric-types"), mapping))
     return sets

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -283,7 +284,7 @@ class DinoVisionTransformer(nn.Module):
             raise ValueError(
                 f"got {len(x_list)} image tensors but {len(masks_list)} masks (use None for no mask)"
             )
-        return [self._forward_features_single(x, m) for x, m in zip(x_list, masks_list)]
+        return [self._forward_features_single(x, m) for x, m in zip(x_list, masks_list, strict=True)]
 
     def _forward_features_single(self, x: Tensor, masks: Tensor | None) -> dict[str, Tensor | None]:
         x = self.prepare_tokens_with_masks(x, masks)
@@ -369,7 +370,7 @@ class DinoVisionTransformer(nn.Module):
             rows, cols = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
             outputs = [out.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2).contiguous() for out in outputs]
         if return_class_token:
-            return tuple(zip(outputs, class_tokens))
+            return tuple(zip(outputs, class_tokens, strict=True))
         return tuple(outputs)
 
     def get_last_selfattention(self, x: Tensor) -> Tensor:

@@ -71,7 +71,7 @@ def write_pca_pictures(args: argparse.Namespace) -> list[Path]:
     inputs = [image_to_input(load_rgb_image(p), model.patch_size, args.image_size) for p in paths]
     grids = [patch_token_grid(model, img.to(device)).cpu() for img in inputs]
     written = []
-    for img, picture, name in zip(inputs, pca_pictures(grids, args.threshold), output_names(paths)):
+    for img, picture, name in zip(inputs, pca_pictures(grids, args.threshold), output_names(paths), strict=True):
         written.append(save_png(to_image(picture, img.shape[-2], img.shape[-1]), output_dir / name))
     print(f"{len(written)} PCA pictures written to {output_dir}")
     return written

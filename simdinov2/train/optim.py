@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

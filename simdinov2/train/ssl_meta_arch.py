@@ -215,7 +215,7 @@ class SSLMetaArch(nn.Module):
         self.to(device)
         if compile_blocks:
             for model in (self.student, self.teacher):
-                for name, module in model.items():
+                for module in model.values():
                     for block in module.block_list() if hasattr(module, "block_list") else []:
                         block.compile()
                     if not hasattr(module, "block_list"):
@@ -248,7 +248,7 @@ class SSLMetaArch(nn.Module):
         precision = self.cfg.compute_precision.student
         return [resolve_dtype(precision[name].mixed_precision.param_dtype, self.device) for name in self.student]
 
-    def train(self, mode: bool = True) -> "SSLMetaArch":
+    def train(self, mode: bool = True) -> SSLMetaArch:
         super().train(mode)
         self.teacher.eval()
         return self

@@ -21,7 +21,7 @@ from simdinov2.eval.setup import eval_image_size
 def _cut_features(tmp_path: Path) -> Path:
     folder = tmp_path / "features"
     folder.mkdir()
-    for name, tensor in zip(v1_knn.FEATURE_FILES, (torch.randn(8, 4), torch.randn(4, 4), torch.zeros(8), torch.zeros(4))):
+    for name, tensor in zip(v1_knn.FEATURE_FILES, (torch.randn(8, 4), torch.randn(4, 4), torch.zeros(8), torch.zeros(4)), strict=True):
         torch.save(tensor, folder / name)
     data = (folder / "trainfeat.pth").read_bytes()
     (folder / "trainfeat.pth").write_bytes(data[: len(data) // 2])

@@ -208,7 +208,7 @@ def test_clean_resume_restores_model_optimizer_and_trainer_state(tmp_path):
     for key, value in checkpointer.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value)
     saved_avg = [s["exp_avg"] for s in checkpointer.optimizer.state.values()]
-    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(saved_avg, resumed.optimizer.state.values()))
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(saved_avg, resumed.optimizer.state.values(), strict=True))
     assert resumed.optimizer.param_groups[0]["lr"] == 0.01  # byte entries came back through the planner
 
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from simdinov2.configs import (
     CONFIG_DIR,
@@ -98,7 +99,7 @@ def test_train_vitb16_means_what_upstream_file_means():
 
 def test_struct_mode_rejects_reads_of_unknown_keys():
     cfg = get_cfg()
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigAttributeError):
         _ = cfg.optim.learning_rate
 
 

@@ -126,7 +126,7 @@ def test_multicrop_shapes(global_size: int, local_size: int, n_local: int) -> No
     assert [tuple(t.shape) for t in out["global_crops"]] == [(3, global_size, global_size)] * 2
     assert [tuple(t.shape) for t in out["local_crops"]] == [(3, local_size, local_size)] * n_local
     assert all(t.dtype == torch.float32 for t in out["global_crops"] + out["local_crops"])
-    assert all(a is b for a, b in zip(out["global_crops"], out["global_crops_teacher"]))
+    assert all(a is b for a, b in zip(out["global_crops"], out["global_crops_teacher"], strict=True))
 
 
 def test_flat_layout_matches_dict_layout() -> None:
@@ -137,7 +137,7 @@ def test_flat_layout_matches_dict_layout() -> None:
     torch.manual_seed(5)
     as_list = DataAugmentationDINO(**kwargs, flat=True)(image)
     assert isinstance(as_list, list) and len(as_list) == 5
-    for a, b in zip(to_list(as_dict), as_list):
+    for a, b in zip(to_list(as_dict), as_list, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.manual_seed(6)
     other = DataAugmentationDINO(**kwargs, flat=True)(image)
@@ -464,10 +464,10 @@ def test_loader_batches_depend_only_on_seed_and_position() -> None:
     full = _batches(num_workers=0, advance=0, n=8)
     assert torch.equal(torch.get_rng_state(), before)  # loading leaves the trainer's RNG alone
     resumed = _batches(num_workers=0, advance=3 * 4, n=5)
-    for a, b in zip(full[3:], resumed):
+    for a, b in zip(full[3:], resumed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with_workers = _batches(num_workers=2, advance=0, n=4)
-    for a, b in zip(full, with_workers):
+    for a, b in zip(full, with_workers, strict=False):  # the first 4 of the 8
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     noise = torch.cat(full)[:, 1:]
     assert len(torch.unique(noise[:, 0])) == len(noise)  # every sample got its own seed
@@ -480,7 +480,7 @@ def test_loader_collate_is_seeded_and_other_sampler_types() -> None:
     kwargs = dict(batch_size=4, num_workers=0, seed=2, collate_fn=collate)
     a = list(itertools.islice(iter(make_data_loader(_NoisyDataset(), **kwargs)), 3))
     b = list(itertools.islice(iter(make_data_loader(_NoisyDataset(), **kwargs)), 3))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     dist_loader = make_data_loader(_NoisyDataset(), batch_size=5, sampler_type="distributed", drop_last=False)
     assert isinstance(dist_loader.sampler, torch.utils.data.DistributedSampler) and len(dist_loader) == 5
     plain = make_data_loader(_NoisyDataset(), batch_size=5, sampler_type=None, shuffle=False, drop_last=False)

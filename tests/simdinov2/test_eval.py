@@ -180,7 +180,7 @@ def test_vit_features_shared_by_the_grid_and_training_learns() -> None:
         last = train_step(CountingModel(), classifiers, optimizer, images, labels).item()
     assert calls["n"] == 16  # one backbone pass per step for all 8 classifiers
     assert last < first
-    assert all(torch.equal(a, b) for a, b in zip(backbone_before, vit.parameters()))  # backbone frozen
+    assert all(torch.equal(a, b) for a, b in zip(backbone_before, vit.parameters(), strict=True))  # backbone frozen
     loader = make_eval_loader(TensorDataset(images, labels), batch_size=5, pad=False)
     results = evaluate_classifiers(feature_model, classifiers, loader, torch.device("cpu"))
     assert set(results) == set(classifiers.classifiers_dict)
@@ -380,7 +380,7 @@ def test_cuda_knn_and_autocast_features_match_cpu() -> None:
     images = torch.randn(4, 3, 16, 16, device="cuda")
     reference = ModelWithIntermediateLayers(vit, 2)(images)
     half = ModelWithIntermediateLayers(vit, 2, autocast_dtype=torch.float16)(images)
-    for (p_ref, c_ref), (p_half, c_half) in zip(reference, half):
+    for (p_ref, c_ref), (p_half, c_half) in zip(reference, half, strict=True):
         assert c_half.dtype == torch.float32  # classifiers always see float32
         assert torch.allclose(c_half, c_ref, atol=5e-2) and torch.allclose(p_half, p_ref, atol=5e-2)
 
@@ -404,7 +404,7 @@ def test_log_regression_defaults_are_upstream_simdinov2s() -> None:
     c = log_regression.DEFAULT_C_VALUES
     assert len(c) == 45 and math.isclose(c[0], 1e-6) and math.isclose(c[-1], 1e5)
     assert math.isclose(c[1] / c[0], 10 ** (11 / 44))
-    assert log_regression.FIT_DTYPE == torch.float64 and log_regression.FIT_TOLERANCE == 1e-12
+    assert torch.float64 == log_regression.FIT_DTYPE and log_regression.FIT_TOLERANCE == 1e-12
     x, y = torch.randn(40, 6), torch.arange(40) % 3
     weight, bias = fit_logistic_regression(x, y, 3, 1.0, max_iter=50)
     assert weight.dtype == bias.dtype == torch.float64

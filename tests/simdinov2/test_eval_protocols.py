@@ -186,7 +186,7 @@ def test_bad_test_sets_are_one_line(v2_snapshot, tiny_imagefolder: Path, tmp_pat
                    "unknown metric type 'top1'"),
         "mapping": (["--val-class-mapping-fpath", str(wrong)], "has 2 entries but"),
     }  # fmt: skip
-    for program, (flags, message) in zip(("linear.py", "knn.py", "finetuning.py"), cases.values()):
+    for program, (flags, message) in zip(("linear.py", "knn.py", "finetuning.py"), cases.values(), strict=True):
         proc = subprocess.run([sys.executable, f"simdinov2/eval/{program}", *base, *flags], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

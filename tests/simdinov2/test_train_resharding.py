@@ -109,7 +109,7 @@ def test_run_saved_by_4_processes_resumes_on_2(images_24, tmp_path):
     assert "sharding: fsdp over 2 process(es) on cpu" in log and "continuing at iteration 3" in log
     got = _records(two)
     assert [r["iteration"] for r in got] == list(range(6))
-    for a, b in zip(want[3:], got[3:]):
+    for a, b in zip(want[3:], got[3:], strict=True):
         for key in SCHEDULED:
             assert b[key] == pytest.approx(a[key], rel=1e-9), (a["iteration"], key)
         assert b["total_loss"] == b["total_loss"]  # finite
@@ -143,7 +143,7 @@ def test_two_node_torchrun_on_localhost_trains(images_24, tmp_path):
         for node in nodes:
             if node.poll() is None:
                 node.kill()
-    for node, log in zip(nodes, logs):
+    for node, log in zip(nodes, logs, strict=True):
         assert node.returncode == 0, log[-3000:]
     assert any("sharding: fsdp over 2 process(es) on cpu" in log for log in logs)
     records = _records(out)

@@ -28,7 +28,7 @@ def nested(tiny_imagefolder, tmp_path) -> Path:
     """6 real images: 2 loose, 2 one level down, 2 three levels down; plus a README and a CSV."""
     root = tmp_path / "photos"
     places = [root, root, root / "a", root / "a", root / "b" / "c" / "d", root / "b" / "c" / "d"]
-    for i, (source, folder) in enumerate(zip(_real_images(tiny_imagefolder, 6), places)):
+    for i, (source, folder) in enumerate(zip(_real_images(tiny_imagefolder, 6), places, strict=True)):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, folder / f"img{i}.png")
     (root / "README.md").write_text("notes")

@@ -41,7 +41,7 @@ for _side in ("teacher", "student"):
         else:
             dtypes = ("bf16", "bf16", "fp32")  # simdino_config.yaml's student backbone
         _PRECISION[f"compute_precision.{_side}.{_module}.sharding_strategy"] = "SHARD_GRAD_OP"
-        for _name, _dtype in zip(("param_dtype", "reduce_dtype", "buffer_dtype"), dtypes):
+        for _name, _dtype in zip(("param_dtype", "reduce_dtype", "buffer_dtype"), dtypes, strict=True):
             _PRECISION[f"compute_precision.{_side}.{_module}.mixed_precision.{_name}"] = _dtype
 
 # The upstream release's effective SimDINOv2 recipe: its ssl_default_config.yaml ⊕ simdino_config.yaml,
@@ -260,7 +260,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved_activat
         model.zero_grad(set_to_none=True)
         sizes: list[int] = []
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
             if not isinstance(t, torch.nn.Parameter):
                 sizes.append(t.untyped_storage().nbytes())
             return t

@@ -112,7 +112,8 @@ class SlurmCluster:
         )  # fmt: skip
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.stdout", "wb")
+        # The daemon keeps its own copy of the descriptor; ours is closed right after the spawn.
+        log = open(self.root / "log" / f"{name}.stdout", "wb")  # noqa: SIM115
         self.processes[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         log.close()
