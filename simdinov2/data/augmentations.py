@@ -291,9 +291,7 @@ class DataAugmentationDINO:
             return [RandomResizedCrop(size, scale=scale), RandomHorizontalFlip(p=0.5)]
 
         self.global_transfo1 = T.Compose(
-            geometric(gs, self.global_crops_scale)
-            + _color_jittering()
-            + [make_blur(blur, 1.0), normalize]
+            geometric(gs, self.global_crops_scale) + _color_jittering() + [make_blur(blur, 1.0), normalize]
         )
         self.global_transfo2 = T.Compose(
             geometric(gs, self.global_crops_scale)
@@ -301,9 +299,7 @@ class DataAugmentationDINO:
             + [make_blur(blur, 0.1), RandomSolarize(threshold=128, p=0.2), normalize]
         )
         self.local_transfo = T.Compose(
-            geometric(ls, self.local_crops_scale)
-            + _color_jittering()
-            + [make_blur(blur, 0.5), normalize]
+            geometric(ls, self.local_crops_scale) + _color_jittering() + [make_blur(blur, 0.5), normalize]
         )
 
     def __call__(self, image: Any) -> dict[str, list[torch.Tensor]] | list[torch.Tensor]:

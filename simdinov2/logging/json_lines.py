@@ -46,7 +46,9 @@ def _cut_back(f: Any, end: int) -> None:
         f.truncate(end)
 
 
-def resume_json_lines(path: str | os.PathLike, key: str, first: int, replay: dict[str, Any] | None = None) -> None:
+def resume_json_lines(
+    path: str | os.PathLike, key: str, first: int, replay: dict[str, Any] | None = None
+) -> None:
     """Make the JSON-lines log `path` that of a run resuming at `key` == `first`, so that it ends as an
     uninterrupted run's would: rows from `first` on (written after the checkpoint resumed from; the
     resumed run writes them again) and a line cut short by a kill are dropped, and `replay` (the row of

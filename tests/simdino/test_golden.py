@@ -21,12 +21,45 @@ from simdinov2.loss import DINOLoss, MCRLoss
 REL = 1e-5
 
 GOLDEN_FLAGS = [
-    "--arch", "vit_tiny", "--patch_size", "4", "--depth", "4", "--global_crops_size", "28",
-    "--local_crops_size", "12", "--local_crops_number", "2", "--compile", "false", "--use_fp16", "false",
-    "--num_workers", "0", "--batch_size_per_gpu", "8", "--epochs", "2", "--warmup_epochs", "1",
-    "--hidden_dim", "128", "--z_dim", "32", "--out_dim", "64", "--lr", "0.005", "--seed", "3",
-    "--saveckp_freq", "0", "--device", "cpu",
-]  # fmt: skip
+    "--arch",
+    "vit_tiny",
+    "--patch_size",
+    "4",
+    "--depth",
+    "4",
+    "--global_crops_size",
+    "28",
+    "--local_crops_size",
+    "12",
+    "--local_crops_number",
+    "2",
+    "--compile",
+    "false",
+    "--use_fp16",
+    "false",
+    "--num_workers",
+    "0",
+    "--batch_size_per_gpu",
+    "8",
+    "--epochs",
+    "2",
+    "--warmup_epochs",
+    "1",
+    "--hidden_dim",
+    "128",
+    "--z_dim",
+    "32",
+    "--out_dim",
+    "64",
+    "--lr",
+    "0.005",
+    "--seed",
+    "3",
+    "--saveckp_freq",
+    "0",
+    "--device",
+    "cpu",
+]
 
 # Recorded on commit d6f7725 (before the core refactor); re-recorded once for the deliberate upstream
 # alignment of issue 11 (v1 cls_token trunc-normal init, PIL blur with the drawn radius): the recipe branch
@@ -34,18 +67,34 @@ GOLDEN_FLAGS = [
 # iterations per epoch.
 GOLDEN = {
     "simdino": {
-        "losses": [-1.2270596027374268, -1.1994428634643555, -1.2900360822677612, -1.320478081703186,
-                   -1.2379519939422607, -1.3405332565307617, -1.2800414562225342, -1.3568768501281738],
+        "losses": [
+            -1.2270596027374268,
+            -1.1994428634643555,
+            -1.2900360822677612,
+            -1.320478081703186,
+            -1.2379519939422607,
+            -1.3405332565307617,
+            -1.2800414562225342,
+            -1.3568768501281738,
+        ],
         "student": (1711.7250558751202, 2523.313463700764),
         "teacher": (1711.654453185003, 2523.3873562652925),
     },
     "dino": {
-        "losses": [5.116645336151123, 4.662288188934326, 3.779991865158081, 3.040987730026245,
-                   3.5240042209625244, 3.0448944568634033, 3.581557035446167, 3.7346134185791016],
+        "losses": [
+            5.116645336151123,
+            4.662288188934326,
+            3.779991865158081,
+            3.040987730026245,
+            3.5240042209625244,
+            3.0448944568634033,
+            3.581557035446167,
+            3.7346134185791016,
+        ],
         "student": (1776.999862924213, 2609.5233093939096),
         "teacher": (1777.4288794826948, 2609.621918021902),
     },
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +125,15 @@ def run_v1(data: Path, out: Path, use_simdino: bool, monkeypatch) -> dict:
             return loss
 
         monkeypatch.setattr(DINOLoss, "forward_v1", recording_v1)
-    argv = [*GOLDEN_FLAGS, "--data_path", str(data), "--output_dir", str(out), "--use_simdino", str(use_simdino)]
+    argv = [
+        *GOLDEN_FLAGS,
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--use_simdino",
+        str(use_simdino),
+    ]
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -18,10 +18,33 @@ from simdino import main_dino
 from simdinov2.checkpoint import safe_torch_load
 
 TINY = [
-    "--arch", "vit_tiny", "--patch_size", "4", "--depth", "2", "--global_crops_size", "28", "--local_crops_size", "12",
-    "--local_crops_number", "2", "--compile", "false", "--use_fp16", "false", "--num_workers", "0",
-    "--warmup_epochs", "0", "--hidden_dim", "64", "--z_dim", "32", "--batch_size_per_gpu", "4",
-]  # fmt: skip
+    "--arch",
+    "vit_tiny",
+    "--patch_size",
+    "4",
+    "--depth",
+    "2",
+    "--global_crops_size",
+    "28",
+    "--local_crops_size",
+    "12",
+    "--local_crops_number",
+    "2",
+    "--compile",
+    "false",
+    "--use_fp16",
+    "false",
+    "--num_workers",
+    "0",
+    "--warmup_epochs",
+    "0",
+    "--hidden_dim",
+    "64",
+    "--z_dim",
+    "32",
+    "--batch_size_per_gpu",
+    "4",
+]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -36,7 +59,7 @@ def records(out: Path) -> list[dict]:
 
 def backbone(path: Path, key: str) -> dict[str, torch.Tensor]:
     state = safe_torch_load(path)[key]
-    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
 
 
 @pytest.fixture(scope="module")
@@ -74,28 +97,63 @@ def test_trains_on_a_text_list(flat_folder, tmp_path):
 def test_pretrained_weights_start_both_backbones_and_lr_zero_keeps_them(flat_folder, unlabeled_run, tmp_path):
     given = backbone(unlabeled_run / "checkpoint.pth", "teacher")
     out = tmp_path / "from_given"
-    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"), "--lr", "0",
-             "--min_lr", "0", "--seed", "7")  # fmt: skip
+    run_main(
+        flat_folder,
+        out,
+        "--pretrained_weights",
+        str(unlabeled_run / "checkpoint.pth"),
+        "--lr",
+        "0",
+        "--min_lr",
+        "0",
+        "--seed",
+        "7",
+    )
     saved = backbone(out / "checkpoint.pth", "student")
     assert saved.keys() == given.keys()
     for name, value in given.items():
         assert torch.equal(saved[name], value), name
     # the heads start fresh: not the given run's
-    head = {k: v for k, v in safe_torch_load(out / "checkpoint.pth")["student"].items() if k.startswith("head.")}
-    old_head = {k: v for k, v in safe_torch_load(unlabeled_run / "checkpoint.pth")["student"].items() if k.startswith("head.")}
+    head = {
+        k: v for k, v in safe_torch_load(out / "checkpoint.pth")["student"].items() if k.startswith("head.")
+    }
+    old_head = {
+        k: v
+        for k, v in safe_torch_load(unlabeled_run / "checkpoint.pth")["student"].items()
+        if k.startswith("head.")
+    }
     assert any(not torch.equal(head[k], old_head[k]) for k in head)
     assert "backbones start from" in (out / "output.log").read_text()
 
     # a resumable checkpoint.pth wins over --pretrained_weights
-    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"), "--lr", "0",
-             "--min_lr", "0", epochs=2)  # fmt: skip
+    run_main(
+        flat_folder,
+        out,
+        "--pretrained_weights",
+        str(unlabeled_run / "checkpoint.pth"),
+        "--lr",
+        "0",
+        "--min_lr",
+        "0",
+        epochs=2,
+    )
     assert "exists and the run resumes from it" in (out / "output.log").read_text()
 
 
 def test_pretrained_weights_are_resized_to_other_crops_and_patches(flat_folder, unlabeled_run, tmp_path):
     out = tmp_path / "resized"
-    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"),
-             "--checkpoint_key", "student", "--global_crops_size", "32", "--patch_size", "8")  # fmt: skip
+    run_main(
+        flat_folder,
+        out,
+        "--pretrained_weights",
+        str(unlabeled_run / "checkpoint.pth"),
+        "--checkpoint_key",
+        "student",
+        "--global_crops_size",
+        "32",
+        "--patch_size",
+        "8",
+    )
     saved = backbone(out / "checkpoint.pth", "student")
     assert saved["pos_embed"].shape == (1, 1 + 4 * 4, 192)
     assert saved["patch_embed.proj.weight"].shape[-1] == 8
@@ -106,9 +164,16 @@ def test_effective_rank_is_logged_and_small_batches_are_warned(unlabeled_run):
     assert all(1.0 <= r["effective_rank"] <= 8 for r in rows)  # 2 global views x 4 images
     assert all(1.0 <= r["effective_rank_head"] <= 8 for r in rows)
     log = (unlabeled_run / "output.log").read_text()
-    assert "effective_rank:" in [line for line in log.splitlines() if "Epoch: [0/1]" in line and "eta" in line][0]
+    assert (
+        "effective_rank:"
+        in [line for line in log.splitlines() if "Epoch: [0/1]" in line and "eta" in line][0]
+    )
     guard = [line for line in log.splitlines() if "rank-deficient" in line]
-    assert len(guard) == 1 and "--reduce_cov 1" in guard[0] and "4 images per process < feature dimension 32" in guard[0]
+    assert (
+        len(guard) == 1
+        and "--reduce_cov 1" in guard[0]
+        and "4 images per process < feature dimension 32" in guard[0]
+    )
 
 
 def test_no_batch_warning_with_reduce_cov(flat_folder, tmp_path):
@@ -121,9 +186,25 @@ def test_no_batch_warning_with_reduce_cov(flat_folder, tmp_path):
 def test_knn_monitor_in_two_processes(flat_folder, tiny_imagefolder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "simdino.main_dino", *TINY,
-           "--data_path", str(flat_folder), "--output_dir", str(out), "--epochs", "2",
-           "--knn_monitor_path", str(tiny_imagefolder), "--knn_monitor_freq", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "simdino.main_dino",
+        *TINY,
+        "--data_path",
+        str(flat_folder),
+        "--output_dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--knn_monitor_path",
+        str(tiny_imagefolder),
+        "--knn_monitor_freq",
+        "1",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     epochs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]

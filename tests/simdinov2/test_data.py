@@ -153,11 +153,18 @@ def test_blur_is_each_trees_own_and_matches_its_reference() -> None:
         ref = TF.gaussian_blur_image(torch.from_numpy(image).permute(2, 0, 1), [k, k], [sigma, sigma])
         assert np.abs(ours - ref.permute(1, 2, 0).numpy()).max() <= 1
     v2 = DataAugmentationDINO(global_crops_size=28, local_crops_size=12, local_crops_number=1)
-    blurs = [t for tr in (v2.global_transfo1, v2.local_transfo) for t in tr.transforms if "Blur" in type(t).__name__]
+    blurs = [
+        t
+        for tr in (v2.global_transfo1, v2.local_transfo)
+        for t in tr.transforms
+        if "Blur" in type(t).__name__
+    ]
     assert [b.kernel_size for b in blurs] == [9, 9]  # the local crops too, not a smaller kernel
     # v1: PIL's blur with the drawn radius (not truncated to a kernel size).
     v1 = DataAugmentationDINO(global_crops_size=28, local_crops_size=12, local_crops_number=1, blur="dino")
-    assert all(isinstance(t, PILGaussianBlur) for t in v1.global_transfo1.transforms if "Blur" in type(t).__name__)
+    assert all(
+        isinstance(t, PILGaussianBlur) for t in v1.global_transfo1.transforms if "Blur" in type(t).__name__
+    )
     pil = Image.fromarray(image)
     torch.manual_seed(0)
     radius = float(torch.empty(1).uniform_(0.1, 2.0).item())
@@ -328,9 +335,13 @@ def test_16bit_images_through_the_augmentation_and_deeper_images_refused(tmp_pat
 
     levels = _write_16bit_gradient(tmp_path / "deep.png")
     pixels = np.asarray(ToRGB()(Image.open(tmp_path / "deep.png")))
-    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and pixels[32, 0, 0] == round(levels[32, 0] / 257)
+    assert (
+        pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and pixels[32, 0, 0] == round(levels[32, 0] / 257)
+    )
     Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "int32.tif")
-    with pytest.raises(UnreadableImageError, match=r"int32.tif is a 32-bit integer image with values in \[70000, 70000\]"):
+    with pytest.raises(
+        UnreadableImageError, match=r"int32.tif is a 32-bit integer image with values in \[70000, 70000\]"
+    ):
         load_rgb_image(tmp_path / "int32.tif")
     Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(UnreadableImageError, match="float.tif is a floating-point image"):

@@ -20,12 +20,21 @@ from simdinov2.data import InfiniteSampler
 
 # vit_tiny/4 on 16 / 8 px crops, small heads: the smallest run that exercises everything.
 TINY = [
-    "student.arch=vit_tiny", "student.patch_size=4", "crops.global_crops_size=16", "crops.local_crops_size=8",
-    "crops.local_crops_number=2", "dino.head_hidden_dim=64", "dino.head_bottleneck_dim=32",
-    "ibot.head_hidden_dim=64", "ibot.head_bottleneck_dim=32", "train.num_workers=0", "train.print_freq=1",
-    "compile=false", "compute_precision.student.backbone.mixed_precision.param_dtype=fp32",
+    "student.arch=vit_tiny",
+    "student.patch_size=4",
+    "crops.global_crops_size=16",
+    "crops.local_crops_size=8",
+    "crops.local_crops_number=2",
+    "dino.head_hidden_dim=64",
+    "dino.head_bottleneck_dim=32",
+    "ibot.head_hidden_dim=64",
+    "ibot.head_bottleneck_dim=32",
+    "train.num_workers=0",
+    "train.print_freq=1",
+    "compile=false",
+    "compute_precision.student.backbone.mixed_precision.param_dtype=fp32",
     "compute_precision.teacher.backbone.mixed_precision.param_dtype=fp32",
-]  # fmt: skip
+]
 GLOBAL_BATCH = 8
 SCHEDULED = ("lr", "wd", "mom", "last_layer_lr")
 
@@ -64,7 +73,9 @@ def test_sampler_position_is_the_same_global_stream_for_any_process_count():
             iter(InfiniteSampler(24, seed=3, start=rank, step=world, advance=first_iteration * per_rank))
             for rank in range(world)
         ]
-        per_rank_batches = [[list(itertools.islice(s, per_rank)) for _ in range(n_iterations)] for s in streams]
+        per_rank_batches = [
+            [list(itertools.islice(s, per_rank)) for _ in range(n_iterations)] for s in streams
+        ]
         return [set().union(*(batches[t] for batches in per_rank_batches)) for t in range(n_iterations)]
 
     uninterrupted = global_batches(world=4, per_rank=2, first_iteration=0, n_iterations=9)
@@ -82,10 +93,17 @@ def test_run_saved_by_4_processes_resumes_on_2(images_24, tmp_path):
     processes with the same global batch. Iterations and schedules continue exactly; the teacher of a
     4-process checkpoint loads on 2 processes bit for bit."""
     args = lambda out, per_rank: [  # noqa: E731
-        "--config-file", SIMDINO_CONFIG, "--output-dir", str(out), f"train.dataset_path=ImageFolder:root={images_24}",
-        *TINY, f"train.batch_size_per_gpu={per_rank}", "optim.epochs=2", "optim.warmup_epochs=1",
+        "--config-file",
+        SIMDINO_CONFIG,
+        "--output-dir",
+        str(out),
+        f"train.dataset_path=ImageFolder:root={images_24}",
+        *TINY,
+        f"train.batch_size_per_gpu={per_rank}",
+        "optim.epochs=2",
+        "optim.warmup_epochs=1",
         "evaluation.eval_period_epochs=1",
-    ]  # fmt: skip
+    ]
     four = tmp_path / "four"
     log = _ok(run_train(args(four, 2), nproc=4))
     assert "sharding: fsdp over 4 process(es) on cpu" in log
@@ -127,14 +145,34 @@ def test_two_node_torchrun_on_localhost_trains(images_24, tmp_path):
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-        "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "simdino-two-nodes",
-        str(TRAIN_SCRIPT), "--config-file", SIMDINO_CONFIG, "--output-dir", str(out),
-        f"train.dataset_path=ImageFolder:root={images_24}", *TINY, "train.batch_size_per_gpu=4", "optim.epochs=1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv_id",
+        "simdino-two-nodes",
+        str(TRAIN_SCRIPT),
+        "--config-file",
+        SIMDINO_CONFIG,
+        "--output-dir",
+        str(out),
+        f"train.dataset_path=ImageFolder:root={images_24}",
+        *TINY,
+        "train.batch_size_per_gpu=4",
+        "optim.epochs=1",
         "evaluation.eval_period_epochs=1",
-    ]  # fmt: skip
+    ]
     nodes = [
-        subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for _ in range(2)
     ]
     try:

@@ -41,4 +41,6 @@ def test_fsdp_ddp_and_single_process_train_identically(tmp_path):
         teacher = torch.load(tmp_path / f"teacher_{mode}.pt")
         assert set(teacher) == set(reference["teacher"])
         for key, value in reference["teacher"].items():
-            torch.testing.assert_close(teacher[key], value, rtol=1e-4, atol=1e-5, msg=f"{mode}: teacher {key}")
+            torch.testing.assert_close(
+                teacher[key], value, rtol=1e-4, atol=1e-5, msg=f"{mode}: teacher {key}"
+            )

@@ -45,8 +45,15 @@ def test_forward_and_forward_features_shapes():
     assert feats["masks"] is None
     torch.testing.assert_close(cls, feats["x_norm_clstoken"])
     torch.testing.assert_close(model.norm(feats["x_prenorm"])[:, 0], cls)
-    for name, value in (("embed_dim", 192), ("num_features", 192), ("patch_size", 4), ("num_heads", 3),
-                        ("n_blocks", 12), ("depth", 12), ("num_register_tokens", 0)):  # fmt: skip
+    for name, value in (
+        ("embed_dim", 192),
+        ("num_features", 192),
+        ("patch_size", 4),
+        ("num_heads", 3),
+        ("n_blocks", 12),
+        ("depth", 12),
+        ("num_register_tokens", 0),
+    ):
         assert getattr(model, name) == value
 
 
@@ -312,10 +319,20 @@ def test_dino_v1_state_dict_loads_strict_into_v1_build():
         "norm.bias": (dim,),
     }
     for i in range(depth):
-        for name, shape in (("norm1.weight", (dim,)), ("norm1.bias", (dim,)), ("attn.qkv.weight", (3 * dim, dim)),
-                            ("attn.qkv.bias", (3 * dim,)), ("attn.proj.weight", (dim, dim)), ("attn.proj.bias", (dim,)),
-                            ("norm2.weight", (dim,)), ("norm2.bias", (dim,)), ("mlp.fc1.weight", (hidden, dim)),
-                            ("mlp.fc1.bias", (hidden,)), ("mlp.fc2.weight", (dim, hidden)), ("mlp.fc2.bias", (dim,))):  # fmt: skip
+        for name, shape in (
+            ("norm1.weight", (dim,)),
+            ("norm1.bias", (dim,)),
+            ("attn.qkv.weight", (3 * dim, dim)),
+            ("attn.qkv.bias", (3 * dim,)),
+            ("attn.proj.weight", (dim, dim)),
+            ("attn.proj.bias", (dim,)),
+            ("norm2.weight", (dim,)),
+            ("norm2.bias", (dim,)),
+            ("mlp.fc1.weight", (hidden, dim)),
+            ("mlp.fc1.bias", (hidden,)),
+            ("mlp.fc2.weight", (dim, hidden)),
+            ("mlp.fc2.bias", (dim,)),
+        ):
             v1_shapes[f"blocks.{i}.{name}"] = shape
     torch.manual_seed(0)
     state = {k: torch.randn(s) * 0.02 for k, s in v1_shapes.items()}
@@ -392,9 +409,9 @@ def test_cpu_bf16_explicit_attention_matches_sdpa(tokens, monkeypatch):
     results = {}
     for name, limit in (("explicit", attention_module.EXPLICIT_CPU_MAX_TOKENS), ("sdpa", 0)):
         monkeypatch.setattr(attention_module, "EXPLICIT_CPU_MAX_TOKENS", limit)
-        assert attention_module._use_explicit_attention(torch.empty(1, 1, tokens, 8, dtype=torch.bfloat16)) == (
-            name == "explicit"
-        )
+        assert attention_module._use_explicit_attention(
+            torch.empty(1, 1, tokens, 8, dtype=torch.bfloat16)
+        ) == (name == "explicit")
         attn.zero_grad()
         xi = x.clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
