@@ -89,31 +89,9 @@ def _cpu_workers() -> int:
 def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
     py = [sys.executable, "-m"]
     if dry:  # the same entry points, tiny shapes on the CPU
-        common = [
-            "--device",
-            "cpu",
-            "--arch",
-            "vit_tiny",
-            "--patch-size",
-            "8",
-            "--global-size",
-            "32",
-            "--local-size",
-            "16",
-            "--local-crops",
-            "2",
-            "--batch",
-            "4",
-            "--warmup",
-            "0",
-            "--iters",
-            "2",
-            "--workers",
-            "0",
-            "--fp32",
-            "--log",
-            str(log),
-        ]
+        common = ["--device", "cpu", "--arch", "vit_tiny", "--patch-size", "8", "--global-size", "32",
+                  "--local-size", "16", "--local-crops", "2", "--batch", "4", "--warmup", "0", "--iters", "2",
+                  "--workers", "0", "--fp32", "--log", str(log)]  # fmt: skip
         v1, v2 = common + ["--compile", "true"], common
         fit = ["--probe-batches", "2", "4", "--max-batch", "8", "--capacity-mib", "4096"]
         fit_gc = fit
@@ -122,34 +100,10 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
         knn = ["--device", "cpu", "--bank", "5000", "--queries", "500", "--classes", "100"]
         augment = ["--quick", "--ours-only"]
     else:
-        common = [
-            "--device",
-            "cuda",
-            "--workers",
-            str(_cpu_workers()),
-            "--log",
-            str(log),
-            "--global-size",
-            "224",
-            "--local-size",
-            "96",
-            "--local-crops",
-            "10",
-        ]
-        v1 = common + [
-            "--arch",
-            "vit_base",
-            "--patch-size",
-            "16",
-            "--batch",
-            "64",
-            "--warmup",
-            "10",
-            "--iters",
-            "30",
-            "--compile",
-            "true",
-        ]
+        common = ["--device", "cuda", "--workers", str(_cpu_workers()), "--log", str(log),
+                  "--global-size", "224", "--local-size", "96", "--local-crops", "10"]  # fmt: skip
+        v1 = common + ["--arch", "vit_base", "--patch-size", "16", "--batch", "64", "--warmup", "10", "--iters", "30",
+                       "--compile", "true"]  # fmt: skip
         v2 = common + [
             "--arch",
             "vit_large",
@@ -161,7 +115,7 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
             "5",
             "--iters",
             "30",
-        ]
+        ]  # fmt: skip
         fit = ["--probe-batches", "32", "64"]
         # with recomputation an image costs little memory: probes further apart for the slope; a batch of
         # 1024 already takes one loader worker about 15 s to fill (a worker builds a whole batch)

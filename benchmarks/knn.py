@@ -149,19 +149,9 @@ def child_sklearn(folder: Path, k: int, temperature: float, n_jobs: int | None) 
 
 def run_child(method: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
-        method,
-        "--data",
-        str(folder),
-        "--k",
-        str(args.k),
-        "--temperature",
-        str(args.temperature),
-        "--all-ks",
-        *map(str, args.all_ks),
-    ]
+        sys.executable, str(Path(__file__).resolve()), "--child", method, "--data", str(folder),
+        "--k", str(args.k), "--temperature", str(args.temperature), "--all-ks", *map(str, args.all_ks),
+    ]  # fmt: skip
     if args.sklearn_jobs is not None:
         cmd += ["--sklearn-jobs", str(args.sklearn_jobs)]
     out = subprocess.run(cmd, capture_output=True, text=True)

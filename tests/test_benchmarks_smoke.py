@@ -68,7 +68,7 @@ def test_train_step_ours_quick(tmp_path, capsys):
             "--json",
             str(out),
         ]
-    )
+    )  # fmt: skip
     printed = capsys.readouterr().out
     assert "| method" in printed and "MFU %" in printed
     rows = result["rows"]
@@ -105,7 +105,7 @@ def test_train_step_against_lightly_quick(capsys):
             "--profile-top",
             "5",
         ]
-    )
+    )  # fmt: skip
     printed = capsys.readouterr().out
     assert "x vs lightly+timm DINO" in printed and "torch.profiler" in printed
     peer = next(r for r in result["rows"] if r["method"] == train_step.PEER)
@@ -179,26 +179,9 @@ def test_attention_small(capsys):
 def test_gradient_checkpointing_small(capsys):
     from benchmarks import gradient_checkpointing
 
-    result = gradient_checkpointing.main(
-        [
-            "--arch",
-            "vit_tiny",
-            "--patch-size",
-            "4",
-            "--global-size",
-            "16",
-            "--local-size",
-            "8",
-            "--local-crops",
-            "1",
-            "--batch",
-            "2",
-            "--repeats",
-            "1",
-            "--threads",
-            "1",
-        ]
-    )
+    result = gradient_checkpointing.main(["--arch", "vit_tiny", "--patch-size", "4", "--global-size", "16",
+                                          "--local-size", "8", "--local-crops", "1", "--batch", "2",
+                                          "--repeats", "1", "--threads", "1"])  # fmt: skip
     assert "| dtype" in capsys.readouterr().out
     off, on = result["rows"]
     assert off["grads identical"] and on["grads identical"]

@@ -30,28 +30,9 @@ def _check_record(record: dict, out, method: str) -> None:
 @pytest.mark.timeout(900)
 def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefolder):
     out = tmp_path / "simdino"
-    argv = [
-        "--method",
-        "simdino",
-        "--seconds",
-        "6",
-        "--out",
-        str(out),
-        "--data_path",
-        str(tiny_imagefolder),
-        "--threads",
-        "1",
-        "--c_values",
-        "1",
-        "--max_iter",
-        "50",
-        "--",
-        "--batch_size_per_gpu",
-        "16",
-        "--use_fp16",
-        "false",
-        "--depth_placeholder_unused",
-    ]
+    argv = ["--method", "simdino", "--seconds", "6", "--out", str(out), "--data_path", str(tiny_imagefolder),
+            "--threads", "1", "--c_values", "1", "--max_iter", "50",
+            "--", "--batch_size_per_gpu", "16", "--use_fp16", "false", "--depth_placeholder_unused"]  # fmt: skip
     # fp32: on a CPU without bf16 instructions one bf16-autocast step of this ViT takes 8-14 s, longer than
     # the margin below (the budget stops training at the first iteration boundary after it).
     with pytest.raises(SystemExit):  # an unknown trainer flag is refused by main_dino's own parser
@@ -73,22 +54,8 @@ def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefol
         fmnist.main(argv)
 
     # the table lists the row and its command
-    pixels = fmnist.main(
-        [
-            "--method",
-            "pixels",
-            "--out",
-            str(tmp_path / "pixels"),
-            "--data_path",
-            str(tiny_imagefolder),
-            "--threads",
-            "1",
-            "--c_values",
-            "1",
-            "--max_iter",
-            "50",
-        ]
-    )
+    pixels = fmnist.main(["--method", "pixels", "--out", str(tmp_path / "pixels"), "--data_path",
+                          str(tiny_imagefolder), "--threads", "1", "--c_values", "1", "--max_iter", "50"])  # fmt: skip
     _check_record(pixels, tmp_path / "pixels", "pixels")
     assert pixels["feature_dim"] == 3 * 28 * 28 and "images_seen" not in pixels
     table = fmnist.markdown_table(tmp_path)
@@ -99,26 +66,9 @@ def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefol
 @pytest.mark.slow
 def test_v2_row_trains_for_the_time_budget(tmp_path, tiny_imagefolder):
     out = tmp_path / "simdinov2"
-    record = fmnist.main(
-        [
-            "--method",
-            "simdinov2",
-            "--seconds",
-            "4",
-            "--out",
-            str(out),
-            "--data_path",
-            str(tiny_imagefolder),
-            "--threads",
-            "1",
-            "--c_values",
-            "1",
-            "--max_iter",
-            "50",
-            "--",
-            "train.batch_size_per_gpu=16",
-        ]
-    )
+    record = fmnist.main(["--method", "simdinov2", "--seconds", "4", "--out", str(out), "--data_path",
+                          str(tiny_imagefolder), "--threads", "1",
+                          "--c_values", "1", "--max_iter", "50", "--", "train.batch_size_per_gpu=16"])  # fmt: skip
     _check_record(record, out, "simdinov2")
     assert record["tree"] == "v2"
     # The trainer's own budget: it stopped at the first iteration after 4 s of training.

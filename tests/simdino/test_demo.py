@@ -127,20 +127,10 @@ def test_short_demo_end_to_end(tmp_path, capsys):
     (out / "notes.txt").write_text("mine")
     previous_threads = torch.get_num_threads()
     try:
-        results = demo.main(
-            [
-                "--seconds",
-                str(seconds),
-                "--output_dir",
-                str(out),
-                "--threads",
-                "1",
-                "--knn_train_images",
-                "2000",
-                "--knn_test_images",
-                "400",
-            ]
-        )
+        results = demo.main([
+            "--seconds", str(seconds), "--output_dir", str(out), "--threads", "1",
+            "--knn_train_images", "2000", "--knn_test_images", "400",
+        ])  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -202,18 +192,8 @@ def test_smoke_demo_prints_the_reading_guide(tiny_imagefolder, tmp_path, capsys)
         shutil.copy(image, image.with_name(f"copy_{image.name}"))
     previous_threads = torch.get_num_threads()
     try:
-        results = demo.main(
-            [
-                "--seconds",
-                "3",
-                "--output_dir",
-                str(tmp_path / "demo"),
-                "--threads",
-                "1",
-                "--data_path",
-                str(data),
-            ]
-        )
+        results = demo.main(["--seconds", "3", "--output_dir", str(tmp_path / "demo"), "--threads", "1",
+                             "--data_path", str(data)])  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
     printed = capsys.readouterr().out

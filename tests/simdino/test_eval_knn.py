@@ -67,21 +67,8 @@ def v1_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_v1_checkpoint(tmp_path_factory.mktemp("v1run") / "checkpoint.pth")
 
 
-ISSUE_COMMAND = [
-    "--arch",
-    "vit_tiny",
-    "--patch_size",
-    "4",
-    "--img_size",
-    "28",
-    "--nb_knn",
-    "10",
-    "20",
-    "--use_cuda",
-    "false",
-    "--num_workers",
-    "0",
-]
+ISSUE_COMMAND = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--nb_knn", "10", "20",
+                 "--use_cuda", "false", "--num_workers", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -105,20 +92,10 @@ def torchrun_dump(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path_factory:
     out = tmp_path_factory.mktemp("knn2")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = run_script(
-        "eval_knn.py",
-        *ISSUE_COMMAND,
-        "--pretrained_weights",
-        str(v1_checkpoint),
-        "--data_path",
-        str(tiny_imagefolder),
-        "--batch_size_per_gpu",
-        "32",
-        "--dump_features",
-        str(out / "dump"),
-        "--output_dir",
-        str(out),
-        launcher=torchrun,
-    )
+        "eval_knn.py", *ISSUE_COMMAND, "--pretrained_weights", str(v1_checkpoint),
+        "--data_path", str(tiny_imagefolder), "--batch_size_per_gpu", "32", "--dump_features", str(out / "dump"),
+        "--output_dir", str(out), launcher=torchrun,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out / "dump"
 
@@ -167,18 +144,8 @@ def test_torchrun_dump_and_load_features(
         assert printed[k] == pytest.approx((top1, top5), abs=1e-9)
 
     # --use_cuda true: the GPU when there is one, else the CPU with one log line saying so
-    loaded = run_script(
-        "eval_knn.py",
-        "--load_features",
-        str(dump),
-        "--nb_knn",
-        "10",
-        "20",
-        "--use_cuda",
-        "true",
-        "--output_dir",
-        str(tmp_path),
-    )
+    loaded = run_script("eval_knn.py", "--load_features", str(dump), "--nb_knn", "10", "20", "--use_cuda", "true",
+                        "--output_dir", str(tmp_path))  # fmt: skip
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert parse_results(loaded.stdout) == printed
     assert json.loads((tmp_path / "knn_results.json").read_text())["load_features"] == str(dump)
@@ -189,20 +156,8 @@ def test_torchrun_dump_and_load_features(
 def _knn_args(*extra: str) -> argparse.Namespace:
     from simdino.eval_knn import get_args_parser
 
-    common = [
-        "--arch",
-        "vit_tiny",
-        "--patch_size",
-        "4",
-        "--img_size",
-        "28",
-        "--use_cuda",
-        "false",
-        "--num_workers",
-        "0",
-        "--nb_knn",
-        "10",
-    ]
+    common = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--use_cuda", "false",
+              "--num_workers", "0", "--nb_knn", "10"]  # fmt: skip
     return get_args_parser().parse_args(common + list(extra))
 
 
@@ -225,23 +180,9 @@ def test_bad_inputs_raise_clear_errors(v1_checkpoint: Path, tiny_imagefolder: Pa
 @pytest.mark.slow
 def test_checkpoint_of_another_arch_fails_with_one_line(tiny_imagefolder: Path, tmp_path: Path) -> None:
     other_arch = make_v1_checkpoint(tmp_path / "small.pth", arch="vit_small")
-    proc = run_script(
-        "eval_knn.py",
-        "--arch",
-        "vit_tiny",
-        "--patch_size",
-        "4",
-        "--img_size",
-        "28",
-        "--use_cuda",
-        "false",
-        "--num_workers",
-        "0",
-        "--pretrained_weights",
-        str(other_arch),
-        "--data_path",
-        str(tiny_imagefolder),
-    )
+    proc = run_script("eval_knn.py", "--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28",
+                      "--use_cuda", "false", "--num_workers", "0", "--pretrained_weights", str(other_arch),
+                      "--data_path", str(tiny_imagefolder))  # fmt: skip
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -261,29 +202,12 @@ def test_default_workers_are_capped_on_a_small_machine(
     one_core = {min(os.sched_getaffinity(0))}
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "eval_knn.py",
-            "--img_size",
-            "28",
-            "--nb_knn",
-            "10",
-            "--use_cuda",
-            "false",
-            "--pretrained_weights",
-            str(v1_checkpoint),
-            "--data_path",
-            str(tiny_imagefolder),
-            "--output_dir",
-            str(tmp_path),
-        ],
-        cwd=SIMDINO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "eval_knn.py", "--img_size", "28", "--nb_knn", "10", "--use_cuda", "false",
+         "--pretrained_weights", str(v1_checkpoint), "--data_path", str(tiny_imagefolder), "--output_dir",
+         str(tmp_path)],
+        cwd=SIMDINO, env=env, capture_output=True, text=True, timeout=300,
         preexec_fn=lambda: os.sched_setaffinity(0, one_core),
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
     assert output.count("num_workers 10 capped at 1: the CPU cores available to this process") == 1

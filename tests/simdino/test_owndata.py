@@ -18,33 +18,10 @@ from simdino import main_dino
 from simdinov2.checkpoint import safe_torch_load
 
 TINY = [
-    "--arch",
-    "vit_tiny",
-    "--patch_size",
-    "4",
-    "--depth",
-    "2",
-    "--global_crops_size",
-    "28",
-    "--local_crops_size",
-    "12",
-    "--local_crops_number",
-    "2",
-    "--compile",
-    "false",
-    "--use_fp16",
-    "false",
-    "--num_workers",
-    "0",
-    "--warmup_epochs",
-    "0",
-    "--hidden_dim",
-    "64",
-    "--z_dim",
-    "32",
-    "--batch_size_per_gpu",
-    "4",
-]
+    "--arch", "vit_tiny", "--patch_size", "4", "--depth", "2", "--global_crops_size", "28", "--local_crops_size", "12",
+    "--local_crops_number", "2", "--compile", "false", "--use_fp16", "false", "--num_workers", "0",
+    "--warmup_epochs", "0", "--hidden_dim", "64", "--z_dim", "32", "--batch_size_per_gpu", "4",
+]  # fmt: skip
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -97,18 +74,8 @@ def test_trains_on_a_text_list(flat_folder, tmp_path):
 def test_pretrained_weights_start_both_backbones_and_lr_zero_keeps_them(flat_folder, unlabeled_run, tmp_path):
     given = backbone(unlabeled_run / "checkpoint.pth", "teacher")
     out = tmp_path / "from_given"
-    run_main(
-        flat_folder,
-        out,
-        "--pretrained_weights",
-        str(unlabeled_run / "checkpoint.pth"),
-        "--lr",
-        "0",
-        "--min_lr",
-        "0",
-        "--seed",
-        "7",
-    )
+    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"), "--lr", "0",
+             "--min_lr", "0", "--seed", "7")  # fmt: skip
     saved = backbone(out / "checkpoint.pth", "student")
     assert saved.keys() == given.keys()
     for name, value in given.items():
@@ -126,34 +93,15 @@ def test_pretrained_weights_start_both_backbones_and_lr_zero_keeps_them(flat_fol
     assert "backbones start from" in (out / "output.log").read_text()
 
     # a resumable checkpoint.pth wins over --pretrained_weights
-    run_main(
-        flat_folder,
-        out,
-        "--pretrained_weights",
-        str(unlabeled_run / "checkpoint.pth"),
-        "--lr",
-        "0",
-        "--min_lr",
-        "0",
-        epochs=2,
-    )
+    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"), "--lr", "0",
+             "--min_lr", "0", epochs=2)  # fmt: skip
     assert "exists and the run resumes from it" in (out / "output.log").read_text()
 
 
 def test_pretrained_weights_are_resized_to_other_crops_and_patches(flat_folder, unlabeled_run, tmp_path):
     out = tmp_path / "resized"
-    run_main(
-        flat_folder,
-        out,
-        "--pretrained_weights",
-        str(unlabeled_run / "checkpoint.pth"),
-        "--checkpoint_key",
-        "student",
-        "--global_crops_size",
-        "32",
-        "--patch_size",
-        "8",
-    )
+    run_main(flat_folder, out, "--pretrained_weights", str(unlabeled_run / "checkpoint.pth"),
+             "--checkpoint_key", "student", "--global_crops_size", "32", "--patch_size", "8")  # fmt: skip
     saved = backbone(out / "checkpoint.pth", "student")
     assert saved["pos_embed"].shape == (1, 1 + 4 * 4, 192)
     assert saved["patch_embed.proj.weight"].shape[-1] == 8
@@ -186,25 +134,9 @@ def test_no_batch_warning_with_reduce_cov(flat_folder, tmp_path):
 def test_knn_monitor_in_two_processes(flat_folder, tiny_imagefolder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "-m",
-        "simdino.main_dino",
-        *TINY,
-        "--data_path",
-        str(flat_folder),
-        "--output_dir",
-        str(out),
-        "--epochs",
-        "2",
-        "--knn_monitor_path",
-        str(tiny_imagefolder),
-        "--knn_monitor_freq",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "simdino.main_dino", *TINY,
+           "--data_path", str(flat_folder), "--output_dir", str(out), "--epochs", "2",
+           "--knn_monitor_path", str(tiny_imagefolder), "--knn_monitor_freq", "1"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     epochs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]

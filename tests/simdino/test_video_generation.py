@@ -56,22 +56,8 @@ def test_folder_of_frames_gives_attention_frames_and_video(
     frames_dir: Path, v1_checkpoint: Path, tmp_path: Path
 ):
     out = tmp_path / "out"
-    video = vg.main(
-        [
-            "--pretrained_weights",
-            str(v1_checkpoint),
-            "--input_path",
-            str(frames_dir),
-            "--output_path",
-            str(out),
-            "--fps",
-            "5",
-            "--resize",
-            "64",
-            "--device",
-            "cpu",
-        ]
-    )
+    video = vg.main(["--pretrained_weights", str(v1_checkpoint), "--input_path", str(frames_dir),
+                     "--output_path", str(out), "--fps", "5", "--resize", "64", "--device", "cpu"])  # fmt: skip
     attention = out / "attention"
     stems = sorted(p.stem for p in frames_dir.iterdir())
     assert sorted(p.name for p in attention.glob("attn-*.jpg")) == [f"attn-{s}.jpg" for s in stems]
@@ -83,19 +69,8 @@ def test_folder_of_frames_gives_attention_frames_and_video(
     assert (count, fps, shape[:2]) == (N_FRAMES, 5.0, (64, 64))
 
     # --video_only remakes the video (avi) from the attention frames alone: no model is needed
-    avi = vg.main(
-        [
-            "--video_only",
-            "--input_path",
-            str(attention),
-            "--output_path",
-            str(out),
-            "--fps",
-            "2",
-            "--video_format",
-            "avi",
-        ]
-    )
+    avi = vg.main(["--video_only", "--input_path", str(attention), "--output_path", str(out), "--fps", "2",
+                   "--video_format", "avi"])  # fmt: skip
     assert avi == out / "video.avi" and read_video(avi)[0] == N_FRAMES
     assert not list(out.glob(".video.*"))  # the temporary of the atomic write is gone
 
@@ -112,20 +87,8 @@ def test_video_file_is_split_into_frames_at_its_frame_rate(frames_dir: Path, tmp
     out = tmp_path / "out"
     (out / "frames").mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(out / "frames" / "frame-0099.jpg")  # left by an earlier, longer video
-    video = vg.main(
-        [
-            "--pretrained_weights",
-            str(ckpt),
-            "--input_path",
-            str(clip),
-            "--output_path",
-            str(out),
-            "--threshold",
-            "0.3",
-            "--device",
-            "cpu",
-        ]
-    )
+    video = vg.main(["--pretrained_weights", str(ckpt), "--input_path", str(clip), "--output_path", str(out),
+                     "--threshold", "0.3", "--device", "cpu"])  # fmt: skip
     assert sorted(p.name for p in (out / "frames").iterdir()) == [
         f"frame-{i:04d}.jpg" for i in range(N_FRAMES)
     ]
@@ -144,21 +107,8 @@ def test_frames_are_written_without_a_video_writer(frames_dir, v1_checkpoint, tm
 
     monkeypatch.setattr(builtins, "__import__", no_imageio)
     out = tmp_path / "out"
-    assert (
-        vg.main(
-            [
-                "--pretrained_weights",
-                str(v1_checkpoint),
-                "--input_path",
-                str(frames_dir),
-                "--output_path",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        is None
-    )
+    assert vg.main(["--pretrained_weights", str(v1_checkpoint), "--input_path", str(frames_dir),
+                    "--output_path", str(out), "--device", "cpu"]) is None  # fmt: skip
     assert len(list((out / "attention").glob("attn-*.jpg"))) == N_FRAMES
     lines = [line for line in capsys.readouterr().out.splitlines() if "video not written" in line]
     assert len(lines) == 1 and "pip install imageio imageio-ffmpeg" in lines[0]
@@ -179,17 +129,8 @@ def test_frames_are_written_without_a_video_writer(frames_dir, v1_checkpoint, tm
     ],
 )
 def test_bad_input_is_one_line(flags, message, frames_dir, v1_checkpoint, tmp_path):
-    argv = [
-        "--pretrained_weights",
-        str(v1_checkpoint),
-        "--input_path",
-        str(frames_dir),
-        "--output_path",
-        str(tmp_path / "out"),
-        "--device",
-        "cpu",
-        *flags,
-    ]
+    argv = ["--pretrained_weights", str(v1_checkpoint), "--input_path", str(frames_dir),
+            "--output_path", str(tmp_path / "out"), "--device", "cpu", *flags]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         run_cli("video_generation.py", vg.generate, vg.get_args_parser().parse_args(argv))
     line = str(exit_info.value.code)

@@ -89,31 +89,9 @@ def test_v1_training_metrics_write(tiny_imagefolder, tmp_path, monkeypatch):
     """Before: a 30-line traceback."""
     _disk_full_for(monkeypatch, "training_metrics.json")
     out = tmp_path / "run"
-    argv = [
-        *V1_MODEL,
-        "--global_crops_size",
-        "28",
-        "--local_crops_size",
-        "12",
-        "--local_crops_number",
-        "2",
-        "--compile",
-        "false",
-        "--use_fp16",
-        "false",
-        "--hidden_dim",
-        "64",
-        "--z_dim",
-        "32",
-        "--epochs",
-        "1",
-        "--batch_size_per_gpu",
-        "8",
-        "--data_path",
-        str(tiny_imagefolder / "train"),
-        "--output_dir",
-        str(out),
-    ]
+    argv = [*V1_MODEL, "--global_crops_size", "28", "--local_crops_size", "12", "--local_crops_number", "2",
+            "--compile", "false", "--use_fp16", "false", "--hidden_dim", "64", "--z_dim", "32", "--epochs", "1",
+            "--batch_size_per_gpu", "8", "--data_path", str(tiny_imagefolder / "train"), "--output_dir", str(out)]  # fmt: skip
     message = _one_line(lambda: main_dino.main(main_dino.get_args_parser().parse_args(argv)))
     assert str(out / "training_metrics.json") in message
 
@@ -121,46 +99,18 @@ def test_v1_training_metrics_write(tiny_imagefolder, tmp_path, monkeypatch):
 def test_v1_eval_knn_dump_features(v1_weights, tiny_imagefolder, tmp_path, monkeypatch):
     _disk_full_for(monkeypatch, "trainfeat.pth")
     dump = tmp_path / "features"
-    message = _one_line(
-        lambda: v1_knn.cli(
-            [
-                *V1_MODEL,
-                "--pretrained_weights",
-                str(v1_weights),
-                "--img_size",
-                "28",
-                "--data_path",
-                str(tiny_imagefolder),
-                "--dump_features",
-                str(dump),
-                "--output_dir",
-                str(tmp_path / "knn"),
-            ]
-        )
-    )
+    message = _one_line(lambda: v1_knn.cli([*V1_MODEL, "--pretrained_weights", str(v1_weights), "--img_size", "28",
+                                            "--data_path", str(tiny_imagefolder), "--dump_features", str(dump),
+                                            "--output_dir", str(tmp_path / "knn")]))  # fmt: skip
     assert str(dump / "trainfeat.pth") in message and not (dump / "trainfeat.pth").exists()
 
 
 def test_v1_eval_linear_log(v1_weights, tiny_imagefolder, tmp_path, monkeypatch):
     _disk_full_for(monkeypatch, "log.txt")
     out = tmp_path / "linear"
-    message = _one_line(
-        lambda: v1_linear.cli(
-            [
-                *V1_MODEL,
-                "--pretrained_weights",
-                str(v1_weights),
-                "--img_size",
-                "28",
-                "--data_path",
-                str(tiny_imagefolder),
-                "--epochs",
-                "1",
-                "--output_dir",
-                str(out),
-            ]
-        )
-    )
+    message = _one_line(lambda: v1_linear.cli([*V1_MODEL, "--pretrained_weights", str(v1_weights), "--img_size", "28",
+                                               "--data_path", str(tiny_imagefolder), "--epochs", "1",
+                                               "--output_dir", str(out)]))  # fmt: skip
     assert str(out / "log.txt") in message
 
 
@@ -234,23 +184,9 @@ def test_v2_knn_results(v1_weights, tiny_imagefolder, tmp_path, monkeypatch):
     """Before: an empty results file, `--- Logging error ---` repeated, exit 120 and no error line."""
     _disk_full_for(monkeypatch, "results_eval_knn.json")
     out = tmp_path / "knn"
-    message = _one_line(
-        lambda: knn.cli(
-            [
-                "--pretrained-weights",
-                str(v1_weights),
-                "--image-size",
-                "28",
-                "--train-dataset",
-                f"ImageFolder:root={tiny_imagefolder}/train",
-                "--val-dataset",
-                f"ImageFolder:root={tiny_imagefolder}/val",
-                "--num-workers",
-                "0",
-                "--output-dir",
-                str(out),
-            ]
-        )
-    )
+    message = _one_line(lambda: knn.cli(["--pretrained-weights", str(v1_weights), "--image-size", "28",
+                                         "--train-dataset", f"ImageFolder:root={tiny_imagefolder}/train",
+                                         "--val-dataset", f"ImageFolder:root={tiny_imagefolder}/val",
+                                         "--num-workers", "0", "--output-dir", str(out)]))  # fmt: skip
     assert str(out / "results_eval_knn.json") in message
     assert not (out / "results_eval_knn.json").read_text()  # no half row

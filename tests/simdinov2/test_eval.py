@@ -272,20 +272,9 @@ def v2_snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _v2_args(config: Path, weights: Path, data: Path, out: Path) -> list[str]:
-    return [
-        "--config-file",
-        str(config),
-        "--pretrained-weights",
-        str(weights),
-        "--output-dir",
-        str(out),
-        "--train-dataset",
-        f"ImageFolder:root={data}/train",
-        "--val-dataset",
-        f"ImageFolder:root={data}/val",
-        "--num-workers",
-        "0",
-    ]
+    return ["--config-file", str(config), "--pretrained-weights", str(weights), "--output-dir", str(out),
+            "--train-dataset", f"ImageFolder:root={data}/train", "--val-dataset", f"ImageFolder:root={data}/val",
+            "--num-workers", "0"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -295,27 +284,10 @@ def test_v2_knn_cli(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> None
     out = tmp_path / "knn"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "simdinov2/eval/knn.py",
-            *_v2_args(config, weights, tiny_imagefolder, out),
-            "--nb_knn",
-            "10",
-            "20",
-            "--n-per-class-list",
-            "-1",
-            "5",
-            "--n-tries",
-            "2",
-            "--batch-size",
-            "64",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, "simdinov2/eval/knn.py", *_v2_args(config, weights, tiny_imagefolder, out),
+         "--nb_knn", "10", "20", "--n-per-class-list", "-1", "5", "--n-tries", "2", "--batch-size", "64"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     records = [json.loads(line) for line in (out / "results_eval_knn.json").read_text().splitlines()]
     full = {r["k"]: r for r in records if r["n_per_class"] == "full"}
@@ -344,18 +316,8 @@ def test_v2_linear_and_log_regression(v2_snapshot, tiny_imagefolder: Path, tmp_p
     def run(*extra: str) -> dict:
         return linear.run_linear_probe(linear.get_args_parser().parse_args(base + list(extra)))
 
-    summary = run(
-        "--epochs",
-        "1",
-        "--learning-rates",
-        "0.01",
-        "0.1",
-        "--eval-period-iterations",
-        "2",
-        "--epoch-length",
-        "0",
-        "--full-grid",
-    )
+    summary = run("--epochs", "1", "--learning-rates", "0.01", "0.1", "--eval-period-iterations", "2",
+                  "--epoch-length", "0", "--full-grid")  # fmt: skip
     checkpoint = torch.load(out / "linear_checkpoint.pth", weights_only=True)
     epoch_length = 120 // 32
     assert checkpoint["iteration"] == epoch_length == summary["iteration"]
@@ -533,21 +495,8 @@ def test_v2_linear_killed_resumes_to_the_rows_of_an_uninterrupted_run(
 
     def run(out: Path) -> None:
         argv = _v2_args(config, weights, tiny_imagefolder, out) + [
-            "--batch-size",
-            "32",
-            "--image-size",
-            "16",
-            "--epochs",
-            "2",
-            "--epoch-length",
-            "2",
-            "--eval-period-iterations",
-            "1",
-            "--save-checkpoint-frequency",
-            "1",
-            "--learning-rates",
-            "0.1",
-        ]
+            "--batch-size", "32", "--image-size", "16", "--epochs", "2", "--epoch-length", "2",
+            "--eval-period-iterations", "1", "--save-checkpoint-frequency", "1", "--learning-rates", "0.1"]  # fmt: skip
         linear.run_linear_probe(linear.get_args_parser().parse_args(argv))
 
     def rows(out: Path) -> list[int]:
@@ -591,26 +540,9 @@ def test_v1_eval_linear_killed_at_its_checkpoint_save_resumes_to_an_uninterrupte
     torch.save({"teacher": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, v1_weights)
 
     def run(out: Path) -> None:
-        argv = [
-            "--arch",
-            "vit_tiny",
-            "--patch_size",
-            "4",
-            "--img_size",
-            "28",
-            "--num_workers",
-            "0",
-            "--batch_size_per_gpu",
-            "32",
-            "--epochs",
-            "2",
-            "--pretrained_weights",
-            str(v1_weights),
-            "--data_path",
-            str(tiny_imagefolder),
-            "--output_dir",
-            str(out),
-        ]
+        argv = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--num_workers", "0",
+                "--batch_size_per_gpu", "32", "--epochs", "2", "--pretrained_weights", str(v1_weights),
+                "--data_path", str(tiny_imagefolder), "--output_dir", str(out)]  # fmt: skip
         eval_linear.main(eval_linear.get_args_parser().parse_args(argv))
 
     def epochs(out: Path) -> list[int]:

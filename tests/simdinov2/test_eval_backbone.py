@@ -110,16 +110,8 @@ def test_v1_checkpoint_by_v2_knn(tmp_path: Path, tiny_imagefolder: Path) -> None
     """v1 checkpoint.pth through the v2 k-NN: without a config (crop from the checkpoint's args) and with
     the repository's SimDINOv2 config (another ViT layout: one log line, the weights win)."""
     weights = write_v1_checkpoint(tmp_path / "v1run" / "checkpoint.pth")
-    data = [
-        "--train-dataset",
-        f"ImageFolder:root={tiny_imagefolder}/train",
-        "--val-dataset",
-        f"ImageFolder:root={tiny_imagefolder}/val",
-        "--nb_knn",
-        "10",
-        "--num-workers",
-        "0",
-    ]
+    data = ["--train-dataset", f"ImageFolder:root={tiny_imagefolder}/train",
+            "--val-dataset", f"ImageFolder:root={tiny_imagefolder}/val", "--nb_knn", "10", "--num-workers", "0"]  # fmt: skip
     proc = run(
         [
             "simdinov2/eval/knn.py",
@@ -136,37 +128,14 @@ def test_v1_checkpoint_by_v2_knn(tmp_path: Path, tiny_imagefolder: Path) -> None
     assert record["image_size"] == 28 and 0.0 <= record["top1"] <= 100.0
     assert "vit_tiny/4 (embed 192, depth 6, 0 registers, no LayerScale" in proc.stdout + proc.stderr
 
-    proc = run(
-        [
-            "simdinov2/eval/knn.py",
-            "--config-file",
-            "simdinov2/configs/simdino_config.yaml",
-            "--pretrained-weights",
-            str(weights),
-            "--output-dir",
-            str(tmp_path / "b"),
-            "--image-size",
-            "28",
-            *data,
-        ],
-        REPO,
-    )
+    proc = run(["simdinov2/eval/knn.py", "--config-file", "simdinov2/configs/simdino_config.yaml",
+                "--pretrained-weights", str(weights), "--output-dir", str(tmp_path / "b"), "--image-size", "28",
+                *data], REPO)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the checkpoint's architecture is evaluated" in proc.stdout + proc.stderr
 
-    proc = run(
-        [
-            "simdinov2/eval/knn.py",
-            "--pretrained-weights",
-            str(weights),
-            "--output-dir",
-            str(tmp_path / "c"),
-            *data,
-            "--opts",
-            "student.patch_size=16",
-        ],
-        REPO,
-    )
+    proc = run(["simdinov2/eval/knn.py", "--pretrained-weights", str(weights), "--output-dir", str(tmp_path / "c"),
+                *data, "--opts", "student.patch_size=16"], REPO)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert (
         proc.stderr.strip()
@@ -182,20 +151,8 @@ def test_v2_snapshot_by_v1_eval_knn(tmp_path: Path, tiny_imagefolder: Path) -> N
     """v2 teacher_checkpoint.pth through v1 eval_knn.py (run from simdino/) with no architecture flags;
     a contradicting --patch_size is one line naming the flag."""
     weights = write_v2_snapshot(tmp_path / "v2run" / "eval" / "training_9" / "teacher_checkpoint.pth")
-    common = [
-        "--pretrained_weights",
-        str(weights),
-        "--data_path",
-        str(tiny_imagefolder),
-        "--img_size",
-        "28",
-        "--nb_knn",
-        "10",
-        "--use_cuda",
-        "false",
-        "--num_workers",
-        "0",
-    ]
+    common = ["--pretrained_weights", str(weights), "--data_path", str(tiny_imagefolder), "--img_size", "28",
+              "--nb_knn", "10", "--use_cuda", "false", "--num_workers", "0"]  # fmt: skip
     proc = run(["eval_knn.py", *common], REPO / "simdino")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "10-NN classifier result: Top1:" in proc.stdout
@@ -218,24 +175,8 @@ def test_v1_eval_reads_crop_and_depth_from_the_training_checkpoint(
     """No --img_size / --arch: the 28 px crop and the 6-block depth of the run, not 224 and 12 blocks;
     --arch vit_tiny agrees with a 6-block vit_tiny (an arch names the width)."""
     weights = write_v1_checkpoint(tmp_path / "run" / "checkpoint.pth")
-    proc = run(
-        [
-            "eval_knn.py",
-            "--pretrained_weights",
-            str(weights),
-            "--data_path",
-            str(tiny_imagefolder),
-            "--arch",
-            "vit_tiny",
-            "--nb_knn",
-            "10",
-            "--use_cuda",
-            "false",
-            "--num_workers",
-            "0",
-        ],
-        REPO / "simdino",
-    )
+    proc = run(["eval_knn.py", "--pretrained_weights", str(weights), "--data_path", str(tiny_imagefolder),
+                "--arch", "vit_tiny", "--nb_knn", "10", "--use_cuda", "false", "--num_workers", "0"], REPO / "simdino")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((weights.parent / "knn_results.json").read_text().splitlines()[0])
     assert record["img_size"] == 28

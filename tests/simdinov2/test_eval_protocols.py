@@ -139,19 +139,9 @@ def test_attentive_probe_shapes_and_learning() -> None:
 def _test_set_flags(data: Path, mapping: Path) -> list[str]:
     """Two test sets: the validation folder read under per-class accuracy through a class mapping, and the
     training folder under mean per-class accuracy."""
-    return [
-        "--test-datasets",
-        f"ImageFolder:root={data}/val",
-        f"ImageFolder:root={data}/train",
-        "--test-metric-types",
-        "per_class_accuracy",
-        "mean_per_class_accuracy",
-        "--test-class-mapping-fpaths",
-        str(mapping),
-        "None",
-        "--image-size",
-        "16",
-    ]
+    return ["--test-datasets", f"ImageFolder:root={data}/val", f"ImageFolder:root={data}/train",
+            "--test-metric-types", "per_class_accuracy", "mean_per_class_accuracy",
+            "--test-class-mapping-fpaths", str(mapping), "None", "--image-size", "16"]  # fmt: skip
 
 
 def _check_sets(eval_sets: dict, data: Path) -> None:
@@ -256,23 +246,9 @@ def test_bad_test_sets_are_one_line(v2_snapshot, tiny_imagefolder: Path, tmp_pat
 
 # ---------------------------------------------------------------------------------------------- fine-tuning
 def _finetune_args(config: Path, weights: Path, data: Path, out: Path) -> list[str]:
-    return [
-        *_v2_args(config, weights, data, out),
-        "--epochs",
-        "2",
-        "--epoch-length",
-        "3",
-        "--warmup-epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--image-size",
-        "16",
-        "--test-datasets",
-        f"ImageFolder:root={data}/val",
-        "--test-metric-types",
-        "per_class_accuracy",
-    ]
+    return [*_v2_args(config, weights, data, out), "--epochs", "2", "--epoch-length", "3", "--warmup-epochs", "1",
+            "--batch-size", "16", "--image-size", "16", "--test-datasets", f"ImageFolder:root={data}/val",
+            "--test-metric-types", "per_class_accuracy"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -366,17 +342,7 @@ def test_linear_grid_with_the_backbone_trained_as_upstream_finetune_py(
 
     config, weights = v2_snapshot
     base = _v2_args(config, weights, tiny_imagefolder, tmp_path / "ft") + [
-        "--epochs",
-        "1",
-        "--epoch-length",
-        "2",
-        "--batch-size",
-        "32",
-        "--learning-rates",
-        "0.1",
-        "--image-size",
-        "16",
-    ]
+        "--epochs", "1", "--epoch-length", "2", "--batch-size", "32", "--learning-rates", "0.1", "--image-size", "16"]  # fmt: skip
     summary = linear.run_linear_probe(
         linear.get_args_parser().parse_args([*base, "--train-backbone-lr", "0.005"])
     )
@@ -398,29 +364,12 @@ def test_finetuning_a_v1_checkpoint_takes_its_training_crop(tiny_imagefolder: Pa
     from simdinov2.eval import finetuning
 
     weights = write_v1_checkpoint(tmp_path / "v1run" / "checkpoint.pth", depth=2, img_size=20)
-    args = finetuning.get_args_parser().parse_args(
-        [
-            "--pretrained-weights",
-            str(weights),
-            "--output-dir",
-            str(tmp_path / "ft"),
-            "--num-workers",
-            "0",
-            "--train-dataset",
-            f"ImageFolder:root={tiny_imagefolder}/train",
-            "--val-dataset",
-            f"ImageFolder:root={tiny_imagefolder}/val",
-            "--epochs",
-            "1",
-            "--epoch-length",
-            "2",
-            "--batch-size",
-            "16",
-            "--no-model-ema",
-            "--drop-path",
-            "0.2",
-        ]
-    )
+    args = finetuning.get_args_parser().parse_args([
+        "--pretrained-weights", str(weights), "--output-dir", str(tmp_path / "ft"), "--num-workers", "0",
+        "--train-dataset", f"ImageFolder:root={tiny_imagefolder}/train",
+        "--val-dataset", f"ImageFolder:root={tiny_imagefolder}/val",
+        "--epochs", "1", "--epoch-length", "2", "--batch-size", "16", "--no-model-ema", "--drop-path", "0.2",
+    ])  # fmt: skip
     final = finetuning.run_finetuning(args)
     assert final["image_size"] == 20 and not final["model_ema"]  # the crop the v1 run trained at
     state = torch.load(tmp_path / "ft" / "finetuning_checkpoint.pth", weights_only=True)

@@ -88,22 +88,9 @@ def test_release_names_load_from_the_hub_cache(images, tmp_path, monkeypatch):
     cache.mkdir(parents=True)
     # hubconf builds `--arch`'s full depth: a 12-block vit_tiny
     save_teacher(tiny_vit(depth=12, num_register_tokens=4, init_values=1e-5), cache / "simdinov2_vitb16.pth")
-    written = pca_features.main(
-        [
-            "--pretrained_weights",
-            "simdinov2_vitb16",
-            "--arch",
-            "vit_tiny",
-            "--patch_size",
-            "4",
-            "--image_path",
-            str(images[0]),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--image_size",
-            "32",
-        ]
-    )
+    written = pca_features.main(["--pretrained_weights", "simdinov2_vitb16", "--arch", "vit_tiny", "--patch_size",
+                                 "4", "--image_path", str(images[0]), "--output_dir", str(tmp_path / "out"),
+                                 "--image_size", "32"])  # fmt: skip
     assert len(written) == 1 and written[0].is_file()
     with pytest.raises(SystemExit) as exit_info:
         pca_features.main(

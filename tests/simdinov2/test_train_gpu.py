@@ -44,15 +44,10 @@ def test_fsdp_over_nccl_with_bf16_fp16_and_compile(tiny_imagefolder, tmp_path):
     their loss scaling) and compiled blocks, through the real CLI entry point."""
     output_dir = tmp_path / "run"
     argv = [
-        "--config-file",
-        SIMDINO_CONFIG,
-        "--output-dir",
-        str(output_dir),
-        f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}",
-        *GPU_ARGS,
-        "train.sharding=fsdp",
-        "compile=true",
-    ]
+        "--config-file", SIMDINO_CONFIG, "--output-dir", str(output_dir),
+        f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}", *GPU_ARGS,
+        "train.sharding=fsdp", "compile=true",
+    ]  # fmt: skip
     script = textwrap.dedent(
         f"""
         import os, torch, torch.distributed as dist

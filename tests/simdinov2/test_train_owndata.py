@@ -72,21 +72,9 @@ def test_v2_trains_on_an_unlabeled_folder_and_logs_effective_rank(nested_unlabel
 @pytest.mark.distributed
 def test_v2_knn_monitor_at_each_snapshot_in_two_processes(nested_unlabeled, tiny_imagefolder, tmp_path):
     out = tmp_path / "run"
-    result = run_train(
-        [
-            "--config-file",
-            SIMDINO_CONFIG,
-            "--output-dir",
-            str(out),
-            f"train.dataset_path={nested_unlabeled}",
-            *SMALL,
-            "optim.epochs=2",
-            "evaluation.eval_period_epochs=1",
-            "train.sharding=ddp",
-            f"evaluation.knn_monitor_path={tiny_imagefolder}",
-        ],
-        nproc=2,
-    )
+    result = run_train(["--config-file", SIMDINO_CONFIG, "--output-dir", str(out), f"train.dataset_path={nested_unlabeled}",
+                        *SMALL, "optim.epochs=2", "evaluation.eval_period_epochs=1", "train.sharding=ddp",
+                        f"evaluation.knn_monitor_path={tiny_imagefolder}"], nproc=2)  # fmt: skip
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     rows = [json.loads(line) for line in (out / "training_metrics.json").read_text().splitlines()]

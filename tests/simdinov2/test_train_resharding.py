@@ -93,17 +93,10 @@ def test_run_saved_by_4_processes_resumes_on_2(images_24, tmp_path):
     processes with the same global batch. Iterations and schedules continue exactly; the teacher of a
     4-process checkpoint loads on 2 processes bit for bit."""
     args = lambda out, per_rank: [  # noqa: E731
-        "--config-file",
-        SIMDINO_CONFIG,
-        "--output-dir",
-        str(out),
-        f"train.dataset_path=ImageFolder:root={images_24}",
-        *TINY,
-        f"train.batch_size_per_gpu={per_rank}",
-        "optim.epochs=2",
-        "optim.warmup_epochs=1",
+        "--config-file", SIMDINO_CONFIG, "--output-dir", str(out), f"train.dataset_path=ImageFolder:root={images_24}",
+        *TINY, f"train.batch_size_per_gpu={per_rank}", "optim.epochs=2", "optim.warmup_epochs=1",
         "evaluation.eval_period_epochs=1",
-    ]
+    ]  # fmt: skip
     four = tmp_path / "four"
     log = _ok(run_train(args(four, 2), nproc=4))
     assert "sharding: fsdp over 4 process(es) on cpu" in log
@@ -145,30 +138,12 @@ def test_two_node_torchrun_on_localhost_trains(images_24, tmp_path):
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "2",
-        "--nproc_per_node",
-        "1",
-        "--rdzv_backend",
-        "c10d",
-        "--rdzv_endpoint",
-        f"127.0.0.1:{port}",
-        "--rdzv_id",
-        "simdino-two-nodes",
-        str(TRAIN_SCRIPT),
-        "--config-file",
-        SIMDINO_CONFIG,
-        "--output-dir",
-        str(out),
-        f"train.dataset_path=ImageFolder:root={images_24}",
-        *TINY,
-        "train.batch_size_per_gpu=4",
-        "optim.epochs=1",
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "simdino-two-nodes",
+        str(TRAIN_SCRIPT), "--config-file", SIMDINO_CONFIG, "--output-dir", str(out),
+        f"train.dataset_path=ImageFolder:root={images_24}", *TINY, "train.batch_size_per_gpu=4", "optim.epochs=1",
         "evaluation.eval_period_epochs=1",
-    ]
+    ]  # fmt: skip
     nodes = [
         subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
