@@ -167,7 +167,9 @@ def __dir__() -> list[str]:
     # sees the plain names.
     names = set(globals())
     caller = _sys._getframe(1)
-    looked_up = caller.f_locals.get("func_name") if caller.f_code.co_name == "_load_attr_from_module" else None
+    looked_up = (
+        caller.f_locals.get("func_name") if caller.f_code.co_name == "_load_attr_from_module" else None
+    )
     if isinstance(looked_up, str):
         names.add(looked_up)
     return sorted(names)

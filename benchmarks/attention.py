@@ -41,8 +41,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=192, help="embedding width (vit_tiny: 192)")
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--batch", type=int, default=128, help="sequences per call (2 global crops x 64 images)")
-    p.add_argument("--tokens", type=int, nargs="+", default=[10, 50, 197],
-                   help="sequence lengths: 12 px and 28 px crops at patch 4 (+ CLS), 224 px at patch 16")  # fmt: skip
+    p.add_argument(
+        "--tokens",
+        type=int,
+        nargs="+",
+        default=[10, 50, 197],
+        help="sequence lengths: 12 px and 28 px crops at patch 4 (+ CLS), 224 px at patch 16",
+    )
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], help="fp32 and/or bf16 / fp16 (autocast)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="auto")
@@ -54,7 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _forward_backward(layer: torch.nn.Module, x: torch.Tensor, dtype: str, device: torch.device):
     x = x.detach().requires_grad_(True)
     layer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(dtype, torch.float32), enabled=dtype != "fp32"):
+    with torch.autocast(
+        device.type, dtype=AUTOCAST_DTYPES.get(dtype, torch.float32), enabled=dtype != "fp32"
+    ):
         out = layer(x)
     out.float().square().mean().backward()
     return out.detach().float(), x.grad
@@ -80,27 +87,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 with mock.patch.object(attention_module, "_use_explicit_attention", rule):
                     outputs[kernel] = _forward_backward(layer, x, dtype, device)
 
-                    def step() -> None:
+                    def step(x: torch.Tensor = x, dtype: str = dtype) -> None:
                         _forward_backward(layer, x, dtype, device)
 
                     times = time_fn(step, device, warmup=1, repeats=args.repeats)
                 ms[kernel] = 1e3 * summarize(times)["median_s"]
-            probe = torch.empty(1, 1, tokens, 1, device=device, dtype=AUTOCAST_DTYPES.get(dtype, torch.float32))
+            probe = torch.empty(
+                1, 1, tokens, 1, device=device, dtype=AUTOCAST_DTYPES.get(dtype, torch.float32)
+            )
             shipped = "explicit" if shipped_rule(probe) else "sdpa"
             out_err, grad_err = (
-                float((e - s).norm() / s.norm()) for e, s in zip(outputs["explicit"], outputs["sdpa"])
+                float((e - s).norm() / s.norm())
+                for e, s in zip(outputs["explicit"], outputs["sdpa"], strict=True)
             )
-            rows.append({
-                "dtype": dtype, "tokens": tokens, "sdpa ms": ms["sdpa"], "explicit ms": ms["explicit"],
-                "x explicit vs sdpa": ms["sdpa"] / ms["explicit"], "shipped": shipped,
-                "x shipped vs sdpa": ms["sdpa"] / ms[shipped], "out rel err": out_err, "grad rel err": grad_err,
-            })  # fmt: skip
-            print(f"  {dtype} {tokens:4d} tokens: sdpa {ms['sdpa']:.1f} ms, explicit {ms['explicit']:.1f} ms",
-                  flush=True)  # fmt: skip
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "tokens": tokens,
+                    "sdpa ms": ms["sdpa"],
+                    "explicit ms": ms["explicit"],
+                    "x explicit vs sdpa": ms["sdpa"] / ms["explicit"],
+                    "shipped": shipped,
+                    "x shipped vs sdpa": ms["sdpa"] / ms[shipped],
+                    "out rel err": out_err,
+                    "grad rel err": grad_err,
+                }
+            )
+            print(
+                f"  {dtype} {tokens:4d} tokens: sdpa {ms['sdpa']:.1f} ms, explicit {ms['explicit']:.1f} ms",
+                flush=True,
+            )
     print()
     print(format_table(rows))
-    print(f"\nms: median of {args.repeats} forward + backward calls on [{args.batch}, tokens, {args.dim}] inputs; "
-          "rel err: explicit vs SDPA, relative L2 of the layer output and of the input gradient.")  # fmt: skip
+    print(
+        f"\nms: median of {args.repeats} forward + backward calls on [{args.batch}, tokens, {args.dim}] inputs; "
+        "rel err: explicit vs SDPA, relative L2 of the layer output and of the input gradient."
+    )
     result = {"machine": info, "settings": vars(args), "rows": rows}
     write_json(args.json, result)
     return result

@@ -87,11 +87,23 @@ def build_transforms(
         out[PEER] = f"not installed ({type(exc).__name__}: pip install -r benchmarks/requirements.txt)"
         return out
     out[PEER] = DINOTransform(
-        global_crop_size=global_size, global_crop_scale=(0.4, 1.0), local_crop_size=local_size,
-        local_crop_scale=(0.05, 0.4), n_local_views=n_local, hf_prob=0.5, cj_prob=0.8, cj_strength=0.5,
-        cj_bright=0.8, cj_contrast=0.8, cj_sat=0.4, cj_hue=0.2, random_gray_scale=0.2,
-        gaussian_blur=(1.0, 0.1, 0.5), sigmas=(0.1, 2.0), solarization_prob=0.2,
-    )  # fmt: skip
+        global_crop_size=global_size,
+        global_crop_scale=(0.4, 1.0),
+        local_crop_size=local_size,
+        local_crop_scale=(0.05, 0.4),
+        n_local_views=n_local,
+        hf_prob=0.5,
+        cj_prob=0.8,
+        cj_strength=0.5,
+        cj_bright=0.8,
+        cj_contrast=0.8,
+        cj_sat=0.4,
+        cj_hue=0.2,
+        random_gray_scale=0.2,
+        gaussian_blur=(1.0, 0.1, 0.5),
+        sigmas=(0.1, 2.0),
+        solarization_prob=0.2,
+    )
     return out
 
 
@@ -128,7 +140,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jpegs", type=int, default=64, help="distinct JPEG files written and cycled through")
     p.add_argument("--quick", action="store_true", help="smoke setting: 10 images, no minimum time")
-    p.add_argument("--ours-only", action="store_true", help="only our transform on the 224-px JPEGs (no peer, no Fashion-MNIST)")
+    p.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="only our transform on the 224-px JPEGs (no peer, no Fashion-MNIST)",
+    )
     p.add_argument("--json", default=None)
     return p
 
@@ -156,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             kwargs = {"root": args.fmnist_root} if args.fmnist_root else {}
             fmnist = FashionMNIST("TRAIN", **kwargs)
             n_fmnist = len(fmnist)
-            suites = [("Fashion-MNIST 28px", lambda i: fmnist.get_image(i % n_fmnist), 28, 12, args.fmnist_local)]
+            suites = [
+                ("Fashion-MNIST 28px", lambda i: fmnist.get_image(i % n_fmnist), 28, 12, args.fmnist_local)
+            ]
         except (FileNotFoundError, ImportError) as exc:
             skipped["Fashion-MNIST"] = str(exc)
             print(f"  skipping Fashion-MNIST: {exc}")
@@ -184,11 +202,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"  {suite:<18} {name:<26} {results[name]['img/s']:8.1f} img/s", flush=True)
             peer = results.get(PEER)
             for name, res in results.items():
-                rows.append({
-                    "data": suite, "crops": f"2x{gsize} + {n_local}x{lsize}", "method": name, "img/s": res["img/s"],
-                    "crops/s": res["img/s"] * (2 + n_local), f"x vs {PEER}": res["img/s"] / peer["img/s"] if peer else float("nan"),
-                    "images": res["images"],
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "data": suite,
+                        "crops": f"2x{gsize} + {n_local}x{lsize}",
+                        "method": name,
+                        "img/s": res["img/s"],
+                        "crops/s": res["img/s"] * (2 + n_local),
+                        f"x vs {PEER}": res["img/s"] / peer["img/s"] if peer else float("nan"),
+                        "images": res["images"],
+                    }
+                )
 
     print()
     print(format_table(rows))

@@ -35,13 +35,34 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
 # trainer's command line (`python simdino/main_dino.py --help`; tests/test_benchmarks_smoke.py keeps
 # them equal). The benchmarks give shapes explicitly and take the rest from here.
 V1_TRAINER_DEFAULTS: dict[str, Any] = {
-    "arch": "vit_small", "patch_size": 16, "depth": 0, "global_crops_size": 224, "local_crops_size": 96,
-    "local_crops_number": 8, "batch_size_per_gpu": 64, "out_dim": 65536, "z_dim": 256, "hidden_dim": 2048,
-    "use_bn_in_head": False, "norm_last_layer": True, "drop_path_rate": 0.1, "use_simdino": True,
-    "eps": 0.5, "coeff": 1.0, "expa_type": 1, "reduce_cov": 0, "optimizer": "adamw", "lr": 0.0005,
-    "weight_decay": 0.04, "momentum_teacher": 0.996, "teacher_temp": 0.04, "clip_grad": 3.0,
-    "freeze_last_layer": 1, "use_fp16": True, "amp_dtype": "auto",
-}  # fmt: skip
+    "arch": "vit_small",
+    "patch_size": 16,
+    "depth": 0,
+    "global_crops_size": 224,
+    "local_crops_size": 96,
+    "local_crops_number": 8,
+    "batch_size_per_gpu": 64,
+    "out_dim": 65536,
+    "z_dim": 256,
+    "hidden_dim": 2048,
+    "use_bn_in_head": False,
+    "norm_last_layer": True,
+    "drop_path_rate": 0.1,
+    "use_simdino": True,
+    "eps": 0.5,
+    "coeff": 1.0,
+    "expa_type": 1,
+    "reduce_cov": 0,
+    "optimizer": "adamw",
+    "lr": 0.0005,
+    "weight_decay": 0.04,
+    "momentum_teacher": 0.996,
+    "teacher_temp": 0.04,
+    "clip_grad": 3.0,
+    "freeze_last_layer": 1,
+    "use_fp16": True,
+    "amp_dtype": "auto",
+}
 
 
 def v1_model_args(**values: Any) -> argparse.Namespace:
@@ -203,7 +224,9 @@ def measure_matmul_peak(
         out = torch.empty(size, size, device=device, dtype=dtype)
         inner = 10 if device.type == "cuda" else 1
 
-        def run(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out) -> None:
+        def run(
+            a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out, inner: int = inner
+        ) -> None:
             for _ in range(inner):
                 torch.mm(a, b, out=out)
 
@@ -244,10 +267,10 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     cells = [[fmt(row.get(col)) for col in columns] for row in rows]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
     lines = [
-        "| " + " | ".join(col.ljust(w) for col, w in zip(columns, widths)) + " |",
+        "| " + " | ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     return "\n".join(lines)
 
 

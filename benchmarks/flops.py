@@ -51,7 +51,9 @@ def vit_forward_flops(
     return patch_embed + depth * block
 
 
-def head_forward_flops(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, prototypes: int = 0) -> int:
+def head_forward_flops(
+    in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, prototypes: int = 0
+) -> int:
     """FLOPs of the projection head on one token: the MLP, plus the prototype layer when `prototypes` > 0."""
     if nlayers < 2:
         raise ValueError("the head formula covers nlayers >= 2")
@@ -78,7 +80,9 @@ class StepShape:
     def crop_forward_flops(self, size: int) -> int:
         width = VIT_SHAPES[self.arch][0]
         backbone = vit_forward_flops(self.arch, self.patch_size, size, self.num_register_tokens, self.depth)
-        head = head_forward_flops(width, self.head_hidden, self.head_bottleneck, self.head_layers, self.prototypes)
+        head = head_forward_flops(
+            width, self.head_hidden, self.head_bottleneck, self.head_layers, self.prototypes
+        )
         return backbone + head
 
     def flops_per_image(self) -> int:

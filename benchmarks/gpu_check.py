@@ -115,7 +115,7 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
             "5",
             "--iters",
             "30",
-        ]
+        ]  # fmt: skip
         fit = ["--probe-batches", "32", "64"]
         # with recomputation an image costs little memory: probes further apart for the slope; a batch of
         # 1024 already takes one loader worker about 15 s to fill (a worker builds a whole batch)
@@ -136,23 +136,71 @@ def build_steps(dry: bool, log: Path, scratch: Path) -> list[Step]:
 
     # Ordered by what a short lease most needs; the budget skips what does not fit (rerun those with --only).
     steps = [
-        Step("matmul_peak", "bf16 matmul peak", 30, lambda out, cap: py + ["benchmarks.matmul_peak", *peak, "--json", str(out)]),
-        Step("v1_simdino", "v1 SimDINO ViT-B/16 fp16 compiled", 200,
-             trainer("run", v1 + ["--trainer", "v1", "--method", "simdino"])),
-        Step("augment", "12-crop augmentation per loader worker", 40,
-             lambda out, cap: py + ["benchmarks.augment", *augment, "--json", str(out)]),
-        Step("knn", "k-NN 50k x 1.28M x 768", 60, lambda out, cap: py + ["benchmarks.knn_scale", *knn, "--json", str(out)]),
-        Step("v2_simdinov2", "v2 SimDINOv2 ViT-L/16 bf16 FSDP2", 75,
-             trainer("run", v2 + ["--trainer", "v2", "--method", "simdino"])),
-        Step("v2_largest_batch", "v2 SimDINOv2 largest batch, timed", 120,
-             trainer("fit", v2 + fit + reuse + ["--trainer", "v2", "--method", "simdino", "--timed"])),
-        Step("v2_largest_batch_gc", "v2 SimDINOv2 largest batch, gradient checkpointing", 100,
-             trainer("fit", v2 + fit_gc + ["--trainer", "v2", "--method", "simdino", "--gradient-checkpointing", "true"])),
-        Step("v1_dino", "v1 DINO ViT-B/16 fp16 compiled", 120, trainer("run", v1 + ["--trainer", "v1", "--method", "dino"])),
-        Step("v2_dinov2", "v2 DINOv2 ViT-L/16 bf16 FSDP2", 75, trainer("run", v2 + ["--trainer", "v2", "--method", "dino"])),
-        Step("gpu_tests", "pytest -m gpu", 120, lambda out, cap: py + ["pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "tests"],
-             skip="dry run: no CUDA (the gpu tests skip themselves)" if dry else ""),
-    ]  # fmt: skip
+        Step(
+            "matmul_peak",
+            "bf16 matmul peak",
+            30,
+            lambda out, cap: py + ["benchmarks.matmul_peak", *peak, "--json", str(out)],
+        ),
+        Step(
+            "v1_simdino",
+            "v1 SimDINO ViT-B/16 fp16 compiled",
+            200,
+            trainer("run", v1 + ["--trainer", "v1", "--method", "simdino"]),
+        ),
+        Step(
+            "augment",
+            "12-crop augmentation per loader worker",
+            40,
+            lambda out, cap: py + ["benchmarks.augment", *augment, "--json", str(out)],
+        ),
+        Step(
+            "knn",
+            "k-NN 50k x 1.28M x 768",
+            60,
+            lambda out, cap: py + ["benchmarks.knn_scale", *knn, "--json", str(out)],
+        ),
+        Step(
+            "v2_simdinov2",
+            "v2 SimDINOv2 ViT-L/16 bf16 FSDP2",
+            75,
+            trainer("run", v2 + ["--trainer", "v2", "--method", "simdino"]),
+        ),
+        Step(
+            "v2_largest_batch",
+            "v2 SimDINOv2 largest batch, timed",
+            120,
+            trainer("fit", v2 + fit + reuse + ["--trainer", "v2", "--method", "simdino", "--timed"]),
+        ),
+        Step(
+            "v2_largest_batch_gc",
+            "v2 SimDINOv2 largest batch, gradient checkpointing",
+            100,
+            trainer(
+                "fit",
+                v2 + fit_gc + ["--trainer", "v2", "--method", "simdino", "--gradient-checkpointing", "true"],
+            ),
+        ),
+        Step(
+            "v1_dino",
+            "v1 DINO ViT-B/16 fp16 compiled",
+            120,
+            trainer("run", v1 + ["--trainer", "v1", "--method", "dino"]),
+        ),
+        Step(
+            "v2_dinov2",
+            "v2 DINOv2 ViT-L/16 bf16 FSDP2",
+            75,
+            trainer("run", v2 + ["--trainer", "v2", "--method", "dino"]),
+        ),
+        Step(
+            "gpu_tests",
+            "pytest -m gpu",
+            120,
+            lambda out, cap: py + ["pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "tests"],
+            skip="dry run: no CUDA (the gpu tests skip themselves)" if dry else "",
+        ),
+    ]
     if dry:  # a 2-core CPU shared with other work: generous caps, the dry run only has to finish
         for step in steps:
             step.cap_s = DRY_STEP_CAP_S
@@ -229,8 +277,10 @@ def _trainer_row(
     if data.get("largest_batch") is not None:
         predicted = data.get("predicted_batch")
         how = f"predicted {predicted}" if predicted is not None else "found by doubling: memory did not grow"
-        notes.append(f"largest batch {data['largest_batch']} ({how}, "
-                     f"{data.get('mib_per_image', float('nan')):.0f} MiB/img)")  # fmt: skip
+        notes.append(
+            f"largest batch {data['largest_batch']} ({how}, "
+            f"{data.get('mib_per_image', float('nan')):.0f} MiB/img)"
+        )
     if run.get("data_wait_pct") is not None:
         notes.append(f"loader wait {run['data_wait_pct']:.0f}%")
     if run.get("first_logged_s") is not None:
@@ -240,11 +290,19 @@ def _trainer_row(
     if why:
         notes.append(why[:160])
     row.update(
-        status=status, batch=run.get("batch") if status == "ok" or "largest_batch" not in data else data.get("largest_batch"),
-        **{"img/s": run.get("img_per_s"), "step img/s": step_img_s, "GFLOP/img": run.get("gflop_per_img"),
-           "MFU %": mfu, "peak mem GiB": _gib(run.get("peak_mem_mib"))},
+        status=status,
+        batch=run.get("batch")
+        if status == "ok" or "largest_batch" not in data
+        else data.get("largest_batch"),
+        **{
+            "img/s": run.get("img_per_s"),
+            "step img/s": step_img_s,
+            "GFLOP/img": run.get("gflop_per_img"),
+            "MFU %": mfu,
+            "peak mem GiB": _gib(run.get("peak_mem_mib")),
+        },
         notes="; ".join(notes),
-    )  # fmt: skip
+    )
     return row
 
 
@@ -254,9 +312,19 @@ def summarize(steps: list[Step], results: dict[str, dict[str, Any]], dry: bool) 
     rows: list[dict[str, Any]] = []
     for step in steps:
         res = results[step.name]
-        row: dict[str, Any] = {"step": step.name, "what": step.what, "status": res["status"], "batch": None,
-                               "img/s": None, "step img/s": None, "GFLOP/img": None, "MFU %": None,
-                               "peak mem GiB": None, "seconds": res.get("seconds"), "notes": ""}  # fmt: skip
+        row: dict[str, Any] = {
+            "step": step.name,
+            "what": step.what,
+            "status": res["status"],
+            "batch": None,
+            "img/s": None,
+            "step img/s": None,
+            "GFLOP/img": None,
+            "MFU %": None,
+            "peak mem GiB": None,
+            "seconds": res.get("seconds"),
+            "notes": "",
+        }
         data = res.get("data") or {}
         if step.name.startswith(("v1_", "v2_")) and res["status"] != "skipped":
             _trainer_row(step, res, peak, row)
@@ -268,8 +336,10 @@ def summarize(steps: list[Step], results: dict[str, dict[str, Any]], dry: bool) 
             row["notes"] = ", ".join(f"{k} {v}" for k, v in data.items())
         elif step.name == "knn" and data:
             row["peak mem GiB"] = (data["features_mib"] + data["peak_extra_mib"]) / 1024.0
-            row["notes"] = (f"{data['queries']} x {data['bank']} x {data['dim']}: {data['knn_s']:.2f} s, "
-                            f"features {data['features_mib'] / 1024:.2f} GiB + {data['peak_extra_mib']:.0f} MiB extra")  # fmt: skip
+            row["notes"] = (
+                f"{data['queries']} x {data['bank']} x {data['dim']}: {data['knn_s']:.2f} s, "
+                f"features {data['features_mib'] / 1024:.2f} GiB + {data['peak_extra_mib']:.0f} MiB extra"
+            )
         elif step.name == "augment" and data:
             jpeg = [
                 r
@@ -299,9 +369,11 @@ def _goals(rows: list[dict[str, Any]], peak: float | None, dry: bool) -> dict[st
     anchor_v1 = per_gpu_img_s_for(ANCHORS["SimDINO ViT-B/16, 100 epochs"]["days_on_8_gpus"] * 24)
     anchor_v2 = per_gpu_img_s_for(ANCHORS["SimDINOv2 ViT-L/16, 100 epochs"]["days_on_8_gpus"] * 24)
     goals: dict[str, Any] = {
-        "needed_img_s_per_gpu_for_12h": needed, "anchor_v1_img_s_per_gpu": anchor_v1,
-        "anchor_v2_img_s_per_gpu": anchor_v2, "goal_mfu_pct": GOAL_MFU_PCT,
-    }  # fmt: skip
+        "needed_img_s_per_gpu_for_12h": needed,
+        "anchor_v1_img_s_per_gpu": anchor_v1,
+        "anchor_v2_img_s_per_gpu": anchor_v2,
+        "goal_mfu_pct": GOAL_MFU_PCT,
+    }
     v1 = by["v1_simdino"]
     worker = by["augment"].get("img/s")
     for key in ("img/s", "step img/s"):
@@ -343,7 +415,8 @@ def render(summary: dict[str, Any]) -> str:
         "notes",
     ]
     lines = [
-        "# GPU check" + (" (DRY RUN: CPU, tiny shapes; the numbers say nothing about a GPU)" if summary["dry_run"] else ""),
+        "# GPU check"
+        + (" (DRY RUN: CPU, tiny shapes; the numbers say nothing about a GPU)" if summary["dry_run"] else ""),
         "",
         f"{summary['peak_dtype']} matmul peak measured in this run: {summary['peak_tflops'] or float('nan'):.4g} TFLOP/s. "
         "img/s: whole iterations (loader included); step img/s: loader waits taken out; MFU: step FLOPs "
@@ -359,21 +432,40 @@ def render(summary: dict[str, Any]) -> str:
         f"- Goal: 100 epochs of ViT-B/16 SimDINO in < 12 h on 8 cards needs {g['needed_img_s_per_gpu_for_12h']:.1f} img/s per GPU "
         f"(1,281,167 x 100 / (12 x 3600) / 8).",
         f"- Goal: >= {GOAL_MFU_PCT:.0f}% bf16 MFU for the ViT-B/16 step.",
-    ]  # fmt: skip
+    ]
     measured = [
-        ("v1 SimDINO step MFU %", g.get("v1_mfu_pct"), "goal met" if g.get("v1_mfu_goal_met") else "goal not met"),
+        (
+            "v1 SimDINO step MFU %",
+            g.get("v1_mfu_pct"),
+            "goal met" if g.get("v1_mfu_goal_met") else "goal not met",
+        ),
         ("v1 hours for 100 epochs on 8 GPUs (whole iterations)", g.get("v1_hours_100ep_8gpu (img/s)"), ""),
-        ("v1 hours for 100 epochs on 8 GPUs (step alone)", g.get("v1_hours_100ep_8gpu (step img/s)"),
-         "12-h goal met" if g.get("v1_12h_goal_met") else "12-h goal not met"),
+        (
+            "v1 hours for 100 epochs on 8 GPUs (step alone)",
+            g.get("v1_hours_100ep_8gpu (step img/s)"),
+            "12-h goal met" if g.get("v1_12h_goal_met") else "12-h goal not met",
+        ),
         ("v2 SimDINOv2 days for 100 epochs on 8 GPUs (batch 64)", g.get("v2_simdinov2_days_100ep_8gpu"), ""),
-        ("v2 SimDINOv2 days for 100 epochs on 8 GPUs (largest batch)", g.get("v2_largest_batch_days_100ep_8gpu"), ""),
+        (
+            "v2 SimDINOv2 days for 100 epochs on 8 GPUs (largest batch)",
+            g.get("v2_largest_batch_days_100ep_8gpu"),
+            "",
+        ),
         ("loader: 12-crop img/s per worker on this CPU", g.get("loader_img_s_per_worker"), ""),
         ("loader workers per GPU for the 12-h goal", g.get("workers_per_gpu_for_12h_goal"), ""),
-        ("loader workers per GPU for the measured v1 step", g.get("workers_per_gpu_for_measured_v1_step"), ""),
-        ("loader workers per GPU at 45% MFU", g.get("workers_per_gpu_at_45pct_mfu"),
-         f"more than {MAX_LOADER_WORKERS_PER_GPU} per GPU: the loader limits" if (g.get("workers_per_gpu_at_45pct_mfu") or 0)
-         > MAX_LOADER_WORKERS_PER_GPU else ""),
-    ]  # fmt: skip
+        (
+            "loader workers per GPU for the measured v1 step",
+            g.get("workers_per_gpu_for_measured_v1_step"),
+            "",
+        ),
+        (
+            "loader workers per GPU at 45% MFU",
+            g.get("workers_per_gpu_at_45pct_mfu"),
+            f"more than {MAX_LOADER_WORKERS_PER_GPU} per GPU: the loader limits"
+            if (g.get("workers_per_gpu_at_45pct_mfu") or 0) > MAX_LOADER_WORKERS_PER_GPU
+            else "",
+        ),
+    ]
     lines += ["", "Measured:", ""]
     for name, value, verdict in measured:
         shown = f"{value:.4g}" if isinstance(value, (int, float)) else "not measured"
@@ -424,8 +516,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results[step.name] = {"status": "skipped", "skip": f"budget of {args.budget:.0f} s spent"}
             else:
                 results[step.name] = run_step(step, min(step.cap_s, left), Path(tmp), log)
-            print(f"{step.name:<22} {results[step.name]['status']}  "
-                  f"({results[step.name].get('seconds', 0):.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"{step.name:<22} {results[step.name]['status']}  "
+                f"({results[step.name].get('seconds', 0):.0f} s)",
+                flush=True,
+            )
     summary = summarize(steps, results, args.dry_run)
     summary["steps"] = results
     text = render(summary)

@@ -21,6 +21,7 @@ decides whether a batch fits), and is the peak resident set size of the run's pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -94,13 +95,22 @@ class TrainerRun:
         v2 = self.trainer == "v2"
         prototypes = (V2_PROTOTYPES if v2 else V1_PROTOTYPES)[self.method]
         return StepShape(
-            self.arch, self.patch_size, self.global_size, self.local_size, self.local_crops,
-            num_register_tokens=V2_REGISTERS if v2 else 0, prototypes=prototypes,
-        )  # fmt: skip
+            self.arch,
+            self.patch_size,
+            self.global_size,
+            self.local_size,
+            self.local_crops,
+            num_register_tokens=V2_REGISTERS if v2 else 0,
+            prototypes=prototypes,
+        )
 
     def label(self) -> str:
-        name = {("v1", "simdino"): "SimDINO", ("v1", "dino"): "DINO", ("v2", "simdino"): "SimDINOv2",
-                ("v2", "dino"): "DINOv2"}[(self.trainer, self.method)]  # fmt: skip
+        name = {
+            ("v1", "simdino"): "SimDINO",
+            ("v1", "dino"): "DINO",
+            ("v2", "simdino"): "SimDINOv2",
+            ("v2", "dino"): "DINOv2",
+        }[(self.trainer, self.method)]
         return f"{self.trainer} {name} {self.arch}/{self.patch_size} b{self.batch}"
 
 
@@ -246,10 +256,8 @@ def _read_lines(stream: Any, lines: queue.Queue) -> None:
 def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> float:
     """SIGTERM the run's process group, SIGKILL after `grace` s; reap it. Returns its peak RSS in MiB."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -304,9 +312,15 @@ def launch(run: TrainerRun, scratch: Path, timeout: float, log: Path | None = No
     sampler = GpuMemorySampler() if run.device == "cuda" else None
     start = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
         start_new_session=True,
-    )  # fmt: skip
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     seen: dict[int, float] = {}
@@ -345,12 +359,18 @@ def launch(run: TrainerRun, scratch: Path, timeout: float, log: Path | None = No
             f.write(f"$ {' '.join(cmd)}\n" + "".join(output_lines) + f"[{status}] {why}\n")
     shape = run.step_shape()
     row: dict[str, Any] = {
-        "run": run.label(), "status": status, "why": why, **asdict(run), "sharding": sharding or None,
+        "run": run.label(),
+        "status": status,
+        "why": why,
+        **asdict(run),
+        "sharding": sharding or None,
         "gflop_per_img": shape.flops_per_image() / 1e9,
         "peak_mem_mib": peak_gpu_mib if peak_gpu_mib is not None else rss_mib,
         "mem_kind": "GPU memory in use (NVML)" if peak_gpu_mib is not None else "peak RSS of the run (CPU)",
-        "wall_s": time.perf_counter() - start, "command": " ".join(cmd), "tail": list(tail)[-12:],
-    }  # fmt: skip
+        "wall_s": time.perf_counter() - start,
+        "command": " ".join(cmd),
+        "tail": list(tail)[-12:],
+    }
     if first in seen:
         row["first_logged_s"] = seen[first] - start  # launch, build, compile and warm-up iterations
     if status == "ok":
@@ -376,9 +396,16 @@ def _same_config(run: TrainerRun, row: dict[str, Any]) -> bool:
 
 
 def fit(
-    run: TrainerRun, scratch: Path, timeout: float, probe_batches: tuple[int, int], capacity_mib: float,
-    max_batch: int, timed: bool, log: Path | None = None, known: dict[str, Any] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    run: TrainerRun,
+    scratch: Path,
+    timeout: float,
+    probe_batches: tuple[int, int],
+    capacity_mib: float,
+    max_batch: int,
+    timed: bool,
+    log: Path | None = None,
+    known: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Largest batch of `run` that fits in `capacity_mib`: peak memory at two probe batches (two
     iterations each), the batch where the straight line through them reaches 95% of the capacity
     (rounded down to a multiple of 8, at most `max_batch`), then one run at that batch to confirm it
@@ -388,8 +415,12 @@ def fit(
     probe = replace(run, warmup=0, iters=1)
     points: list[tuple[int, float]] = []
     runs: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"run": f"{run.label()} largest batch", "capacity_mib": capacity_mib, "runs": runs,
-                              "overrides": run.overrides}  # fmt: skip
+    result: dict[str, Any] = {
+        "run": f"{run.label()} largest batch",
+        "capacity_mib": capacity_mib,
+        "runs": runs,
+        "overrides": run.overrides,
+    }
     for batch in probe_batches:
         if known is not None and known.get("batch") == batch and _same_config(run, known):
             points.append((batch, known["peak_mem_mib"]))
@@ -430,14 +461,22 @@ def fit(
 
 
 def _fit_by_doubling(
-    attempt: TrainerRun, fits: int, max_batch: int, scratch: Path, deadline: float, log: Path | None,
+    attempt: TrainerRun,
+    fits: int,
+    max_batch: int,
+    scratch: Path,
+    deadline: float,
+    log: Path | None,
     result: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Largest of `fits`, 2x`fits`, 4x`fits`, ... (at most `max_batch`) that runs before `deadline`; the
     first out-of-memory, failure or timeout ends the search and the last batch that ran is reported."""
     runs = result["runs"]
-    result.update(status="ok", why="memory did not grow between the probes: largest of doubling batches",
-                  largest_batch=fits)  # fmt: skip
+    result.update(
+        status="ok",
+        why="memory did not grow between the probes: largest of doubling batches",
+        largest_batch=fits,
+    )
     batch = fits * 2
     while batch <= max_batch and deadline - time.perf_counter() > 0:
         row = launch(replace(attempt, batch=batch), scratch, deadline - time.perf_counter(), log)
@@ -476,14 +515,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--compile", type=_bool, default=False)
     p.add_argument("--fp32", action="store_true", help="no mixed precision (CPU dry run)")
-    p.add_argument("--gradient-checkpointing", type=_bool, default=None,
-                   help=f"v2: set {GC_KEY} (default: leave the config's value)")  # fmt: skip
+    p.add_argument(
+        "--gradient-checkpointing",
+        type=_bool,
+        default=None,
+        help=f"v2: set {GC_KEY} (default: leave the config's value)",
+    )
     p.add_argument("--probe-batches", type=int, nargs=2, default=(32, 64), help="fit: the two probe batches")
     p.add_argument("--max-batch", type=int, default=2048, help="fit: never try more")
     p.add_argument("--capacity-mib", type=float, default=0.0, help="fit: memory to fill (0: the GPU's)")
     p.add_argument("--timed", action="store_true", help="fit: time the confirming run like `run`")
-    p.add_argument("--reuse", default=None,
-                   help="fit: JSON of an earlier `run` of the same configuration at a probe batch (skips that probe)")  # fmt: skip
+    p.add_argument(
+        "--reuse",
+        default=None,
+        help="fit: JSON of an earlier `run` of the same configuration at a probe batch (skips that probe)",
+    )
     p.add_argument(
         "--timeout", type=float, default=600.0, help="seconds for everything this command launches"
     )
@@ -505,9 +551,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if overrides and args.trainer != "v2":
         raise SystemExit("--gradient-checkpointing is a v2 option (student.gradient_checkpointing)")
     run = TrainerRun(
-        args.trainer, args.method, args.arch, args.patch_size, args.global_size, args.local_size, args.local_crops,
-        args.batch, args.warmup, args.iters, args.workers, args.device, args.compile, args.fp32, overrides,
-    )  # fmt: skip
+        args.trainer,
+        args.method,
+        args.arch,
+        args.patch_size,
+        args.global_size,
+        args.local_size,
+        args.local_crops,
+        args.batch,
+        args.warmup,
+        args.iters,
+        args.workers,
+        args.device,
+        args.compile,
+        args.fp32,
+        overrides,
+    )
     validate(run)
     log = Path(args.log) if args.log else None
     with tempfile.TemporaryDirectory(prefix="gpu_trainers_", dir=args.scratch) as tmp:
@@ -522,8 +581,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.reuse and Path(args.reuse).is_file()
                 else None
             )
-            result = fit(run, Path(tmp), args.timeout, tuple(args.probe_batches), capacity, args.max_batch,
-                         args.timed, log, known)  # fmt: skip
+            result = fit(
+                run,
+                Path(tmp),
+                args.timeout,
+                tuple(args.probe_batches),
+                capacity,
+                args.max_batch,
+                args.timed,
+                log,
+                known,
+            )
     shown = {k: v for k, v in result.items() if k not in ("tail", "runs", "confirm", "command")}
     print(json.dumps(shown, indent=1, default=str))
     write_json(args.json, result)

@@ -46,7 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--global-size", type=int, default=224)
     p.add_argument("--local-size", type=int, default=96)
     p.add_argument("--local-crops", type=int, default=10)
-    p.add_argument("--batch", type=int, default=8, help="images per step (each gives 2 global + n local crops)")
+    p.add_argument(
+        "--batch", type=int, default=8, help="images per step (each gives 2 global + n local crops)"
+    )
     p.add_argument("--dtypes", nargs="+", default=["fp32"], help="fp32 and/or bf16 / fp16 (autocast)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
@@ -58,11 +60,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _step(model: torch.nn.Module, crops: list[torch.Tensor], dtype: str, device: torch.device) -> None:
     with torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
         outputs = model(crops, is_training=True)
-    loss = sum(out["x_norm_clstoken"].float().square().mean() + out["x_norm_patchtokens"].float().mean() for out in outputs)
+    loss = sum(
+        out["x_norm_clstoken"].float().square().mean() + out["x_norm_patchtokens"].float().mean()
+        for out in outputs
+    )
     loss.backward()
 
 
-def saved_activation_bytes(model: torch.nn.Module, crops: list[torch.Tensor], dtype: str, device: torch.device) -> int:
+def saved_activation_bytes(
+    model: torch.nn.Module, crops: list[torch.Tensor], dtype: str, device: torch.device
+) -> int:
     """Bytes autograd holds for the backward at the end of the forward (what checkpointing reduces)."""
     seen: dict[int, int] = {}
 
@@ -86,8 +93,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine_info(device)
     print_header("activation checkpointing: memory and time of one student forward + backward", info)
     torch.manual_seed(0)
-    model = build_vit(args.arch, args.patch_size, img_size=args.global_size, drop_path_rate=0.1,
-                      drop_path_uniform=True).to(device).train()  # fmt: skip
+    model = (
+        build_vit(
+            args.arch, args.patch_size, img_size=args.global_size, drop_path_rate=0.1, drop_path_uniform=True
+        )
+        .to(device)
+        .train()
+    )
     crops = [
         torch.randn(2 * args.batch, 3, args.global_size, args.global_size, device=device),
         torch.randn(args.local_crops * args.batch, 3, args.local_size, args.local_size, device=device),
@@ -110,23 +122,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             grads[checkpointing] = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
             model.zero_grad(set_to_none=True)
 
-            def step() -> None:
+            def step(dtype: str = dtype) -> None:
                 _step(model, crops, dtype, device)
                 model.zero_grad(set_to_none=True)
 
             ms = 1e3 * summarize(time_fn(step, device, warmup=1, repeats=args.repeats))["median_s"]
-            rows.append({"dtype": dtype, "checkpointing": checkpointing, "activations MB": activations / 2**20,
-                         "peak MB": peak, "ms": ms})  # fmt: skip
-            print(f"  {dtype} checkpointing={checkpointing}: {activations / 2**20:.0f} MB saved, {ms:.0f} ms", flush=True)
-        same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "checkpointing": checkpointing,
+                    "activations MB": activations / 2**20,
+                    "peak MB": peak,
+                    "ms": ms,
+                }
+            )
+            print(
+                f"  {dtype} checkpointing={checkpointing}: {activations / 2**20:.0f} MB saved, {ms:.0f} ms",
+                flush=True,
+            )
+        same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True], strict=True))
         off, on = rows[-2], rows[-1]
         off["grads identical"] = on["grads identical"] = same
         off["activations / off"], on["activations / off"] = 1.0, on["activations MB"] / off["activations MB"]
         off["time / off"], on["time / off"] = 1.0, on["ms"] / off["ms"]
     print()
     print(format_table(rows))
-    print(f"\n{args.arch}/{args.patch_size}, batch {args.batch}: 2 x {args.global_size} px + {args.local_crops} x "
-          f"{args.local_size} px crops per image; ms: median of {args.repeats} steps.")  # fmt: skip
+    print(
+        f"\n{args.arch}/{args.patch_size}, batch {args.batch}: 2 x {args.global_size} px + {args.local_crops} x "
+        f"{args.local_size} px crops per image; ms: median of {args.repeats} steps."
+    )
     result = {"machine": info, "settings": vars(args), "rows": rows}
     write_json(args.json, result)
     return result

@@ -110,10 +110,15 @@ def child_ours(folder: Path, k: int, all_ks: list[int], temperature: float) -> d
     predict_s = time.perf_counter() - start
     np.save(folder / "pred_ours.npy", preds.numpy())
     return {
-        "time_s": core_s, "peak_extra_mb": core_peak_mb, "top1": acc[k][0], "all_ks_time_s": all_ks_s,
-        "all_ks": {str(kk): v for kk, v in acc_all.items()}, "predict_time_s": predict_s,
-        "predict_top1": 100.0 * float((preds == test_y).double().mean()), "threads": torch.get_num_threads(),
-    }  # fmt: skip
+        "time_s": core_s,
+        "peak_extra_mb": core_peak_mb,
+        "top1": acc[k][0],
+        "all_ks_time_s": all_ks_s,
+        "all_ks": {str(kk): v for kk, v in acc_all.items()},
+        "predict_time_s": predict_s,
+        "predict_top1": 100.0 * float((preds == test_y).double().mean()),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def child_sklearn(folder: Path, k: int, temperature: float, n_jobs: int | None) -> dict[str, Any]:
@@ -136,9 +141,10 @@ def child_sklearn(folder: Path, k: int, temperature: float, n_jobs: int | None) 
     elapsed = time.perf_counter() - start
     np.save(folder / "pred_sklearn.npy", preds)
     return {
-        "time_s": elapsed, "peak_extra_mb": peak_rss_mb() - base_mb,
+        "time_s": elapsed,
+        "peak_extra_mb": peak_rss_mb() - base_mb,
         "top1": 100.0 * float((preds == test_y).mean()),
-    }  # fmt: skip
+    }
 
 
 def run_child(method: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -163,8 +169,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=10000)
     p.add_argument("--dims", type=int, nargs="+", default=[192, 768])
     p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--noise", type=float, default=None,
-                   help="noise norm relative to the unit class centre (default 0.7·dim^0.36: roughly 80%% top-1 at dims 192 and 768)")  # fmt: skip
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        help="noise norm relative to the unit class centre (default 0.7·dim^0.36: roughly 80%% top-1 at dims 192 and 768)",
+    )
     p.add_argument("--k", type=int, default=20, help="neighbours for the compared predictions")
     p.add_argument(
         "--all-ks", type=int, nargs="+", default=[10, 20, 100, 200], help="the eval's k list (ours only)"
@@ -212,13 +222,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             pred_ours, pred_sk = np.load(folder / "pred_ours.npy"), np.load(folder / "pred_sklearn.npy")
         agreement = 100.0 * float((pred_ours == pred_sk).mean())
         common = {"dim": dim, "n_train": args.n_train, "n_test": args.n_test, "k": args.k}
-        rows.append({**common, "method": "ours knn_classify", "time s": ours["time_s"],
-                     "x vs sklearn": sk["time_s"] / ours["time_s"], "peak extra MiB": ours["peak_extra_mb"],
-                     "top1 %": ours["top1"], "agreement %": agreement})  # fmt: skip
-        rows.append({**common, "method": "sklearn brute cosine", "time s": sk["time_s"], "x vs sklearn": 1.0,
-                     "peak extra MiB": sk["peak_extra_mb"], "top1 %": sk["top1"], "agreement %": agreement})  # fmt: skip
-        extra[str(dim)] = {"ours": ours, "sklearn": sk, "agreement_pct": agreement,
-                           "n_disagree": int((pred_ours != pred_sk).sum())}  # fmt: skip
+        rows.append(
+            {
+                **common,
+                "method": "ours knn_classify",
+                "time s": ours["time_s"],
+                "x vs sklearn": sk["time_s"] / ours["time_s"],
+                "peak extra MiB": ours["peak_extra_mb"],
+                "top1 %": ours["top1"],
+                "agreement %": agreement,
+            }
+        )
+        rows.append(
+            {
+                **common,
+                "method": "sklearn brute cosine",
+                "time s": sk["time_s"],
+                "x vs sklearn": 1.0,
+                "peak extra MiB": sk["peak_extra_mb"],
+                "top1 %": sk["top1"],
+                "agreement %": agreement,
+            }
+        )
+        extra[str(dim)] = {
+            "ours": ours,
+            "sklearn": sk,
+            "agreement_pct": agreement,
+            "n_disagree": int((pred_ours != pred_sk).sum()),
+        }
         print(
             f"  dim {dim}: ours {ours['time_s']:.2f} s, sklearn {sk['time_s']:.2f} s, agreement {agreement:.3f} %; "
             f"ours all k {args.all_ks} in {ours['all_ks_time_s']:.2f} s; our per-image path top-1 "
@@ -243,8 +274,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             ],
         )
     )
-    print("\nagreement = share of test images given the same class by both (same weighted-vote rule, k and T); "
-          "peak extra = peak RSS minus RSS with the features loaded, each method in its own process.")  # fmt: skip
+    print(
+        "\nagreement = share of test images given the same class by both (same weighted-vote rule, k and T); "
+        "peak extra = peak RSS minus RSS with the features loaded, each method in its own process."
+    )
     result = {"machine": info, "rows": rows, "details": extra, "settings": vars(args)}
     write_json(args.json, result)
     return result

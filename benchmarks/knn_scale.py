@@ -88,11 +88,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         extra_mib = peak_rss_mb() - before_mib  # an upper bound if building the features peaked higher
     result = {
-        "machine": machine_info(device), "bank": args.bank, "queries": args.queries, "dim": args.dim,
-        "ks": args.ks, "build_s": build_s, "knn_s": knn_s, "queries_per_s": args.queries / knn_s,
-        "features_mib": features_mib, "peak_extra_mib": extra_mib,
+        "machine": machine_info(device),
+        "bank": args.bank,
+        "queries": args.queries,
+        "dim": args.dim,
+        "ks": args.ks,
+        "build_s": build_s,
+        "knn_s": knn_s,
+        "queries_per_s": args.queries / knn_s,
+        "features_mib": features_mib,
+        "peak_extra_mib": extra_mib,
         "top1": {str(k): top1 for k, (top1, _) in accuracy.items()},
-    }  # fmt: skip
+    }
     print(
         f"k-NN {args.queries} x {args.bank} x {args.dim} on {device.type}: {knn_s:.2f} s "
         f"({args.queries / knn_s:.0f} queries/s), features {features_mib:.0f} MiB, peak extra {extra_mib:.0f} MiB, "

@@ -54,7 +54,11 @@ def generate(root: Path, files: int, per_folder: int, folders_per_group: int = 1
         return
     start = time.perf_counter()
     for folder_index in range(-(-files // per_folder)):
-        folder = root / f"group_{folder_index // folders_per_group:03d}" / f"folder_{folder_index % folders_per_group:03d}"
+        folder = (
+            root
+            / f"group_{folder_index // folders_per_group:03d}"
+            / f"folder_{folder_index % folders_per_group:03d}"
+        )
         folder.mkdir(parents=True, exist_ok=True)
         first = folder_index * per_folder
         for i in range(first, min(first + per_folder, files)):
@@ -66,17 +70,28 @@ def generate(root: Path, files: int, per_folder: int, folders_per_group: int = 1
 
 def measure(mode: str, root: Path, cache: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-c", _MEASURE, mode, str(root), str(cache)], env=env, check=True,
-                         capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, mode, str(root), str(cache)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--per_folder", type=int, default=1000)
-    parser.add_argument("--root", default=None, help="where to generate the files (default /tmp/listing_bench_<files>)")
-    parser.add_argument("--quick", action="store_true", help="smoke setting: results are not written to results/")
+    parser.add_argument(
+        "--root", default=None, help="where to generate the files (default /tmp/listing_bench_<files>)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke setting: results are not written to results/"
+    )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/listing.json)")
     args = parser.parse_args(argv)
     root = Path(args.root or f"/tmp/listing_bench_{args.files}")
@@ -89,8 +104,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for mode in ("imagefolder walk", "scan, no cache", "scan + write cache", "cached"):
         result = measure(mode, root, cache)
-        rows.append({"method": mode, "images": result["images"], "seconds": result["seconds"],
-                     "us per file": 1e6 * result["seconds"] / max(result["images"], 1)})  # fmt: skip
+        rows.append(
+            {
+                "method": mode,
+                "images": result["images"],
+                "seconds": result["seconds"],
+                "us per file": 1e6 * result["seconds"] / max(result["images"], 1),
+            }
+        )
     table = format_table(rows)
     print(table)
     payload = {"machine": info, "files": args.files, "per_folder": args.per_folder, "rows": rows}

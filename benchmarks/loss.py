@@ -171,17 +171,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 grad_err = float(
                     (res["grad"] - ours["grad"]).abs().max() / ours["grad"].abs().max().clamp_min(1e-30)
                 )
-            rows.append({
-                "features": "collapsed" if collapse else "random", "p": dim, "batch": batch, "views": views,
-                "variant": name, "ms fwd+bwd": ms, "x vs ours": 1e3 * summarize(ours["times"])["median_s"] / ms,
-                "|loss - ours|": loss_err, "grad rel err": grad_err, "status": res["failure"] or "ok",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "features": "collapsed" if collapse else "random",
+                    "p": dim,
+                    "batch": batch,
+                    "views": views,
+                    "variant": name,
+                    "ms fwd+bwd": ms,
+                    "x vs ours": 1e3 * summarize(ours["times"])["median_s"] / ms,
+                    "|loss - ours|": loss_err,
+                    "grad rel err": grad_err,
+                    "status": res["failure"] or "ok",
+                }
+            )
         print(f"  done p={dim} batch={batch} views={views}{' (collapsed)' if collapse else ''}", flush=True)
 
     print()
     print(format_table(rows))
-    print("\n'x vs ours' > 1 means that variant is faster than the shipped Cholesky float64 path; the errors are "
-          "relative to ours (float64 Cholesky is the most accurate of the five).")  # fmt: skip
+    print(
+        "\n'x vs ours' > 1 means that variant is faster than the shipped Cholesky float64 path; the errors are "
+        "relative to ours (float64 Cholesky is the most accurate of the five)."
+    )
     result = {"machine": info, "eps": args.eps, "rows": rows}
     write_json(args.json, result)
     return result

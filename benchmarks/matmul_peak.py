@@ -19,7 +19,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    p.add_argument("--sizes", type=int, nargs="+", default=None, help="square sizes (default: 4096 8192 on CUDA)")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="square sizes (default: 4096 8192 on CUDA)"
+    )
     p.add_argument("--min-time", type=float, default=1.0, help="seconds spent on each size")
     p.add_argument("--json", default=None)
     return p
@@ -29,8 +31,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     device = resolve_device(args.device)
     flops = measure_matmul_peak(DTYPES[args.dtype], device, sizes=args.sizes, min_time=args.min_time)
-    result = {"machine": machine_info(device), "dtype": args.dtype, "peak_tflops": flops / 1e12,
-              "sizes": args.sizes}  # fmt: skip
+    result = {
+        "machine": machine_info(device),
+        "dtype": args.dtype,
+        "peak_tflops": flops / 1e12,
+        "sizes": args.sizes,
+    }
     print(f"{args.dtype} matmul peak on {result['machine'].get('gpu', 'cpu')}: {flops / 1e12:.4g} TFLOP/s")
     write_json(args.json, result)
     return result

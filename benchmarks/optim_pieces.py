@@ -43,14 +43,18 @@ from simdinov2.train.optim import (
 def clip_gradients_per_tensor(model: nn.Module, clip: float) -> list[float]:
     """The clipping `clip_gradients` replaced (DINO's loop): one norm, comparison and host sync per
     parameter. Kept here as the baseline the shipped multi-tensor version is timed and checked against."""
-    return _clip_gradients_per_tensor([p.grad.detach() for p in model.parameters() if p.grad is not None], clip)
+    return _clip_gradients_per_tensor(
+        [p.grad.detach() for p in model.parameters() if p.grad is not None], clip
+    )
 
 
 def build_student(
     arch: str, patch: int, size: int, simdino: bool, out_dim: int
 ) -> tuple[nn.Module, nn.Module]:
     """The v1 trainer's student and teacher at these shapes (its other settings at their defaults)."""
-    args = v1_model_args(arch=arch, patch_size=patch, global_crops_size=size, use_simdino=simdino, out_dim=out_dim)
+    args = v1_model_args(
+        arch=arch, patch_size=patch, global_crops_size=size, use_simdino=simdino, out_dim=out_dim
+    )
     return build_student_teacher(args)
 
 
@@ -89,15 +93,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grads = [torch.randn_like(p) * 0.01 for p in params]
         label = f"{'SimDINO' if simdino else 'DINO'} {args.arch} ({n_params / 1e6:.1f}M)"
 
-        def set_grads() -> None:
-            for p, g in zip(params, grads):
+        def set_grads(params: list = params, grads: list = grads) -> None:
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
 
         # --- AdamW: the trainer's build_optimizer (fused on plain tensors) vs torch's other kernels.
         impls = {
-            "AdamW build_optimizer (ours)": lambda: build_optimizer("adamw", param_groups(student)),
-            "AdamW foreach=True": lambda: torch.optim.AdamW(param_groups(student), foreach=True),
-            "AdamW for-loop (foreach=False)": lambda: torch.optim.AdamW(param_groups(student), foreach=False),
+            "AdamW build_optimizer (ours)": lambda student=student: build_optimizer(
+                "adamw", param_groups(student)
+            ),
+            "AdamW foreach=True": lambda student=student: torch.optim.AdamW(
+                param_groups(student), foreach=True
+            ),
+            "AdamW for-loop (foreach=False)": lambda student=student: torch.optim.AdamW(
+                param_groups(student), foreach=False
+            ),
         }
         base_ms = None
         for name, make in impls.items():
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ref = [p.grad.clone() for p in params]
         set_grads()
         new_norms = clip_gradients_per_tensor(student, 3.0)
-        same = all(torch.allclose(p.grad, r, rtol=1e-5, atol=1e-7) for p, r in zip(params, ref))
+        same = all(torch.allclose(p.grad, r, rtol=1e-5, atol=1e-7) for p, r in zip(params, ref, strict=True))
         same = same and torch.allclose(torch.tensor(ref_norms), torch.tensor(new_norms), rtol=1e-5)
         # Each timed call first restores the unclipped gradients in place (one multi-tensor copy, the
         # same for both), so that both clip real gradients every time.
@@ -126,21 +136,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("clip per-tensor loop (DINO's)", clip_gradients_per_tensor),
         ):
 
-            def run(fn=fn) -> None:
+            def run(fn=fn, grad_buffers=grad_buffers, grads=grads, student=student) -> None:
                 torch._foreach_copy_(grad_buffers, grads)
                 fn(student, 3.0)
 
             clip_ms[name] = 1e3 * summarize(time_fn(run, device, warmup=1, repeats=args.repeats))["median_s"]
         for name, ms in clip_ms.items():
-            rows.append({"student": label, "piece": name + " +refill", "ms": ms,
-                         "x vs ours": clip_ms["clip_gradients (ours)"] / ms, "same result": "yes" if same else "NO"})  # fmt: skip
+            rows.append(
+                {
+                    "student": label,
+                    "piece": name + " +refill",
+                    "ms": ms,
+                    "x vs ours": clip_ms["clip_gradients (ours)"] / ms,
+                    "same result": "yes" if same else "NO",
+                }
+            )
 
         # --- EMA teacher update (one multi-tensor lerp).
         t_params, s_params = list(teacher.parameters()), list(student.parameters())
         ms = (
             1e3
             * summarize(
-                time_fn(lambda: ema_update(t_params, s_params, 0.996), device, warmup=1, repeats=args.repeats)
+                time_fn(
+                    lambda t=t_params, s=s_params: ema_update(t, s, 0.996),
+                    device,
+                    warmup=1,
+                    repeats=args.repeats,
+                )
             )["median_s"]
         )
         rows.append({"student": label, "piece": "ema_update (ours)", "ms": ms, "x vs ours": 1.0})

@@ -118,11 +118,19 @@ def make_crops(shapes: Shapes, device: torch.device, seed: int = 0) -> list[torc
 def v1_args(shapes: Shapes, simdino: bool, dtype: str) -> argparse.Namespace:
     """The v1 trainer's settings (its defaults), with the benchmark shapes and precision."""
     return v1_model_args(
-        arch=shapes.arch, patch_size=shapes.patch_size, global_crops_size=shapes.global_size,
-        local_crops_size=shapes.local_size, local_crops_number=shapes.n_local, batch_size_per_gpu=shapes.batch,
-        out_dim=shapes.out_dim, z_dim=shapes.bottleneck_dim, hidden_dim=shapes.hidden_dim, use_simdino=simdino,
-        use_fp16=dtype != "fp32", amp_dtype={"fp32": "auto", "bf16": "bfloat16", "fp16": "float16"}[dtype],
-    )  # fmt: skip
+        arch=shapes.arch,
+        patch_size=shapes.patch_size,
+        global_crops_size=shapes.global_size,
+        local_crops_size=shapes.local_size,
+        local_crops_number=shapes.n_local,
+        batch_size_per_gpu=shapes.batch,
+        out_dim=shapes.out_dim,
+        z_dim=shapes.bottleneck_dim,
+        hidden_dim=shapes.hidden_dim,
+        use_simdino=simdino,
+        use_fp16=dtype != "fp32",
+        amp_dtype={"fp32": "auto", "bf16": "bfloat16", "fp16": "float16"}[dtype],
+    )
 
 
 def build_ours_v1(
@@ -144,8 +152,13 @@ def build_ours_v1(
     pair = MultiCropStudentTeacher(student, student, teacher, loss_fn, amp, simdino, args.freeze_last_layer)
     pair.train()
     images = make_crops(shapes, device)
-    values = {"lr": args.lr * shapes.batch / 256.0, "wd": args.weight_decay, "mom": args.momentum_teacher,
-              "teacher_temp": args.teacher_temp, "epoch": 1}  # fmt: skip
+    values = {
+        "lr": args.lr * shapes.batch / 256.0,
+        "wd": args.weight_decay,
+        "mom": args.momentum_teacher,
+        "teacher_temp": args.teacher_temp,
+        "epoch": 1,
+    }
 
     def step() -> float:
         # The trainer's step returns the loss parts as floats (one device sync, as when it logs them).
@@ -171,14 +184,22 @@ def build_ours_v2(shapes: Shapes, dtype: str, device: torch.device, compile_mode
     computes in `dtype`, so that the tokens and the precision match the v1 and lightly steps."""
     precision = "fp32" if dtype == "fp32" else dtype
     overrides = [
-        f"student.arch={shapes.arch}", f"student.patch_size={shapes.patch_size}",
-        "student.num_register_tokens=0", "student.block_chunks=0",
-        f"crops.global_crops_size={shapes.global_size}", f"crops.local_crops_size={shapes.local_size}",
-        f"crops.local_crops_number={shapes.n_local}", f"train.batch_size_per_gpu={shapes.batch}",
-        f"dino.head_hidden_dim={shapes.hidden_dim}", f"dino.head_bottleneck_dim={shapes.bottleneck_dim}",
-        f"dino.head_n_prototypes={shapes.bottleneck_dim}", f"ibot.head_n_prototypes={shapes.bottleneck_dim}",
-        f"train.device={device.type}", "train.sharding=none", f"compile={str(compile_model).lower()}",
-    ]  # fmt: skip
+        f"student.arch={shapes.arch}",
+        f"student.patch_size={shapes.patch_size}",
+        "student.num_register_tokens=0",
+        "student.block_chunks=0",
+        f"crops.global_crops_size={shapes.global_size}",
+        f"crops.local_crops_size={shapes.local_size}",
+        f"crops.local_crops_number={shapes.n_local}",
+        f"train.batch_size_per_gpu={shapes.batch}",
+        f"dino.head_hidden_dim={shapes.hidden_dim}",
+        f"dino.head_bottleneck_dim={shapes.bottleneck_dim}",
+        f"dino.head_n_prototypes={shapes.bottleneck_dim}",
+        f"ibot.head_n_prototypes={shapes.bottleneck_dim}",
+        f"train.device={device.type}",
+        "train.sharding=none",
+        f"compile={str(compile_model).lower()}",
+    ]
     for side, modules in (
         ("student", ("backbone", "dino_head", "ibot_head")),
         ("teacher", ("backbone", "dino_head", "ibot_head")),
@@ -190,7 +211,9 @@ def build_ours_v2(shapes: Shapes, dtype: str, device: torch.device, compile_mode
     distributed.init_distributed(device.type)
     model = v2_train.build_model(cfg)
     model.train()
-    optimizer = ours_optimizer(str(cfg.optim.opt), model.get_params_groups(), betas=tuple(cfg.optim.kwargs.betas))
+    optimizer = ours_optimizer(
+        str(cfg.optim.opt), model.get_params_groups(), betas=tuple(cfg.optim.kwargs.betas)
+    )
     scaler = v2_train.build_grad_scaler(cfg, model)
 
     grid = shapes.global_size // shapes.patch_size
@@ -200,13 +223,23 @@ def build_ours_v2(shapes: Shapes, dtype: str, device: torch.device, compile_mode
         for b in range(shapes.batch)
     ]
     batch = collate_data_and_cast(
-        samples, mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max), mask_probability=float(cfg.ibot.mask_sample_probability),
-        dtype=torch.float32, n_tokens=grid * grid, mask_generator=MaskingGenerator((grid, grid), max_num_patches=0.5 * grid * grid),
-    )  # fmt: skip
+        samples,
+        mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
+        mask_probability=float(cfg.ibot.mask_sample_probability),
+        dtype=torch.float32,
+        n_tokens=grid * grid,
+        mask_generator=MaskingGenerator((grid, grid), max_num_patches=0.5 * grid * grid),
+    )
     batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     lr = float(cfg.optim.base_lr) * shapes.batch / 1024
-    values = {"lr": lr, "wd": float(cfg.optim.weight_decay), "last_layer_lr": lr, "mom": 0.994,
-              "teacher_temp": float(cfg.teacher.teacher_temp), "ibot_loss_weight": float(cfg.ibot.loss_weight)}  # fmt: skip
+    values = {
+        "lr": lr,
+        "wd": float(cfg.optim.weight_decay),
+        "last_layer_lr": lr,
+        "mom": 0.994,
+        "teacher_temp": float(cfg.teacher.teacher_temp),
+        "ibot_loss_weight": float(cfg.ibot.loss_weight),
+    }
     clip = float(cfg.optim.clip_grad)
 
     def step() -> float:
@@ -244,9 +277,15 @@ def build_peer(shapes: Shapes, dtype: str, device: torch.device, compile_model: 
     embed_dim, heads = widths[shapes.arch]
     depth = 24 if shapes.arch == "vit_large" else 12
     backbone = VisionTransformer(
-        img_size=shapes.global_size, patch_size=shapes.patch_size, embed_dim=embed_dim, depth=depth,
-        num_heads=heads, num_classes=0, dynamic_img_size=True, drop_path_rate=0.1,
-    )  # fmt: skip
+        img_size=shapes.global_size,
+        patch_size=shapes.patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        num_classes=0,
+        dynamic_img_size=True,
+        drop_path_rate=0.1,
+    )
     head = DINOProjectionHead(
         embed_dim, shapes.hidden_dim, shapes.bottleneck_dim, shapes.out_dim, freeze_last_layer=1
     )
@@ -333,17 +372,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--out-dim", type=int, default=65536, help="DINO prototypes (ours --use_simdino false and lightly)"
     )
     p.add_argument("--paper", action="store_true", help="ViT-B/16, 2x224 + 10x96 crops, batch 64 (use a GPU)")
-    p.add_argument("--methods", nargs="+", default=["simdino", "dino", "simdinov2", "lightly"],
-                   help="any of simdino dino simdinov2 lightly")  # fmt: skip
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["simdino", "dino", "simdinov2", "lightly"],
+        help="any of simdino dino simdinov2 lightly",
+    )
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], help="fp32 and/or bf16 (autocast)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     p.add_argument("--compile", action="store_true", help="torch.compile every module (ours and the peer)")
-    p.add_argument("--ours-adamw", choices=["trainer", "foreach"], default="trainer",
-                   help="ours: the trainers' build_optimizer (trainer: fused AdamW on plain tensors) or "
-                        "torch's foreach AdamW (what the trainers used before)")  # fmt: skip
+    p.add_argument(
+        "--ours-adamw",
+        choices=["trainer", "foreach"],
+        default="trainer",
+        help="ours: the trainers' build_optimizer (trainer: fused AdamW on plain tensors) or "
+        "torch's foreach AdamW (what the trainers used before)",
+    )
     p.add_argument(
         "--profile", action="store_true", help="also print torch.profiler's top ops of the v1 SimDINO step"
     )
@@ -426,11 +473,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             stats = summarize(times[built.name])
             step_s = stats["median_s"]
             flops = flops_by_method[m]
-            rows.append({
-                "method": built.name, "dtype": dt, "ms/step": 1e3 * step_s, "img/s": shapes.batch / step_s,
-                "GFLOP/step": flops / 1e9, "GFLOP/s": flops / step_s / 1e9, "MFU %": 100 * flops / step_s / peaks[dt],
-                "params M": built.n_params / 1e6, "min ms": 1e3 * stats["min_s"], "max ms": 1e3 * stats["max_s"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "method": built.name,
+                    "dtype": dt,
+                    "ms/step": 1e3 * step_s,
+                    "img/s": shapes.batch / step_s,
+                    "GFLOP/step": flops / 1e9,
+                    "GFLOP/s": flops / step_s / 1e9,
+                    "MFU %": 100 * flops / step_s / peaks[dt],
+                    "params M": built.n_params / 1e6,
+                    "min ms": 1e3 * stats["min_s"],
+                    "max ms": 1e3 * stats["max_s"],
+                }
+            )
             print(
                 f"  {built.name:<22} {dt}: {1e3 * step_s:8.1f} ms/step (min {1e3 * stats['min_s']:.1f})  "
                 f"{shapes.batch / step_s:8.1f} img/s",
@@ -459,8 +515,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     print()
     print(format_table(rows, columns))
-    print(f"\nMFU = counted FLOPs of one step / step time / measured {device.type} matmul peak of that dtype "
-          f"({', '.join(f'{dt}: {v / 1e9:.1f} GFLOP/s' for dt, v in peaks.items())}).")  # fmt: skip
+    print(
+        f"\nMFU = counted FLOPs of one step / step time / measured {device.type} matmul peak of that dtype "
+        f"({', '.join(f'{dt}: {v / 1e9:.1f} GFLOP/s' for dt, v in peaks.items())})."
+    )
     for m, why in skipped.items():
         print(f"skipped {m}: {why}")
 
@@ -474,9 +532,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(profile_text)
 
     result = {
-        "machine": info, "shapes": vars(shapes), "peaks_flops": peaks, "rows": rows, "skipped": skipped,
-        "profile": profile_text, "settings": {"steps": args.steps, "warmup": args.warmup, "compile": args.compile, "ours_adamw": args.ours_adamw},
-    }  # fmt: skip
+        "machine": info,
+        "shapes": vars(shapes),
+        "peaks_flops": peaks,
+        "rows": rows,
+        "skipped": skipped,
+        "profile": profile_text,
+        "settings": {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "compile": args.compile,
+            "ours_adamw": args.ours_adamw,
+        },
+    }
     write_json(args.json, result)
     return result
 

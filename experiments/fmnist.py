@@ -101,11 +101,17 @@ RESULTS_RECIPE: dict[str, Any] = {
 # run (30 of 100 epochs in the DINO paper; with a time budget the 100 nominal epochs span the budget).
 V1_METHODS: dict[str, dict[str, Any]] = {
     "simdino": {"use_simdino": True},
-    "dino": {"use_simdino": False, "warmup_teacher_temp": 0.04, "teacher_temp": 0.07, "warmup_teacher_temp_epochs": 30},
+    "dino": {
+        "use_simdino": False,
+        "warmup_teacher_temp": 0.04,
+        "teacher_temp": 0.07,
+        "warmup_teacher_temp_epochs": 30,
+    },
 }
 V2_METHODS: dict[str, str] = {"simdinov2": "simdino_config.yaml", "dinov2": "dinov2_config.yaml"}
 BASELINES = ("random_init", "pixels")
 METHODS = (*V1_METHODS, *V2_METHODS, *BASELINES)
+
 
 # ------------------------------------------------------------------------------------------------ recipes
 def v2_recipe_overrides(train_source: str, seed: int, num_workers: int) -> list[str]:
@@ -152,7 +158,9 @@ def v2_recipe_overrides(train_source: str, seed: int, num_workers: int) -> list[
     ]
 
 
-def v1_flags(method: str, seconds: float, out: Path, train_source: str, seed: int, num_workers: int) -> dict[str, Any]:
+def v1_flags(
+    method: str, seconds: float, out: Path, train_source: str, seed: int, num_workers: int
+) -> dict[str, Any]:
     """main_dino's flags of a row: `RESULTS_RECIPE` ⊕ method flags (user overrides come after them)."""
     flags = {**RESULTS_RECIPE, **V1_METHODS[method], "seed": seed}
     return recipe.recipe_flags(seconds, out, train_source, num_workers=num_workers, **flags)
@@ -211,7 +219,9 @@ def train_v2(method: str, seconds: float, out: Path, opts: Sequence[str]) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def extract_raw(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: int) -> tuple[Tensor, Tensor]:
+def extract_raw(
+    model: nn.Module, dataset: Dataset, batch_size: int, num_workers: int
+) -> tuple[Tensor, Tensor]:
     """Frozen features (not normalised) and labels of every image of `dataset`."""
     loader = make_eval_loader(dataset, batch_size=batch_size, num_workers=num_workers)
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -221,9 +231,14 @@ def extract_raw(model: nn.Module, dataset: Dataset, batch_size: int, num_workers
 
 
 def linear_probe(
-    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
-    c_values: Sequence[float] = DEFAULT_C_VALUES, max_iter: int = 300, holdout_fraction: float = 0.1,
-) -> dict[str, Any]:  # fmt: skip
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    c_values: Sequence[float] = DEFAULT_C_VALUES,
+    max_iter: int = 300,
+    holdout_fraction: float = 0.1,
+) -> dict[str, Any]:
     """Logistic regression on standardised features (training-set mean / std): C chosen on a held-out
     part of the training set, refit on all of it, top-1 / top-5 on the test set (percent)."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
@@ -233,22 +248,36 @@ def linear_probe(
     best_c = max(holdout, key=lambda c: (holdout[c], -c))  # ties: the stronger regularisation
     weight, bias = fit_logistic_regression(train_x, train_y, num_classes, best_c, max_iter)
     top1, top5 = accuracy(test_x, test_y, weight, bias)
-    return {"top1": top1, "top5": top5, "best_C": best_c, "holdout_top1": {str(c): s for c, s in holdout.items()}}
+    return {
+        "top1": top1,
+        "top5": top5,
+        "best_C": best_c,
+        "holdout_top1": {str(c): s for c, s in holdout.items()},
+    }
 
 
 def evaluate(
-    model: nn.Module, train_set: Dataset, test_set: Dataset, batch_size: int = 500, num_workers: int = 0,
-    c_values: Sequence[float] = DEFAULT_C_VALUES, max_iter: int = 300,
-) -> dict[str, Any]:  # fmt: skip
+    model: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    batch_size: int = 500,
+    num_workers: int = 0,
+    c_values: Sequence[float] = DEFAULT_C_VALUES,
+    max_iter: int = 300,
+) -> dict[str, Any]:
     """k-NN (every k of DINO, T=0.07, on L2-normalised features) and the linear probe of `model`'s
     frozen features, plus the effective rank of the test features."""
     start = time.perf_counter()
     train_x, train_y = extract_raw(model, train_set, batch_size, num_workers)
     test_x, test_y = extract_raw(model, test_set, batch_size, num_workers)
     neighbours = knn_classify(
-        F.normalize(train_x, dim=1), train_y, F.normalize(test_x, dim=1), test_y,
-        feasible_ks(KNN_KS, train_x.shape[0]), KNN_TEMPERATURE,
-    )  # fmt: skip
+        F.normalize(train_x, dim=1),
+        train_y,
+        F.normalize(test_x, dim=1),
+        test_y,
+        feasible_ks(KNN_KS, train_x.shape[0]),
+        KNN_TEMPERATURE,
+    )
     linear = linear_probe(train_x, train_y, test_x, test_y, c_values, max_iter)
     headline_k = KNN_K if KNN_K in neighbours else max(neighbours)
     return {
@@ -282,20 +311,43 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(one row of docs/RESULTS.md). Trainer overrides go after '--'.",
     )
     parser.add_argument("--method", choices=METHODS, help="what to train (random_init / pixels: no training)")
-    parser.add_argument("--seconds", type=float, default=900.0, help="wall-clock training budget (default 900)")
+    parser.add_argument(
+        "--seconds", type=float, default=900.0, help="wall-clock training budget (default 900)"
+    )
     parser.add_argument("--out", type=Path, help="output folder of the run (must not hold a run already)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data_path", default=None,
-                        help="ImageFolder root with train/ and val/ (default: Fashion-MNIST from the Debian package)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores this process may use)")
+    parser.add_argument(
+        "--data_path",
+        default=None,
+        help="ImageFolder root with train/ and val/ (default: Fashion-MNIST from the Debian package)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: cores this process may use)"
+    )
     parser.add_argument("--num_workers", type=int, default=0, help="data-loading workers for training")
-    parser.add_argument("--knn_train_images", type=int, default=None, help="evaluation memory: random subset size")
-    parser.add_argument("--knn_test_images", type=int, default=None, help="evaluation queries: random subset size")
-    parser.add_argument("--c_values", type=float, nargs="+", default=list(DEFAULT_C_VALUES),
-                        help="logistic-regression grid of inverse regularisation strengths")
-    parser.add_argument("--max_iter", type=int, default=300, help="L-BFGS iterations per logistic-regression fit")
-    parser.add_argument("--table", type=Path, default=None, metavar="DIR",
-                        help="print the markdown table of every DIR/*/results.json and exit")
+    parser.add_argument(
+        "--knn_train_images", type=int, default=None, help="evaluation memory: random subset size"
+    )
+    parser.add_argument(
+        "--knn_test_images", type=int, default=None, help="evaluation queries: random subset size"
+    )
+    parser.add_argument(
+        "--c_values",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_C_VALUES),
+        help="logistic-regression grid of inverse regularisation strengths",
+    )
+    parser.add_argument(
+        "--max_iter", type=int, default=300, help="L-BFGS iterations per logistic-regression fit"
+    )
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="print the markdown table of every DIR/*/results.json and exit",
+    )
     return parser
 
 
@@ -315,15 +367,21 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
     setup_logging(out)  # progress on the console and in out/output.log (the trainers log there too)
     threads = args.threads or machine.default_threads()
     torch.set_num_threads(threads)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_before = machine.load_average()
     train_source, make_split, data_name = data.resolve_data(args.data_path)
 
     record: dict[str, Any] = {"method": args.method, "name": out.name, "seed": args.seed}
     model: nn.Module
     if args.method in V1_METHODS or args.method == "random_init":
-        v1 = v1_flags(args.method if args.method in V1_METHODS else "simdino", args.seconds, out, train_source,
-                      args.seed, args.num_workers)  # fmt: skip
+        v1 = v1_flags(
+            args.method if args.method in V1_METHODS else "simdino",
+            args.seconds,
+            out,
+            train_source,
+            args.seed,
+            args.num_workers,
+        )
         if args.method == "random_init":
             v1.update(_backbone_flags(overrides))
             model = knn.random_init_backbone(v1)
@@ -350,7 +408,9 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
     if record.get("images_seen") is not None:
         record["epochs_over_train_set"] = record["images_seen"] / len(full_train_set)
     train_set = data.evaluation_subset(full_train_set, args.knn_train_images)
-    test_set = data.evaluation_subset(make_split("TEST", data.eval_transform(eval_size)), args.knn_test_images)
+    test_set = data.evaluation_subset(
+        make_split("TEST", data.eval_transform(eval_size)), args.knn_test_images
+    )
     logger.info("evaluating %s: %d train / %d test images", args.method, len(train_set), len(test_set))
     record.update(evaluate(model.eval(), train_set, test_set, c_values=args.c_values, max_iter=args.max_iter))
     record.update(
@@ -372,8 +432,14 @@ def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str])
         },
     )
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    logger.info("%s: %d-NN top-1 %.2f%%, linear top-1 %.2f%% -> %s", args.method, record["knn_k"],
-                record["knn_top1"], record["linear_top1"], out / "results.json")  # fmt: skip
+    logger.info(
+        "%s: %d-NN top-1 %.2f%%, linear top-1 %.2f%% -> %s",
+        args.method,
+        record["knn_k"],
+        record["knn_top1"],
+        record["linear_top1"],
+        out / "results.json",
+    )
     return record
 
 

@@ -35,14 +35,26 @@ from simdinov2.data.datasets import export_fashion_mnist_imagefolder
 
 # experiment -> [(row name, run folder, main_dino flags over the demo recipe)]
 EXPERIMENTS = {
-    "collapse": [("normal recipe", "normal", {}), ("no expansion term (--eps 1e6)", "no_expansion", {"eps": 1e6})],
-    "reduce_cov": [("--reduce_cov 0", "reduce_cov0", {"reduce_cov": 0}), ("--reduce_cov 1", "reduce_cov1", {"reduce_cov": 1})],
+    "collapse": [
+        ("normal recipe", "normal", {}),
+        ("no expansion term (--eps 1e6)", "no_expansion", {"eps": 1e6}),
+    ],
+    "reduce_cov": [
+        ("--reduce_cov 0", "reduce_cov0", {"reduce_cov": 0}),
+        ("--reduce_cov 1", "reduce_cov1", {"reduce_cov": 1}),
+    ],
 }
 SMALL_BATCH = 16
 # The demo recipe made lighter so that a run of a minute or two does a few hundred iterations on a shared
 # 2-core machine: 2 blocks, batch 64, 2 local crops, a 512-128 head, fp32, one thread.
-LIGHT = {"depth": 2, "batch_size_per_gpu": 64, "local_crops_number": 2, "hidden_dim": 512, "z_dim": 128,
-         "use_fp16": False}  # fmt: skip
+LIGHT = {
+    "depth": 2,
+    "batch_size_per_gpu": 64,
+    "local_crops_number": 2,
+    "hidden_dim": 512,
+    "z_dim": 128,
+    "use_fp16": False,
+}
 
 
 def knn_monitor_set(root: Path) -> Path:
@@ -57,8 +69,15 @@ def run(flags: dict[str, Any], processes: int) -> None:
         v1_trainer.train(flags)
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "-m",
-           v1_trainer.TRAINER_MODULE, *v1_trainer.trainer_argv(flags)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        "-m",
+        v1_trainer.TRAINER_MODULE,
+        *v1_trainer.trainer_argv(flags),
+    ]
     subprocess.run(cmd, env=env, check=True)
 
 
@@ -75,17 +94,23 @@ def summarize(output_dir: Path) -> dict[str, Any]:
         "expa_loss last": ranks[-1].get("expa_loss"),
         "comp_loss last": ranks[-1].get("comp_loss"),
         "k-NN top-1 (%)": knn[-1] if knn else None,
-        "rank series": [(r["iteration"], round(r["effective_rank"], 2), round(r.get("effective_rank_head", 0.0), 2))
-                        for r in ranks],
+        "rank series": [
+            (r["iteration"], round(r["effective_rank"], 2), round(r.get("effective_rank_head", 0.0), 2))
+            for r in ranks
+        ],
     }
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--seconds", type=float, default=90.0, help="training budget of each run")
     parser.add_argument("--out", default="outputs/health")
-    parser.add_argument("--only", default=None, help="run only the row of this run folder (e.g. no_expansion)")
+    parser.add_argument(
+        "--only", default=None, help="run only the row of this run folder (e.g. no_expansion)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(1)  # the trainer gets this process's thread count
@@ -97,13 +122,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             continue
         run_dir = out / args.experiment / folder
         extra = {**LIGHT, "batch_size_per_gpu": SMALL_BATCH} if processes > 1 else LIGHT
-        flags = recipe_flags(args.seconds, run_dir, "FashionMNIST:split=TRAIN", num_workers=1,
-                                  knn_monitor_path=str(monitor_root), **{**extra, **overrides})  # fmt: skip
+        flags = recipe_flags(
+            args.seconds,
+            run_dir,
+            "FashionMNIST:split=TRAIN",
+            num_workers=1,
+            knn_monitor_path=str(monitor_root),
+            **{**extra, **overrides},
+        )
         run(flags, processes)
-        table.append({"run": name, "processes x batch": f"{processes} x {flags['batch_size_per_gpu']}",
-                      "seconds": args.seconds, **summarize(run_dir)})  # fmt: skip
+        table.append(
+            {
+                "run": name,
+                "processes x batch": f"{processes} x {flags['batch_size_per_gpu']}",
+                "seconds": args.seconds,
+                **summarize(run_dir),
+            }
+        )
     print(format_table([{k: v for k, v in row.items() if k != "rank series"} for row in table]))
-    (out / f"{args.experiment}{'_' + args.only if args.only else ''}.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / f"{args.experiment}{'_' + args.only if args.only else ''}.json").write_text(
+        json.dumps(table, indent=2) + "\n"
+    )
     return table
 
 

@@ -28,9 +28,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.allow_abbrev = False  # a prefix of a launcher flag may be a trainer flag
     # Empty: one folder per job under the shared folder (`.../%j`), as upstream.
-    parser.add_argument("--output_dir", default="", type=str,
-                        help="Folder of the job's logs, checkpoints and results (%%j: the job id; default: "
-                        "one folder per job under /checkpoint/$USER/experiments or ./outputs/submitit)")
+    parser.add_argument(
+        "--output_dir",
+        default="",
+        type=str,
+        help="Folder of the job's logs, checkpoints and results (%%j: the job id; default: "
+        "one folder per job under /checkpoint/$USER/experiments or ./outputs/submitit)",
+    )
     return parser
 
 

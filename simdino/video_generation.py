@@ -25,8 +25,10 @@ from pathlib import Path
 try:
     from simdinov2.cli import run_cli
 except ImportError as e:  # pragma: no cover - depends on the install
-    raise SystemExit(f"video_generation.py: error: {e}; install the package first: `pip install -e .` from the "
-                     "repository root")
+    raise SystemExit(
+        f"video_generation.py: error: {e}; install the package first: `pip install -e .` from the "
+        "repository root"
+    ) from None
 
 import numpy as np
 import torch
@@ -58,22 +60,51 @@ INSTALL_WRITER = "pip install imageio imageio-ffmpeg"
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Generation self-attention video", add_help=add_help, formatter_class=HelpFormatter)
     add_backbone_args(parser)
-    parser.add_argument("--input_path", required=True, type=str,
-                        help="A video file (its frames are extracted to OUTPUT/frames), a folder of frames "
-                             "(.jpg/.jpeg/.png, in name order), or with --video_only a folder of attn-*.jpg frames.")
-    parser.add_argument("--output_path", default="./", type=str,
-                        help="Folder for frames/, attention/ and the video. Default: the current folder.")
-    parser.add_argument("--threshold", type=float, default=0.6,
-                        help="Fraction of the attention mass each head's mask keeps (mask-*.jpg frames), in [0, 1].")
-    parser.add_argument("--resize", default=None, type=int, nargs="+",
-                        help="Resize the frames before the model (use if out of memory): one value resizes the "
-                             "shorter side, two are height and width. Usage: --resize 512, --resize 720 1280")
-    parser.add_argument("--video_only", action="store_true",
-                        help="Only make the video, from the attention frames in --input_path (e.g. OUTPUT/attention/).")
-    parser.add_argument("--fps", default=30.0, type=float,
-                        help="Frame rate of the output video; set from the input when it is a video file.")
-    parser.add_argument("--video_format", default="mp4", type=str, choices=list(VIDEO_CODECS),
-                        help="Format of the generated video (mp4 or avi).")
+    parser.add_argument(
+        "--input_path",
+        required=True,
+        type=str,
+        help="A video file (its frames are extracted to OUTPUT/frames), a folder of frames "
+        "(.jpg/.jpeg/.png, in name order), or with --video_only a folder of attn-*.jpg frames.",
+    )
+    parser.add_argument(
+        "--output_path",
+        default="./",
+        type=str,
+        help="Folder for frames/, attention/ and the video. Default: the current folder.",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.6,
+        help="Fraction of the attention mass each head's mask keeps (mask-*.jpg frames), in [0, 1].",
+    )
+    parser.add_argument(
+        "--resize",
+        default=None,
+        type=int,
+        nargs="+",
+        help="Resize the frames before the model (use if out of memory): one value resizes the "
+        "shorter side, two are height and width. Usage: --resize 512, --resize 720 1280",
+    )
+    parser.add_argument(
+        "--video_only",
+        action="store_true",
+        help="Only make the video, from the attention frames in --input_path (e.g. OUTPUT/attention/).",
+    )
+    parser.add_argument(
+        "--fps",
+        default=30.0,
+        type=float,
+        help="Frame rate of the output video; set from the input when it is a video file.",
+    )
+    parser.add_argument(
+        "--video_format",
+        default="mp4",
+        type=str,
+        choices=list(VIDEO_CODECS),
+        help="Format of the generated video (mp4 or avi).",
+    )
     return parser
 
 
@@ -90,8 +121,10 @@ def video_writer_missing() -> str | None:
 def frame_files(folder: Path, pattern: str = "*") -> list[Path]:
     frames = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
     if not frames:
-        raise UserError(f"no frames ({pattern}, {'/'.join(FRAME_SUFFIXES)}) in {folder}: give a folder of frames "
-                        "or a video file as --input_path")
+        raise UserError(
+            f"no frames ({pattern}, {'/'.join(FRAME_SUFFIXES)}) in {folder}: give a folder of frames "
+            "or a video file as --input_path"
+        )
     return frames
 
 
@@ -99,7 +132,9 @@ def extract_frames(video: Path, out: Path) -> float:
     """Write every frame of `video` as out/frame-XXXX.jpg; return the video's frame rate."""
     missing = video_writer_missing()
     if missing:
-        raise UserError(f"reading the video {video} needs {missing}, or give a folder of frames as --input_path")
+        raise UserError(
+            f"reading the video {video} needs {missing}, or give a folder of frames as --input_path"
+        )
     import imageio.v2 as imageio
 
     for stale in out.glob("frame-*.jpg"):  # frames of an earlier (longer) video would join this one
@@ -107,8 +142,10 @@ def extract_frames(video: Path, out: Path) -> float:
     try:
         reader = imageio.get_reader(str(video), format="FFMPEG")
     except Exception as err:  # imageio raises several types for a file that is not a video
-        raise UserError(f"--input_path {video} cannot be read as a video ({type(err).__name__}): give a video "
-                        "file or a folder of frames") from None
+        raise UserError(
+            f"--input_path {video} cannot be read as a video ({type(err).__name__}): give a video "
+            "file or a folder of frames"
+        ) from None
     with reader:
         fps = float(reader.get_meta_data().get("fps") or 0)
         count = 0
@@ -119,8 +156,13 @@ def extract_frames(video: Path, out: Path) -> float:
 
 
 @torch.no_grad()
-def attention_frames(model: DinoVisionTransformer, frames: list[Path], out: Path, args: argparse.Namespace,
-                     device: torch.device) -> list[Path]:
+def attention_frames(
+    model: DinoVisionTransformer,
+    frames: list[Path],
+    out: Path,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> list[Path]:
     """attn-<frame>.jpg (mean over heads) and mask-<frame>.jpg (every head's mask) per frame."""
     import matplotlib  # optional dependency (requirements.txt, dev extra): only the drawing programs need it
 
@@ -160,8 +202,9 @@ def write_video(frames: list[Path], out: Path, fps: float, video_format: str) ->
     print(f"Generating video {size} to {target}")
     try:
         # macro_block_size 2: the yuv420p pixels of the codecs need even sizes (imageio pads, not fails)
-        with imageio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec=VIDEO_CODECS[video_format],
-                                macro_block_size=2) as writer:
+        with imageio.get_writer(
+            str(tmp), format="FFMPEG", fps=fps, codec=VIDEO_CODECS[video_format], macro_block_size=2
+        ) as writer:
             for path in frames:
                 with Image.open(path) as frame:
                     writer.append_data(np.asarray(frame.convert("RGB").resize(size, Image.BICUBIC)))
@@ -180,11 +223,15 @@ def generate(args: argparse.Namespace) -> Path | None:
         raise UserError(f"--fps {args.fps} must be positive")
     source = Path(args.input_path)
     if not source.exists():
-        raise MissingFileError(f"--input_path {args.input_path} does not exist: give a video file or a folder of frames")
+        raise MissingFileError(
+            f"--input_path {args.input_path} does not exist: give a video file or a folder of frames"
+        )
     output = make_output_dir(args.output_path, "--output_path")
     if args.video_only:
         if not source.is_dir():
-            raise UserError(f"--video_only needs a folder of attn-*.jpg frames as --input_path, not the file {source}")
+            raise UserError(
+                f"--video_only needs a folder of attn-*.jpg frames as --input_path, not the file {source}"
+            )
         return write_video(frame_files(source, "attn-*.jpg"), output, args.fps, args.video_format)
     device = resolve_device(args.device)
     if source.is_file():
@@ -193,7 +240,9 @@ def generate(args: argparse.Namespace) -> Path | None:
         frames = frame_files(frames_dir, "frame-*.jpg")
     else:
         frames = frame_files(source)
-    model = load_pretrained_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
+    model = load_pretrained_backbone(
+        args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device
+    )
     attention_dir = make_output_dir(output / "attention", "--output_path")
     written = attention_frames(model, frames, attention_dir, args, device)
     return write_video(written, output, args.fps, args.video_format)

@@ -103,7 +103,9 @@ def _launched_with_rendezvous() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def init_distributed(device: str = "auto", backend: str | None = None, timeout_minutes: int = 30) -> torch.device:
+def init_distributed(
+    device: str = "auto", backend: str | None = None, timeout_minutes: int = 30
+) -> torch.device:
     """Initialise the process group if the launcher asked for one; return this process's device.
 
     - torchrun / SLURM with more than one task: env:// rendezvous, nccl on CUDA, gloo on CPU.
@@ -129,7 +131,9 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_m
             timeout=timedelta(minutes=timeout_minutes),
             device_id=dev if dev.type == "cuda" else None,
         )
-        logger.info("process group: rank %d / %d, backend %s, device %s", get_rank(), world_size, backend, dev)
+        logger.info(
+            "process group: rank %d / %d, backend %s, device %s", get_rank(), world_size, backend, dev
+        )
     _DEVICE = dev
     return dev
 

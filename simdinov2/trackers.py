@@ -62,9 +62,14 @@ class ExperimentTrackers:
     job appends to the same run."""
 
     def __init__(
-        self, output_dir: str | Path, config: dict[str, Any], project: str, wandb: bool = False,
-        swanlab: bool = False, flags: dict[str, str] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        output_dir: str | Path,
+        config: dict[str, Any],
+        project: str,
+        wandb: bool = False,
+        swanlab: bool = False,
+        flags: dict[str, str] | None = None,
+    ) -> None:
         self.wandb: Any = None
         self.swanlab: Any = None
         check_packages(wandb, swanlab, flags)
@@ -87,13 +92,19 @@ class ExperimentTrackers:
         if mode == "offline":
             logger.info(
                 "wandb: no API key configured (WANDB_API_KEY or `wandb login`): logging offline to %s/wandb; "
-                "upload later with `wandb sync`", self.output_dir,
-            )  # fmt: skip
+                "upload later with `wandb sync`",
+                self.output_dir,
+            )
         try:
             return wandb.init(
-                project=project, name=self.output_dir.resolve().name, id=run_id, resume="allow",
-                dir=str(self.output_dir), config=config, mode=mode,
-            )  # fmt: skip
+                project=project,
+                name=self.output_dir.resolve().name,
+                id=run_id,
+                resume="allow",
+                dir=str(self.output_dir),
+                config=config,
+                mode=mode,
+            )
         except Exception as e:  # wandb raises its own error types (login, network, ...)
             detail = " ".join(str(e).split())[:200]
             raise UserError(
@@ -105,11 +116,15 @@ class ExperimentTrackers:
 
         try:
             swanlab.init(
-                project=project, experiment_name=self.output_dir.resolve().name, config=config,
+                project=project,
+                experiment_name=self.output_dir.resolve().name,
+                config=config,
                 logdir=str(self.output_dir / "swanlog"),
-            )  # fmt: skip
+            )
         except Exception as e:  # swanlab raises its own error types
-            raise UserError(f"{self.flags['swanlab']}: swanlab.init failed ({e}); log in, or use offline mode") from e
+            raise UserError(
+                f"{self.flags['swanlab']}: swanlab.init failed ({e}); log in, or use offline mode"
+            ) from e
         return swanlab  # the module logs to its current run
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -29,10 +29,29 @@ DEFAULT_BODIES = {
 }
 # Every other client command and daemon of SLURM and munge: shadowed so that the host's never runs.
 OTHER_SLURM_PROGRAMS = (
-    "sacctmgr", "salloc", "sattach", "sbcast", "scrontab", "sdiag", "sh5util", "sprio", "sreport", "sshare",
-    "sstat", "strigger", "sview", "slurmctld", "slurmd", "slurmdbd", "slurmstepd", "munge", "munged", "mungekey",
-    "unmunge", "remunge",
-)  # fmt: skip
+    "sacctmgr",
+    "salloc",
+    "sattach",
+    "sbcast",
+    "scrontab",
+    "sdiag",
+    "sh5util",
+    "sprio",
+    "sreport",
+    "sshare",
+    "sstat",
+    "strigger",
+    "sview",
+    "slurmctld",
+    "slurmd",
+    "slurmdbd",
+    "slurmstepd",
+    "munge",
+    "munged",
+    "mungekey",
+    "unmunge",
+    "remunge",
+)
 SLURM_PROGRAMS = (*DEFAULT_BODIES, *OTHER_SLURM_PROGRAMS)
 
 

@@ -23,7 +23,11 @@ def write_golden_imagefolder(root: Path) -> Path:
         for i in range(GOLDEN_PER_CLASS):
             period = 3 + i % 4
             stripes = ((yy if label == 0 else xx) // period) % 2
-            image = stripes[:, :, None] * np.array([180, 90 + 40 * label, 60]) + rng.normal(0, 25, (32, 32, 3)) + 40
+            image = (
+                stripes[:, :, None] * np.array([180, 90 + 40 * label, 60])
+                + rng.normal(0, 25, (32, 32, 3))
+                + 40
+            )
             Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(class_dir / f"{i:02d}.png")
     return root
 

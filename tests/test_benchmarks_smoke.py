@@ -68,13 +68,16 @@ def test_train_step_ours_quick(tmp_path, capsys):
             "--json",
             str(out),
         ]
-    )
+    )  # fmt: skip
     printed = capsys.readouterr().out
     assert "| method" in printed and "MFU %" in printed
     rows = result["rows"]
     assert {(r["method"], r["dtype"]) for r in rows} == {
-        ("ours v1 SimDINO", "fp32"), ("ours v1 DINO", "fp32"), ("ours v1 SimDINO", "bf16"), ("ours v1 DINO", "bf16"),
-    }  # fmt: skip
+        ("ours v1 SimDINO", "fp32"),
+        ("ours v1 DINO", "fp32"),
+        ("ours v1 SimDINO", "bf16"),
+        ("ours v1 DINO", "bf16"),
+    }
     for row in rows:
         assert row["ms/step"] > 0 and row["GFLOP/step"] > 0 and math.isfinite(row["MFU %"])
     # Same model and crops: the FLOP count of a step does not depend on the autocast dtype.
@@ -102,7 +105,7 @@ def test_train_step_against_lightly_quick(capsys):
             "--profile-top",
             "5",
         ]
-    )
+    )  # fmt: skip
     printed = capsys.readouterr().out
     assert "x vs lightly+timm DINO" in printed and "torch.profiler" in printed
     peer = next(r for r in result["rows"] if r["method"] == train_step.PEER)
@@ -163,8 +166,9 @@ def test_optim_pieces_quick(capsys):
 def test_attention_small(capsys):
     from benchmarks import attention
 
-    result = attention.main(["--dim", "32", "--heads", "2", "--batch", "4", "--tokens", "5", "--repeats", "1",
-                             "--threads", "1"])  # fmt: skip
+    result = attention.main(
+        ["--dim", "32", "--heads", "2", "--batch", "4", "--tokens", "5", "--repeats", "1", "--threads", "1"]
+    )
     assert "| dtype" in capsys.readouterr().out
     rows = {r["dtype"]: r for r in result["rows"]}
     assert rows["fp32"]["shipped"] == "sdpa" and rows["bf16"]["shipped"] == "explicit"
@@ -187,6 +191,10 @@ def test_gradient_checkpointing_small(capsys):
 def test_listing_quick(tmp_path, capsys):
     from benchmarks import listing
 
-    result = listing.main(["--files", "300", "--per_folder", "100", "--quick", "--root", str(tmp_path / "files")])
-    assert [row["images"] for row in result["rows"]] == [300] * 4  # every method finds every image, no README.txt
+    result = listing.main(
+        ["--files", "300", "--per_folder", "100", "--quick", "--root", str(tmp_path / "files")]
+    )
+    assert [row["images"] for row in result["rows"]] == [
+        300
+    ] * 4  # every method finds every image, no README.txt
     assert "| cached" in capsys.readouterr().out

@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("simdino", "simdinov2")
 MAX_FUNCTION_LINES = 80
 # Files still waiting for their split (owned by other work); each one is a debt, not a licence.
-LONG_FUNCTIONS_ALLOWED_IN: set[str] = set()  # none left: every function of simdino/ and simdinov2/ is <= 80 lines
+LONG_FUNCTIONS_ALLOWED_IN: set[str] = (
+    set()
+)  # none left: every function of simdino/ and simdinov2/ is <= 80 lines
 # `simdino` as a module name: `simdino` or `simdino.x` standing alone in a string (not `simdino_config`,
 # `simdinov2`, `use_simdino` or a path such as `simdino/main_dino.py`).
 V1_MODULE_STRING = re.compile(r"^simdino(\.\w+)*(:\w+)?$")
@@ -52,10 +54,22 @@ def v1_names(path: Path) -> list[str]:
     names = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] == "simdino"]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "simdino":
+            names += [
+                f"line {node.lineno}: import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] == "simdino"
+            ]
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "simdino"
+        ):
             names.append(f"line {node.lineno}: from {node.module} import ...")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and V1_MODULE_STRING.match(node.value):
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and V1_MODULE_STRING.match(node.value)
+        ):
             names.append(f"line {node.lineno}: module string {node.value!r}")
     return names
 
@@ -67,8 +81,10 @@ def test_the_shared_package_never_names_the_v1_package():
 
 def test_the_v1_name_check_sees_imports_and_module_strings(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text('import simdino.main_dino\nfrom simdino.train import dino_loop\nENTRY = "simdino.main_dino"\n'
-                      'CONFIG = "simdino_config.yaml"\nimport simdinov2\nSCRIPT = "simdino/main_dino.py"\n')
+    sample.write_text(
+        'import simdino.main_dino\nfrom simdino.train import dino_loop\nENTRY = "simdino.main_dino"\n'
+        'CONFIG = "simdino_config.yaml"\nimport simdinov2\nSCRIPT = "simdino/main_dino.py"\n'
+    )
     assert [n.split(":")[0] for n in v1_names(sample)] == ["line 1", "line 2", "line 3"]
 
 
@@ -88,13 +104,19 @@ def test_the_length_check_counts_methods_and_nested_functions(tmp_path):
         return "\n".join(f"{' ' * indent}x{i} = {i}" for i in range(80))
 
     sample = tmp_path / "sample.py"
-    sample.write_text(f"class A:\n  def method(self):\n{body(4)}\n\ndef outer():\n    def inner():\n{body(8)}\n"
-                      "    return 1\n")
+    sample.write_text(
+        f"class A:\n  def method(self):\n{body(4)}\n\ndef outer():\n    def inner():\n{body(8)}\n"
+        "    return 1\n"
+    )
     assert long_functions(sample) == [("A.method", 81), ("outer", 83), ("outer.inner", 81)]
 
 
 if __name__ == "__main__":
-    rows = [(length, f"{path.relative_to(REPO)}:{name}") for package in PACKAGES for path in python_files(package)
-            for name, length in long_functions(path)]  # fmt: skip
+    rows = [
+        (length, f"{path.relative_to(REPO)}:{name}")
+        for package in PACKAGES
+        for path in python_files(package)
+        for name, length in long_functions(path)
+    ]
     for length, where in sorted(rows, reverse=True):
         print(f"{length:4d}  {where}")

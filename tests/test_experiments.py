@@ -44,7 +44,10 @@ def test_v1_row_trains_for_its_budget_and_writes_results(tmp_path, tiny_imagefol
     # the budget bounds the training time; the override reached the trainer
     assert 0 < record["train_seconds"] < 6 + 5
     assert record["images_seen"] == 16 * record["iterations"] > 0
-    assert "--batch_size_per_gpu 16" in record["trainer_command"] and "--time_budget 6.0" in record["trainer_command"]
+    assert (
+        "--batch_size_per_gpu 16" in record["trainer_command"]
+        and "--time_budget 6.0" in record["trainer_command"]
+    )
     assert "--batch_size_per_gpu 128" not in record["trainer_command"]  # the override replaced the recipe's
     assert record["knn_train_images"] == 120 and record["knn_test_images"] == 30
     with pytest.raises(SystemExit, match="already holds a run"):
@@ -72,7 +75,9 @@ def test_v2_row_trains_for_the_time_budget(tmp_path, tiny_imagefolder):
     assert 4.0 <= record["train_seconds"] < 4.0 + 30.0
     assert record["iterations"] >= 1 and record["images_seen"] == 16 * record["iterations"]
     config = OmegaConf.load(out / "config.yaml")
-    assert config.train.time_budget == 4.0 and config.optim.epochs == 100 and config.student.arch == "vit_tiny"
+    assert (
+        config.train.time_budget == 4.0 and config.optim.epochs == 100 and config.student.arch == "vit_tiny"
+    )
     assert config.crops.global_crops_size == 28 and config.train.batch_size_per_gpu == 16
 
 
@@ -95,13 +100,17 @@ def test_effective_rank_and_linear_probe():
     y = (x[:, 0] > 0).long()
     probe = fmnist.linear_probe(x[:500], y[:500], x[500:], y[500:], c_values=(1.0, 100.0), max_iter=100)
     assert probe["top1"] > 95 and probe["best_C"] in (1.0, 100.0)
-    noise = fmnist.linear_probe(x[:500], y[torch.randperm(600)][:500], x[500:], y[500:], c_values=(1.0,), max_iter=100)
+    noise = fmnist.linear_probe(
+        x[:500], y[torch.randperm(600)][:500], x[500:], y[500:], c_values=(1.0,), max_iter=100
+    )
     assert noise["top1"] < 75
 
 
 def test_random_init_takes_the_backbone_flags_of_the_overrides():
     # docs/RESULTS.md: `--method random_init ... -- --depth 6` is the untrained 6-block network
-    assert fmnist._backbone_flags(["--depth", "6", "--eps", "0.05", "--global_crops_scale", "0.3", "1"]) == {"depth": 6}
+    assert fmnist._backbone_flags(["--depth", "6", "--eps", "0.05", "--global_crops_scale", "0.3", "1"]) == {
+        "depth": 6
+    }
     flags = fmnist.v1_flags("simdino", 1.0, "out", "x", seed=0, num_workers=0)
     model = fmnist.knn.random_init_backbone({**flags, **fmnist._backbone_flags(["--depth", "2"])})
     assert len(model.blocks) == 2

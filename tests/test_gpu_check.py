@@ -120,13 +120,27 @@ def test_dry_run_writes_every_row(tmp_path):
     env = {**os.environ, "OUT": str(out), "PY": sys.executable}
     proc = subprocess.run(
         ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     rows = {row["step"]: row for row in summary["rows"]}
-    expected = {"gpu_tests", "matmul_peak", "v1_simdino", "augment", "knn", "v2_simdinov2", "v1_dino", "v2_dinov2",
-                "v2_largest_batch", "v2_largest_batch_gc"}  # fmt: skip
+    expected = {
+        "gpu_tests",
+        "matmul_peak",
+        "v1_simdino",
+        "augment",
+        "knn",
+        "v2_simdinov2",
+        "v1_dino",
+        "v2_dinov2",
+        "v2_largest_batch",
+        "v2_largest_batch_gc",
+    }
     assert set(rows) == expected
     assert rows["gpu_tests"]["status"] == "skipped"
     assert summary["peak_tflops"] > 0
@@ -134,7 +148,7 @@ def test_dry_run_writes_every_row(tmp_path):
         row = rows[name]
         assert row["status"] == "ok", (name, row)
         assert row["img/s"] > 0 and row["step img/s"] >= row["img/s"] and row["peak mem GiB"] > 0
-        assert 0 < row["MFU %"] and row["GFLOP/img"] > 0
+        assert row["MFU %"] > 0 and row["GFLOP/img"] > 0
     assert rows["v2_largest_batch"]["batch"] >= 4
     gc = rows["v2_largest_batch_gc"]
     if gradient_checkpointing_key_exists():

@@ -65,7 +65,9 @@ def frames_folder(data: Path, folder: Path, count: int = 3) -> Path:
 
 
 def last_snapshot_iteration(run: Path) -> str:
-    snapshots = sorted(run.glob("eval/training_*/teacher_checkpoint.pth"), key=lambda p: int(p.parent.name[9:]))
+    snapshots = sorted(
+        run.glob("eval/training_*/teacher_checkpoint.pth"), key=lambda p: int(p.parent.name[9:])
+    )
     assert snapshots, f"the v2 run in {run} wrote no teacher snapshot"
     return snapshots[-1].parent.name.removeprefix("training_")
 
@@ -120,18 +122,31 @@ def test_every_marked_block_is_known() -> None:
 def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) -> None:
     v1, v2, elsewhere = tmp_path / "v1_run", tmp_path / "v2_run", tmp_path / "cwd"
     elsewhere.mkdir()
-    paths = {"data": str(tiny_imagefolder), "v1": str(v1), "v2": str(v2), "v1_checkpoint": str(v1 / "checkpoint.pth"),
-             "frames": str(frames_folder(tiny_imagefolder, tmp_path / "frames")),
-             "image": str(next((tiny_imagefolder / "val").rglob("*.png"))),
-             "own": str(tmp_path / "own_run")}
+    paths = {
+        "data": str(tiny_imagefolder),
+        "v1": str(v1),
+        "v2": str(v2),
+        "v1_checkpoint": str(v1 / "checkpoint.pth"),
+        "frames": str(frames_folder(tiny_imagefolder, tmp_path / "frames")),
+        "image": str(next((tiny_imagefolder / "val").rglob("*.png"))),
+        "own": str(tmp_path / "own_run"),
+    }
     blocks = {name: (language, body) for name, language, body in marked_blocks(README.read_text())}
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")  # torchrun of this Python
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO),
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )  # torchrun of this Python
     logs: dict[str, str] = {}
     for name, pairs in PLACEHOLDERS.items():
         language, body = blocks[name]
         script = substitute(body, pairs, paths)
-        command = ["bash", "-euo", "pipefail", "-c", script] if language == "shell" else [sys.executable, "-c", script]
+        command = (
+            ["bash", "-euo", "pipefail", "-c", script]
+            if language == "shell"
+            else [sys.executable, "-c", script]
+        )
         cwd = elsewhere if name in RUN_OUTSIDE_REPO else REPO
         proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"README block {name!r} failed:\n{script}\n{proc.stderr[-4000:]}"
@@ -143,13 +158,20 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     # = 3 iterations per epoch) a teacher snapshot after each epoch (tests/simdinov2/test_train_e2e.py resumes it)
     assert "sharding: fsdp over 2 process(es) on cpu" in logs["v2-cpu-train"]
     assert "fp16 requested on CPU, running bf16 instead" in logs["v2-cpu-train"]
-    assert sorted(p.parent.name for p in v2.glob("eval/training_*/teacher_checkpoint.pth")) == ["training_2", "training_5"]
+    assert sorted(p.parent.name for p in v2.glob("eval/training_*/teacher_checkpoint.pth")) == [
+        "training_2",
+        "training_5",
+    ]
     assert (v1 / "knn_results.json").is_file()  # v1 eval_knn.py: next to the checkpoint
     assert (v1 / "eval_linear" / "checkpoint.pth.tar").is_file()  # v1 eval_linear.py: eval_linear/ next to it
     assert (v2 / "knn" / "results_eval_knn.json").is_file()
-    linear_eval_sets = json.loads((v2 / "linear" / "results_eval_linear.json").read_text().splitlines()[-1])["eval_sets"]
+    linear_eval_sets = json.loads((v2 / "linear" / "results_eval_linear.json").read_text().splitlines()[-1])[
+        "eval_sets"
+    ]
     assert len(linear_eval_sets) == 2  # the validation folder (two metric types) and the training folder
-    assert json.loads((v2 / "attentive" / "results_eval_linear.json").read_text().splitlines()[-1])["attentive"]
+    assert json.loads((v2 / "attentive" / "results_eval_linear.json").read_text().splitlines()[-1])[
+        "attentive"
+    ]
     assert "top1" in json.loads((v2 / "finetune" / "results_eval_finetuning.json").read_text())["final"]
     assert (elsewhere / "vit.safetensors").is_file() and (elsewhere / "vit_timm.pth").is_file()
     assert any((v1 / "attn").glob("attn-head*.png"))

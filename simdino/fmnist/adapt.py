@@ -13,6 +13,7 @@ functions of those timings; `measure_machine` takes them.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -151,7 +152,7 @@ def predicted_gain(variant: Variant, iterations: float) -> float:
     points = variant.gains
     if iterations <= points[0][0]:
         return points[0][1] * max(iterations, 0.0) / points[0][0]
-    for (i0, g0), (i1, g1) in zip(points, points[1:]):
+    for (i0, g0), (i1, g1) in itertools.pairwise(points):
         if iterations <= i1:
             w = (math.log(iterations) - math.log(i0)) / (math.log(i1) - math.log(i0))
             return g0 + w * (g1 - g0)

@@ -29,7 +29,9 @@ def save_figures(output_dir: Path, teacher: nn.Module, test_set: Dataset, title:
         plot_run(output_dir, output_dir / "loss_curve.png", title=title),
         save_attention_figure(teacher.cpu(), test_set, output_dir / "attention.png", class_names=class_names),
         # the first 3 principal components of the patch tokens as RGB, one PCA over 6 test images
-        save_pca_figure(teacher.cpu(), torch.stack([test_set[i][0] for i in range(6)]), output_dir / "pca.png"),
+        save_pca_figure(
+            teacher.cpu(), torch.stack([test_set[i][0] for i in range(6)]), output_dir / "pca.png"
+        ),
         # further figures of the trained teacher go here (add their file names to FIGURES)
     ]
 

@@ -122,7 +122,10 @@ def summary_table(results: Mapping[str, Any], reference: Reference | None) -> st
         f"{'features':<{width}}  {f'{KNN_K}-NN top-1':>{mine}}  reference run",
         f"{'-' * width}  {'-' * mine}  {'-' * 13}",
     ]
-    lines += [f"{name:<{width}}  {value:>{mine}}  {ref:>13}" for (name, value), ref in zip(rows, theirs)]
+    lines += [
+        f"{name:<{width}}  {value:>{mine}}  {ref:>13}"
+        for (name, value), ref in zip(rows, theirs, strict=True)
+    ]
     if reference is not None:
         lines.append(f"reference run: this recipe variant on {reference.machine} ({reference.source})")
     return "\n".join(lines)

@@ -77,7 +77,9 @@ def run_summary(output_dir: str | os.PathLike) -> dict[str, Any]:
     if "iterations" in checkpoint:  # a budgeted run counts its iterations
         iterations = int(checkpoint["iterations"])
     else:  # every epoch ran in full, and its last iteration is logged
-        records = [json.loads(line) for line in (folder / "training_metrics.json").read_text().splitlines() if line]
+        records = [
+            json.loads(line) for line in (folder / "training_metrics.json").read_text().splitlines() if line
+        ]
         iterations = int(records[-1]["iteration"]) + 1
     return {
         "epochs": int(checkpoint["epoch"]),

@@ -77,9 +77,13 @@ def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> tuple[nn.
     if args.arch in ARCHS:
         depth = {"depth": args.depth} if getattr(args, "depth", 0) else {}  # 0 / absent: the arch's
         model = build_vit(
-            args.arch, patch_size=args.patch_size, v1=True,
-            img_size=args.global_crops_size, drop_path_rate=drop_path_rate, **depth,
-        )  # fmt: skip
+            args.arch,
+            patch_size=args.patch_size,
+            v1=True,
+            img_size=args.global_crops_size,
+            drop_path_rate=drop_path_rate,
+            **depth,
+        )
         return model, model.embed_dim
     import torchvision.models as tvm  # optional: only the convnet archs need it
 
@@ -93,14 +97,24 @@ def build_head(args: argparse.Namespace, embed_dim: int, student: bool) -> DINOH
     if args.use_simdino:
         # SimDINO: L2-normalised z_dim features straight into the coding-rate loss (no prototypes).
         return DINOHead(
-            embed_dim, out_dim=args.z_dim, hidden_dim=args.hidden_dim, bottleneck_dim=args.z_dim,
-            use_bn=args.use_bn_in_head, normalize=True, remove_last_layer=True,
-        )  # fmt: skip
+            embed_dim,
+            out_dim=args.z_dim,
+            hidden_dim=args.hidden_dim,
+            bottleneck_dim=args.z_dim,
+            use_bn=args.use_bn_in_head,
+            normalize=True,
+            remove_last_layer=True,
+        )
     return DINOHead(
-        embed_dim, out_dim=args.out_dim, hidden_dim=args.hidden_dim, bottleneck_dim=args.z_dim,
-        use_bn=args.use_bn_in_head, normalize=True, remove_last_layer=False,
+        embed_dim,
+        out_dim=args.out_dim,
+        hidden_dim=args.hidden_dim,
+        bottleneck_dim=args.z_dim,
+        use_bn=args.use_bn_in_head,
+        normalize=True,
+        remove_last_layer=False,
         norm_last_layer=args.norm_last_layer if student else True,
-    )  # fmt: skip
+    )
 
 
 def build_student_teacher(args: argparse.Namespace) -> tuple[MultiCropWrapper, MultiCropWrapper]:
@@ -130,9 +144,15 @@ class MultiCropStudentTeacher:
     prototype layer follow per-epoch schedules: `values["teacher_temp"]`, `values["epoch"]`)."""
 
     def __init__(
-        self, student: nn.Module, student_without_ddp: nn.Module, teacher: nn.Module, loss_fn: nn.Module,
-        amp: AmpSettings, use_simdino: bool, freeze_last_layer: int,
-    ) -> None:  # fmt: skip
+        self,
+        student: nn.Module,
+        student_without_ddp: nn.Module,
+        teacher: nn.Module,
+        loss_fn: nn.Module,
+        amp: AmpSettings,
+        use_simdino: bool,
+        freeze_last_layer: int,
+    ) -> None:
         self.student = student
         self.student_without_ddp = student_without_ddp
         self.teacher = teacher
@@ -168,7 +188,11 @@ class MultiCropStudentTeacher:
             student_output = self.student(images)
         if self.use_simdino:
             loss, parts = self.loss_fn(list(student_output.chunk(len(images))), list(teacher_output.chunk(2)))
-            return loss, {"loss": loss.detach(), "expa_loss": parts["expa_loss"], "comp_loss": parts["comp_loss"]}
+            return loss, {
+                "loss": loss.detach(),
+                "expa_loss": parts["expa_loss"],
+                "comp_loss": parts["comp_loss"],
+            }
         loss = self.loss_fn.forward_v1(student_output, teacher_output, teacher_temp)
         return loss, {"loss": loss.detach()}
 

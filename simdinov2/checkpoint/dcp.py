@@ -234,7 +234,12 @@ class Checkpointer:
         newest = -1 if latest is None else int(_CKPT_NAME.match(latest.name).group(1))
         for entry in sorted(self.root.iterdir()):
             match = _CKPT_NAME.match(entry.name)
-            if match and entry.is_dir() and int(match.group(1)) > newest and not (entry / TRAINER_STATE).is_file():
+            if (
+                match
+                and entry.is_dir()
+                and int(match.group(1)) > newest
+                and not (entry / TRAINER_STATE).is_file()
+            ):
                 instead = f"resume from {latest.name}" if latest is not None else "start at iteration 0"
                 raise CheckpointNotFoundError(
                     f"cannot resume: {entry} has no {TRAINER_STATE} (lost or copied in part): restore that file "
@@ -247,7 +252,9 @@ class Checkpointer:
         while nothing saves); returns them."""
         if not self.root.is_dir():
             return []
-        stale = [entry for entry in self.root.iterdir() if _TMP_CKPT_NAME.match(entry.name) and entry.is_dir()]
+        stale = [
+            entry for entry in self.root.iterdir() if _TMP_CKPT_NAME.match(entry.name) and entry.is_dir()
+        ]
         for folder in stale:
             shutil.rmtree(folder, ignore_errors=True)
         return stale

@@ -114,9 +114,18 @@ def describe_vit_config(config: Mapping[str, Any], fields: tuple[str, ...] = ("e
 
 # Fields that must agree between checkpoint and model (img_size / chunks / mask token are adapted).
 _ARCH_FIELDS = (
-    "patch_size", "embed_dim", "depth", "num_register_tokens", "init_values", "ffn_layer", "mlp_ratio",
-    "qkv_bias", "proj_bias", "ffn_bias", "in_chans",
-)  # fmt: skip
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_register_tokens",
+    "init_values",
+    "ffn_layer",
+    "mlp_ratio",
+    "qkv_bias",
+    "proj_bias",
+    "ffn_bias",
+    "in_chans",
+)
 
 
 def config_mismatch(ckpt: Mapping[str, Any], model: Mapping[str, Any]) -> list[str]:

@@ -137,7 +137,12 @@ def _tensor_catalogue(obj: Any) -> tuple[str, dict[str, Any], list[str], tuple[p
                 for fqn, meta in metadata.state_dict_metadata.items()
                 if isinstance(meta, TensorStorageMetadata)
             }
-            return source, flat, sorted({fqn.split(".")[0] for fqn in metadata.state_dict_metadata}), (path, metadata)
+            return (
+                source,
+                flat,
+                sorted({fqn.split(".")[0] for fqn in metadata.state_dict_metadata}),
+                (path, metadata),
+            )
         obj = safe_torch_load(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(
@@ -147,7 +152,9 @@ def _tensor_catalogue(obj: Any) -> tuple[str, dict[str, Any], list[str], tuple[p
     return source, _flatten(obj), sorted(str(k) for k in obj), None
 
 
-def _backbone_and_skipped(values: dict[str, Any], prefix: str, root: str) -> tuple[dict[str, Tensor], list[str]]:
+def _backbone_and_skipped(
+    values: dict[str, Any], prefix: str, root: str
+) -> tuple[dict[str, Tensor], list[str]]:
     """The tensors under `prefix` without it (the backbone's state dict), and the names of the others
     under `root` (heads, the other role) that are skipped."""
     state_dict: dict[str, Tensor] = {}

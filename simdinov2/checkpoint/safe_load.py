@@ -44,9 +44,16 @@ from .errors import CheckpointError, CheckpointNotFoundError
 DCP_METADATA = ".metadata"
 # What torch.load / pickle raise on bytes that are not a checkpoint (text, zeros, a cut-off file).
 _CORRUPT_ERRORS = (
-    EOFError, KeyError, IndexError, ValueError, RuntimeError, struct.error, UnicodeDecodeError, OverflowError,
+    EOFError,
+    KeyError,
+    IndexError,
+    ValueError,
+    RuntimeError,
+    struct.error,
+    UnicodeDecodeError,
+    OverflowError,
     pickle.UnpicklingError,
-)  # fmt: skip
+)
 
 
 # ---------------------------------------------------------------------------------------------- allow-lists
@@ -255,15 +262,21 @@ class _DCPMetadataUnpickler(pickle.Unpickler):
 
     _ALLOWED = {
         "torch.distributed.checkpoint.metadata": {
-            "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
-            "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING",
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "_MEM_FORMAT_ENCODING",
         },
         "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
         "torch.serialization": {"_get_layout"},  # maps "torch.strided" to the layout object
         "torch": {"Size"},
         "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
         "collections": {"OrderedDict"},
-    }  # fmt: skip
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if name in self._ALLOWED.get(module, ()):
@@ -362,7 +375,9 @@ def dcp_load_error(
                 return _refusal(reader.current_file or str(path), offenders)
             # No global named: not code but bytes that are no pickle at all (a zero-filled or overwritten shard).
             detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(current))
-            return corrupt_error(reader.current_file or path, detail.group(1) if detail else "unreadable tensor data")
+            return corrupt_error(
+                reader.current_file or path, detail.group(1) if detail else "unreadable tensor data"
+            )
         if isinstance(current, (EOFError, struct.error)) or "PytorchStreamReader" in str(current):
             return corrupt_error(reader.current_file or path, _first_line(current))
     return None

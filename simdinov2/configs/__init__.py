@@ -94,7 +94,9 @@ def load_config_file(name_or_path: str | os.PathLike) -> DictConfig:
             break
         base_path = (path.parent / str(base)).resolve()
         if not base_path.is_file():
-            raise MissingFileError(f"config file {path} names {BASE_KEY}: {base}, but {base_path} does not exist")
+            raise MissingFileError(
+                f"config file {path} names {BASE_KEY}: {base}, but {base_path} does not exist"
+            )
         path = base_path
     return OmegaConf.merge(*reversed(layers)) if len(layers) > 1 else layers[0]  # type: ignore[return-value]
 
@@ -172,13 +174,17 @@ def check_keys(candidate: DictConfig, reference: DictConfig, source: str) -> Non
         while parent and parent != key:
             if parent in valid_leaves:
                 raise UserError(
-                    f"config key {parent!r} ({source}) is a value, not a section: it has no key {key[len(parent) + 1:]!r}"
+                    f"config key {parent!r} ({source}) is a value, not a section: it has no key {key[len(parent) + 1 :]!r}"
                 )
             if "." not in parent:
                 break
             parent = parent.rsplit(".", 1)[0]
         close = _closest_keys(key, valid)
-        hint = f"; closest valid keys: {', '.join(close)}" if close else "; see simdinov2/configs/ssl_default_config.yaml"
+        hint = (
+            f"; closest valid keys: {', '.join(close)}"
+            if close
+            else "; see simdinov2/configs/ssl_default_config.yaml"
+        )
         raise UserError(f"unknown config key {key!r} ({source}){hint}")
 
 
@@ -205,7 +211,9 @@ def merge_with_defaults(
     return merged  # type: ignore[return-value]
 
 
-def get_cfg(config_file: str | os.PathLike | None = None, overrides: Iterable[str] | None = None) -> DictConfig:
+def get_cfg(
+    config_file: str | os.PathLike | None = None, overrides: Iterable[str] | None = None
+) -> DictConfig:
     """The run configuration: defaults ⊕ `config_file` (if any) ⊕ `key=value` overrides, validated."""
     configs, sources = [], []
     if config_file:
@@ -228,7 +236,9 @@ def _check_types(cfg: DictConfig, reference: DictConfig) -> None:
             continue
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise UserError(f"{key}={value!r} must be true or false (its default is {str(default).lower()})")
+                raise UserError(
+                    f"{key}={value!r} must be true or false (its default is {str(default).lower()})"
+                )
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}={value!r} must be a number (its default is {default!r})")
 
@@ -237,7 +247,9 @@ def _check_values(cfg: DictConfig) -> None:
     """Value checks that can be done without a dataset or a device (one clear line each)."""
     check_v2_config(cfg)  # the ranges of the values both trees share
     if cfg.optim.scaling_rule not in SCALING_RULES:
-        raise UserError(f"optim.scaling_rule={cfg.optim.scaling_rule!r} is not one of {', '.join(SCALING_RULES)}")
+        raise UserError(
+            f"optim.scaling_rule={cfg.optim.scaling_rule!r} is not one of {', '.join(SCALING_RULES)}"
+        )
     if cfg.train.centering not in ("centering", "sinkhorn_knopp", "none"):
         raise UserError(
             f"train.centering={cfg.train.centering!r} is not one of centering, sinkhorn_knopp, none"
@@ -258,7 +270,9 @@ def _check_values(cfg: DictConfig) -> None:
     # Upstream names one implementation of each coding-rate term; other names are not silently ignored.
     for key, only in (("expa_loss", "mcr"), ("comp_loss", "cosine")):
         if str(cfg.dino.mcr[key]) != only:
-            raise UserError(f"dino.mcr.{key}={cfg.dino.mcr[key]!r} is not implemented; the only choice is {only}")
+            raise UserError(
+                f"dino.mcr.{key}={cfg.dino.mcr[key]!r} is not implemented; the only choice is {only}"
+            )
     if bool(cfg.student.drop_masks) and max(float(cfg.ibot.loss_weight), float(cfg.ibot.loss_weight_end)) > 0:
         raise UserError(
             "student.drop_masks=true removes the masked patches the iBOT / patch loss needs: set ibot.loss_weight=0"
@@ -279,11 +293,17 @@ def _check_crops_fit_patches(cfg: DictConfig) -> None:
     crops = ["global_crops_size"] + (["local_crops_size"] if int(cfg.crops.local_crops_number) > 0 else [])
     for key in crops:
         if int(cfg.crops[key]) < patch:
-            raise UserError(f"crops.{key}={cfg.crops[key]} is smaller than one patch (student.patch_size={patch}): "
-                            f"raise crops.{key} or lower student.patch_size")
+            raise UserError(
+                f"crops.{key}={cfg.crops[key]} is smaller than one patch (student.patch_size={patch}): "
+                f"raise crops.{key} or lower student.patch_size"
+            )
     if int(cfg.crops.global_crops_size) % patch:
-        logger.warning("crops.global_crops_size=%d is not a multiple of student.patch_size=%d: border pixels are "
-                       "dropped", int(cfg.crops.global_crops_size), patch)
+        logger.warning(
+            "crops.global_crops_size=%d is not a multiple of student.patch_size=%d: border pixels are "
+            "dropped",
+            int(cfg.crops.global_crops_size),
+            patch,
+        )
 
 
 def apply_scaling_rules_to_cfg(cfg: DictConfig, world_size: int) -> DictConfig:

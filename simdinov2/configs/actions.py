@@ -27,7 +27,7 @@ Action = tuple[int, str, str]  # (epoch, dotted key, value text)
 
 def _refuse(item: Any, why: str) -> UserError:
     return UserError(
-        f"train.actions entry {item!r} {why}: write [epoch, \"key=value\"], e.g. [10, \"ibot.loss_weight=0.5\"] "
+        f'train.actions entry {item!r} {why}: write [epoch, "key=value"], e.g. [10, "ibot.loss_weight=0.5"] '
         "(config overrides only; code is never executed)"
     )
 

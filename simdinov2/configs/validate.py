@@ -64,8 +64,9 @@ def ordered_pair(low: float, high: float, low_open: bool = False) -> Rule:
             ok = (first > low if low_open else first >= low) and first <= second <= high
         if not ok:
             bound = f"{low} <" if low_open else f"{low} <="
-            raise UserError(f"{_say(name, value)} is invalid: it must be a pair min max with "
-                            f"{bound} min <= max <= {high}")
+            raise UserError(
+                f"{_say(name, value)} is invalid: it must be a pair min max with {bound} min <= max <= {high}"
+            )
 
     return rule
 
@@ -81,18 +82,27 @@ _MOMENTUM = within(0.0, 1.0, " (the teacher's EMA weight on its own past; 1 free
 _CROP_SCALE = ordered_pair(0.0, 1.0, low_open=True)
 
 SHARED_VALUES: tuple[SharedValue, ...] = (
-    SharedValue("learning rate", "--lr", "optim.base_lr", at_least(0.0, " (a negative rate climbs the loss)")),
+    SharedValue(
+        "learning rate", "--lr", "optim.base_lr", at_least(0.0, " (a negative rate climbs the loss)")
+    ),
     SharedValue("final learning rate", "--min_lr", "optim.min_lr", at_least(0.0)),
     SharedValue("teacher momentum", "--momentum_teacher", "teacher.momentum_teacher", _MOMENTUM),
     SharedValue("final teacher momentum", None, "teacher.final_momentum_teacher", _MOMENTUM),
     SharedValue("patch size", "--patch_size", "student.patch_size", at_least(1)),
     SharedValue("projection dimension", "--z_dim", "dino.head_bottleneck_dim", at_least(1)),
     SharedValue("warm-up epochs", "--warmup_epochs", "optim.warmup_epochs", at_least(0)),
-    SharedValue("data-loading workers", "--num_workers", "train.num_workers", at_least(0, " (0: load in the main process)")),
+    SharedValue(
+        "data-loading workers",
+        "--num_workers",
+        "train.num_workers",
+        at_least(0, " (0: load in the main process)"),
+    ),
     SharedValue("global crop scale", "--global_crops_scale", "crops.global_crops_scale", _CROP_SCALE),
     SharedValue("local crop scale", "--local_crops_scale", "crops.local_crops_scale", _CROP_SCALE),
     SharedValue("local crops", "--local_crops_number", "crops.local_crops_number", at_least(0)),
-    SharedValue("coding-rate eps", "--eps", "dino.mcr.eps", above(0.0, " (it divides the coding-rate scale)")),
+    SharedValue(
+        "coding-rate eps", "--eps", "dino.mcr.eps", above(0.0, " (it divides the coding-rate scale)")
+    ),
     SharedValue("checkpoint period", "--saveckp_freq", None, at_least(0, " (0: only checkpoint.pth)")),
     SharedValue("masking ratio", None, "ibot.mask_ratio_min_max", ordered_pair(0.0, 1.0)),
 )

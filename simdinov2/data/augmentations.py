@@ -216,7 +216,7 @@ class ToNormalizedTensor:
         self.std = tuple(float(s) for s in std)
         # uint8 value v maps to v * scale + shift, per channel.
         self._scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
-        self._shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(3, 1, 1)
+        self._shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(3, 1, 1)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         array = np.asarray(img, dtype=np.uint8)
@@ -291,9 +291,7 @@ class DataAugmentationDINO:
             return [RandomResizedCrop(size, scale=scale), RandomHorizontalFlip(p=0.5)]
 
         self.global_transfo1 = T.Compose(
-            geometric(gs, self.global_crops_scale)
-            + _color_jittering()
-            + [make_blur(blur, 1.0), normalize]
+            geometric(gs, self.global_crops_scale) + _color_jittering() + [make_blur(blur, 1.0), normalize]
         )
         self.global_transfo2 = T.Compose(
             geometric(gs, self.global_crops_scale)
@@ -301,9 +299,7 @@ class DataAugmentationDINO:
             + [make_blur(blur, 0.1), RandomSolarize(threshold=128, p=0.2), normalize]
         )
         self.local_transfo = T.Compose(
-            geometric(ls, self.local_crops_scale)
-            + _color_jittering()
-            + [make_blur(blur, 0.5), normalize]
+            geometric(ls, self.local_crops_scale) + _color_jittering() + [make_blur(blur, 0.5), normalize]
         )
 
     def __call__(self, image: Any) -> dict[str, list[torch.Tensor]] | list[torch.Tensor]:

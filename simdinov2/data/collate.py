@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 
-def _stack_crops(samples_list: Sequence[tuple[dict[str, list[torch.Tensor]], Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack_crops(
+    samples_list: Sequence[tuple[dict[str, list[torch.Tensor]], Any]],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The global crops [2B, 3, G, G] and local crops [nB, 3, L, L], crop-major (all first crops, then
     all second crops, ...); an empty local tensor when there are no local crops."""
     first = samples_list[0][0]
@@ -51,9 +53,13 @@ def _dropped_patch_masks(
 
 
 def _generated_masks(
-    n_crops: int, n_tokens: int, mask_ratio_tuple: Sequence[float], mask_probability: float,
-    mask_generator: Callable[[int], np.ndarray], rng: Any,
-) -> tuple[list[torch.Tensor], int]:  # fmt: skip
+    n_crops: int,
+    n_tokens: int,
+    mask_ratio_tuple: Sequence[float],
+    mask_probability: float,
+    mask_generator: Callable[[int], np.ndarray],
+    rng: Any,
+) -> tuple[list[torch.Tensor], int]:
     """iBOT masks: `mask_probability` of the crops masked, with ratios spread over `mask_ratio_tuple`,
     the others empty, in a shuffled order. Returns (masks, upper bound on the masked patches)."""
     lo, hi = float(mask_ratio_tuple[0]), float(mask_ratio_tuple[1])

@@ -49,13 +49,21 @@ def parse_dataset_str(dataset_str: str) -> tuple[type, dict[str, str]]:
         raise _bad(str(dataset_str), "it is empty")
     dataset_str = dataset_str.strip()
     if dataset_str.lower().endswith(".txt") and os.path.isfile(dataset_str):
-        raise UserError(f"{dataset_str} is a list of images without labels: this needs labels; give a "
-                        "class-per-folder tree (root/<class>/<image>) or a labeled dataset string")
+        raise UserError(
+            f"{dataset_str} is a list of images without labels: this needs labels; give a "
+            "class-per-folder tree (root/<class>/<image>) or a labeled dataset string"
+        )
     if ":" not in dataset_str and "=" not in dataset_str and os.path.isdir(dataset_str):
         return ImageFolderDataset, {"root": dataset_str}
-    if ":" not in dataset_str and "=" not in dataset_str and (os.sep in dataset_str or dataset_str.startswith(("~", "."))):
-        raise MissingFileError(f"dataset folder {dataset_str} does not exist; expected an existing folder of class "
-                               f"sub-folders (ImageFolder tree) or a dataset string, one of {EXPECTED_FORMS}")
+    if (
+        ":" not in dataset_str
+        and "=" not in dataset_str
+        and (os.sep in dataset_str or dataset_str.startswith(("~", ".")))
+    ):
+        raise MissingFileError(
+            f"dataset folder {dataset_str} does not exist; expected an existing folder of class "
+            f"sub-folders (ImageFolder tree) or a dataset string, one of {EXPECTED_FORMS}"
+        )
     name, *tokens = dataset_str.split(":")
     canonical = {n.lower(): n for n in _DATASETS}.get(name.strip().lower())
     if canonical is None:

@@ -32,18 +32,37 @@ from simdinov2.models import ARCHS, DinoVisionTransformer, build_vit
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The flags naming the backbone (DINO's, as `visualize_attention.py` and `video_generation.py` share)."""
-    parser.add_argument("--arch", default=None, type=str, choices=list(ARCHS),
-                        help="Architecture (ViTs only). Default: the checkpoint's (checked when given); vit_small "
-                             "without --pretrained_weights.")
-    parser.add_argument("--patch_size", default=None, type=int,
-                        help="Patch resolution of the model. Default: the checkpoint's (checked when given); 8 "
-                             "without --pretrained_weights.")
-    parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="Weights to load: a checkpoint of any layout (v1 checkpoint.pth, v2 "
-                             "teacher_checkpoint.pth, ...), a URL, or a release name (e.g. simdinov2_vitb16).")
-    parser.add_argument("--checkpoint_key", default="teacher", type=str,
-                        help='Key to use in the checkpoint (example: "teacher")')
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where to run the model.")
+    parser.add_argument(
+        "--arch",
+        default=None,
+        type=str,
+        choices=list(ARCHS),
+        help="Architecture (ViTs only). Default: the checkpoint's (checked when given); vit_small "
+        "without --pretrained_weights.",
+    )
+    parser.add_argument(
+        "--patch_size",
+        default=None,
+        type=int,
+        help="Patch resolution of the model. Default: the checkpoint's (checked when given); 8 "
+        "without --pretrained_weights.",
+    )
+    parser.add_argument(
+        "--pretrained_weights",
+        default="",
+        type=str,
+        help="Weights to load: a checkpoint of any layout (v1 checkpoint.pth, v2 "
+        "teacher_checkpoint.pth, ...), a URL, or a release name (e.g. simdinov2_vitb16).",
+    )
+    parser.add_argument(
+        "--checkpoint_key",
+        default="teacher",
+        type=str,
+        help='Key to use in the checkpoint (example: "teacher")',
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="Where to run the model."
+    )
 
 
 def _hubconf_dir() -> Path | None:
@@ -56,14 +75,25 @@ def _load_hub_entry(name: str, checkpoint_key: str, arch: str | None, patch_size
     """The backbone of a release name of hubconf.py (downloaded once into the torch hub cache)."""
     root = _hubconf_dir()
     if root is None:
-        raise MissingFileError(f"--pretrained_weights {name} is neither a file nor a URL, and release names need "
-                               "the repository checkout (hubconf.py): give a checkpoint path or URL")
+        raise MissingFileError(
+            f"--pretrained_weights {name} is neither a file nor a URL, and release names need "
+            "the repository checkout (hubconf.py): give a checkpoint path or URL"
+        )
     stated = {k: v for k, v in (("arch", arch), ("patch_size", patch_size)) if v is not None}
     try:
-        return torch.hub.load(str(root), name, source="local", trust_repo=True, verbose=False,
-                              checkpoint_key=checkpoint_key, **stated)
+        return torch.hub.load(
+            str(root),
+            name,
+            source="local",
+            trust_repo=True,
+            verbose=False,
+            checkpoint_key=checkpoint_key,
+            **stated,
+        )
     except (AttributeError, RuntimeError) as err:  # an unknown entry: hubconf's message lists the names
-        raise MissingFileError(f"--pretrained_weights {name} is not a file, a URL or a release name: {err}") from None
+        raise MissingFileError(
+            f"--pretrained_weights {name} is not a file, a URL or a release name: {err}"
+        ) from None
     except OSError as err:  # the release file could not be downloaded
         raise UserError(f"--pretrained_weights {name} cannot be fetched: {err}") from None
 
@@ -96,11 +126,15 @@ def load_pretrained_backbone(
 def check_image_size(size: Sequence[int] | None, flag: str) -> None:
     """One line unless `size` is None, one positive value (the shorter side) or two (height, width)."""
     if size is not None and (len(size) not in (1, 2) or min(size) < 1):
-        raise UserError(f"{flag} {' '.join(map(str, size))} is not a size: give one positive value (the shorter "
-                        "side) or two (height width)")
+        raise UserError(
+            f"{flag} {' '.join(map(str, size))} is not a size: give one positive value (the shorter "
+            "side) or two (height width)"
+        )
 
 
-def image_to_input(image: Image.Image, patch_size: int, size: int | Sequence[int] | None = None) -> torch.Tensor:
+def image_to_input(
+    image: Image.Image, patch_size: int, size: int | Sequence[int] | None = None
+) -> torch.Tensor:
     """[1, 3, H, W] model input: resized (bicubic) to `size` = (height, width), or its shorter side to
     an int `size`, or kept as is for None; ImageNet-normalised; cropped to a multiple of the patch size."""
     if size is not None:
@@ -115,8 +149,10 @@ def image_to_input(image: Image.Image, patch_size: int, size: int | Sequence[int
     x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     h, w = x.shape[1] - x.shape[1] % patch_size, x.shape[2] - x.shape[2] % patch_size
     if h == 0 or w == 0:
-        raise UserError(f"an image of {x.shape[2]}x{x.shape[1]} px is smaller than one patch ({patch_size} px): "
-                        "give a larger size")
+        raise UserError(
+            f"an image of {x.shape[2]}x{x.shape[1]} px is smaller than one patch ({patch_size} px): "
+            "give a larger size"
+        )
     return x[:, :h, :w].unsqueeze(0)
 
 
@@ -137,7 +173,9 @@ def cls_attention_maps(model: DinoVisionTransformer, img: torch.Tensor) -> torch
     return attentions[0, :, 0, first_patch:].reshape(-1, rows, cols).float()
 
 
-def check_threshold(threshold: float | None, what: str = "a fraction of the attention mass", flag: str = "--threshold") -> None:
+def check_threshold(
+    threshold: float | None, what: str = "a fraction of the attention mass", flag: str = "--threshold"
+) -> None:
     """One line unless `threshold` (`what` it is) is None or in [0, 1]."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UserError(f"{flag} {threshold} is not {what}: give a value in [0, 1]")

@@ -94,7 +94,9 @@ def arch_fields(arch: str, patch_size: int | None = None, **vit_kwargs: Any) -> 
     return infer_vit_config(model.state_dict())
 
 
-def refuse_contradiction(weights: Mapping[str, Any], stated: Mapping[str, Any], flag: str, fix: str, source: str) -> None:
+def refuse_contradiction(
+    weights: Mapping[str, Any], stated: Mapping[str, Any], flag: str, fix: str, source: str
+) -> None:
     """One-line error when `flag` (as the user wrote it) states fields the weights contradict; `fix`
     is the flag spelt for the checkpoint."""
     differing = differing_fields(weights, stated)
@@ -105,18 +107,30 @@ def refuse_contradiction(weights: Mapping[str, Any], stated: Mapping[str, Any], 
         )
 
 
-def check_v1_arch_flags(arch: str | None, patch_size: int | None, source: str) -> Callable[[dict[str, Any]], None]:
+def check_v1_arch_flags(
+    arch: str | None, patch_size: int | None, source: str
+) -> Callable[[dict[str, Any]], None]:
     """check(weights) refusing v1-style `--arch` / `--patch_size` values the weights contradict. An arch
     names the width: the depth is the checkpoint's (e.g. a `main_dino.py --depth 6` run)."""
 
     def check(weights: dict[str, Any]) -> None:
         if arch is not None:
             matching = weights["arch"] or f"(no standard arch has width {weights['embed_dim']})"
-            refuse_contradiction(weights, {"embed_dim": arch_fields(arch)["embed_dim"]}, f"--arch {arch}",
-                                 f"--arch {matching}", source)
+            refuse_contradiction(
+                weights,
+                {"embed_dim": arch_fields(arch)["embed_dim"]},
+                f"--arch {arch}",
+                f"--arch {matching}",
+                source,
+            )
         if patch_size is not None:
-            refuse_contradiction(weights, {"patch_size": patch_size}, f"--patch_size {patch_size}",
-                                 f"--patch_size {weights['patch_size']}", source)
+            refuse_contradiction(
+                weights,
+                {"patch_size": patch_size},
+                f"--patch_size {patch_size}",
+                f"--patch_size {weights['patch_size']}",
+                source,
+            )
 
     return check
 
@@ -141,9 +155,12 @@ def build_eval_backbone(
     model.eval()
     ignored = sorted({key.split(".")[0] for key in skipped})
     logger.info(
-        "backbone %s built from the checkpoint %s (entry %r)%s", describe(config), source or "object",
-        checkpoint_key, f"; ignored {', '.join(k + '.*' for k in ignored)}" if ignored else "",
-    )  # fmt: skip
+        "backbone %s built from the checkpoint %s (entry %r)%s",
+        describe(config),
+        source or "object",
+        checkpoint_key,
+        f"; ignored {', '.join(k + '.*' for k in ignored)}" if ignored else "",
+    )
     return model, config
 
 

@@ -56,7 +56,9 @@ class ShardSampler(Sampler[int]):
     padding never duplicates a sample in the result.
     """
 
-    def __init__(self, num_samples: int, rank: int | None = None, world_size: int | None = None, pad: bool = True):
+    def __init__(
+        self, num_samples: int, rank: int | None = None, world_size: int | None = None, pad: bool = True
+    ):
         self.num_samples = int(num_samples)
         self.rank = distributed.get_rank() if rank is None else int(rank)
         self.world_size = distributed.get_world_size() if world_size is None else int(world_size)
@@ -125,7 +127,7 @@ def _all_gather_variable(tensor: Tensor) -> Tensor:
     padded[: tensor.shape[0]] = tensor
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded.contiguous())
-    return torch.cat([g[:c] for g, c in zip(gathered, counts)], dim=0)
+    return torch.cat([g[:c] for g, c in zip(gathered, counts, strict=True)], dim=0)
 
 
 @torch.no_grad()
@@ -159,8 +161,10 @@ def extract_features(
         images, indices, targets = _split_batch(batch)
         if indices is None:
             if world > 1:
-                raise ValueError("extract_features needs (image, (index, target)) batches with several processes; "
-                                 "wrap the dataset with IndexedDataset or use make_eval_loader")
+                raise ValueError(
+                    "extract_features needs (image, (index, target)) batches with several processes; "
+                    "wrap the dataset with IndexedDataset or use make_eval_loader"
+                )
             indices = torch.arange(next_row, next_row + images.shape[0])
             next_row += images.shape[0]
         images = images.to(device, non_blocking=True)
@@ -174,7 +178,9 @@ def extract_features(
             indices = _all_gather_variable(indices)
             targets = _all_gather_variable(targets)
         if features is None:
-            features = torch.zeros((num_samples, batch_features.shape[-1]), dtype=torch.float32, device=storage_device)
+            features = torch.zeros(
+                (num_samples, batch_features.shape[-1]), dtype=torch.float32, device=storage_device
+            )
             logger.info("storing features of shape %s on %s", tuple(features.shape), storage_device)
         indices = indices.to(storage_device)
         features.index_copy_(0, indices, batch_features.to(storage_device))
@@ -183,8 +189,10 @@ def extract_features(
         raise ValueError("the loader yielded no batch; the dataset is empty")
     missing = int((labels < 0).sum().item())
     if missing:
-        raise RuntimeError(f"{missing} of {num_samples} samples were not extracted: the loader's sampler must "
-                           "cover the whole dataset (use make_eval_loader)")
+        raise RuntimeError(
+            f"{missing} of {num_samples} samples were not extracted: the loader's sampler must "
+            "cover the whole dataset (use make_eval_loader)"
+        )
     return features, labels
 
 

@@ -43,7 +43,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -79,15 +79,26 @@ from simdinov2.utils.utils import fix_random_seeds
 logger = logging.getLogger("simdinov2")
 
 # Upstream's flag defaults for what its per-size table may override, and that table (`--net-type`).
-FLAG_DEFAULTS = {"batch_size": 128, "epochs": 200, "learning_rate": 1.2e-3, "layer_decay": 0.9, "drop_path": 0.1,
-                 "warmup_epochs": 20}  # fmt: skip
+FLAG_DEFAULTS = {
+    "batch_size": 128,
+    "epochs": 200,
+    "learning_rate": 1.2e-3,
+    "layer_decay": 0.9,
+    "drop_path": 0.1,
+    "warmup_epochs": 20,
+}
 NET_TYPE_RECIPES = {
     "small": {"batch_size": 256, "epochs": 200, "learning_rate": 2e-3, "layer_decay": 0.55, "drop_path": 0.1},
     "base": {"batch_size": 256, "epochs": 100, "learning_rate": 7e-4, "layer_decay": 0.4, "drop_path": 0.2},
     "large": {"batch_size": 256, "epochs": 50, "learning_rate": 1.8e-3, "layer_decay": 0.6, "drop_path": 0.2},
 }
 # Tokens and embeddings without weight decay (besides every 1-D parameter).
-NO_WEIGHT_DECAY = ("backbone.pos_embed", "backbone.cls_token", "backbone.register_tokens", "backbone.mask_token")
+NO_WEIGHT_DECAY = (
+    "backbone.pos_embed",
+    "backbone.cls_token",
+    "backbone.register_tokens",
+    "backbone.mask_token",
+)
 CHECKPOINT_KEYS = {"model", "ema", "optimizer", "scaler", "iteration", "history"}
 
 
@@ -114,52 +125,153 @@ class FineTunedClassifier(nn.Module):
 
 
 def get_args_parser(
-    add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
+    add_help: bool = True,
+    parents: Sequence[argparse.ArgumentParser] | None = None,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
     """Upstream's fine-tuning flags on top of the shared set-up and dataset flags."""
-    parser = eval_setup.get_eval_args_parser(description or "Fine-tuning of a SimDINO / SimDINOv2 backbone",
-                                             add_help, parents, val_role="validation")  # fmt: skip
-    add = parser.add_argument
-    add("--net-type", choices=sorted(NET_TYPE_RECIPES), default=None,
-        help="upstream's per-size recipe (batch, epochs, lr, layer decay, drop path; warm-up 10%% of the epochs)")
+    parser = eval_setup.get_eval_args_parser(
+        description or "Fine-tuning of a SimDINO / SimDINOv2 backbone",
+        add_help,
+        parents,
+        val_role="validation",
+    )
+    _add_optimisation_flags(parser.add_argument)
+    _add_augmentation_and_run_flags(parser.add_argument)
+    add_eval_set_args(parser)
+    return parser
+
+
+def _add_optimisation_flags(add: Callable[..., Any]) -> None:
+    """Recipe, schedule and optimiser flags."""
+    add(
+        "--net-type",
+        choices=sorted(NET_TYPE_RECIPES),
+        default=None,
+        help="upstream's per-size recipe (batch, epochs, lr, layer decay, drop path; warm-up 10%% of the epochs)",
+    )
     add("--epochs", type=int, default=None, help=f"training epochs (default {FLAG_DEFAULTS['epochs']})")
-    add("--batch-size", type=int, default=None, help=f"images per process (default {FLAG_DEFAULTS['batch_size']})")
-    add("--epoch-length", type=int, default=0, help="iterations per epoch (<= 0: len(train set) // global batch)")
-    add("--learning-rate", type=float, default=None, help=f"peak lr, not scaled (default {FLAG_DEFAULTS['learning_rate']})")
+    add(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"images per process (default {FLAG_DEFAULTS['batch_size']})",
+    )
+    add(
+        "--epoch-length",
+        type=int,
+        default=0,
+        help="iterations per epoch (<= 0: len(train set) // global batch)",
+    )
+    add(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help=f"peak lr, not scaled (default {FLAG_DEFAULTS['learning_rate']})",
+    )
     add("--min-lr", type=float, default=1e-6, help="final lr of the cosine")
-    add("--warmup-epochs", type=int, default=None, help=f"linear warm-up epochs (default {FLAG_DEFAULTS['warmup_epochs']})")
+    add(
+        "--warmup-epochs",
+        type=int,
+        default=None,
+        help=f"linear warm-up epochs (default {FLAG_DEFAULTS['warmup_epochs']})",
+    )
     add("--warmup-steps", type=int, default=-1, help="warm-up iterations; overrides --warmup-epochs when > 0")
-    add("--opt", choices=("adamw", "adam", "sgd", "momentum"), default="adamw",
-        help="optimiser (sgd: Nesterov momentum, momentum: plain momentum)")
-    add("--weight-decay", type=float, default=0.05, help="weight decay of matrices (not of biases, norms, tokens)")
+    add(
+        "--opt",
+        choices=("adamw", "adam", "sgd", "momentum"),
+        default="adamw",
+        help="optimiser (sgd: Nesterov momentum, momentum: plain momentum)",
+    )
+    add(
+        "--weight-decay",
+        type=float,
+        default=0.05,
+        help="weight decay of matrices (not of biases, norms, tokens)",
+    )
     add("--momentum", type=float, default=0.9, help="SGD momentum")
-    add("--layer-decay", type=float, default=None, help=f"layer-wise lr decay (default {FLAG_DEFAULTS['layer_decay']})")
-    add("--drop-path", "--drop_path", dest="drop_path", type=float, default=None,
-        help=f"stochastic-depth rate of the last block (default {FLAG_DEFAULTS['drop_path']})")
-    add("--clip-grad", "--clip_grad", dest="clip_grad", type=float, default=None, help="gradient-norm clip (none)")
+    add(
+        "--layer-decay",
+        type=float,
+        default=None,
+        help=f"layer-wise lr decay (default {FLAG_DEFAULTS['layer_decay']})",
+    )
+    add(
+        "--drop-path",
+        "--drop_path",
+        dest="drop_path",
+        type=float,
+        default=None,
+        help=f"stochastic-depth rate of the last block (default {FLAG_DEFAULTS['drop_path']})",
+    )
+    add(
+        "--clip-grad",
+        "--clip_grad",
+        dest="clip_grad",
+        type=float,
+        default=None,
+        help="gradient-norm clip (none)",
+    )
+
+
+def _add_augmentation_and_run_flags(add: Callable[..., Any]) -> None:
+    """Label smoothing, mixing, the training transform, the EMA and checkpoint / stop flags."""
     add("--smoothing", type=float, default=0.1, help="label smoothing")
     add("--mixup", type=float, default=0.8, help="mixup alpha (on when > 0)")
     add("--cutmix", type=float, default=1.0, help="cutmix alpha (on when > 0)")
-    add("--cutmix-minmax", type=float, nargs=2, default=None, help="cutmix box ratio range (overrides --cutmix)")
+    add(
+        "--cutmix-minmax",
+        type=float,
+        nargs=2,
+        default=None,
+        help="cutmix box ratio range (overrides --cutmix)",
+    )
     add("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
     add("--mixup-switch-prob", type=float, default=0.5, help="probability of cutmix when both are on")
-    add("--mixup-mode", choices=("batch", "pair", "elem"), default="batch", help="how mixing parameters are drawn")
-    add("--aa", default="rand-m9-mstd0.5-inc1", help="RandAugment policy of the training transform ('' for none)")
+    add(
+        "--mixup-mode",
+        choices=("batch", "pair", "elem"),
+        default="batch",
+        help="how mixing parameters are drawn",
+    )
+    add(
+        "--aa",
+        default="rand-m9-mstd0.5-inc1",
+        help="RandAugment policy of the training transform ('' for none)",
+    )
     add("--color-jitter", type=float, default=0.4, help="colour jitter (used by timm without --aa)")
     add("--train-interpolation", default="bicubic", help="training interpolation (random, bilinear, bicubic)")
     add("--reprob", type=float, default=0.25, help="random-erasing probability")
     add("--remode", default="pixel", help="random-erasing fill")
-    add("--model-ema", action=argparse.BooleanOptionalAction, default=True, help="keep and evaluate an EMA of the model")
+    add(
+        "--model-ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep and evaluate an EMA of the model",
+    )
     add("--model-ema-decay", type=float, default=0.7, help="EMA decay per iteration (upstream's 0.7)")
-    add("--image-size", "--input-size", dest="image_size", type=int, default=None,
-        help="input size (default: crops.global_crops_size of the config)")
-    add("--save-checkpoint-frequency", type=int, default=1, help="save the resumable checkpoint every this many epochs")
-    add("--stop-at-iteration", type=int, default=None,
-        help="save and stop at this iteration (as a preemption would); rerun without it to continue")
+    add(
+        "--image-size",
+        "--input-size",
+        dest="image_size",
+        type=int,
+        default=None,
+        help="input size (default: crops.global_crops_size of the config)",
+    )
+    add(
+        "--save-checkpoint-frequency",
+        type=int,
+        default=1,
+        help="save the resumable checkpoint every this many epochs",
+    )
+    add(
+        "--stop-at-iteration",
+        type=int,
+        default=None,
+        help="save and stop at this iteration (as a preemption would); rerun without it to continue",
+    )
     add("--no-resume", action="store_true", help="ignore an existing finetuning_checkpoint.pth")
     add("--seed", type=int, default=0, help="seed of the head init, data order, augmentation and mixing")
-    add_eval_set_args(parser)
-    return parser
 
 
 def resolve_recipe(args: argparse.Namespace) -> None:
@@ -182,11 +294,20 @@ def make_mixing(args: argparse.Namespace, num_classes: int) -> tuple[Mixup | Non
     """(timm Mixup or None, criterion): soft targets with mixing, label smoothing without."""
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         if args.batch_size % 2:
-            raise UserError(f"--batch-size {args.batch_size} is odd: timm's Mixup pairs images, pass an even size "
-                            "(or --mixup 0 --cutmix 0)")
-        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                      prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                      label_smoothing=args.smoothing, num_classes=num_classes)  # fmt: skip
+            raise UserError(
+                f"--batch-size {args.batch_size} is odd: timm's Mixup pairs images, pass an even size "
+                "(or --mixup 0 --cutmix 0)"
+            )
+        mixup = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            cutmix_minmax=args.cutmix_minmax,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            mode=args.mixup_mode,
+            label_smoothing=args.smoothing,
+            num_classes=num_classes,
+        )
         return mixup, SoftTargetCrossEntropy()
     if args.smoothing > 0:
         return None, LabelSmoothingCrossEntropy(smoothing=args.smoothing)
@@ -195,8 +316,12 @@ def make_mixing(args: argparse.Namespace, num_classes: int) -> tuple[Mixup | Non
 
 def make_optimizer(args: argparse.Namespace, model: FineTunedClassifier) -> torch.optim.Optimizer:
     """Parameter groups with layer-wise lr scales (`lr_scale`) and weight decay on matrices only."""
-    groups = param_groups_layer_decay(model, weight_decay=args.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY,
-                                      layer_decay=args.layer_decay)  # fmt: skip
+    groups = param_groups_layer_decay(
+        model,
+        weight_decay=args.weight_decay,
+        no_weight_decay_list=NO_WEIGHT_DECAY,
+        layer_decay=args.layer_decay,
+    )
     if args.opt == "adamw":
         return torch.optim.AdamW(groups, lr=args.learning_rate, eps=1e-8)
     if args.opt == "adam":
@@ -211,27 +336,50 @@ def _build(args: argparse.Namespace) -> SimpleNamespace:
     device = distributed.get_device()
     image_size = eval_setup.eval_image_size(args.image_size, config)
     train_transform = create_transform(
-        image_size, is_training=True, color_jitter=args.color_jitter, auto_augment=args.aa or None,
-        interpolation=args.train_interpolation, re_prob=args.reprob, re_mode=args.remode, re_count=1,
-    )  # fmt: skip
+        image_size,
+        is_training=True,
+        color_jitter=args.color_jitter,
+        auto_augment=args.aa or None,
+        interpolation=args.train_interpolation,
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=1,
+    )
     train_dataset = make_dataset(args.train_dataset_str, transform=train_transform)
     world = distributed.get_world_size()
     check_global_batch(len(train_dataset), args.batch_size, world)
     num_classes = num_dataset_classes(train_dataset)
     eval_sets = load_eval_sets(args, make_classification_eval_transform(crop_size=image_size), num_classes)
     model = FineTunedClassifier(backbone, num_classes).to(device)
-    epoch_length = args.epoch_length if args.epoch_length > 0 else max(len(train_dataset) // (args.batch_size * world), 1)
+    epoch_length = (
+        args.epoch_length
+        if args.epoch_length > 0
+        else max(len(train_dataset) // (args.batch_size * world), 1)
+    )
     max_iter = args.epochs * epoch_length
     warmup = args.warmup_steps if args.warmup_steps > 0 else args.warmup_epochs * epoch_length
     mixup, criterion = make_mixing(args, num_classes)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and autocast_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=device.type == "cuda" and autocast_dtype == torch.float16
+    )
     return SimpleNamespace(
-        model=model, ema=ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None,
-        optimizer=make_optimizer(args, model), lr=CosineScheduler(args.learning_rate, args.min_lr, max_iter, warmup),
-        mixup=mixup, criterion=criterion, scaler=scaler, device=device, autocast_dtype=autocast_dtype,
-        train_dataset=train_dataset, eval_sets=eval_sets, image_size=image_size, num_classes=num_classes,
-        epoch_length=epoch_length, max_iter=max_iter, history=[],
-    )  # fmt: skip
+        model=model,
+        ema=ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None,
+        optimizer=make_optimizer(args, model),
+        lr=CosineScheduler(args.learning_rate, args.min_lr, max_iter, warmup),
+        mixup=mixup,
+        criterion=criterion,
+        scaler=scaler,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        train_dataset=train_dataset,
+        eval_sets=eval_sets,
+        image_size=image_size,
+        num_classes=num_classes,
+        epoch_length=epoch_length,
+        max_iter=max_iter,
+        history=[],
+    )
 
 
 def _checkpoint_path(output_dir: str) -> str:
@@ -240,11 +388,18 @@ def _checkpoint_path(output_dir: str) -> str:
 
 def _save(args: argparse.Namespace, run: SimpleNamespace, iteration: int) -> None:
     if distributed.is_main_process():
-        atomic_torch_save({
-            "model": run.model.state_dict(), "ema": run.ema.module.state_dict() if run.ema else None,
-            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
-            "history": run.history, "num_classes": run.num_classes,
-        }, _checkpoint_path(args.output_dir))  # fmt: skip
+        atomic_torch_save(
+            {
+                "model": run.model.state_dict(),
+                "ema": run.ema.module.state_dict() if run.ema else None,
+                "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict(),
+                "iteration": iteration,
+                "history": run.history,
+                "num_classes": run.num_classes,
+            },
+            _checkpoint_path(args.output_dir),
+        )
     distributed.barrier()
 
 
@@ -254,12 +409,16 @@ def _restore(args: argparse.Namespace, run: SimpleNamespace) -> int:
     if args.no_resume or not os.path.isfile(path):
         return 0
     state = safe_torch_load(path)
-    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
-        raise UserError(f"{path} is not a fine-tuning checkpoint of this program; use --no-resume or another --output-dir")
+    if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
+        raise UserError(
+            f"{path} is not a fine-tuning checkpoint of this program; use --no-resume or another --output-dir"
+        )
     if set(state["model"]) != set(run.model.state_dict()) or state.get("num_classes") != run.num_classes:
         raise UserError(f"{path} holds another model or class count; use --no-resume or another --output-dir")
     if (state["ema"] is None) == bool(run.ema):
-        raise UserError(f"{path} was written {'without' if run.ema else 'with'} --model-ema; keep the flag or --no-resume")
+        raise UserError(
+            f"{path} was written {'without' if run.ema else 'with'} --model-ema; keep the flag or --no-resume"
+        )
     run.model.load_state_dict(state["model"])
     if run.ema:
         run.ema.module.load_state_dict(state["ema"])
@@ -270,7 +429,9 @@ def _restore(args: argparse.Namespace, run: SimpleNamespace) -> int:
     return int(state["iteration"])
 
 
-def evaluate_model(run: SimpleNamespace, eval_sets: Sequence[EvalSet], args: argparse.Namespace) -> list[dict[str, Any]]:
+def evaluate_model(
+    run: SimpleNamespace, eval_sets: Sequence[EvalSet], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """Results of the evaluated model (the EMA with --model-ema) on each set, through the shared loop."""
     model = run.ema.module if run.ema else run.model
     model.eval()
@@ -285,20 +446,35 @@ def evaluate_model(run: SimpleNamespace, eval_sets: Sequence[EvalSet], args: arg
         num_scored = eval_set.num_scored_classes or run.num_classes
         counts = evaluate(predict, loader, run.device, num_scored, eval_set.class_mapping)["classifier"]
         results.append(counts.result(eval_set.metric_type))
-        logger.info("%s (%s): Top1 %.2f Top5 %.2f", eval_set.dataset_str, eval_set.metric_type,
-                    results[-1]["top1"], results[-1]["top5"])  # fmt: skip
+        logger.info(
+            "%s (%s): Top1 %.2f Top5 %.2f",
+            eval_set.dataset_str,
+            eval_set.metric_type,
+            results[-1]["top1"],
+            results[-1]["top5"],
+        )
     run.model.train()
     return results
 
 
-def _write_results(args: argparse.Namespace, run: SimpleNamespace, final: dict[str, Any] | None = None) -> None:
+def _write_results(
+    args: argparse.Namespace, run: SimpleNamespace, final: dict[str, Any] | None = None
+) -> None:
     if distributed.is_main_process():
         record = {"history": run.history, **({"final": final} if final else {})}
-        atomic_write_text(os.path.join(args.output_dir, "results_eval_finetuning.json"), json.dumps(record, indent=1))
+        atomic_write_text(
+            os.path.join(args.output_dir, "results_eval_finetuning.json"), json.dumps(record, indent=1)
+        )
 
 
-def _step(args: argparse.Namespace, run: SimpleNamespace, trained: nn.Module, images: Tensor, labels: Tensor,
-          iteration: int) -> Tensor:  # fmt: skip
+def _step(
+    args: argparse.Namespace,
+    run: SimpleNamespace,
+    trained: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    iteration: int,
+) -> Tensor:
     """One optimiser step at `iteration` (lr set from the schedule × each group's layer scale); the
     mixing and drop path draw from a seed of (seed, rank, iteration), so a resumed run repeats them."""
     for group in run.optimizer.param_groups:
@@ -332,26 +508,38 @@ def _train(args: argparse.Namespace, run: SimpleNamespace, start_iteration: int)
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(run.model, find_unused_parameters=True)
     batches = make_data_loader(
-        run.train_dataset, args.batch_size, args.num_workers, shuffle=True, seed=args.seed, sampler_type="infinite",
-        sampler_advance=start_iteration * args.batch_size, drop_last=True,
-    )  # fmt: skip
+        run.train_dataset,
+        args.batch_size,
+        args.num_workers,
+        shuffle=True,
+        seed=args.seed,
+        sampler_type="infinite",
+        sampler_advance=start_iteration * args.batch_size,
+        drop_last=True,
+    )
     trained.train()
     metric_logger = MetricLogger(delimiter="  ")
     iteration = start_iteration
-    for images, labels in metric_logger.log_every(batches, 10, header="Fine-tuning", n_iterations=stop,
-                                                  start_iteration=start_iteration):  # fmt: skip
+    for images, labels in metric_logger.log_every(
+        batches, 10, header="Fine-tuning", n_iterations=stop, start_iteration=start_iteration
+    ):
         labels = torch.as_tensor(labels).to(run.device, non_blocking=True)
         loss = _step(args, run, trained, images.to(run.device, non_blocking=True), labels, iteration)
         iteration += 1
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite fine-tuning loss at iteration {iteration}; lower --learning-rate")
+            raise NonFiniteLossError(
+                f"non-finite fine-tuning loss at iteration {iteration}; lower --learning-rate"
+            )
         metric_logger.update(loss=loss.item(), lr=max(g["lr"] for g in run.optimizer.param_groups))
         epoch, epoch_end = divmod(iteration, run.epoch_length)
         if epoch_end == 0 and iteration != run.max_iter:
             val = evaluate_model(run, run.eval_sets[:1], args)[0]
             run.history.append({"iteration": iteration, "epoch": epoch, "val": val})
             _write_results(args, run)
-        if (epoch_end == 0 and epoch % args.save_checkpoint_frequency == 0) or iteration in (stop, run.max_iter):
+        if (epoch_end == 0 and epoch % args.save_checkpoint_frequency == 0) or iteration in (
+            stop,
+            run.max_iter,
+        ):
             _save(args, run, iteration)
         if iteration >= stop:
             break
@@ -366,18 +554,31 @@ def run_finetuning(args: argparse.Namespace) -> dict[str, Any]:
     run = _build(args)
     make_output_dir(args.output_dir)
     start_iteration = _restore(args, run)
-    logger.info("fine-tuning for %d iterations (%d per epoch, global batch %d), from iteration %d", run.max_iter,
-                run.epoch_length, args.batch_size * distributed.get_world_size(), start_iteration)  # fmt: skip
+    logger.info(
+        "fine-tuning for %d iterations (%d per epoch, global batch %d), from iteration %d",
+        run.max_iter,
+        run.epoch_length,
+        args.batch_size * distributed.get_world_size(),
+        start_iteration,
+    )
     start = time.time()
     iteration = _train(args, run, start_iteration)
     if iteration < run.max_iter:
         logger.info("stopped at iteration %d (--stop-at-iteration); rerun without it to continue", iteration)
         return {"stopped_at": iteration}
     results = evaluate_model(run, run.eval_sets, args)
-    final = {"iteration": iteration, "top1": results[0]["top1"], "top5": results[0]["top5"],
-             "eval_sets": set_results(list(zip(run.eval_sets, results))), "model_ema": bool(args.model_ema),
-             "pretrained_weights": str(args.pretrained_weights), "train_dataset": args.train_dataset_str,
-             "val_dataset": args.val_dataset_str, "image_size": run.image_size, "net_type": args.net_type}  # fmt: skip
+    final = {
+        "iteration": iteration,
+        "top1": results[0]["top1"],
+        "top5": results[0]["top5"],
+        "eval_sets": set_results(list(zip(run.eval_sets, results, strict=True))),
+        "model_ema": bool(args.model_ema),
+        "pretrained_weights": str(args.pretrained_weights),
+        "train_dataset": args.train_dataset_str,
+        "val_dataset": args.val_dataset_str,
+        "image_size": run.image_size,
+        "net_type": args.net_type,
+    }
     logger.info("fine-tuning done in %.0f s", time.time() - start)
     _write_results(args, run, final)
     distributed.barrier()

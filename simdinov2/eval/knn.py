@@ -60,12 +60,18 @@ _SIMILARITY_BUDGET = 2**27
 
 
 def _validate(
-    train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, ks: Sequence[int]
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: Sequence[int],
 ) -> list[int]:
     if train_features.ndim != 2 or test_features.ndim != 2:
         raise ValueError("features must be 2-D [num_samples, dim] tensors")
     if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(f"train features have dim {train_features.shape[1]} but test features {test_features.shape[1]}")
+        raise ValueError(
+            f"train features have dim {train_features.shape[1]} but test features {test_features.shape[1]}"
+        )
     if train_labels.shape[0] != train_features.shape[0] or test_labels.shape[0] != test_features.shape[0]:
         raise ValueError("there must be one label per feature row")
     ks = sorted({int(k) for k in ks})
@@ -131,7 +137,9 @@ def knn_hit_flags(
             flags[k][0].append(voted & (n_higher < 1))
             flags[k][1].append(voted & (n_higher < 5))
     empty = torch.zeros(0, dtype=torch.bool, device=device)
-    return {k: (torch.cat(h1) if h1 else empty, torch.cat(h5) if h5 else empty) for k, (h1, h5) in flags.items()}
+    return {
+        k: (torch.cat(h1) if h1 else empty, torch.cat(h5) if h5 else empty) for k, (h1, h5) in flags.items()
+    }
 
 
 def knn_correct_counts(
@@ -145,8 +153,9 @@ def knn_correct_counts(
     chunk_size: int | None = None,
 ) -> dict[int, tuple[int, int]]:
     """Number of top-1 and top-5 hits per k (`knn_hit_flags` summed)."""
-    flags = knn_hit_flags(train_features, train_labels, test_features, test_labels, ks, temperature, num_classes,
-                          chunk_size)  # fmt: skip
+    flags = knn_hit_flags(
+        train_features, train_labels, test_features, test_labels, ks, temperature, num_classes, chunk_size
+    )
     return {k: (int(hit1.sum().item()), int(hit5.sum().item())) for k, (hit1, hit5) in flags.items()}
 
 
@@ -165,8 +174,16 @@ def knn_set_counts(
     world, rank = distributed.get_world_size(), distributed.get_rank()
     per_rank = math.ceil(features.shape[0] / world)
     begin, end = min(rank * per_rank, features.shape[0]), min((rank + 1) * per_rank, features.shape[0])
-    flags = knn_hit_flags(bank, bank_labels, features[begin:end], labels[begin:end], ks, temperature, num_classes,
-                          class_mapping=class_mapping)  # fmt: skip
+    flags = knn_hit_flags(
+        bank,
+        bank_labels,
+        features[begin:end],
+        labels[begin:end],
+        ks,
+        temperature,
+        num_classes,
+        class_mapping=class_mapping,
+    )
     scored = num_classes if class_mapping is None else int(class_mapping.numel())
     counts = {}
     for k, (hit1, hit5) in flags.items():
@@ -215,9 +232,15 @@ def knn_classify_sharded(
     begin, end = min(rank * per_rank, num_test), min((rank + 1) * per_rank, num_test)
     ks = _validate(train_features, train_labels, test_features, test_labels, ks)
     counts = knn_correct_counts(
-        train_features, train_labels, test_features[begin:end], test_labels[begin:end], ks, temperature,
-        num_classes, chunk_size,
-    )  # fmt: skip
+        train_features,
+        train_labels,
+        test_features[begin:end],
+        test_labels[begin:end],
+        ks,
+        temperature,
+        num_classes,
+        chunk_size,
+    )
     totals = torch.tensor([[counts[k][0], counts[k][1]] for k in ks], dtype=torch.float64)
     if world > 1:
         totals = totals.to(distributed.get_device())
@@ -247,31 +270,63 @@ def format_knn_result(k: int, top1: float, top5: float) -> str:
 
 # ---------------------------------------------------------------------------------------------- v2 CLI
 def get_args_parser(
-    add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
+    add_help: bool = True,
+    parents: Sequence[argparse.ArgumentParser] | None = None,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
     """DINOv2's k-NN flags on top of the shared setup flags (`--config-file --pretrained-weights
     --output-dir --opts`)."""
     description = description or "Weighted k-NN evaluation of a SimDINOv2 teacher on frozen features"
-    parser = eval_setup.get_eval_args_parser(description, add_help, parents, train_role="training (memory bank)")
-    parser.add_argument("--nb_knn", "--nb-knn", dest="nb_knn", nargs="+", type=int, default=[10, 20, 100, 200],
-                        help="numbers of nearest neighbours to evaluate (k larger than the bank is skipped)")
-    parser.add_argument("--temperature", type=float, default=0.07, help="temperature T of the exp(sim/T) vote")
-    parser.add_argument("--gather-on-cpu", action="store_true",
-                        help="keep the feature banks in CPU memory (for banks larger than accelerator memory)")
+    parser = eval_setup.get_eval_args_parser(
+        description, add_help, parents, train_role="training (memory bank)"
+    )
+    parser.add_argument(
+        "--nb_knn",
+        "--nb-knn",
+        dest="nb_knn",
+        nargs="+",
+        type=int,
+        default=[10, 20, 100, 200],
+        help="numbers of nearest neighbours to evaluate (k larger than the bank is skipped)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.07, help="temperature T of the exp(sim/T) vote"
+    )
+    parser.add_argument(
+        "--gather-on-cpu",
+        action="store_true",
+        help="keep the feature banks in CPU memory (for banks larger than accelerator memory)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per process per forward pass")
-    parser.add_argument("--n-per-class-list", nargs="+", type=int, default=[-1],
-                        help="few-shot banks: training samples per class (-1 = the full training set)")
+    parser.add_argument(
+        "--n-per-class-list",
+        nargs="+",
+        type=int,
+        default=[-1],
+        help="few-shot banks: training samples per class (-1 = the full training set)",
+    )
     parser.add_argument("--n-tries", type=int, default=1, help="random draws of each few-shot bank")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="evaluation crop size (default: crops.global_crops_size of the config); images are "
-                             "resized to size*8/7 then centre-cropped")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="evaluation crop size (default: crops.global_crops_size of the config); images are "
+        "resized to size*8/7 then centre-cropped",
+    )
     add_eval_set_args(parser)
     return parser
 
 
-def _eval_set_results(features_of, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
-                      eval_sets: Sequence[EvalSet], nb_knn: Sequence[int], temperature: float, num_classes: int,
-                      loader_args: tuple) -> dict[int, dict[str, dict[str, Any]]]:  # fmt: skip
+def _eval_set_results(
+    features_of,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    eval_sets: Sequence[EvalSet],
+    nb_knn: Sequence[int],
+    temperature: float,
+    num_classes: int,
+    loader_args: tuple,
+) -> dict[int, dict[str, dict[str, Any]]]:
     """{k: {dataset string: {metric type: result}}} of the full training bank on every evaluation set (the
     first is the validation set, whose features are `val`)."""
     if not eval_sets:
@@ -286,7 +341,9 @@ def _eval_set_results(features_of, train: tuple[Tensor, Tensor], val: tuple[Tens
             logger.info("extracting features of %s (%d images)", eval_set.dataset_str, len(eval_set.dataset))
             loader = make_eval_loader(eval_set.dataset, batch_size, num_workers)
             features, labels = extract_features(features_of, loader, gather_on_cpu, device, autocast_dtype)
-        counts = knn_set_counts(*train, features, labels, ks, temperature, num_classes, eval_set.class_mapping)
+        counts = knn_set_counts(
+            *train, features, labels, ks, temperature, num_classes, eval_set.class_mapping
+        )
         for k in ks:
             per_k[k].append((eval_set, counts[k].result(eval_set.metric_type)))
     return {k: set_results(records) for k, records in per_k.items()}
@@ -315,16 +372,32 @@ def eval_knn_with_model(
     features_of = l2_normalized(model)
     logger.info("extracting features of the training set (%d images)", len(train_dataset))
     train_features, train_labels = extract_features(
-        features_of, make_eval_loader(train_dataset, batch_size, num_workers), gather_on_cpu, device, autocast_dtype
+        features_of,
+        make_eval_loader(train_dataset, batch_size, num_workers),
+        gather_on_cpu,
+        device,
+        autocast_dtype,
     )
     logger.info("extracting features of the validation set (%d images)", len(val_dataset))
     val_features, val_labels = extract_features(
-        features_of, make_eval_loader(val_dataset, batch_size, num_workers), gather_on_cpu, device, autocast_dtype
+        features_of,
+        make_eval_loader(val_dataset, batch_size, num_workers),
+        gather_on_cpu,
+        device,
+        autocast_dtype,
     )
     num_classes = max(int(train_labels.max().item()), int(val_labels.max().item())) + 1
     loader_args = (batch_size, num_workers, gather_on_cpu, device, autocast_dtype)
-    per_set = _eval_set_results(features_of, (train_features, train_labels), (val_features, val_labels), eval_sets,
-                                nb_knn, temperature, num_classes, loader_args)  # fmt: skip
+    per_set = _eval_set_results(
+        features_of,
+        (train_features, train_labels),
+        (val_features, val_labels),
+        eval_sets,
+        nb_knn,
+        temperature,
+        num_classes,
+        loader_args,
+    )
     records = []
     for n_per_class in n_per_class_list:
         tries = 1 if n_per_class < 0 else n_tries
@@ -333,7 +406,9 @@ def eval_knn_with_model(
             subset = class_balanced_subset(train_labels, n_per_class, seed=t).to(train_features.device)
             bank, bank_labels = train_features[subset], train_labels[subset]
             ks = feasible_ks(nb_knn, bank.shape[0])
-            results = knn_classify_sharded(bank, bank_labels, val_features, val_labels, ks, temperature, num_classes)
+            results = knn_classify_sharded(
+                bank, bank_labels, val_features, val_labels, ks, temperature, num_classes
+            )
             for k, accuracy in results.items():
                 per_try.setdefault(k, []).append(accuracy)
         for k, accuracies in per_try.items():
@@ -341,15 +416,17 @@ def eval_knn_with_model(
             top5 = sum(a[1] for a in accuracies) / len(accuracies)
             name = "full" if n_per_class < 0 else f"{n_per_class} per class"
             logger.info("[%s] %s", name, format_knn_result(k, top1, top5))
-            records.append({
-                "n_per_class": "full" if n_per_class < 0 else int(n_per_class),
-                "k": int(k),
-                "top1": top1,
-                "top5": top5,
-                "top1_per_try": [a[0] for a in accuracies],
-                "top5_per_try": [a[1] for a in accuracies],
-                **({"eval_sets": per_set[k]} if n_per_class < 0 and k in per_set else {}),
-            })  # fmt: skip
+            records.append(
+                {
+                    "n_per_class": "full" if n_per_class < 0 else int(n_per_class),
+                    "k": int(k),
+                    "top1": top1,
+                    "top5": top5,
+                    "top1_per_try": [a[0] for a in accuracies],
+                    "top5_per_try": [a[1] for a in accuracies],
+                    **({"eval_sets": per_set[k]} if n_per_class < 0 and k in per_set else {}),
+                }
+            )
     return records
 
 
@@ -363,14 +440,26 @@ def run_knn(args: argparse.Namespace) -> list[dict]:
     at_least(1)("--batch-size", args.batch_size)
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
     image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
-    transform = make_classification_eval_transform(resize_size=round(image_size * 8 / 7), crop_size=image_size)
+    transform = make_classification_eval_transform(
+        resize_size=round(image_size * 8 / 7), crop_size=image_size
+    )
     train_dataset = make_dataset(args.train_dataset_str, transform=transform)
     eval_sets = load_eval_sets(args, transform, num_dataset_classes(train_dataset))
     start = time.time()
     records = eval_knn_with_model(
-        model, train_dataset, eval_sets[0].dataset, args.nb_knn, args.temperature, args.batch_size, args.num_workers,
-        args.gather_on_cpu, autocast_dtype, args.n_per_class_list, args.n_tries, eval_sets,
-    )  # fmt: skip
+        model,
+        train_dataset,
+        eval_sets[0].dataset,
+        args.nb_knn,
+        args.temperature,
+        args.batch_size,
+        args.num_workers,
+        args.gather_on_cpu,
+        autocast_dtype,
+        args.n_per_class_list,
+        args.n_tries,
+        eval_sets,
+    )
     if distributed.is_main_process():
         make_output_dir(args.output_dir)
         common = {

@@ -42,21 +42,36 @@ def _capped(dataset: ImageFolderDataset, max_images: int) -> Dataset:
 class KnnMonitor:
     """Weighted k-NN top-1 of a backbone on `root/train` -> `root/val` (see the module docstring)."""
 
-    def __init__(self, root: str | Path, image_size: int, batch_size: int = 128, max_images: int = MAX_IMAGES,
-                 option: str = "--knn_monitor_path") -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        batch_size: int = 128,
+        max_images: int = MAX_IMAGES,
+        option: str = "--knn_monitor_path",
+    ) -> None:
         root = Path(root).expanduser()
         for split in ("train", "val"):
             if not (root / split).is_dir():
-                raise MissingFileError(f"{option} {root} has no {split}/ folder: the k-NN monitor needs labeled "
-                                       f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")  # fmt: skip
+                raise MissingFileError(
+                    f"{option} {root} has no {split}/ folder: the k-NN monitor needs labeled "
+                    f"{root}/train/<class>/<image> and {root}/val/<class>/<image>"
+                )
         transform = make_classification_eval_transform(resize_size=image_size, crop_size=image_size)
-        self.splits = {split: _capped(ImageFolderDataset(root / split, transform=transform), max_images)
-                       for split in ("train", "val")}  # fmt: skip
+        self.splits = {
+            split: _capped(ImageFolderDataset(root / split, transform=transform), max_images)
+            for split in ("train", "val")
+        }
         self.batch_size = batch_size
         self.k = feasible_ks([MONITOR_K], len(self.splits["train"]))[0]
         self.n_images = sum(len(d) for d in self.splits.values())
-        logger.info("k-NN monitor on %s: %d train / %d val images, k=%d", root, len(self.splits["train"]),
-                    len(self.splits["val"]), self.k)  # fmt: skip
+        logger.info(
+            "k-NN monitor on %s: %d train / %d val images, k=%d",
+            root,
+            len(self.splits["train"]),
+            len(self.splits["val"]),
+            self.k,
+        )
 
     @torch.no_grad()
     def __call__(self, backbone: nn.Module) -> dict[str, float]:
@@ -71,11 +86,17 @@ class KnnMonitor:
         finally:
             backbone.train(was_training)
         (train_features, train_labels), (val_features, val_labels) = features["train"], features["val"]
-        top1 = knn_classify_sharded(train_features, train_labels, val_features, val_labels, [self.k],
-                                    MONITOR_TEMPERATURE)[self.k][0]  # fmt: skip
+        top1 = knn_classify_sharded(
+            train_features, train_labels, val_features, val_labels, [self.k], MONITOR_TEMPERATURE
+        )[self.k][0]
         seconds = time.perf_counter() - start
-        logger.info("k-NN monitor: top-1 %.2f%% (k=%d) in %.1f s, %.2f s per 1,000 images", top1, self.k, seconds,
-                    1000 * seconds / self.n_images)  # fmt: skip
+        logger.info(
+            "k-NN monitor: top-1 %.2f%% (k=%d) in %.1f s, %.2f s per 1,000 images",
+            top1,
+            self.k,
+            seconds,
+            1000 * seconds / self.n_images,
+        )
         return {"knn_monitor_top1": float(top1), "knn_monitor_seconds": float(seconds)}
 
 

@@ -77,9 +77,14 @@ def fit_logistic_regression(
     bias = torch.zeros((num_classes,), device=features.device, dtype=dtype, requires_grad=True)
     penalty = 1.0 / (2.0 * C * n)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance, tolerance_change=tolerance * 1e-2,
-        history_size=20, line_search_fn="strong_wolfe",
-    )  # fmt: skip
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tolerance,
+        tolerance_change=tolerance * 1e-2,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -92,7 +97,9 @@ def fit_logistic_regression(
 
 
 @torch.no_grad()
-def accuracy(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chunk: int = 65536) -> tuple[float, float]:
+def accuracy(
+    features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chunk: int = 65536
+) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (percent) of the linear model."""
     hits1 = hits5 = 0
     for start in range(0, features.shape[0], chunk):
@@ -105,8 +112,9 @@ def accuracy(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chu
     return 100.0 * hits1 / n, 100.0 * hits5 / n
 
 
-def set_result(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, eval_set: EvalSet,
-               chunk: int = 65536) -> dict[str, Any]:  # fmt: skip
+def set_result(
+    features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, eval_set: EvalSet, chunk: int = 65536
+) -> dict[str, Any]:
     """The linear model's result on one evaluation set (all its features on this process) under the set's
     metric type and class mapping."""
     counts = ClassificationCounts(eval_set.num_scored_classes or weight.shape[0], weight.device)
@@ -128,7 +136,12 @@ def holdout_split(num_samples: int, fraction: float, seed: int = 0) -> tuple[Ten
 
 
 def select_c(
-    features: Tensor, labels: Tensor, num_classes: int, c_values: Sequence[float], max_iter: int, fraction: float
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    c_values: Sequence[float],
+    max_iter: int,
+    fraction: float,
 ) -> dict[float, float]:
     """Held-out top-1 for every C; the grid is split over processes and the scores summed."""
     fit_idx, holdout_idx = holdout_split(features.shape[0], fraction)
@@ -145,25 +158,41 @@ def select_c(
         scores = scores.to(distributed.get_device())
         dist.all_reduce(scores)
         scores = scores.cpu()
-    return {float(c): float(s) for c, s in zip(c_values, scores)}
+    return {float(c): float(s) for c, s in zip(c_values, scores, strict=True)}
 
 
 def get_args_parser(
-    add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
+    add_help: bool = True,
+    parents: Sequence[argparse.ArgumentParser] | None = None,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
     """The logistic-regression flags on top of the shared set-up flags."""
     parser = eval_setup.get_eval_args_parser(
-        description or "Logistic regression on frozen SimDINOv2 features (torch L-BFGS, no cuML)", add_help, parents
+        description or "Logistic regression on frozen SimDINOv2 features (torch L-BFGS, no cuML)",
+        add_help,
+        parents,
     )
-    parser.add_argument("--batch-size", type=int, default=256, help="images per process for feature extraction")
-    parser.add_argument("--c-values", nargs="+", type=float, default=DEFAULT_C_VALUES,
-                        help="grid of inverse regularisation strengths C (scikit-learn's meaning)")
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="images per process for feature extraction"
+    )
+    parser.add_argument(
+        "--c-values",
+        nargs="+",
+        type=float,
+        default=DEFAULT_C_VALUES,
+        help="grid of inverse regularisation strengths C (scikit-learn's meaning)",
+    )
     parser.add_argument("--max-train-iters", type=int, default=1000, help="L-BFGS iterations per fit")
-    parser.add_argument("--holdout-fraction", type=float, default=0.1,
-                        help="part of the training set held out to choose C")
+    parser.add_argument(
+        "--holdout-fraction", type=float, default=0.1, help="part of the training set held out to choose C"
+    )
     parser.add_argument("--gather-on-cpu", action="store_true", help="keep the features in CPU memory")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="crop size (default: crops.global_crops_size of the config)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="crop size (default: crops.global_crops_size of the config)",
+    )
     add_eval_set_args(parser)
     return parser
 
@@ -189,7 +218,9 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
     (train_x, train_y), (val_x, val_y) = features[0], features[1]
     num_classes = max(int(train_y.max().item()), int(val_y.max().item())) + 1
 
-    holdout = select_c(train_x, train_y, num_classes, args.c_values, args.max_train_iters, args.holdout_fraction)
+    holdout = select_c(
+        train_x, train_y, num_classes, args.c_values, args.max_train_iters, args.holdout_fraction
+    )
     best_c = max(holdout, key=lambda c: (holdout[c], -c))  # ties: the stronger regularisation
     weight, bias = fit_logistic_regression(train_x, train_y, num_classes, best_c, args.max_train_iters)
     top1, top5 = accuracy(val_x, val_y, weight, bias)
@@ -203,7 +234,9 @@ def run_log_regression(args: argparse.Namespace) -> dict[str, Any]:
         "train_dataset": args.train_dataset_str,
         "val_dataset": args.val_dataset_str,
         "image_size": image_size,
-        "eval_sets": set_results([(s, set_result(*f, weight, bias, s)) for s, f in zip(eval_sets, features[1:])]),
+        "eval_sets": set_results(
+            [(s, set_result(*f, weight, bias, s)) for s, f in zip(eval_sets, features[1:], strict=True)]
+        ),
     }
     if distributed.is_main_process():
         make_output_dir(args.output_dir)

@@ -78,7 +78,12 @@ class ClassificationCounts:
         """Count a batch from its per-image hit flags (and per-image losses)."""
         labels = labels.to(self.table.device, torch.long)
         self.has_loss = self.has_loss or loss is not None
-        rows = [hit1, hit5, torch.ones_like(hit1), torch.zeros_like(hit1, dtype=torch.float64) if loss is None else loss]
+        rows = [
+            hit1,
+            hit5,
+            torch.ones_like(hit1),
+            torch.zeros_like(hit1, dtype=torch.float64) if loss is None else loss,
+        ]
         for i, values in enumerate(rows):
             self.table[i].index_add_(0, labels, values.to(self.table.device, torch.float64))
 
@@ -112,7 +117,9 @@ class ClassificationCounts:
             per_class = 100.0 * hits / support.clamp(min=1.0)
             record[name] = float(per_class[present].mean()) if present.any() else 0.0
             if metric_type == MetricType.PER_CLASS_ACCURACY:
-                record[f"{name}_per_class"] = [float(v) if p else None for v, p in zip(per_class, present)]
+                record[f"{name}_per_class"] = [
+                    float(v) if p else None for v, p in zip(per_class, present, strict=True)
+                ]
         return record
 
 
@@ -152,17 +159,36 @@ def evaluate(
 # ------------------------------------------------------------------------------------- evaluation sets
 def add_eval_set_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Upstream's test-set flags."""
-    parser.add_argument("--test-datasets", dest="test_dataset_strs", nargs="+", default=None,
-                        help="further evaluation sets (dataset strings), each reported under its string")
-    parser.add_argument("--val-metric-type", default=MetricType.MEAN_ACCURACY.value,
-                        help=f"metric of the validation set: {', '.join(m.value for m in MetricType)}")
-    parser.add_argument("--test-metric-types", nargs="+", default=None,
-                        help="metric of each test set (one per --test-datasets entry, or one for all; default: "
-                             "--val-metric-type); name a set twice for two metrics")
-    parser.add_argument("--val-class-mapping-fpath", default=None,
-                        help=".npy integer array: for each class of the validation set, its classifier output")
-    parser.add_argument("--test-class-mapping-fpaths", nargs="+", default=None,
-                        help="one class-mapping .npy per test set (None for no mapping)")
+    parser.add_argument(
+        "--test-datasets",
+        dest="test_dataset_strs",
+        nargs="+",
+        default=None,
+        help="further evaluation sets (dataset strings), each reported under its string",
+    )
+    parser.add_argument(
+        "--val-metric-type",
+        default=MetricType.MEAN_ACCURACY.value,
+        help=f"metric of the validation set: {', '.join(m.value for m in MetricType)}",
+    )
+    parser.add_argument(
+        "--test-metric-types",
+        nargs="+",
+        default=None,
+        help="metric of each test set (one per --test-datasets entry, or one for all; default: "
+        "--val-metric-type); name a set twice for two metrics",
+    )
+    parser.add_argument(
+        "--val-class-mapping-fpath",
+        default=None,
+        help=".npy integer array: for each class of the validation set, its classifier output",
+    )
+    parser.add_argument(
+        "--test-class-mapping-fpaths",
+        nargs="+",
+        default=None,
+        help="one class-mapping .npy per test set (None for no mapping)",
+    )
     return parser
 
 
@@ -187,7 +213,9 @@ def _per_test_set(values: Sequence[Any] | None, n: int, flag: str, default: Any)
     if len(values) == 1:
         return list(values) * n
     if len(values) != n:
-        raise UserError(f"{flag} gives {len(values)} values for {n} --test-datasets: give one, or one per test set")
+        raise UserError(
+            f"{flag} gives {len(values)} values for {n} --test-datasets: give one, or one per test set"
+        )
     return list(values)
 
 
@@ -196,10 +224,13 @@ def eval_sets_from_args(args: argparse.Namespace) -> list[EvalSet]:
     val_metric = parse_metric_type(getattr(args, "val_metric_type", MetricType.MEAN_ACCURACY))
     sets = [EvalSet(args.val_dataset_str, val_metric, getattr(args, "val_class_mapping_fpath", None))]
     tests = list(getattr(args, "test_dataset_strs", None) or [])
-    metrics = _per_test_set(getattr(args, "test_metric_types", None), len(tests), "--test-metric-types", val_metric)
-    mappings = _per_test_set(getattr(args, "test_class_mapping_fpaths", None), len(tests),
-                             "--test-class-mapping-fpaths", None)  # fmt: skip
-    for dataset_str, metric, mapping in zip(tests, metrics, mappings):
+    metrics = _per_test_set(
+        getattr(args, "test_metric_types", None), len(tests), "--test-metric-types", val_metric
+    )
+    mappings = _per_test_set(
+        getattr(args, "test_class_mapping_fpaths", None), len(tests), "--test-class-mapping-fpaths", None
+    )
+    for dataset_str, metric, mapping in zip(tests, metrics, mappings, strict=True):
         mapping = None if mapping in (None, "None", "none", "") else mapping
         sets.append(EvalSet(dataset_str, parse_metric_type(metric, "--test-metric-types"), mapping))
     return sets
@@ -225,12 +256,18 @@ def load_class_mapping(path: str, num_set_classes: int, num_outputs: int, datase
     except (ValueError, OSError) as error:
         raise UserError(f"class-mapping file {path} is not a .npy integer array ({error})") from None
     if mapping.ndim != 1 or not np.issubdtype(mapping.dtype, np.integer):
-        raise UserError(f"class-mapping file {path} must hold a 1-D integer array (got {mapping.dtype} {mapping.shape})")
+        raise UserError(
+            f"class-mapping file {path} must hold a 1-D integer array (got {mapping.dtype} {mapping.shape})"
+        )
     if len(mapping) != num_set_classes:
-        raise UserError(f"class-mapping file {path} has {len(mapping)} entries but {dataset_str} has {num_set_classes} "
-                        "classes: give one classifier output per class of the set")
+        raise UserError(
+            f"class-mapping file {path} has {len(mapping)} entries but {dataset_str} has {num_set_classes} "
+            "classes: give one classifier output per class of the set"
+        )
     if len(mapping) and (mapping.min() < 0 or mapping.max() >= num_outputs):
-        raise UserError(f"class-mapping file {path} names outputs outside [0, {num_outputs}) of the classifier")
+        raise UserError(
+            f"class-mapping file {path} names outputs outside [0, {num_outputs}) of the classifier"
+        )
     return torch.as_tensor(mapping, dtype=torch.long)
 
 
@@ -242,11 +279,14 @@ def load_eval_sets(args: argparse.Namespace, transform: Callable, num_outputs: i
         eval_set.dataset = make_dataset(eval_set.dataset_str, transform=transform)
         n_classes = num_dataset_classes(eval_set.dataset)
         if eval_set.class_mapping_path:
-            eval_set.class_mapping = load_class_mapping(eval_set.class_mapping_path, n_classes, num_outputs,
-                                                        eval_set.dataset_str)  # fmt: skip
+            eval_set.class_mapping = load_class_mapping(
+                eval_set.class_mapping_path, n_classes, num_outputs, eval_set.dataset_str
+            )
         elif n_classes > num_outputs:
-            raise UserError(f"{eval_set.dataset_str} has {n_classes} classes but the classifier {num_outputs} outputs: "
-                            "pass a class-mapping file (--val-class-mapping-fpath / --test-class-mapping-fpaths)")
+            raise UserError(
+                f"{eval_set.dataset_str} has {n_classes} classes but the classifier {num_outputs} outputs: "
+                "pass a class-mapping file (--val-class-mapping-fpath / --test-class-mapping-fpaths)"
+            )
     return sets
 
 

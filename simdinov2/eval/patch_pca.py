@@ -70,7 +70,7 @@ def pca_pictures(grids: Sequence[torch.Tensor], threshold: float = DEFAULT_THRES
     pictures, start = [], 0
     for g in grids:
         rows, cols = g.shape[0], g.shape[1]
-        pictures.append(rgb[start:start + rows * cols].reshape(rows, cols, 3).numpy())
+        pictures.append(rgb[start : start + rows * cols].reshape(rows, cols, 3).numpy())
         start += rows * cols
     return pictures
 
@@ -95,8 +95,11 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
 
 
 def save_pca_figure(
-    backbone: DinoVisionTransformer, images: torch.Tensor, path: str | os.PathLike,
-    threshold: float = DEFAULT_THRESHOLD, min_height: int = 128,
+    backbone: DinoVisionTransformer,
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_height: int = 128,
 ) -> Path:
     """One PNG: the (ImageNet-normalised) images [B, 3, H, W] on the top row, their patch-feature PCA
     pictures below (one PCA fitted on all of them). H and W are cut to multiples of the patch size; small

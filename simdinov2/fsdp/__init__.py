@@ -51,7 +51,9 @@ def resolve_sharding(requested: str, world_size: int) -> str:
             "use train.sharding=fsdp or ddp, or launch a single process"
         )
     if requested in ("fsdp", "ddp") and not distributed.is_enabled():
-        logger.info("train.sharding=%s needs a process group (torchrun / SLURM); single process: none", requested)
+        logger.info(
+            "train.sharding=%s needs a process group (torchrun / SLURM); single process: none", requested
+        )
         return "none"
     return requested
 
@@ -75,7 +77,9 @@ def _device_mesh(device: torch.device):
     return init_device_mesh(device.type, (distributed.get_world_size(),))
 
 
-def shard_module(module: nn.Module, precision_cfg: Any, device: torch.device, reshard_after_forward: bool | None = None) -> nn.Module:
+def shard_module(
+    module: nn.Module, precision_cfg: Any, device: torch.device, reshard_after_forward: bool | None = None
+) -> nn.Module:
     """FSDP2: `fully_shard` every transformer block of `module` (if it has any), then the module itself.
 
     Per-block units let FSDP gather one block's parameters at a time (and overlap the next gather with
@@ -86,7 +90,11 @@ def shard_module(module: nn.Module, precision_cfg: Any, device: torch.device, re
     from torch.distributed.fsdp import fully_shard
 
     if reshard_after_forward is None:
-        strategy = str(precision_cfg.get("sharding_strategy", "SHARD_GRAD_OP")) if precision_cfg is not None else "SHARD_GRAD_OP"
+        strategy = (
+            str(precision_cfg.get("sharding_strategy", "SHARD_GRAD_OP"))
+            if precision_cfg is not None
+            else "SHARD_GRAD_OP"
+        )
         if strategy not in _RESHARD_AFTER_FORWARD:
             raise ValueError(
                 f"sharding_strategy={strategy!r} is not supported with FSDP2: use SHARD_GRAD_OP or FULL_SHARD"

@@ -140,5 +140,11 @@ def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 __all__ = [
-    "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "disk_full_error", "is_disk_full", "sweep_temporaries", "tensor_bytes",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "disk_full_error",
+    "is_disk_full",
+    "sweep_temporaries",
+    "tensor_bytes",
 ]

@@ -7,7 +7,7 @@ with smaller rates a per-sample `DropPath` is used.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -10,6 +10,7 @@ checkpointed step is replayed if the kill came before it was written; rewritten 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -41,13 +42,13 @@ def append_json_lines(path: str | os.PathLike, records: Iterable[dict[str, Any]]
 
 def _cut_back(f: Any, end: int) -> None:
     """Drop what a failed write left after `end` (a half record); the file keeps its whole lines."""
-    try:
+    with contextlib.suppress(OSError):  # a resume drops a cut line anyway
         f.truncate(end)
-    except OSError:
-        pass  # a resume drops a cut line anyway
 
 
-def resume_json_lines(path: str | os.PathLike, key: str, first: int, replay: dict[str, Any] | None = None) -> None:
+def resume_json_lines(
+    path: str | os.PathLike, key: str, first: int, replay: dict[str, Any] | None = None
+) -> None:
     """Make the JSON-lines log `path` that of a run resuming at `key` == `first`, so that it ends as an
     uninterrupted run's would: rows from `first` on (written after the checkpoint resumed from; the
     resumed run writes them again) and a line cut short by a kill are dropped, and `replay` (the row of

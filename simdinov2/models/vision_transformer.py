@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,14 @@ def _init_weights_vit(module: nn.Module) -> None:
 
 
 def _check_vit_arguments(
-    ffn_layer: str, embed_dim: int, num_heads: int, depth: int, block_chunks: int, num_register_tokens: int,
+    ffn_layer: str,
+    embed_dim: int,
+    num_heads: int,
+    depth: int,
+    block_chunks: int,
+    num_register_tokens: int,
     cls_token_init: str,
-) -> None:  # fmt: skip
+) -> None:
     if ffn_layer not in FFN_LAYERS:
         raise ValueError(f"unknown ffn_layer {ffn_layer!r}; choose one of {sorted(FFN_LAYERS)}")
     if embed_dim % num_heads != 0:
@@ -69,7 +75,11 @@ def _drop_rates(drop_path_rate: float, depth: int, uniform: bool) -> list[float]
 
 
 def build_blocks(
-    block_fn: Callable[..., nn.Module], depth: int, block_chunks: int, drop_rates: list[float], **block_kwargs: Any
+    block_fn: Callable[..., nn.Module],
+    depth: int,
+    block_chunks: int,
+    drop_rates: list[float],
+    **block_kwargs: Any,
 ) -> nn.ModuleList:
     """The `depth` transformer blocks, in `block_chunks` `BlockChunk`s when > 0 (DINOv2's FSDP layout, whose
     identity padding keeps the global block index as the name inside each chunk: `blocks.1.6.*`)."""
@@ -121,7 +131,9 @@ class DinoVisionTransformer(nn.Module):
         cls_token_init: str = "dinov2",
     ) -> None:
         super().__init__()
-        _check_vit_arguments(ffn_layer, embed_dim, num_heads, depth, block_chunks, num_register_tokens, cls_token_init)
+        _check_vit_arguments(
+            ffn_layer, embed_dim, num_heads, depth, block_chunks, num_register_tokens, cls_token_init
+        )
         self.cls_token_init = cls_token_init
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
@@ -152,6 +164,7 @@ class DinoVisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim)) if use_mask_token else None
 
         self.chunked_blocks = block_chunks > 0
+        # Kept packed (fmt: skip): one keyword per line would take __init__ over the 80-line limit.
         self.blocks = build_blocks(
             block_fn, depth, block_chunks, _drop_rates(drop_path_rate, depth, drop_path_uniform),
             dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias,
@@ -253,7 +266,9 @@ class DinoVisionTransformer(nn.Module):
         if masks is not None and self.drop_masks:
             kept = (~masks).sum(dim=1)
             if bool((kept != kept[0]).any()):
-                raise ValueError("drop_masks needs the same number of masked patches in every image of a batch")
+                raise ValueError(
+                    "drop_masks needs the same number of masked patches in every image of a batch"
+                )
             patches = x[:, 1:][~masks].reshape(x.shape[0], int(kept[0]), x.shape[-1])
             x = torch.cat((x[:, :1], patches), dim=1)
         if self.register_tokens is not None:
@@ -283,7 +298,7 @@ class DinoVisionTransformer(nn.Module):
             raise ValueError(
                 f"got {len(x_list)} image tensors but {len(masks_list)} masks (use None for no mask)"
             )
-        return [self._forward_features_single(x, m) for x, m in zip(x_list, masks_list)]
+        return [self._forward_features_single(x, m) for x, m in zip(x_list, masks_list, strict=True)]
 
     def _forward_features_single(self, x: Tensor, masks: Tensor | None) -> dict[str, Tensor | None]:
         x = self.prepare_tokens_with_masks(x, masks)
@@ -369,7 +384,7 @@ class DinoVisionTransformer(nn.Module):
             rows, cols = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
             outputs = [out.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2).contiguous() for out in outputs]
         if return_class_token:
-            return tuple(zip(outputs, class_tokens))
+            return tuple(zip(outputs, class_tokens, strict=True))
         return tuple(outputs)
 
     def get_last_selfattention(self, x: Tensor) -> Tensor:

@@ -30,17 +30,29 @@ from simdinov2.eval.patch_pca import DEFAULT_THRESHOLD, patch_token_grid, pca_pi
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m simdinov2.tools.pca_features", description=__doc__,
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simdinov2.tools.pca_features",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
     add_backbone_args(parser)
     parser.add_argument("--image_path", nargs="+", required=True, help="One or more images.")
     parser.add_argument("--output_dir", default=".", help="Folder for the <image name>_pca.png pictures.")
-    parser.add_argument("--image_size", default=[448], type=int, nargs="+",
-                        help="Resize before the model: one value for the shorter side, two for height and width "
-                             "(cut to a multiple of the patch size). Default: 448.")
-    parser.add_argument("--threshold", default=DEFAULT_THRESHOLD, type=float,
-                        help="Background threshold on the first principal component scaled to [0, 1] (image "
-                             "border low): patches below it are black. 0 keeps every patch. Default: %(default)s.")
+    parser.add_argument(
+        "--image_size",
+        default=[448],
+        type=int,
+        nargs="+",
+        help="Resize before the model: one value for the shorter side, two for height and width "
+        "(cut to a multiple of the patch size). Default: 448.",
+    )
+    parser.add_argument(
+        "--threshold",
+        default=DEFAULT_THRESHOLD,
+        type=float,
+        help="Background threshold on the first principal component scaled to [0, 1] (image "
+        "border low): patches below it are black. 0 keeps every patch. Default: %(default)s.",
+    )
     return parser
 
 
@@ -67,11 +79,15 @@ def write_pca_pictures(args: argparse.Namespace) -> list[Path]:
             raise MissingFileError(f"--image_path {path} is not a file")
     output_dir = make_output_dir(args.output_dir)
     device = resolve_device(args.device)
-    model = load_pretrained_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
+    model = load_pretrained_backbone(
+        args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device
+    )
     inputs = [image_to_input(load_rgb_image(p), model.patch_size, args.image_size) for p in paths]
     grids = [patch_token_grid(model, img.to(device)).cpu() for img in inputs]
     written = []
-    for img, picture, name in zip(inputs, pca_pictures(grids, args.threshold), output_names(paths)):
+    for img, picture, name in zip(
+        inputs, pca_pictures(grids, args.threshold), output_names(paths), strict=True
+    ):
         written.append(save_png(to_image(picture, img.shape[-2], img.shape[-1]), output_dir / name))
     print(f"{len(written)} PCA pictures written to {output_dir}")
     return written

@@ -72,7 +72,9 @@ class RepresentationProbe:
     `measure()` returns `{"effective_rank": ..., "effective_rank_head": ...}` of the last batch (the head's
     only when a head is probed) and warns once when the backbone's falls under `threshold`."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module | None = None, fraction: float = COLLAPSE_FRACTION):
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module | None = None, fraction: float = COLLAPSE_FRACTION
+    ):
         self.fraction = fraction
         self.collapsed = False
         self._cls: Tensor | None = None
@@ -96,12 +98,18 @@ class RepresentationProbe:
         if self._head is not None:
             features["effective_rank_head"] = self._head
         values = {name: effective_rank(f) for name, f in features.items()}
-        low = [f"{name} {values[name]:.2f} < {collapse_threshold(*f.shape, self.fraction):.1f} (of at most "
-               f"{min(f.shape)})" for name, f in features.items()
-               if values[name] < collapse_threshold(*f.shape, self.fraction)]  # fmt: skip
+        low = [
+            f"{name} {values[name]:.2f} < {collapse_threshold(*f.shape, self.fraction):.1f} (of at most "
+            f"{min(f.shape)})"
+            for name, f in features.items()
+            if values[name] < collapse_threshold(*f.shape, self.fraction)
+        ]
         if low and not self.collapsed and distributed.is_main_process():
-            logger.warning("the representation is collapsing: teacher's %s; see docs/RESULTS.md (collapse) and "
-                           "the README's healthy curves", ", ".join(low))  # fmt: skip
+            logger.warning(
+                "the representation is collapsing: teacher's %s; see docs/RESULTS.md (collapse) and "
+                "the README's healthy curves",
+                ", ".join(low),
+            )
         self.collapsed = bool(low)
         return values
 
@@ -117,15 +125,19 @@ def probe_teacher(model: Any) -> RepresentationProbe:
     return RepresentationProbe(teacher.backbone, teacher.dino_head if uses_head else None)
 
 
-def warn_if_rank_deficient_covariance(batch_per_process: int, feature_dim: int, reduce_cov: bool,
-                                      world_size: int, flag: str) -> bool:  # fmt: skip
+def warn_if_rank_deficient_covariance(
+    batch_per_process: int, feature_dim: int, reduce_cov: bool, world_size: int, flag: str
+) -> bool:
     """One warning line when a process's batch cannot give the coding rate a full-rank covariance."""
     if reduce_cov or batch_per_process >= feature_dim:
         return False
     if not distributed.is_main_process():  # the same on every process: one line
         return True
-    remedy = (f"set {flag} to sum it over the {world_size} processes" if world_size > 1
-              else f"use a larger batch, or several processes with {flag}")  # fmt: skip
+    remedy = (
+        f"set {flag} to sum it over the {world_size} processes"
+        if world_size > 1
+        else f"use a larger batch, or several processes with {flag}"
+    )
     logger.warning(
         f"batch of {batch_per_process} images per process < feature dimension {feature_dim}: the coding rate's "
         f"covariance is rank-deficient on each process (rank <= {batch_per_process}); {remedy} "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -97,7 +97,9 @@ def fuse_param_groups(groups: list[dict]) -> list[dict]:
     return list(fused.values())
 
 
-def apply_optim_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:
+def apply_optim_schedule(
+    optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float
+) -> None:
     """Set every group's lr and weight decay from the schedules and its multipliers (v2 groups)."""
     for group in optimizer.param_groups:
         base = last_layer_lr if group.get("is_last_layer", False) else lr
@@ -110,7 +112,9 @@ class LARS(torch.optim.Optimizer):
 
     Biases and 1-D parameters are excluded from weight decay and from the trust ratio, as in DINO."""
 
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 0.001):
+    def __init__(
+        self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 0.001
+    ):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
         super().__init__(params, defaults)
 
@@ -153,7 +157,9 @@ def build_optimizer(
         # per-tensor loop (benchmarks/RESULTS.md §3). FSDP2 shards (DTensor) keep the foreach path.
         params = [p for g in groups for p in g["params"]]
         fused = bool(params) and all(_fusable(p) for p in params)
-        return torch.optim.AdamW(groups, betas=tuple(betas), **({"fused": True} if fused else {"foreach": True}))
+        return torch.optim.AdamW(
+            groups, betas=tuple(betas), **({"fused": True} if fused else {"foreach": True})
+        )
     if name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=0.9, foreach=True)
     if name == "lars":
@@ -208,7 +214,9 @@ def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer:
 
 
 @torch.no_grad()
-def ema_update(teacher_params: Iterable[torch.Tensor], student_params: Iterable[torch.Tensor], momentum: float) -> None:
+def ema_update(
+    teacher_params: Iterable[torch.Tensor], student_params: Iterable[torch.Tensor], momentum: float
+) -> None:
     """teacher ← m·teacher + (1−m)·student, as one multi-tensor lerp.
 
     Works on plain tensors and on FSDP2 DTensor shards alike (pointwise on matching shards)."""

@@ -45,7 +45,9 @@ def optimizer_kwargs(kwargs: Mapping[str, Any] | DictConfig | None) -> dict[str,
     if kwargs is None:
         return {}
     plain = OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs)
-    return {k: tuple(v) if isinstance(v, (list, ListConfig)) else v for k, v in plain.items() if v is not None}
+    return {
+        k: tuple(v) if isinstance(v, (list, ListConfig)) else v for k, v in plain.items() if v is not None
+    }
 
 
 def build_optimizer_by_name(
@@ -61,7 +63,9 @@ def build_optimizer_by_name(
         close = [n for n in ("adamw", "sgd", "lars", "lamb", "adam", "momentum") if n in known]
         raise UserError(f"optim.opt={opt!r} is not an optimizer timm knows; e.g. {', '.join(close)}")
     try:
-        return create_optimizer_v2(list(param_groups), opt=name, lr=0.0, weight_decay=0.0, **optimizer_kwargs(kwargs))
+        return create_optimizer_v2(
+            list(param_groups), opt=name, lr=0.0, weight_decay=0.0, **optimizer_kwargs(kwargs)
+        )
     except TypeError as exc:
         raise UserError(
             f"optim.kwargs do not fit optim.opt={opt!r} ({exc}); set the ones it does not take to null, "

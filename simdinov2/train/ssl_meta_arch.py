@@ -91,13 +91,18 @@ def load_pretrained_backbone(
     resized = dict(state_dict)
     if old_side != side:
         resized["pos_embed"] = resample_abs_pos_embed(
-            state_dict["pos_embed"].float(), new_size=[side, side], old_size=[old_side, old_side], num_prefix_tokens=1
+            state_dict["pos_embed"].float(),
+            new_size=[side, side],
+            old_size=[old_side, old_side],
+            num_prefix_tokens=1,
         ).to(state_dict["pos_embed"].dtype)
     # Upstream's qknorm has no parameters: weights without `q_norm` / `k_norm` start from our scale 1 (the
     # same function as upstream's norm).
     for name, value in model.state_dict().items():
         if name.endswith(("attn.q_norm.weight", "attn.k_norm.weight")):
-            flat_name = ".".join(part for i, part in enumerate(name.split(".")) if not (i == 1 and model.chunked_blocks))
+            flat_name = ".".join(
+                part for i, part in enumerate(name.split(".")) if not (i == 1 and model.chunked_blocks)
+            )
             if name not in resized and flat_name not in resized:
                 resized[flat_name] = value.detach().clone()
     kernel = state_dict["patch_embed.proj.weight"]
@@ -129,7 +134,9 @@ class SSLMetaArch(nn.Module):
                 img_size=cfg.student.pretrained_img_size,
                 patch_size=cfg.student.pretrained_patch_size,
             )
-            logger.info("student backbone initialised from %s: %s", cfg.student.pretrained_weights, report.summary())
+            logger.info(
+                "student backbone initialised from %s: %s", cfg.student.pretrained_weights, report.summary()
+            )
         self.embed_dim = embed_dim
         self.drop_masks = bool(cfg.student.drop_masks)
         self.n_local_crops = int(cfg.crops.local_crops_number)
@@ -144,7 +151,9 @@ class SSLMetaArch(nn.Module):
             raise ValueError("dino.loss_weight and ibot.loss_weight are both 0: nothing to train")
         self.centering = str(cfg.train.centering)
         # the teacher temperature matters only with a cross-entropy
-        self.uses_cross_entropy = (self.do_dino and not self.dino_use_mcr) or (self.do_ibot and not self.ibot_use_mcr)
+        self.uses_cross_entropy = (self.do_dino and not self.dino_use_mcr) or (
+            self.do_ibot and not self.ibot_use_mcr
+        )
         self._check_centering()
 
         student: dict[str, nn.Module] = {"backbone": student_backbone}
@@ -190,7 +199,10 @@ class SSLMetaArch(nn.Module):
                 "train.centering=centering or sinkhorn_knopp, or dino.use_mcr=true and ibot.use_mcr=true"
             )
         if not self.uses_cross_entropy and self.centering != "none":
-            logger.info("train.centering=%s is unused: the coding-rate losses take raw teacher features", self.centering)
+            logger.info(
+                "train.centering=%s is unused: the coding-rate losses take raw teacher features",
+                self.centering,
+            )
 
     def _build_losses(self, dino_out_dim: int, ibot_out_dim: int) -> None:
         """`dino_loss` (coding rate or DINO's cross-entropy), `koleo_loss`, `ibot_patch_loss`: those in use."""
@@ -198,7 +210,10 @@ class SSLMetaArch(nn.Module):
             if self.dino_use_mcr:
                 mcr = self.cfg.dino.mcr
                 self.dino_loss = MCRLoss(
-                    eps=float(mcr.eps), coeff=float(mcr.coeff), expa_type=int(mcr.expa_type), reduce_cov=int(mcr.reduce_cov)
+                    eps=float(mcr.eps),
+                    coeff=float(mcr.coeff),
+                    expa_type=int(mcr.expa_type),
+                    reduce_cov=int(mcr.reduce_cov),
                 )
             else:
                 self.dino_loss = DINOLoss(dino_out_dim)
@@ -208,14 +223,16 @@ class SSLMetaArch(nn.Module):
             self.ibot_patch_loss = CosinePatchLoss() if self.ibot_use_mcr else iBOTPatchLoss(ibot_out_dim)
 
     # ------------------------------------------------------------------ distribution
-    def prepare_for_distributed_training(self, sharding: str, device: torch.device, compile_blocks: bool = False) -> None:
+    def prepare_for_distributed_training(
+        self, sharding: str, device: torch.device, compile_blocks: bool = False
+    ) -> None:
         """Move to `device`, optionally compile, then shard (fsdp), wrap (ddp) or leave as is (none).
 
         Must run before the optimizer is built (FSDP2 replaces the parameters by sharded ones)."""
         self.to(device)
         if compile_blocks:
             for model in (self.student, self.teacher):
-                for name, module in model.items():
+                for module in model.values():
                     for block in module.block_list() if hasattr(module, "block_list") else []:
                         block.compile()
                     if not hasattr(module, "block_list"):
@@ -232,8 +249,12 @@ class SSLMetaArch(nn.Module):
                 self.student[name] = wrap_ddp(self.student[name], device)
         if sharding != "fsdp":
             # FSDP casts per module; elsewhere autocast in the backbones' precision does the same job.
-            self._student_dtype = resolve_dtype(precision.student.backbone.mixed_precision.param_dtype, device)
-            self._teacher_dtype = resolve_dtype(precision.teacher.backbone.mixed_precision.param_dtype, device)
+            self._student_dtype = resolve_dtype(
+                precision.student.backbone.mixed_precision.param_dtype, device
+            )
+            self._teacher_dtype = resolve_dtype(
+                precision.teacher.backbone.mixed_precision.param_dtype, device
+            )
         self.sharding = sharding
         self.device = device
         logger.info("sharding: %s over %d process(es) on %s", sharding, distributed.get_world_size(), device)
@@ -246,9 +267,11 @@ class SSLMetaArch(nn.Module):
         if self.sharding != "fsdp":
             return [self._student_dtype or torch.float32]
         precision = self.cfg.compute_precision.student
-        return [resolve_dtype(precision[name].mixed_precision.param_dtype, self.device) for name in self.student]
+        return [
+            resolve_dtype(precision[name].mixed_precision.param_dtype, self.device) for name in self.student
+        ]
 
-    def train(self, mode: bool = True) -> "SSLMetaArch":
+    def train(self, mode: bool = True) -> SSLMetaArch:
         super().train(mode)
         self.teacher.eval()
         return self
@@ -262,7 +285,12 @@ class SSLMetaArch(nn.Module):
             student_report = load_pretrained_backbone(self.student.backbone, path, checkpoint_key="student")
         except CheckpointError:  # no separate student entry (a teacher snapshot, an exported backbone)
             student_report = load_pretrained_backbone(self.student.backbone, path, checkpoint_key="teacher")
-        logger.info("MODEL.WEIGHTS %s: teacher %s; student %s", path, teacher_report.summary(), student_report.summary())
+        logger.info(
+            "MODEL.WEIGHTS %s: teacher %s; student %s",
+            path,
+            teacher_report.summary(),
+            student_report.summary(),
+        )
 
     # ------------------------------------------------------------------ optimisation helpers
     def get_params_groups(self) -> list[dict]:
@@ -347,7 +375,9 @@ class SSLMetaArch(nn.Module):
             cls_after_head = targets
         if self.do_ibot and not self.ibot_use_mcr:
             if self.centering == "centering":
-                targets = self.ibot_patch_loss.softmax_center_teacher(masked_after_head, teacher_temp=teacher_temp)
+                targets = self.ibot_patch_loss.softmax_center_teacher(
+                    masked_after_head, teacher_temp=teacher_temp
+                )
                 self.ibot_patch_loss.update_center(masked_after_head)
             else:
                 targets = self.ibot_patch_loss.sinkhorn_knopp_teacher(
@@ -360,19 +390,20 @@ class SSLMetaArch(nn.Module):
         self, batch: dict[str, Any], teacher_temp: float, ibot_loss_weight: float | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss (to back-propagate) and its detached parts for one collated batch."""
-        device = self.device
-        global_crops = batch["collated_global_crops"].to(device, non_blocking=True)
-        local_crops = batch["collated_local_crops"].to(device, non_blocking=True)
-        masks = batch["collated_masks"].to(device, non_blocking=True)
-        mask_indices = batch["mask_indices_list"].to(device, non_blocking=True)
-        masks_weight = batch["masks_weight"].to(device, non_blocking=True)
-        n_masked_tensor = batch["n_masked_patches"].to(device, non_blocking=True)
+        global_crops = batch["collated_global_crops"].to(self.device, non_blocking=True)
+        local_crops = batch["collated_local_crops"].to(self.device, non_blocking=True)
+        masks = batch["collated_masks"].to(self.device, non_blocking=True)
+        mask_indices = batch["mask_indices_list"].to(self.device, non_blocking=True)
+        masks_weight = batch["masks_weight"].to(self.device, non_blocking=True)
+        n_masked_tensor = batch["n_masked_patches"].to(self.device, non_blocking=True)
         n_masked = int(mask_indices.shape[0])
         n_local = self.n_local_crops if local_crops.shape[0] > 0 else 0
         if ibot_loss_weight is None:
             ibot_loss_weight = float(self.cfg.ibot.loss_weight)
 
-        teacher_cls, teacher_masked = self._teacher_targets(global_crops, mask_indices, n_masked_tensor, teacher_temp)
+        teacher_cls, teacher_masked = self._teacher_targets(
+            global_crops, mask_indices, n_masked_tensor, teacher_temp
+        )
 
         with self._autocast(self._student_dtype):
             student_masks = masks if (self.do_ibot or self.drop_masks) else None
@@ -381,7 +412,8 @@ class SSLMetaArch(nn.Module):
                     [global_crops, local_crops], masks=[student_masks, None], is_training=True
                 )
             else:
-                global_out, local_out = self.student.backbone(global_crops, masks=student_masks, is_training=True), None
+                global_out = self.student.backbone(global_crops, masks=student_masks, is_training=True)
+                local_out = None
             global_cls = global_out["x_norm_clstoken"]
             head_inputs = []
             if n_local:

@@ -46,7 +46,7 @@ def reduce_loss_dict(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
     names = list(loss_dict)
     values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names])
     values = distributed.all_reduce_mean(values)
-    return dict(zip(names, values.tolist()))
+    return dict(zip(names, values.tolist(), strict=True))
 
 
 def _losses_text(loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> str:

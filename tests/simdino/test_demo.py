@@ -51,7 +51,10 @@ def test_recipe_command_is_the_trainer_command_of_the_flags(tmp_path):
     assert flags["patch_size"] == recipe.DEMO_RECIPE["patch_size"] and flags["output_dir"] == str(tmp_path)
     words = shlex.split(recipe.recipe_command(flags))
     assert words[:2] == ["python", "simdino/main_dino.py"]
-    assert words[words.index("--local_crops_scale") + 1 : words.index("--local_crops_scale") + 3] == ["0.1", "0.4"]
+    assert words[words.index("--local_crops_scale") + 1 : words.index("--local_crops_scale") + 3] == [
+        "0.1",
+        "0.4",
+    ]
     assert words[words.index("--time_budget") + 1] == "123.0" and words[words.index("--eps") + 1] == "0.05"
 
 
@@ -70,10 +73,20 @@ def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_pat
     # With a zero learning rate and weight decay nothing moves: the saved teacher is the initial network,
     # which random_init_backbone must rebuild exactly from the run's flags.
     flags = recipe.recipe_flags(
-        0.0, tmp_path, str(Path(tiny_imagefolder) / "train"), num_workers=0,
-        lr=0.0, min_lr=0.0, weight_decay=0.0, weight_decay_end=0.0, epochs=1, batch_size_per_gpu=40,
-        local_crops_number=1, hidden_dim=64, use_fp16=False,
-    )  # fmt: skip
+        0.0,
+        tmp_path,
+        str(Path(tiny_imagefolder) / "train"),
+        num_workers=0,
+        lr=0.0,
+        min_lr=0.0,
+        weight_decay=0.0,
+        weight_decay_end=0.0,
+        epochs=1,
+        batch_size_per_gpu=40,
+        local_crops_number=1,
+        hidden_dim=64,
+        use_fp16=False,
+    )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -83,7 +96,9 @@ def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_pat
     assert summary["iterations"] == 3 and summary["images_seen"] == 120  # 120 images, batch 40
     for key, value in flags.items():  # the trainer ran with every flag of the command
         got = getattr(summary["args"], key)
-        assert (list(got) if isinstance(got, tuple) else got) == (list(value) if isinstance(value, tuple) else value), key
+        assert (list(got) if isinstance(got, tuple) else got) == (
+            list(value) if isinstance(value, tuple) else value
+        ), key
     teacher = knn.trained_teacher(tmp_path).state_dict()
     initial = knn.random_init_backbone(flags).state_dict()
     assert teacher.keys() == initial.keys()
@@ -178,14 +193,20 @@ def test_smoke_demo_prints_the_reading_guide(tiny_imagefolder, tmp_path, capsys)
     previous_threads = torch.get_num_threads()
     try:
         results = demo.main(["--seconds", "3", "--output_dir", str(tmp_path / "demo"), "--threads", "1",
-                             "--data_path", str(data)])
+                             "--data_path", str(data)])  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
     printed = capsys.readouterr().out
     assert results["iterations"] < report.SMOKE_RUN_ITERATIONS
     assert f"This was a smoke run ({results['iterations']} iterations" in printed
-    assert f"chose recipe variant '{results['plan']['variant']}'" in printed and "s per step measured here" in printed
-    assert results["plan"]["measured_step_seconds"] > 0 and set(results["plan"]["alternatives"]) == {"standard", "lean"}
+    assert (
+        f"chose recipe variant '{results['plan']['variant']}'" in printed
+        and "s per step measured here" in printed
+    )
+    assert results["plan"]["measured_step_seconds"] > 0 and set(results["plan"]["alternatives"]) == {
+        "standard",
+        "lean",
+    }
     assert "comp_loss: cosine similarity of student and teacher views" in printed
     assert (tmp_path / "demo" / "loss_curve.png").is_file()
 
@@ -194,7 +215,11 @@ def test_bf16_autocast_only_on_cpus_that_compute_bf16(monkeypatch, tmp_path):
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     real_read_text = Path.read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: real_read_text(cpuinfo if str(self) == "/proc/cpuinfo" else self, *a, **kw))
+    monkeypatch.setattr(
+        Path,
+        "read_text",
+        lambda self, *a, **kw: real_read_text(cpuinfo if str(self) == "/proc/cpuinfo" else self, *a, **kw),
+    )
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
     assert not precision.cpu_has_bf16()
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
@@ -206,16 +231,25 @@ def test_bf16_autocast_only_on_cpus_that_compute_bf16(monkeypatch, tmp_path):
 def test_results_record_of_a_run(tmp_path):
     flags = recipe.recipe_flags(60.0, tmp_path, "FashionMNIST:split=TRAIN", num_workers=0, eps=0.05)
     run = report.DemoRun(
-        args=argparse.Namespace(**flags, unrelated=1), flags=flags,
-        summary={"images_seen": 1280, "iterations": 10, "train_seconds": 61.0}, seconds=60.0,
+        args=argparse.Namespace(**flags, unrelated=1),
+        flags=flags,
+        summary={"images_seen": 1280, "iterations": 10, "train_seconds": 61.0},
+        seconds=60.0,
         knn={"teacher": {20: (80.0, 98.0)}, "random_init": {20: (70.0, 96.0)}, "pixels": {10: (84.0, 99.0)}},
-        data_name="Fashion-MNIST", images={"train": 60000, "test": 10000, "knn_train": 10000, "knn_test": 2000},
-        threads=2, num_workers=0, times={"started": 0.0, "train_done": 62.0, "eval_done": 100.0},
+        data_name="Fashion-MNIST",
+        images={"train": 60000, "test": 10000, "knn_train": 10000, "knn_test": 2000},
+        threads=2,
+        num_workers=0,
+        times={"started": 0.0, "train_done": 62.0, "eval_done": 100.0},
         loads={"before": [1.0, 1.0, 1.0]},
-    )  # fmt: skip
+    )
     run.plan = {"variant": "standard"}
     record = report.results_record(run, now=110.0)
-    assert (record["knn_top1"], record["random_init_knn_top1"], record["pixels_knn_top1"]) == (80.0, 70.0, 84.0)
+    assert (record["knn_top1"], record["random_init_knn_top1"], record["pixels_knn_top1"]) == (
+        80.0,
+        70.0,
+        84.0,
+    )
     assert record["knn"]["pixels"] == {"10": {"top1": 84.0, "top5": 99.0}}
     assert record["eval_seconds"] == 38.0 and record["total_seconds"] == 110.0
     assert record["epochs_over_train_set"] == 1280 / 60000 and record["knn_test_images"] == 2000

@@ -107,7 +107,7 @@ def test_plan_run_times_this_machine_and_chooses():
     assert plan.choice.variant is STANDARD and set(plan.choice.alternatives) == {"standard", "lean"}
     assert "lean: " in plan.choice.reason(540.0) and "gain not measured" in plan.choice.reason(540.0)
     assert plan.choice.layout in (adapt.Layout(1, 1, False), adapt.Layout(1, 0, False))
-    assert 0 < plan.choice.step_seconds and plan.choice.iterations == int(540.0 / plan.choice.step_seconds)
+    assert plan.choice.step_seconds > 0 and plan.choice.iterations == int(540.0 / plan.choice.step_seconds)
     assert plan.eval_seconds_per_image > 0 and plan.probe_seconds > 0
     asked = adapt.plan_run(
         540.0, images, base, cores=1, bf16=False, threads=1, num_workers=0, variant="lean", variants=variants

@@ -21,27 +21,38 @@ SIMDINO = REPO / "simdino"
 RESULT_LINE = re.compile(r"^(\d+)-NN classifier result: Top1: ([0-9.]+), Top5: ([0-9.]+)$", re.M)
 
 
-def make_v1_checkpoint(path: Path, arch: str = "vit_tiny", patch_size: int = 4, img_size: int = 28, seed: int = 0) -> Path:
+def make_v1_checkpoint(
+    path: Path, arch: str = "vit_tiny", patch_size: int = 4, img_size: int = 28, seed: int = 0
+) -> Path:
     """A checkpoint laid out like main_dino.py's: student (behind DDP's `module.`) and teacher state dicts
     keyed backbone.* / head.*, plus optimizer, epoch, args and dino_loss."""
     torch.manual_seed(seed)
     backbone = build_vit(arch, patch_size=patch_size, v1=True, img_size=img_size)
-    head = {"head.mlp.0.weight": torch.randn(64, backbone.embed_dim), "head.mlp.0.bias": torch.zeros(64),
-            "head.mlp.2.weight": torch.randn(32, 64), "head.mlp.2.bias": torch.zeros(32)}
+    head = {
+        "head.mlp.0.weight": torch.randn(64, backbone.embed_dim),
+        "head.mlp.0.bias": torch.zeros(64),
+        "head.mlp.2.weight": torch.randn(32, 64),
+        "head.mlp.2.bias": torch.zeros(32),
+    }
     teacher = {f"backbone.{k}": v.clone() for k, v in backbone.state_dict().items()} | head
     student = {f"module.{k}": v.clone() for k, v in teacher.items()}
-    torch.save({
-        "student": student,
-        "teacher": teacher,
-        "optimizer": {},
-        "epoch": 1,
-        "args": argparse.Namespace(arch=arch, patch_size=patch_size, global_crops_size=img_size),
-        "dino_loss": {},
-    }, path)  # fmt: skip
+    torch.save(
+        {
+            "student": student,
+            "teacher": teacher,
+            "optimizer": {},
+            "epoch": 1,
+            "args": argparse.Namespace(arch=arch, patch_size=patch_size, global_crops_size=img_size),
+            "dino_loss": {},
+        },
+        path,
+    )
     return path
 
 
-def run_script(script: str, *args: str, launcher: list[str] | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, launcher: list[str] | None = None, timeout: int = 180
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = (launcher or [sys.executable]) + [script, *args]
     return subprocess.run(cmd, cwd=SIMDINO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -57,14 +68,20 @@ def v1_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ISSUE_COMMAND = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--nb_knn", "10", "20",
-                 "--use_cuda", "false", "--num_workers", "0"]
+                 "--use_cuda", "false", "--num_workers", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def single_run(v1_checkpoint: Path, tiny_imagefolder: Path) -> subprocess.CompletedProcess:
     """The issue's command verbatim: one process, no --dump_features / --load_features."""
-    proc = run_script("eval_knn.py", *ISSUE_COMMAND, "--pretrained_weights", str(v1_checkpoint),
-                      "--data_path", str(tiny_imagefolder))
+    proc = run_script(
+        "eval_knn.py",
+        *ISSUE_COMMAND,
+        "--pretrained_weights",
+        str(v1_checkpoint),
+        "--data_path",
+        str(tiny_imagefolder),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -94,13 +111,17 @@ def test_issue_command_without_dumps(v1_checkpoint: Path, tiny_imagefolder: Path
     lines = (v1_checkpoint.parent / "knn_results.json").read_text().splitlines()
     record = json.loads(lines[-1])
     assert record["arch"] == "vit_tiny" and record["img_size"] == 28
-    assert {k: (v["top1"], v["top5"]) for k, v in record["results"].items()} == {str(k): v for k, v in results.items()}
+    assert {k: (v["top1"], v["top5"]) for k, v in record["results"].items()} == {
+        str(k): v for k, v in results.items()
+    }
     assert record["n_test"] == sum(1 for _ in (tiny_imagefolder / "val").rglob("*.png"))
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_dump_and_load_features(tiny_imagefolder: Path, single_run, torchrun_dump, tmp_path: Path) -> None:
+def test_torchrun_dump_and_load_features(
+    tiny_imagefolder: Path, single_run, torchrun_dump, tmp_path: Path
+) -> None:
     """2-process extraction gathers every rank's rows back into dataset order: same results as one
     process; the dump holds normalised features with the ImageFolder labels in order; the shared core on
     the dump gives the printed numbers; --load_features reproduces them."""
@@ -124,7 +145,7 @@ def test_torchrun_dump_and_load_features(tiny_imagefolder: Path, single_run, tor
 
     # --use_cuda true: the GPU when there is one, else the CPU with one log line saying so
     loaded = run_script("eval_knn.py", "--load_features", str(dump), "--nb_knn", "10", "20", "--use_cuda", "true",
-                        "--output_dir", str(tmp_path))
+                        "--output_dir", str(tmp_path))  # fmt: skip
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert parse_results(loaded.stdout) == printed
     assert json.loads((tmp_path / "knn_results.json").read_text())["load_features"] == str(dump)
@@ -136,7 +157,7 @@ def _knn_args(*extra: str) -> argparse.Namespace:
     from simdino.eval_knn import get_args_parser
 
     common = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--use_cuda", "false",
-              "--num_workers", "0", "--nb_knn", "10"]
+              "--num_workers", "0", "--nb_knn", "10"]  # fmt: skip
     return get_args_parser().parse_args(common + list(extra))
 
 
@@ -161,17 +182,21 @@ def test_checkpoint_of_another_arch_fails_with_one_line(tiny_imagefolder: Path, 
     other_arch = make_v1_checkpoint(tmp_path / "small.pth", arch="vit_small")
     proc = run_script("eval_knn.py", "--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28",
                       "--use_cuda", "false", "--num_workers", "0", "--pretrained_weights", str(other_arch),
-                      "--data_path", str(tiny_imagefolder))
+                      "--data_path", str(tiny_imagefolder))  # fmt: skip
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("eval_knn.py: error: --arch vit_tiny contradicts the checkpoint") and "pass --arch vit_small" in last
+    assert (
+        last.startswith("eval_knn.py: error: --arch vit_tiny contradicts the checkpoint")
+        and "pass --arch vit_small" in last
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
-def test_default_workers_are_capped_on_a_small_machine(v1_checkpoint: Path, tiny_imagefolder: Path,
-                                                       tmp_path: Path) -> None:
+def test_default_workers_are_capped_on_a_small_machine(
+    v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path
+) -> None:
     """The README command keeps the default --num_workers 10; on a 1-core allotment the loaders use 1
     worker, say so once, and torch does not warn about too many workers."""
     one_core = {min(os.sched_getaffinity(0))}

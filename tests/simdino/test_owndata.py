@@ -36,7 +36,7 @@ def records(out: Path) -> list[dict]:
 
 def backbone(path: Path, key: str) -> dict[str, torch.Tensor]:
     state = safe_torch_load(path)[key]
-    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,14 @@ def test_pretrained_weights_start_both_backbones_and_lr_zero_keeps_them(flat_fol
     for name, value in given.items():
         assert torch.equal(saved[name], value), name
     # the heads start fresh: not the given run's
-    head = {k: v for k, v in safe_torch_load(out / "checkpoint.pth")["student"].items() if k.startswith("head.")}
-    old_head = {k: v for k, v in safe_torch_load(unlabeled_run / "checkpoint.pth")["student"].items() if k.startswith("head.")}
+    head = {
+        k: v for k, v in safe_torch_load(out / "checkpoint.pth")["student"].items() if k.startswith("head.")
+    }
+    old_head = {
+        k: v
+        for k, v in safe_torch_load(unlabeled_run / "checkpoint.pth")["student"].items()
+        if k.startswith("head.")
+    }
     assert any(not torch.equal(head[k], old_head[k]) for k in head)
     assert "backbones start from" in (out / "output.log").read_text()
 
@@ -106,9 +112,16 @@ def test_effective_rank_is_logged_and_small_batches_are_warned(unlabeled_run):
     assert all(1.0 <= r["effective_rank"] <= 8 for r in rows)  # 2 global views x 4 images
     assert all(1.0 <= r["effective_rank_head"] <= 8 for r in rows)
     log = (unlabeled_run / "output.log").read_text()
-    assert "effective_rank:" in [line for line in log.splitlines() if "Epoch: [0/1]" in line and "eta" in line][0]
+    assert (
+        "effective_rank:"
+        in [line for line in log.splitlines() if "Epoch: [0/1]" in line and "eta" in line][0]
+    )
     guard = [line for line in log.splitlines() if "rank-deficient" in line]
-    assert len(guard) == 1 and "--reduce_cov 1" in guard[0] and "4 images per process < feature dimension 32" in guard[0]
+    assert (
+        len(guard) == 1
+        and "--reduce_cov 1" in guard[0]
+        and "4 images per process < feature dimension 32" in guard[0]
+    )
 
 
 def test_no_batch_warning_with_reduce_cov(flat_folder, tmp_path):

@@ -29,7 +29,9 @@ N_FRAMES = 4
 def frames_dir(tiny_imagefolder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 'video' as a folder of frames: the first images of one class, renamed in play order."""
     folder = tmp_path_factory.mktemp("frames")
-    sources = sorted(next(p for p in sorted((tiny_imagefolder / "val").iterdir()) if p.is_dir()).glob("*.png"))
+    sources = sorted(
+        next(p for p in sorted((tiny_imagefolder / "val").iterdir()) if p.is_dir()).glob("*.png")
+    )
     for i, source in enumerate(sources[:N_FRAMES]):
         shutil.copy(source, folder / f"{i:03d}.png")
     return folder
@@ -50,7 +52,9 @@ def read_video(path: Path) -> tuple[int, float, tuple[int, ...]]:
         return len(frames), float(reader.get_meta_data()["fps"]), frames[0].shape
 
 
-def test_folder_of_frames_gives_attention_frames_and_video(frames_dir: Path, v1_checkpoint: Path, tmp_path: Path):
+def test_folder_of_frames_gives_attention_frames_and_video(
+    frames_dir: Path, v1_checkpoint: Path, tmp_path: Path
+):
     out = tmp_path / "out"
     video = vg.main(["--pretrained_weights", str(v1_checkpoint), "--input_path", str(frames_dir),
                      "--output_path", str(out), "--fps", "5", "--resize", "64", "--device", "cpu"])  # fmt: skip
@@ -85,7 +89,9 @@ def test_video_file_is_split_into_frames_at_its_frame_rate(frames_dir: Path, tmp
     Image.new("RGB", (32, 32)).save(out / "frames" / "frame-0099.jpg")  # left by an earlier, longer video
     video = vg.main(["--pretrained_weights", str(ckpt), "--input_path", str(clip), "--output_path", str(out),
                      "--threshold", "0.3", "--device", "cpu"])  # fmt: skip
-    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"frame-{i:04d}.jpg" for i in range(N_FRAMES)]
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [
+        f"frame-{i:04d}.jpg" for i in range(N_FRAMES)
+    ]
     assert len(list((out / "attention").glob("attn-frame-*.jpg"))) == N_FRAMES
     count, fps, _ = read_video(video)
     assert (count, fps) == (N_FRAMES, 4.0)  # the input's frame rate, not the --fps default 30
@@ -111,7 +117,10 @@ def test_frames_are_written_without_a_video_writer(frames_dir, v1_checkpoint, tm
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--threshold", "1.5"], "--threshold 1.5 is not a fraction of the attention mass: give a value in [0, 1]"),
+        (
+            ["--threshold", "1.5"],
+            "--threshold 1.5 is not a fraction of the attention mass: give a value in [0, 1]",
+        ),
         (["--threshold", "-0.1"], "--threshold -0.1 is not a fraction"),
         (["--input_path", "/nonexistent/clip.mp4"], "--input_path /nonexistent/clip.mp4 does not exist"),
         (["--video_only"], "no frames (attn-*.jpg"),
@@ -132,4 +141,6 @@ def test_a_file_that_is_no_video_is_one_line(tmp_path):
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("not a video")
     with pytest.raises(UserError, match="cannot be read as a video"):
-        vg.generate(vg.get_args_parser().parse_args(["--input_path", str(bogus), "--output_path", str(tmp_path)]))
+        vg.generate(
+            vg.get_args_parser().parse_args(["--input_path", str(bogus), "--output_path", str(tmp_path)])
+        )

@@ -21,7 +21,11 @@ from simdinov2.eval.setup import eval_image_size
 def _cut_features(tmp_path: Path) -> Path:
     folder = tmp_path / "features"
     folder.mkdir()
-    for name, tensor in zip(v1_knn.FEATURE_FILES, (torch.randn(8, 4), torch.randn(4, 4), torch.zeros(8), torch.zeros(4))):
+    for name, tensor in zip(
+        v1_knn.FEATURE_FILES,
+        (torch.randn(8, 4), torch.randn(4, 4), torch.zeros(8), torch.zeros(4)),
+        strict=True,
+    ):
         torch.save(tensor, folder / name)
     data = (folder / "trainfeat.pth").read_bytes()
     (folder / "trainfeat.pth").write_bytes(data[: len(data) // 2])
@@ -31,21 +35,27 @@ def _cut_features(tmp_path: Path) -> Path:
 CASES = {
     "eval_knn.py --batch_size_per_gpu 0": (
         lambda tmp: v1_knn.cli(["--batch_size_per_gpu", "0", "--output_dir", str(tmp / "o")]),
-        "--batch_size_per_gpu 0 is invalid: it must be >= 1"),
+        "--batch_size_per_gpu 0 is invalid: it must be >= 1",
+    ),
     "knn.py --batch-size 0": (
-        lambda tmp: knn.cli(["--batch-size", "0", "--pretrained-weights", str(tmp / "w.pth"), "--output-dir",
-                             str(tmp / "o")]),
-        "--batch-size 0 is invalid: it must be >= 1"),
+        lambda tmp: knn.cli(
+            ["--batch-size", "0", "--pretrained-weights", str(tmp / "w.pth"), "--output-dir", str(tmp / "o")]
+        ),
+        "--batch-size 0 is invalid: it must be >= 1",
+    ),
     "visualize_attention.py --image_size 0": (
         lambda tmp: visualize_attention.main(["--image_size", "0", "--output_dir", str(tmp / "o")]),
-        "--image_size 0 is not a size"),
+        "--image_size 0 is not a size",
+    ),
     "visualize_attention.py --threshold 2": (  # before: accepted silently
         lambda tmp: visualize_attention.main(["--threshold", "2", "--output_dir", str(tmp / "o")]),
-        "--threshold 2.0 is not a fraction of the attention mass: give a value in [0, 1]"),
+        "--threshold 2.0 is not a fraction of the attention mass: give a value in [0, 1]",
+    ),
     "eval_knn.py --load_features (a cut file)": (
         lambda tmp: v1_knn.cli(["--load_features", str(_cut_features(tmp)), "--output_dir", str(tmp / "o")]),
-        "trainfeat.pth is corrupt or cut short"),
-}  # fmt: skip
+        "trainfeat.pth is corrupt or cut short",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -60,7 +70,9 @@ def test_bad_eval_input_is_one_line(case, tmp_path):
 def test_a_missing_dataset_folder_says_so_not_unknown_dataset():
     with pytest.raises(UserError) as exc:
         parse_dataset_str("/nonexistent")
-    assert "dataset folder /nonexistent does not exist" in str(exc.value) and "unknown dataset" not in str(exc.value)
+    assert "dataset folder /nonexistent does not exist" in str(exc.value) and "unknown dataset" not in str(
+        exc.value
+    )
 
 
 def test_evaluation_resolution_is_said_with_its_reason(caplog):

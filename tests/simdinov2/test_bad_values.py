@@ -21,7 +21,10 @@ V1_CASES = [
     (["--z_dim", "0"], "--z_dim 0 is invalid: it must be >= 1"),
     (["--warmup_epochs", "-1"], "--warmup_epochs -1 is invalid: it must be >= 0"),
     (["--num_workers", "-1"], "--num_workers -1 is invalid: it must be >= 0"),
-    (["--global_crops_scale", "1.0", "0.4"], "--global_crops_scale 1.0 0.4 is invalid: it must be a pair min max"),
+    (
+        ["--global_crops_scale", "1.0", "0.4"],
+        "--global_crops_scale 1.0 0.4 is invalid: it must be a pair min max",
+    ),
     (["--saveckp_freq", "-1"], "--saveckp_freq -1 is invalid: it must be >= 0"),  # saved every epoch
     (["--min_lr=-1e-6"], "--min_lr -1e-06 is invalid"),
 ]
@@ -41,8 +44,9 @@ V2_CASES = [
 
 @pytest.mark.parametrize("flags, words", V1_CASES, ids=[" ".join(f) for f, _ in V1_CASES])
 def test_v1_value_out_of_range_is_one_line(flags, words, tmp_path):
-    args = main_dino.get_args_parser().parse_args(["--output_dir", str(tmp_path / "o"), "--data_path",
-                                                   str(tmp_path / "never_read"), *flags])  # fmt: skip
+    args = main_dino.get_args_parser().parse_args(
+        ["--output_dir", str(tmp_path / "o"), "--data_path", str(tmp_path / "never_read"), *flags]
+    )
     with pytest.raises(SystemExit) as exc:
         main_dino.main(args)
     message = str(exc.value.code)

@@ -188,8 +188,11 @@ def test_a_real_full_disk_on_a_small_tmpfs(tmp_path):
     )
     run = subprocess.run(
         ["unshare", "-rm", "sh", "-c", command, "sh", str(disk), sys.executable, _TMPFS_SCRIPT],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if run.returncode == 77 or "unshare:" in run.stderr:
         pytest.skip(f"cannot mount a private tmpfs here: {run.stderr.strip()[:200]}")
     assert run.returncode == 0, run.stderr[-2000:]

@@ -165,8 +165,15 @@ def test_rng_file_of_an_older_version_is_refused_with_the_way_out(tmp_path):
 # ---------------------------------------------------------------------------------------------- corrupt files
 @pytest.mark.parametrize(
     "damage",
-    ["empty .metadata", "text .metadata", "truncated .distcp", "zero-filled .distcp", "missing .distcp", "empty rng",
-     "text json"],
+    [
+        "empty .metadata",
+        "text .metadata",
+        "truncated .distcp",
+        "zero-filled .distcp",
+        "missing .distcp",
+        "empty rng",
+        "text json",
+    ],
 )
 def test_corrupt_or_truncated_files_say_corrupt_not_mismatch(tmp_path, damage):
     _, folder = _saved_run(tmp_path)
@@ -208,7 +215,9 @@ def test_clean_resume_restores_model_optimizer_and_trainer_state(tmp_path):
     for key, value in checkpointer.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value)
     saved_avg = [s["exp_avg"] for s in checkpointer.optimizer.state.values()]
-    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(saved_avg, resumed.optimizer.state.values()))
+    assert all(
+        torch.equal(a, s["exp_avg"]) for a, s in zip(saved_avg, resumed.optimizer.state.values(), strict=True)
+    )
     assert resumed.optimizer.param_groups[0]["lr"] == 0.01  # byte entries came back through the planner
 
 

@@ -59,8 +59,11 @@ def test_unusable_output_folder_is_one_line_in_every_program(program, kind, tmp_
     message = str(exit_info.value.code)
     assert "\n" not in message
     assert f"{bad} cannot be used as the output folder" in message, message
-    reason = {"is_a_file": "a file is in the way", "under_a_file": "a file is in the way",
-              "read_only": "no permission to write there"}[kind]  # fmt: skip
+    reason = {
+        "is_a_file": "a file is in the way",
+        "under_a_file": "a file is in the way",
+        "read_only": "no permission to write there",
+    }[kind]
     assert reason in message
 
 
@@ -72,5 +75,7 @@ def test_make_output_dir_creates_nested_folders(tmp_path):
 
 def test_make_output_dir_names_the_flag(tmp_path):
     (tmp_path / "f").write_text("")
-    with pytest.raises(UserError, match=r"^--output-dir .*/f/x cannot be used as the output folder: a file is in the way"):
+    with pytest.raises(
+        UserError, match=r"^--output-dir .*/f/x cannot be used as the output folder: a file is in the way"
+    ):
         make_output_dir(tmp_path / "f" / "x", flag="--output-dir")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from simdinov2.configs import (
     CONFIG_DIR,
@@ -18,7 +19,9 @@ from simdinov2.configs import (
 )
 from simdinov2.errors import UserError
 
-SHIPPED = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml") if p.name != "ssl_default_config.yaml")
+SHIPPED = sorted(
+    str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml") if p.name != "ssl_default_config.yaml"
+)
 
 
 def test_shipped_configs_exist_and_load():
@@ -34,11 +37,25 @@ def test_simdino_config_is_the_simdinov2_recipe():
     cfg = get_cfg("simdinov2/configs/simdino_config.yaml")
     assert cfg.dino.use_mcr is True and cfg.ibot.use_mcr is True
     assert dict(cfg.dino.mcr) == {
-        "expa_loss": "mcr", "comp_loss": "cosine", "expa_type": 1, "reduce_cov": 0, "eps": 0.05, "eps_end": -1,
-        "coeff": 1.0, "coeff_end": -1,
+        "expa_loss": "mcr",
+        "comp_loss": "cosine",
+        "expa_type": 1,
+        "reduce_cov": 0,
+        "eps": 0.05,
+        "eps_end": -1,
+        "coeff": 1.0,
+        "coeff_end": -1,
     }
-    assert (cfg.dino.head_n_prototypes, cfg.dino.head_bottleneck_dim, cfg.dino.head_nlayers, cfg.dino.head_hidden_dim) == (
-        256, 256, 3, 2048,
+    assert (
+        cfg.dino.head_n_prototypes,
+        cfg.dino.head_bottleneck_dim,
+        cfg.dino.head_nlayers,
+        cfg.dino.head_hidden_dim,
+    ) == (
+        256,
+        256,
+        3,
+        2048,
     )
     assert cfg.dino.koleo_loss_weight == 0 and cfg.dino.remove_last_layer and cfg.dino.head_normalize
     assert cfg.ibot.separate_head is False and cfg.ibot.remove_last_layer and cfg.ibot.loss_weight == 1
@@ -46,22 +63,38 @@ def test_simdino_config_is_the_simdinov2_recipe():
     assert cfg.train.centering == "none"
     s = cfg.student
     assert (s.arch, s.patch_size, s.drop_path_rate, s.layerscale, s.num_register_tokens, s.block_chunks) == (
-        "vit_large", 16, 0.2, 0.1, 4, 4,
+        "vit_large",
+        16,
+        0.2,
+        0.1,
+        4,
+        4,
     )
     assert (cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher) == (0.9, 1)
     o = cfg.optim
     assert (o.opt, o.epochs, o.weight_decay, o.weight_decay_end, o.base_lr, o.warmup_epochs) == (
-        "adamw", 100, 0.04, 0.4, 0.004, 10,
+        "adamw",
+        100,
+        0.04,
+        0.4,
+        0.004,
+        10,
     )
     assert (o.min_lr, o.clip_grad, o.freeze_last_layer_epochs, o.layerwise_decay, o.patch_embed_lr_mult) == (
-        1e-6, 3.0, 1, 0.9, 0.2,
+        1e-6,
+        3.0,
+        1,
+        0.9,
+        0.2,
     )
     assert (tuple(o.kwargs.betas), o.kwargs.foreach, o.scaling_rule) == ((0.9, 0.999), True, "sqrt_wrt_1024")
     assert cfg.train.batch_size_per_gpu == 128
     assert (s.interpolate_antialias, s.interpolate_offset) == (True, 0.0)
     c = cfg.crops
     assert list(c.global_crops_scale) == [0.4, 1.0] and c.global_crops_size == 224
-    assert c.local_crops_number == 10 and list(c.local_crops_scale) == [0.05, 0.4] and c.local_crops_size == 96
+    assert (
+        c.local_crops_number == 10 and list(c.local_crops_scale) == [0.05, 0.4] and c.local_crops_size == 96
+    )
     assert cfg.evaluation.eval_period_epochs == 10
     assert cfg.compute_precision.student.backbone.mixed_precision.param_dtype == "bf16"
     assert cfg.compile is True  # as upstream; skipped with one log line off CUDA
@@ -93,12 +126,14 @@ def test_train_vitb16_means_what_upstream_file_means():
     cfg, default = get_cfg("train/vitb16"), default_config()
     assert (cfg.train.batch_size_per_gpu, cfg.student.arch, cfg.student.block_chunks) == (64, "vit_base", 4)
     assert cfg.dino.use_mcr is False and cfg.student.drop_path_rate == default.student.drop_path_rate
-    assert get_cfg("train/vitl16").student.arch == "vit_large" and get_cfg("train/vitl16").dino.use_mcr is False
+    assert (
+        get_cfg("train/vitl16").student.arch == "vit_large" and get_cfg("train/vitl16").dino.use_mcr is False
+    )
 
 
 def test_struct_mode_rejects_reads_of_unknown_keys():
     cfg = get_cfg()
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigAttributeError):
         _ = cfg.optim.learning_rate
 
 
@@ -121,7 +156,10 @@ def test_unknown_override_names_the_key_and_closest_valid_keys(overrides, unknow
 def test_unknown_key_in_a_config_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("optim:\n  epochs: 2\n  warmup_epoch: 1\n")
-    with pytest.raises(ValueError, match=r"unknown config key 'optim.warmup_epoch' \(in .*bad.yaml\); closest valid keys: optim.warmup_epochs"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown config key 'optim.warmup_epoch' \(in .*bad.yaml\); closest valid keys: optim.warmup_epochs",
+    ):
         get_cfg(path)
 
 
@@ -169,7 +207,10 @@ def test_numbers_are_accepted_where_a_number_is_expected():
     ("overrides", "key"),
     [
         (["student.patch_size=32", "crops.global_crops_size=28"], "crops.global_crops_size=28"),
-        (["student.patch_size=16", "crops.global_crops_size=32", "crops.local_crops_size=12"], "crops.local_crops_size=12"),
+        (
+            ["student.patch_size=16", "crops.global_crops_size=32", "crops.local_crops_size=12"],
+            "crops.local_crops_size=12",
+        ),
     ],
 )
 def test_crop_smaller_than_a_patch_is_one_line(overrides, key):
@@ -178,8 +219,15 @@ def test_crop_smaller_than_a_patch_is_one_line(overrides, key):
 
 
 def test_local_crops_smaller_than_a_patch_are_fine_when_there_are_none():
-    get_cfg(None, ["student.patch_size=16", "crops.global_crops_size=32", "crops.local_crops_size=12",
-                   "crops.local_crops_number=0"])  # fmt: skip
+    get_cfg(
+        None,
+        [
+            "student.patch_size=16",
+            "crops.global_crops_size=32",
+            "crops.local_crops_size=12",
+            "crops.local_crops_number=0",
+        ],
+    )
 
 
 def test_crop_not_a_multiple_of_the_patch_warns(caplog):
@@ -195,7 +243,9 @@ def test_crop_not_a_multiple_of_the_patch_warns(caplog):
         logger.removeHandler(caplog.handler)
 
 
-@pytest.mark.parametrize(("rule", "world", "expected"), [("sqrt_wrt_1024", 8, math.sqrt(0.5)), ("linear_wrt_1024", 4, 0.25)])
+@pytest.mark.parametrize(
+    ("rule", "world", "expected"), [("sqrt_wrt_1024", 8, math.sqrt(0.5)), ("linear_wrt_1024", 4, 0.25)]
+)
 def test_lr_scaling_rules(rule, world, expected):
     cfg = get_cfg(None, [f"optim.scaling_rule={rule}", "train.batch_size_per_gpu=64", "optim.base_lr=0.004"])
     apply_scaling_rules_to_cfg(cfg, world)

@@ -50,8 +50,12 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
 
 def test_user_error_kinds_stay_what_library_callers_catch():
     assert isinstance(UserError("x"), ValueError)
-    assert isinstance(MissingFileError("x"), FileNotFoundError) and isinstance(MissingFileError("x"), UserError)
-    assert isinstance(NonFiniteLossError("x"), FloatingPointError) and isinstance(NonFiniteLossError("x"), UserError)
+    assert isinstance(MissingFileError("x"), FileNotFoundError) and isinstance(
+        MissingFileError("x"), UserError
+    )
+    assert isinstance(NonFiniteLossError("x"), FloatingPointError) and isinstance(
+        NonFiniteLossError("x"), UserError
+    )
 
 
 def test_errors_before_the_process_group_are_reported_by_the_first_rank_only(monkeypatch):
@@ -68,7 +72,9 @@ def _free_port() -> int:
 
 
 def _agree_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
     distributed.init_distributed("cpu")
     outcome = {}
     for failing in ([0], [1], [0, 1], []):
@@ -111,7 +117,9 @@ def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch):
     assert wandb_mode() is None  # the user's explicit choice is honoured
 
 
-def _torchrun_main_dino(data: Path, out: Path, home: Path, extra_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+def _torchrun_main_dino(
+    data: Path, out: Path, home: Path, extra_env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HOME=str(home), WANDB_SILENT="true", **extra_env)
     env.pop("NETRC", None)
@@ -167,8 +175,11 @@ def test_two_processes_with_wandb_online_and_no_login_stop_with_one_line(small_d
     ours = [ln for ln in proc.stderr.splitlines() if "main_dino.py: error" in ln]
     assert len(ours) == 1 and "--track_wandb" in ours[0], proc.stderr[-3000:]
     # No traceback from our ranks (torchrun itself reports the failed child with its own traceback).
-    our_frames = [ln for ln in proc.stderr.splitlines() if ln.strip().startswith('File "') and
-                  ("simdinov2" in ln or "main_dino" in ln)]  # fmt: skip
+    our_frames = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if ln.strip().startswith('File "') and ("simdinov2" in ln or "main_dino" in ln)
+    ]
     assert not our_frames, proc.stderr[-3000:]
     assert not (out / "checkpoint.pth").exists()
 
@@ -209,7 +220,9 @@ def test_one_train_step_drives_both_trees_and_the_benchmark():
 def test_progress_shows_iteration_throughput_and_the_run_eta(caplog):
     logger = MetricLogger()
     with caplog.at_level("INFO", logger="simdinov2"):
-        for _ in logger.log_every(range(3), 1, "Epoch: [1/4]", n_iterations=12, start_iteration=3, images_per_iteration=64):
+        for _ in logger.log_every(
+            range(3), 1, "Epoch: [1/4]", n_iterations=12, start_iteration=3, images_per_iteration=64
+        ):
             logger.update(loss=1.0, lr=0.5)
     line = next(r.getMessage() for r in caplog.records if "[ 3/12]" in r.getMessage())
     assert "eta:" in line and "img/s:" in line and "loss:" in line and "lr:" in line
@@ -218,7 +231,9 @@ def test_progress_shows_iteration_throughput_and_the_run_eta(caplog):
 def test_v1_warns_when_warmup_covers_the_whole_run(caplog):
     from simdino import main_dino
 
-    args = main_dino.get_args_parser().parse_args(["--epochs", "2", "--arch", "vit_tiny", "--compile", "false"])
+    args = main_dino.get_args_parser().parse_args(
+        ["--epochs", "2", "--arch", "vit_tiny", "--compile", "false"]
+    )
     with caplog.at_level("WARNING", logger="simdinov2"):
         main_dino.validate_args(args)  # default --warmup_epochs 10
     warnings = [r.getMessage() for r in caplog.records if "warmup_epochs" in r.getMessage()]
@@ -244,10 +259,21 @@ def test_v2_trains_for_its_time_budget_and_ends_with_checkpoint_and_snapshot(tmp
     monkeypatch.setattr(TrainingClock, "now", staticmethod(lambda: float(next(ticks))))
     data = write_golden_imagefolder(tmp_path / "data")
     args = argparse.Namespace(
-        config_file=SIMDINO_CONFIG, output_dir=str(tmp_path / "run"), no_resume=False, eval_only=False,
-        opts=[*TINY_OVERRIDES, *fp32_overrides(), f"train.dataset_path={data}", "train.batch_size_per_gpu=8",
-              "train.device=cpu", "compile=false", "optim.epochs=100", "train.time_budget=5"],
-    )  # fmt: skip
+        config_file=SIMDINO_CONFIG,
+        output_dir=str(tmp_path / "run"),
+        no_resume=False,
+        eval_only=False,
+        opts=[
+            *TINY_OVERRIDES,
+            *fp32_overrides(),
+            f"train.dataset_path={data}",
+            "train.batch_size_per_gpu=8",
+            "train.device=cpu",
+            "compile=false",
+            "optim.epochs=100",
+            "train.time_budget=5",
+        ],
+    )
     result = v2_train.main(args)
     # start() reads the clock at 0, then once before each iteration: 1, 2, 3, 4 s run, 5 s stops (the 5th).
     assert result["iteration"] == 3 and result["train_seconds"] == pytest.approx(5.0)

@@ -126,7 +126,7 @@ def test_multicrop_shapes(global_size: int, local_size: int, n_local: int) -> No
     assert [tuple(t.shape) for t in out["global_crops"]] == [(3, global_size, global_size)] * 2
     assert [tuple(t.shape) for t in out["local_crops"]] == [(3, local_size, local_size)] * n_local
     assert all(t.dtype == torch.float32 for t in out["global_crops"] + out["local_crops"])
-    assert all(a is b for a, b in zip(out["global_crops"], out["global_crops_teacher"]))
+    assert all(a is b for a, b in zip(out["global_crops"], out["global_crops_teacher"], strict=True))
 
 
 def test_flat_layout_matches_dict_layout() -> None:
@@ -137,7 +137,7 @@ def test_flat_layout_matches_dict_layout() -> None:
     torch.manual_seed(5)
     as_list = DataAugmentationDINO(**kwargs, flat=True)(image)
     assert isinstance(as_list, list) and len(as_list) == 5
-    for a, b in zip(to_list(as_dict), as_list):
+    for a, b in zip(to_list(as_dict), as_list, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.manual_seed(6)
     other = DataAugmentationDINO(**kwargs, flat=True)(image)
@@ -153,11 +153,18 @@ def test_blur_is_each_trees_own_and_matches_its_reference() -> None:
         ref = TF.gaussian_blur_image(torch.from_numpy(image).permute(2, 0, 1), [k, k], [sigma, sigma])
         assert np.abs(ours - ref.permute(1, 2, 0).numpy()).max() <= 1
     v2 = DataAugmentationDINO(global_crops_size=28, local_crops_size=12, local_crops_number=1)
-    blurs = [t for tr in (v2.global_transfo1, v2.local_transfo) for t in tr.transforms if "Blur" in type(t).__name__]
+    blurs = [
+        t
+        for tr in (v2.global_transfo1, v2.local_transfo)
+        for t in tr.transforms
+        if "Blur" in type(t).__name__
+    ]
     assert [b.kernel_size for b in blurs] == [9, 9]  # the local crops too, not a smaller kernel
     # v1: PIL's blur with the drawn radius (not truncated to a kernel size).
     v1 = DataAugmentationDINO(global_crops_size=28, local_crops_size=12, local_crops_number=1, blur="dino")
-    assert all(isinstance(t, PILGaussianBlur) for t in v1.global_transfo1.transforms if "Blur" in type(t).__name__)
+    assert all(
+        isinstance(t, PILGaussianBlur) for t in v1.global_transfo1.transforms if "Blur" in type(t).__name__
+    )
     pil = Image.fromarray(image)
     torch.manual_seed(0)
     radius = float(torch.empty(1).uniform_(0.1, 2.0).item())
@@ -328,9 +335,13 @@ def test_16bit_images_through_the_augmentation_and_deeper_images_refused(tmp_pat
 
     levels = _write_16bit_gradient(tmp_path / "deep.png")
     pixels = np.asarray(ToRGB()(Image.open(tmp_path / "deep.png")))
-    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and pixels[32, 0, 0] == round(levels[32, 0] / 257)
+    assert (
+        pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and pixels[32, 0, 0] == round(levels[32, 0] / 257)
+    )
     Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "int32.tif")
-    with pytest.raises(UnreadableImageError, match=r"int32.tif is a 32-bit integer image with values in \[70000, 70000\]"):
+    with pytest.raises(
+        UnreadableImageError, match=r"int32.tif is a 32-bit integer image with values in \[70000, 70000\]"
+    ):
         load_rgb_image(tmp_path / "int32.tif")
     Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(UnreadableImageError, match="float.tif is a floating-point image"):
@@ -464,10 +475,10 @@ def test_loader_batches_depend_only_on_seed_and_position() -> None:
     full = _batches(num_workers=0, advance=0, n=8)
     assert torch.equal(torch.get_rng_state(), before)  # loading leaves the trainer's RNG alone
     resumed = _batches(num_workers=0, advance=3 * 4, n=5)
-    for a, b in zip(full[3:], resumed):
+    for a, b in zip(full[3:], resumed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with_workers = _batches(num_workers=2, advance=0, n=4)
-    for a, b in zip(full, with_workers):
+    for a, b in zip(full, with_workers, strict=False):  # the first 4 of the 8
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     noise = torch.cat(full)[:, 1:]
     assert len(torch.unique(noise[:, 0])) == len(noise)  # every sample got its own seed
@@ -480,7 +491,7 @@ def test_loader_collate_is_seeded_and_other_sampler_types() -> None:
     kwargs = dict(batch_size=4, num_workers=0, seed=2, collate_fn=collate)
     a = list(itertools.islice(iter(make_data_loader(_NoisyDataset(), **kwargs)), 3))
     b = list(itertools.islice(iter(make_data_loader(_NoisyDataset(), **kwargs)), 3))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     dist_loader = make_data_loader(_NoisyDataset(), batch_size=5, sampler_type="distributed", drop_last=False)
     assert isinstance(dist_loader.sampler, torch.utils.data.DistributedSampler) and len(dist_loader) == 5
     plain = make_data_loader(_NoisyDataset(), batch_size=5, sampler_type=None, shuffle=False, drop_last=False)

@@ -91,7 +91,7 @@ def test_v1_training_metrics_write(tiny_imagefolder, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = [*V1_MODEL, "--global_crops_size", "28", "--local_crops_size", "12", "--local_crops_number", "2",
             "--compile", "false", "--use_fp16", "false", "--hidden_dim", "64", "--z_dim", "32", "--epochs", "1",
-            "--batch_size_per_gpu", "8", "--data_path", str(tiny_imagefolder / "train"), "--output_dir", str(out)]
+            "--batch_size_per_gpu", "8", "--data_path", str(tiny_imagefolder / "train"), "--output_dir", str(out)]  # fmt: skip
     message = _one_line(lambda: main_dino.main(main_dino.get_args_parser().parse_args(argv)))
     assert str(out / "training_metrics.json") in message
 
@@ -118,8 +118,19 @@ def test_visualize_attention_leaves_no_empty_picture(v1_weights, tmp_path, monke
     """Before: a traceback and a 0-byte img.png."""
     _disk_full_for(monkeypatch, "img.png")
     out = tmp_path / "vis"
-    message = _one_line(lambda: visualize_attention.main([*V1_MODEL[:4], "--pretrained_weights", str(v1_weights),
-                                                          "--image_size", "32", "--output_dir", str(out)]))
+    message = _one_line(
+        lambda: visualize_attention.main(
+            [
+                *V1_MODEL[:4],
+                "--pretrained_weights",
+                str(v1_weights),
+                "--image_size",
+                "32",
+                "--output_dir",
+                str(out),
+            ]
+        )
+    )
     assert str(out / "img.png") in message and not list(out.glob("*.png"))
 
 
@@ -134,19 +145,25 @@ def test_export_on_a_full_disk(fmt, v1_weights, tmp_path, monkeypatch):
 @pytest.mark.parametrize("kind", ["a_folder", "under_a_file", "read_only"])
 def test_export_to_an_unusable_out_is_one_line(kind, v1_weights, tmp_path):
     (tmp_path / "a_file").write_text("x")
-    out = {"a_folder": tmp_path, "under_a_file": tmp_path / "a_file" / "b.pth",
-           "read_only": Path("/sys/simdinov2_test_export/b.pth")}[kind]  # fmt: skip
+    out = {
+        "a_folder": tmp_path,
+        "under_a_file": tmp_path / "a_file" / "b.pth",
+        "read_only": Path("/sys/simdinov2_test_export/b.pth"),
+    }[kind]
     with pytest.raises(SystemExit) as exc:
         export.main([str(v1_weights), "--out", str(out)])
     message = str(exc.value.code)
     assert "\n" not in message and "--out" in message, message
-    assert {"a_folder": "is a folder", "under_a_file": "a file is in the way",
-            "read_only": "no permission to write there"}[kind] in message  # fmt: skip
-
+    assert {
+        "a_folder": "is a folder",
+        "under_a_file": "a file is in the way",
+        "read_only": "no permission to write there",
+    }[kind] in message
 
 
 def test_console_copy_stops_with_one_warning_on_a_full_disk(tmp_path, capsys):
     """Before: `--- Logging error ---` for every line, then exit 120 (stdout could not be flushed)."""
+
     class FullFile:
         def write(self, data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -45,8 +45,10 @@ def reference_knn(train_x, train_y, test_x, test_y, k, temperature):
     a hit at n when the true class got a vote and fewer than n classes scored higher."""
     hits1 = hits5 = 0
     for i in range(test_x.shape[0]):
-        sims = sorted(((float(test_x[i] @ train_x[j]), int(train_y[j])) for j in range(train_x.shape[0])),
-                      key=lambda s: -s[0])
+        sims = sorted(
+            ((float(test_x[i] @ train_x[j]), int(train_y[j])) for j in range(train_x.shape[0])),
+            key=lambda s: -s[0],
+        )
         scores: dict[int, float] = {}
         for sim, label in sims[:k]:
             scores[label] = scores.get(label, 0.0) + math.exp(sim / temperature)
@@ -63,8 +65,12 @@ def random_bank(n_train=150, n_test=41, dim=12, classes=9, seed=0):
     centers = torch.randn(classes, dim, generator=g, dtype=torch.float64)
     train_y = torch.randint(0, classes, (n_train,), generator=g)
     test_y = torch.randint(0, classes, (n_test,), generator=g)
-    train_x = F.normalize(centers[train_y] + 1.5 * torch.randn(n_train, dim, generator=g, dtype=torch.float64), dim=1)
-    test_x = F.normalize(centers[test_y] + 1.5 * torch.randn(n_test, dim, generator=g, dtype=torch.float64), dim=1)
+    train_x = F.normalize(
+        centers[train_y] + 1.5 * torch.randn(n_train, dim, generator=g, dtype=torch.float64), dim=1
+    )
+    test_x = F.normalize(
+        centers[test_y] + 1.5 * torch.randn(n_test, dim, generator=g, dtype=torch.float64), dim=1
+    )
     return train_x, train_y, test_x, test_y
 
 
@@ -160,8 +166,9 @@ def test_vit_features_shared_by_the_grid_and_training_learns() -> None:
     images[labels == 1] += 1.5  # a linearly separable shift
     sample = feature_model(images[:1])
     assert len(sample) == 4 and sample[-1][1].shape == (1, vit.embed_dim)
-    classifiers, groups = setup_linear_classifiers(sample, [1, 4], [False, True], [0.1, 1.0], batch_size=16,
-                                                   num_classes=2)
+    classifiers, groups = setup_linear_classifiers(
+        sample, [1, 4], [False, True], [0.1, 1.0], batch_size=16, num_classes=2
+    )
     assert len(classifiers) == 8 and len(groups) == 8
     dims = {c.linear.in_features for c in classifiers.classifiers_dict.values()}
     assert dims == {32, 2 * 32, 4 * 32, 5 * 32}
@@ -180,7 +187,9 @@ def test_vit_features_shared_by_the_grid_and_training_learns() -> None:
         last = train_step(CountingModel(), classifiers, optimizer, images, labels).item()
     assert calls["n"] == 16  # one backbone pass per step for all 8 classifiers
     assert last < first
-    assert all(torch.equal(a, b) for a, b in zip(backbone_before, vit.parameters()))  # backbone frozen
+    assert all(
+        torch.equal(a, b) for a, b in zip(backbone_before, vit.parameters(), strict=True)
+    )  # backbone frozen
     loader = make_eval_loader(TensorDataset(images, labels), batch_size=5, pad=False)
     results = evaluate_classifiers(feature_model, classifiers, loader, torch.device("cpu"))
     assert set(results) == set(classifiers.classifiers_dict)
@@ -247,8 +256,10 @@ def v2_snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from simdinov2.models import build_model
 
     run = tmp_path_factory.mktemp("v2run")
-    cfg = get_cfg(REPO / "simdinov2/configs/simdino_config.yaml",
-                  ["student.arch=vit_tiny", "student.patch_size=4", "crops.global_crops_size=28"])
+    cfg = get_cfg(
+        REPO / "simdinov2/configs/simdino_config.yaml",
+        ["student.arch=vit_tiny", "student.patch_size=4", "crops.global_crops_size=28"],
+    )
     OmegaConf.save(cfg, run / "config.yaml")
     torch.manual_seed(0)
     teacher, _ = build_model(cfg.student, only_teacher=True, img_size=28)
@@ -263,7 +274,7 @@ def v2_snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _v2_args(config: Path, weights: Path, data: Path, out: Path) -> list[str]:
     return ["--config-file", str(config), "--pretrained-weights", str(weights), "--output-dir", str(out),
             "--train-dataset", f"ImageFolder:root={data}/train", "--val-dataset", f"ImageFolder:root={data}/val",
-            "--num-workers", "0"]
+            "--num-workers", "0"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -306,7 +317,7 @@ def test_v2_linear_and_log_regression(v2_snapshot, tiny_imagefolder: Path, tmp_p
         return linear.run_linear_probe(linear.get_args_parser().parse_args(base + list(extra)))
 
     summary = run("--epochs", "1", "--learning-rates", "0.01", "0.1", "--eval-period-iterations", "2",
-                  "--epoch-length", "0", "--full-grid")
+                  "--epoch-length", "0", "--full-grid")  # fmt: skip
     checkpoint = torch.load(out / "linear_checkpoint.pth", weights_only=True)
     epoch_length = 120 // 32
     assert checkpoint["iteration"] == epoch_length == summary["iteration"]
@@ -327,8 +338,9 @@ def test_v2_linear_and_log_regression(v2_snapshot, tiny_imagefolder: Path, tmp_p
 
     out_lr = tmp_path / "logreg"
     args = log_regression.get_args_parser().parse_args(
-        _v2_args(config, weights, tiny_imagefolder, out_lr) + ["--c-values", "0.1", "10", "--max-train-iters", "50",
-                                                                "--image-size", "16"])
+        _v2_args(config, weights, tiny_imagefolder, out_lr)
+        + ["--c-values", "0.1", "10", "--max-train-iters", "50", "--image-size", "16"]
+    )
     record = log_regression.run_log_regression(args)
     assert json.loads((out_lr / "results_eval_log_regression.json").read_text().splitlines()[-1]) == record
     assert record["best_C"] in (0.1, 10.0) and set(record["holdout_top1"]) == {"0.1", "10.0"}
@@ -343,25 +355,41 @@ def test_v2_bad_inputs(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> N
     config, weights = v2_snapshot
     parser = knn.get_args_parser()
     with pytest.raises(FileNotFoundError, match="--config-file"):
-        setup_and_build_model(parser.parse_args(_v2_args(tmp_path / "none.yaml", weights, tiny_imagefolder, tmp_path)))
+        setup_and_build_model(
+            parser.parse_args(_v2_args(tmp_path / "none.yaml", weights, tiny_imagefolder, tmp_path))
+        )
     other = tmp_path / "other.yaml"
     cfg = OmegaConf.load(config)
     cfg.student.arch = "vit_small"
     OmegaConf.save(cfg, other)
     # a config describing another model: the checkpoint's architecture is evaluated (one log line)
-    model, _, _ = setup_and_build_model(parser.parse_args(_v2_args(other, weights, tiny_imagefolder, tmp_path)))
+    model, _, _ = setup_and_build_model(
+        parser.parse_args(_v2_args(other, weights, tiny_imagefolder, tmp_path))
+    )
     assert model.embed_dim == 192 and model.num_register_tokens == 4
     # an explicit --opts statement that contradicts the weights: refused, naming the option to change
-    with pytest.raises(ValueError, match=r"--opts student.arch=vit_small contradicts .*--opts student.arch=vit_tiny"):
-        setup_and_build_model(parser.parse_args(
-            _v2_args(config, weights, tiny_imagefolder, tmp_path) + ["--opts", "student.arch=vit_small"]))
+    with pytest.raises(
+        ValueError, match=r"--opts student.arch=vit_small contradicts .*--opts student.arch=vit_tiny"
+    ):
+        setup_and_build_model(
+            parser.parse_args(
+                _v2_args(config, weights, tiny_imagefolder, tmp_path) + ["--opts", "student.arch=vit_small"]
+            )
+        )
     # through the CLI entry point: one line, exit code 1
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "simdinov2/eval/linear.py", *_v2_args(config, tmp_path / "missing.pth", tiny_imagefolder,
-                                                               tmp_path / "o")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "simdinov2/eval/linear.py",
+            *_v2_args(config, tmp_path / "missing.pth", tiny_imagefolder, tmp_path / "o"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -380,7 +408,7 @@ def test_cuda_knn_and_autocast_features_match_cpu() -> None:
     images = torch.randn(4, 3, 16, 16, device="cuda")
     reference = ModelWithIntermediateLayers(vit, 2)(images)
     half = ModelWithIntermediateLayers(vit, 2, autocast_dtype=torch.float16)(images)
-    for (p_ref, c_ref), (p_half, c_half) in zip(reference, half):
+    for (p_ref, c_ref), (p_half, c_half) in zip(reference, half, strict=True):
         assert c_half.dtype == torch.float32  # classifiers always see float32
         assert torch.allclose(c_half, c_ref, atol=5e-2) and torch.allclose(p_half, p_ref, atol=5e-2)
 
@@ -404,7 +432,7 @@ def test_log_regression_defaults_are_upstream_simdinov2s() -> None:
     c = log_regression.DEFAULT_C_VALUES
     assert len(c) == 45 and math.isclose(c[0], 1e-6) and math.isclose(c[-1], 1e5)
     assert math.isclose(c[1] / c[0], 10 ** (11 / 44))
-    assert log_regression.FIT_DTYPE == torch.float64 and log_regression.FIT_TOLERANCE == 1e-12
+    assert torch.float64 == log_regression.FIT_DTYPE and log_regression.FIT_TOLERANCE == 1e-12
     x, y = torch.randn(40, 6), torch.arange(40) % 3
     weight, bias = fit_logistic_regression(x, y, 3, 1.0, max_iter=50)
     assert weight.dtype == bias.dtype == torch.float64
@@ -416,26 +444,38 @@ def test_linear_global_batch_arithmetic_in_one_line() -> None:
     check_global_batch(1024, 128, 8)  # exactly one global batch trains
     with pytest.raises(ValueError) as exc:
         check_global_batch(500, 128, 8)
-    assert str(exc.value) == ("--batch-size 128 per process x 8 processes = global batch 1024 > 500 training images: "
-                              "pass --batch-size 62 or less (or use fewer processes)")
+    assert str(exc.value) == (
+        "--batch-size 128 per process x 8 processes = global batch 1024 > 500 training images: "
+        "pass --batch-size 62 or less (or use fewer processes)"
+    )
     with pytest.raises(ValueError, match="use fewer processes"):
         check_global_batch(3, 1, 4)
 
 
 @pytest.mark.slow
-def test_v2_linear_defaults_on_a_small_set_say_the_arithmetic(v2_snapshot, tiny_imagefolder: Path,
-                                                              tmp_path: Path) -> None:
+def test_v2_linear_defaults_on_a_small_set_say_the_arithmetic(
+    v2_snapshot, tiny_imagefolder: Path, tmp_path: Path
+) -> None:
     """`python simdinov2/eval/linear.py` with the default --batch-size 128 on 120 training images."""
     config, weights = v2_snapshot
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "simdinov2/eval/linear.py", *_v2_args(config, weights, tiny_imagefolder, tmp_path / "o")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "simdinov2/eval/linear.py",
+            *_v2_args(config, weights, tiny_imagefolder, tmp_path / "o"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "linear.py: error: --batch-size 128 per process x 1 process = global batch 128 > 120 training images: "
-        "pass --batch-size 120 or less")
+        "pass --batch-size 120 or less"
+    )
 
 
 class _Killed(BaseException):
@@ -443,8 +483,9 @@ class _Killed(BaseException):
 
 
 @pytest.mark.slow
-def test_v2_linear_killed_resumes_to_the_rows_of_an_uninterrupted_run(v2_snapshot, tiny_imagefolder: Path,
-                                                                      tmp_path: Path, monkeypatch) -> None:
+def test_v2_linear_killed_resumes_to_the_rows_of_an_uninterrupted_run(
+    v2_snapshot, tiny_imagefolder: Path, tmp_path: Path, monkeypatch
+) -> None:
     """Rows at iterations 1, 2, 3, the final one at 4; checkpoints at 2 and 4. Killed at the save of 4
     (row 3 written after checkpoint 2): before, row 3 came twice. Killed right after checkpoint 2 was
     written: before, row 2 (written after the checkpoint) was lost."""
@@ -459,12 +500,16 @@ def test_v2_linear_killed_resumes_to_the_rows_of_an_uninterrupted_run(v2_snapsho
         linear.run_linear_probe(linear.get_args_parser().parse_args(argv))
 
     def rows(out: Path) -> list[int]:
-        return [json.loads(line)["iteration"] for line in (out / "results_eval_linear.json").read_text().splitlines()]
+        return [
+            json.loads(line)["iteration"]
+            for line in (out / "results_eval_linear.json").read_text().splitlines()
+        ]
 
     run(tmp_path / "full")
     assert rows(tmp_path / "full") == [1, 2, 3, 4]
     real_save = linear.atomic_torch_save
     for kill in ("after_a_row", "right_after_the_checkpoint"):
+
         def killing_save(state, path, kill=kill):
             if kill == "after_a_row" and state["iteration"] == 4:
                 raise _Killed
@@ -484,7 +529,8 @@ def test_v2_linear_killed_resumes_to_the_rows_of_an_uninterrupted_run(v2_snapsho
 
 @pytest.mark.slow
 def test_v1_eval_linear_killed_at_its_checkpoint_save_resumes_to_an_uninterrupted_log(
-        tmp_path: Path, monkeypatch, tiny_imagefolder: Path) -> None:  # fmt: skip
+    tmp_path: Path, monkeypatch, tiny_imagefolder: Path
+) -> None:
     """Killed while saving epoch 1's checkpoint (log line written, a temporary half written): before,
     log.txt held epochs [0, 1, 1] and the temporary stayed."""
     from simdino import eval_linear

@@ -68,21 +68,36 @@ def test_evaluate_loop_with_a_class_mapping() -> None:
 
 
 def _set_args(**values) -> argparse.Namespace:
-    base = dict(val_dataset_str="V", test_dataset_strs=None, val_metric_type="mean_accuracy",
-                test_metric_types=None, val_class_mapping_fpath=None, test_class_mapping_fpaths=None)  # fmt: skip
+    base = dict(
+        val_dataset_str="V",
+        test_dataset_strs=None,
+        val_metric_type="mean_accuracy",
+        test_metric_types=None,
+        val_class_mapping_fpath=None,
+        test_class_mapping_fpaths=None,
+    )
     return argparse.Namespace(**{**base, **values})
 
 
 def test_eval_set_flags_and_their_one_line_errors(tmp_path: Path) -> None:
-    sets = eval_sets_from_args(_set_args(test_dataset_strs=["A", "B"], test_metric_types=["per_class_accuracy"]))
+    sets = eval_sets_from_args(
+        _set_args(test_dataset_strs=["A", "B"], test_metric_types=["per_class_accuracy"])
+    )
     assert [(s.dataset_str, s.metric_type.value) for s in sets] == [
-        ("V", "mean_accuracy"), ("A", "per_class_accuracy"), ("B", "per_class_accuracy")]  # fmt: skip
-    with pytest.raises(UserError, match=r"--test-metric-types: unknown metric type 'top1'; choose one of mean_accuracy"):
+        ("V", "mean_accuracy"),
+        ("A", "per_class_accuracy"),
+        ("B", "per_class_accuracy"),
+    ]
+    with pytest.raises(
+        UserError, match=r"--test-metric-types: unknown metric type 'top1'; choose one of mean_accuracy"
+    ):
         eval_sets_from_args(_set_args(test_dataset_strs=["A"], test_metric_types=["top1"]))
     with pytest.raises(UserError, match="unknown metric type 'accuracy'"):
         eval_sets_from_args(_set_args(val_metric_type="accuracy"))
     with pytest.raises(UserError, match="gives 2 values for 3 --test-datasets"):
-        eval_sets_from_args(_set_args(test_dataset_strs=["A", "B", "C"], test_metric_types=["mean_accuracy"] * 2))
+        eval_sets_from_args(
+            _set_args(test_dataset_strs=["A", "B", "C"], test_metric_types=["mean_accuracy"] * 2)
+        )
     mapping = tmp_path / "map.npy"
     np.save(mapping, np.array([1, 0]))
     assert load_class_mapping(str(mapping), 2, 3, "A").tolist() == [1, 0]
@@ -107,7 +122,9 @@ def test_attentive_probe_shapes_and_learning() -> None:
     patches = torch.randn(64, 5, 16)
     patches[:, 0, 0] += 4.0 * labels
     tokens = [(torch.randn(64, 5, 16), torch.randn(64, 16)), (patches, torch.randn(64, 16))]
-    probe = AttentiveClassifier(16, use_n_blocks=2, use_avgpool=True, num_classes=2, num_heads=4, concat_cls=True)
+    probe = AttentiveClassifier(
+        16, use_n_blocks=2, use_avgpool=True, num_classes=2, num_heads=4, concat_cls=True
+    )
     assert probe.linear.in_features == 16 * (2 * 2 + 1)
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
     for _ in range(60):
@@ -141,8 +158,11 @@ def _check_sets(eval_sets: dict, data: Path) -> None:
 
 
 @pytest.mark.slow
-def test_linear_attentive_knn_and_log_regression_with_two_test_sets(v2_snapshot, tiny_imagefolder: Path,  # noqa: F811
-                                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_linear_attentive_knn_and_log_regression_with_two_test_sets(
+    v2_snapshot,  # noqa: F811
+    tiny_imagefolder: Path,
+    tmp_path: Path,
+) -> None:
     from simdinov2.eval import knn, linear, log_regression
 
     config, weights = v2_snapshot
@@ -151,15 +171,19 @@ def test_linear_attentive_knn_and_log_regression_with_two_test_sets(v2_snapshot,
     extra = _test_set_flags(tiny_imagefolder, mapping)
 
     def args(module, name: str, *more: str) -> argparse.Namespace:
-        return module.get_args_parser().parse_args(_v2_args(config, weights, tiny_imagefolder, tmp_path / name)
-                                                   + extra + list(more))  # fmt: skip
+        return module.get_args_parser().parse_args(
+            _v2_args(config, weights, tiny_imagefolder, tmp_path / name) + extra + list(more)
+        )
 
     probe = ["--epochs", "1", "--epoch-length", "2", "--batch-size", "32", "--learning-rates", "0.1"]
     summary = linear.run_linear_probe(args(linear, "linear", *probe))
     _check_sets(summary["eval_sets"], tiny_imagefolder)
-    assert summary["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/val"]["mean_accuracy"]["top1"] == pytest.approx(
-        summary["best_classifier"]["top1"])  # fmt: skip
-    attentive = linear.run_linear_probe(args(linear, "attentive", *probe, "--attentive", "--attentive_concat_cls"))
+    assert summary["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/val"]["mean_accuracy"][
+        "top1"
+    ] == pytest.approx(summary["best_classifier"]["top1"])
+    attentive = linear.run_linear_probe(
+        args(linear, "attentive", *probe, "--attentive", "--attentive_concat_cls")
+    )
     assert attentive["attentive"] and len(attentive["classifiers"]) == 2  # blocks {1, 2} x 1 lr
     _check_sets(attentive["eval_sets"], tiny_imagefolder)
     state = torch.load(tmp_path / "attentive" / "linear_checkpoint.pth", weights_only=True)["classifiers"]
@@ -168,8 +192,15 @@ def test_linear_attentive_knn_and_log_regression_with_two_test_sets(v2_snapshot,
     records = knn.run_knn(args(knn, "knn", "--nb_knn", "5", "10"))
     for record in records:
         _check_sets(record["eval_sets"], tiny_imagefolder)
-        assert "loss" not in record["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/train"]["mean_per_class_accuracy"]
-    record = log_regression.run_log_regression(args(log_regression, "logreg", "--c-values", "1", "--max-train-iters", "30"))
+        assert (
+            "loss"
+            not in record["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/train"][
+                "mean_per_class_accuracy"
+            ]
+        )
+    record = log_regression.run_log_regression(
+        args(log_regression, "logreg", "--c-values", "1", "--max-train-iters", "30")
+    )
     _check_sets(record["eval_sets"], tiny_imagefolder)
 
 
@@ -179,18 +210,38 @@ def test_bad_test_sets_are_one_line(v2_snapshot, tiny_imagefolder: Path, tmp_pat
     wrong = tmp_path / "two.npy"
     np.save(wrong, np.array([1, 0]))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    base = _v2_args(config, weights, tiny_imagefolder, tmp_path / "o") + ["--image-size", "16", "--batch-size", "16"]
+    base = _v2_args(config, weights, tiny_imagefolder, tmp_path / "o") + [
+        "--image-size",
+        "16",
+        "--batch-size",
+        "16",
+    ]
     cases = {
-        "missing": (["--test-datasets", f"ImageFolder:root={tmp_path}/nowhere"], f"{tmp_path}/nowhere does not exist"),
-        "metric": (["--test-datasets", f"ImageFolder:root={tiny_imagefolder}/val", "--test-metric-types", "top1"],
-                   "unknown metric type 'top1'"),
+        "missing": (
+            ["--test-datasets", f"ImageFolder:root={tmp_path}/nowhere"],
+            f"{tmp_path}/nowhere does not exist",
+        ),
+        "metric": (
+            ["--test-datasets", f"ImageFolder:root={tiny_imagefolder}/val", "--test-metric-types", "top1"],
+            "unknown metric type 'top1'",
+        ),
         "mapping": (["--val-class-mapping-fpath", str(wrong)], "has 2 entries but"),
-    }  # fmt: skip
-    for program, (flags, message) in zip(("linear.py", "knn.py", "finetuning.py"), cases.values()):
-        proc = subprocess.run([sys.executable, f"simdinov2/eval/{program}", *base, *flags], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    }
+    for program, (flags, message) in zip(
+        ("linear.py", "knn.py", "finetuning.py"), cases.values(), strict=True
+    ):
+        proc = subprocess.run(
+            [sys.executable, f"simdinov2/eval/{program}", *base, *flags],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 1 and lines[-1].startswith(f"{program}: error: ") and message in lines[-1], proc.stderr
+        assert (
+            proc.returncode == 1 and lines[-1].startswith(f"{program}: error: ") and message in lines[-1]
+        ), proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------- fine-tuning
@@ -201,20 +252,31 @@ def _finetune_args(config: Path, weights: Path, data: Path, out: Path) -> list[s
 
 
 @pytest.mark.slow
-def test_finetuning_on_cpu_stops_and_resumes_exactly(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_finetuning_on_cpu_stops_and_resumes_exactly(
+    v2_snapshot,  # noqa: F811
+    tiny_imagefolder: Path,
+    tmp_path: Path,
+) -> None:
     from simdinov2.eval import finetuning
 
     config, weights = v2_snapshot
     parser = finetuning.get_args_parser()
-    whole = finetuning.run_finetuning(parser.parse_args(_finetune_args(config, weights, tiny_imagefolder, tmp_path / "a")))
+    whole = finetuning.run_finetuning(
+        parser.parse_args(_finetune_args(config, weights, tiny_imagefolder, tmp_path / "a"))
+    )
     split = _finetune_args(config, weights, tiny_imagefolder, tmp_path / "b")
-    assert finetuning.run_finetuning(parser.parse_args([*split, "--stop-at-iteration", "4"])) == {"stopped_at": 4}
+    assert finetuning.run_finetuning(parser.parse_args([*split, "--stop-at-iteration", "4"])) == {
+        "stopped_at": 4
+    }
     assert torch.load(tmp_path / "b" / "finetuning_checkpoint.pth", weights_only=True)["iteration"] == 4
     resumed = finetuning.run_finetuning(parser.parse_args(split))
     assert resumed == whole
     results = json.loads((tmp_path / "a" / "results_eval_finetuning.json").read_text())
     assert results["final"] == whole and [h["iteration"] for h in results["history"]] == [3]
-    assert set(whole["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/val"]) == {"mean_accuracy", "per_class_accuracy"}
+    assert set(whole["eval_sets"][f"ImageFolder:root={tiny_imagefolder}/val"]) == {
+        "mean_accuracy",
+        "per_class_accuracy",
+    }
     assert 0.0 <= whole["top1"] <= whole["top5"] <= 100.0 and whole["model_ema"]
     a = torch.load(tmp_path / "a" / "finetuning_checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "finetuning_checkpoint.pth", weights_only=True)
@@ -227,24 +289,41 @@ def test_finetuning_on_cpu_stops_and_resumes_exactly(v2_snapshot, tiny_imagefold
 
 def _torchrun_finetuning(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "simdinov2/eval/finetuning.py", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "simdinov2/eval/finetuning.py",
+        *args,
+    ]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_finetuning_two_processes_resumes_exactly(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_torchrun_finetuning_two_processes_resumes_exactly(
+    v2_snapshot,  # noqa: F811
+    tiny_imagefolder: Path,
+    tmp_path: Path,
+) -> None:
     """2 gloo processes (global batch 2 x 8): uninterrupted, and stopped at iteration 4 then resumed."""
     config, weights = v2_snapshot
     common = ["--batch-size", "8", "--epoch-length", "4", "--num-workers", "0"]
-    whole = _torchrun_finetuning([*_finetune_args(config, weights, tiny_imagefolder, tmp_path / "a"), *common])
+    whole = _torchrun_finetuning(
+        [*_finetune_args(config, weights, tiny_imagefolder, tmp_path / "a"), *common]
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
     split = [*_finetune_args(config, weights, tiny_imagefolder, tmp_path / "b"), *common]
     stopped = _torchrun_finetuning([*split, "--stop-at-iteration", "5"])
-    assert stopped.returncode == 0 and "stopped at iteration 5" in stopped.stderr + stopped.stdout, stopped.stderr[-3000:]
+    assert stopped.returncode == 0 and "stopped at iteration 5" in stopped.stderr + stopped.stdout, (
+        stopped.stderr[-3000:]
+    )
     resumed = _torchrun_finetuning(split)
-    assert resumed.returncode == 0 and "at iteration 5" in resumed.stderr + resumed.stdout, resumed.stderr[-3000:]
+    assert resumed.returncode == 0 and "at iteration 5" in resumed.stderr + resumed.stdout, resumed.stderr[
+        -3000:
+    ]
     final_a = json.loads((tmp_path / "a" / "results_eval_finetuning.json").read_text())
     final_b = json.loads((tmp_path / "b" / "results_eval_finetuning.json").read_text())
     assert final_a == final_b and final_a["final"]["iteration"] == 8
@@ -254,17 +333,24 @@ def test_torchrun_finetuning_two_processes_resumes_exactly(v2_snapshot, tiny_ima
 
 
 @pytest.mark.slow
-def test_linear_grid_with_the_backbone_trained_as_upstream_finetune_py(v2_snapshot, tiny_imagefolder: Path,  # noqa: F811
-                                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_linear_grid_with_the_backbone_trained_as_upstream_finetune_py(
+    v2_snapshot,  # noqa: F811
+    tiny_imagefolder: Path,
+    tmp_path: Path,
+) -> None:
     from simdinov2.eval import linear
 
     config, weights = v2_snapshot
     base = _v2_args(config, weights, tiny_imagefolder, tmp_path / "ft") + [
-        "--epochs", "1", "--epoch-length", "2", "--batch-size", "32", "--learning-rates", "0.1", "--image-size", "16"]
-    summary = linear.run_linear_probe(linear.get_args_parser().parse_args([*base, "--train-backbone-lr", "0.005"]))
+        "--epochs", "1", "--epoch-length", "2", "--batch-size", "32", "--learning-rates", "0.1", "--image-size", "16"]  # fmt: skip
+    summary = linear.run_linear_probe(
+        linear.get_args_parser().parse_args([*base, "--train-backbone-lr", "0.005"])
+    )
     assert summary["iteration"] == 2
     state = torch.load(tmp_path / "ft" / "linear_checkpoint.pth", weights_only=True)
-    snapshot = {k.removeprefix("backbone."): v for k, v in torch.load(weights, weights_only=True)["teacher"].items()}
+    snapshot = {
+        k.removeprefix("backbone."): v for k, v in torch.load(weights, weights_only=True)["teacher"].items()
+    }
     moved = [k for k, v in state["backbone"].items() if not torch.equal(v, snapshot[k])]
     assert any(k.endswith("attn.qkv.weight") for k in moved)  # the backbone was trained
     with pytest.raises(UserError, match="was written with --train-backbone-lr"):

@@ -58,13 +58,19 @@ def test_hf_folder_loads_with_automodel_and_gives_our_cls_feature(case, tmp_path
     out = tmp_path / "hf_export"
     main([str(save_checkpoint(model, tmp_path / "checkpoint.pth")), "--format", "hf", "--out", str(out)])
     assert f"transformers {expected_class}" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
     hf, info = transformers.AutoModel.from_pretrained(str(out), output_loading_info=True)
     assert type(hf).__name__ == expected_class
     missing = set(info["missing_keys"])
-    assert missing == ({"pooler.dense.weight", "pooler.dense.bias"} if expected_class == "ViTModel" else set())
+    assert missing == (
+        {"pooler.dense.weight", "pooler.dense.bias"} if expected_class == "ViTModel" else set()
+    )
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     hf.eval()
     # the same layer-norm eps (too small to show in the features of this random model)
@@ -91,8 +97,11 @@ def test_hf_folder_loads_with_automodel_and_gives_our_cls_feature(case, tmp_path
 def test_missing_transformers_is_one_line(tmp_path, monkeypatch):
     ckpt = save_checkpoint(random_model(v1=True), tmp_path / "checkpoint.pth")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "transformers" else real_find_spec(name, *a))  # fmt: skip
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real_find_spec(name, *a),
+    )
     with pytest.raises(SystemExit) as exit_info:
         main([str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf")])
     line = str(exit_info.value.code)
@@ -107,8 +116,10 @@ def test_unusable_out_is_one_line_and_an_export_is_replaced_whole(tmp_path, monk
     other = tmp_path / "my_folder"
     other.mkdir()
     (other / "data.bin").write_text("keep me")
-    for out, message in ((a_file / "hf", "cannot be used as the output folder"),
-                         (other, "exists and is not a Hugging Face export")):  # fmt: skip
+    for out, message in (
+        (a_file / "hf", "cannot be used as the output folder"),
+        (other, "exists and is not a Hugging Face export"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main([str(ckpt), "--format", "hf", "--out", str(out)])
         line = str(exit_info.value.code)
@@ -130,4 +141,8 @@ def test_unusable_out_is_one_line_and_an_export_is_replaced_whole(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     monkeypatch.undo()
     main([str(ckpt), "--format", "hf", "--out", str(out)])  # a second export replaces the first whole
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]

@@ -24,23 +24,45 @@ from simdinov2.train.ssl_meta_arch import SSLMetaArch
 REL = 1e-5
 
 GOLDEN_OVERRIDES = [
-    "student.arch=vit_tiny", "student.patch_size=4", "crops.global_crops_size=28", "crops.local_crops_size=12",
-    "crops.local_crops_number=2", "student.num_register_tokens=0", "dino.head_hidden_dim=64",
-    "dino.head_bottleneck_dim=32", "ibot.head_hidden_dim=64", "ibot.head_bottleneck_dim=32",
-    "train.num_workers=0", "train.batch_size_per_gpu=8", "train.seed=3", "train.device=cpu", "compile=false",
-    "optim.epochs=2", "optim.warmup_epochs=1", "optim.base_lr=0.005", "train.print_freq=1",
-]  # fmt: skip
+    "student.arch=vit_tiny",
+    "student.patch_size=4",
+    "crops.global_crops_size=28",
+    "crops.local_crops_size=12",
+    "crops.local_crops_number=2",
+    "student.num_register_tokens=0",
+    "dino.head_hidden_dim=64",
+    "dino.head_bottleneck_dim=32",
+    "ibot.head_hidden_dim=64",
+    "ibot.head_bottleneck_dim=32",
+    "train.num_workers=0",
+    "train.batch_size_per_gpu=8",
+    "train.seed=3",
+    "train.device=cpu",
+    "compile=false",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.base_lr=0.005",
+    "train.print_freq=1",
+]
 
 # Recorded on commit d6f7725 (before the core refactor); re-recorded once for the deliberate upstream
 # alignment of issue 11 (9-tap blur on every crop, antialiased position-embedding interpolation without
 # offset, foreach AdamW): the recipe branch gave these exact numbers with the old trainer and with the
 # core, bit for bit. 32 images / batch 8 = 4 iterations per epoch.
 GOLDEN = {
-    "losses": [-2.391716718673706, -2.307561159133911, -2.1865575313568115, -2.2301554679870605,
-               -2.4741716384887695, -2.625253200531006, -2.704705238342285, -2.633450508117676],
+    "losses": [
+        -2.391716718673706,
+        -2.307561159133911,
+        -2.1865575313568115,
+        -2.2301554679870605,
+        -2.4741716384887695,
+        -2.625253200531006,
+        -2.704705238342285,
+        -2.633450508117676,
+    ],
     "student": (5260.964631830224, 7044.02793529406),
     "teacher": (5262.676689522415, 7043.593532825469),
-}  # fmt: skip
+}
 
 
 def run_v2(data: Path, out: Path, monkeypatch) -> dict:
@@ -55,9 +77,12 @@ def run_v2(data: Path, out: Path, monkeypatch) -> dict:
 
     monkeypatch.setattr(SSLMetaArch, "forward_losses", recording)
     args = argparse.Namespace(
-        config_file=SIMDINO_CONFIG, output_dir=str(out), no_resume=False, eval_only=False,
+        config_file=SIMDINO_CONFIG,
+        output_dir=str(out),
+        no_resume=False,
+        eval_only=False,
         opts=[*GOLDEN_OVERRIDES, *fp32_overrides(), f"train.dataset_path={data}"],
-    )  # fmt: skip
+    )
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -110,7 +110,9 @@ def test_hubconf_offers_the_seven_release_entries_with_the_readme_links():
         assert download.google_drive_file_id(hubconf._RELEASES[name].url) == drive_id
 
 
-@pytest.mark.parametrize("name", ["dinov2_vitb14", "dinov2_vits14", "dino_vits16", "simdino_vits16", "vit_base"])
+@pytest.mark.parametrize(
+    "name", ["dinov2_vitb14", "dinov2_vits14", "dino_vits16", "simdino_vits16", "vit_base"]
+)
 def test_unknown_entries_answer_with_the_list_of_entries(name):
     """DINOv2 habits through torch.hub.load(..., source="local"): the list of entries, not "Cannot find
     callable"; the released entries still load."""

@@ -57,8 +57,20 @@ def test_tool_writes_one_png_per_image_for_v1_and_v2_checkpoints(images, tmp_pat
     v2 = save_teacher(tiny_vit(num_register_tokens=2, init_values=1e-5), tmp_path / "teacher_checkpoint.pth")
     for ckpt in (v1, v2):
         out = tmp_path / f"pca_{ckpt.stem}"
-        written = pca_features.main(["--pretrained_weights", str(ckpt), "--image_path", *map(str, images),
-                                     "--output_dir", str(out), "--image_size", "64", "--device", "cpu"])  # fmt: skip
+        written = pca_features.main(
+            [
+                "--pretrained_weights",
+                str(ckpt),
+                "--image_path",
+                *map(str, images),
+                "--output_dir",
+                str(out),
+                "--image_size",
+                "64",
+                "--device",
+                "cpu",
+            ]
+        )
         assert [p.name for p in written] == [f"{p.stem}_pca.png" for p in images]
         for path in written:
             with Image.open(path) as im:
@@ -81,8 +93,16 @@ def test_release_names_load_from_the_hub_cache(images, tmp_path, monkeypatch):
                                  "--image_size", "32"])  # fmt: skip
     assert len(written) == 1 and written[0].is_file()
     with pytest.raises(SystemExit) as exit_info:
-        pca_features.main(["--pretrained_weights", "dinov2_vits14", "--image_path", str(images[0]),
-                           "--output_dir", str(tmp_path / "out")])  # fmt: skip
+        pca_features.main(
+            [
+                "--pretrained_weights",
+                "dinov2_vits14",
+                "--image_path",
+                str(images[0]),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
     line = str(exit_info.value.code)
     assert "\n" not in line and "not a file, a URL or a release name" in line and "simdinov2_vitb16" in line
 
@@ -109,7 +129,15 @@ def test_demo_figure_has_images_above_their_pca(images, tmp_path):
 )
 def test_bad_input_is_one_line(flags, message, images, tmp_path):
     ckpt = save_teacher(tiny_vit(v1=True), tmp_path / "checkpoint.pth")
-    argv = ["--pretrained_weights", str(ckpt), "--image_path", str(images[0]), "--output_dir", str(tmp_path), *flags]
+    argv = [
+        "--pretrained_weights",
+        str(ckpt),
+        "--image_path",
+        str(images[0]),
+        "--output_dir",
+        str(tmp_path),
+        *flags,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         pca_features.main(argv)
     line = str(exit_info.value.code)

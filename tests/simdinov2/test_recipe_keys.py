@@ -43,7 +43,9 @@ def test_optimizer_by_name_through_timm(name, kwargs, expected):
     optimizer = build_optimizer_by_name(name, _groups(), OmegaConf.create(kwargs))
     assert type(optimizer) is expected
     assert [g["lr_multiplier"] for g in optimizer.param_groups] == [1.0, 0.5]  # our group keys survive
-    assert all(g["lr"] == 0.0 and g["weight_decay"] == 0.0 for g in optimizer.param_groups)  # schedules set them
+    assert all(
+        g["lr"] == 0.0 and g["weight_decay"] == 0.0 for g in optimizer.param_groups
+    )  # schedules set them
     if "betas" in (kwargs or {}) and kwargs["betas"]:
         assert optimizer.param_groups[0]["betas"] == tuple(kwargs["betas"])
 
@@ -69,9 +71,10 @@ def test_peak_epochs_hold_the_peak_between_warmup_and_cosine():
     assert schedule[:2].tolist() == [0.0, 1.0]
     assert schedule[2:5].tolist() == [1.0, 1.0, 1.0]
     assert schedule[5] == 1.0 and schedule[6] < 1.0 and schedule[-1] > 0.0  # then the half cosine
-    assert cosine_schedule(1.0, 0.0, 10, warmup_iters=2).tolist() == cosine_schedule(
-        1.0, 0.0, 10, warmup_iters=2, peak_iters=0
-    ).tolist()
+    assert (
+        cosine_schedule(1.0, 0.0, 10, warmup_iters=2).tolist()
+        == cosine_schedule(1.0, 0.0, 10, warmup_iters=2, peak_iters=0).tolist()
+    )
 
 
 def test_clip_grad_end_schedules_the_threshold():
@@ -117,9 +120,16 @@ def test_ignore_nan_skips_counts_and_stops_after_the_limit():
 
 # ---------------------------------------------------------------------------------------------- train.actions
 def test_actions_set_keys_at_their_epoch():
-    cfg = get_cfg("simdino_config", ['train.actions=[[2, "dino.loss_weight=0.5"], [1, ["optim.clip_grad=1.0", "ibot.loss_weight=0"]]]'])
+    cfg = get_cfg(
+        "simdino_config",
+        ['train.actions=[[2, "dino.loss_weight=0.5"], [1, ["optim.clip_grad=1.0", "ibot.loss_weight=0"]]]'],
+    )
     actions = scheduled_actions(cfg)
-    assert actions == [(1, "optim.clip_grad", "1.0"), (1, "ibot.loss_weight", "0"), (2, "dino.loss_weight", "0.5")]
+    assert actions == [
+        (1, "optim.clip_grad", "1.0"),
+        (1, "ibot.loss_weight", "0"),
+        (2, "dino.loss_weight", "0.5"),
+    ]
     assert apply_actions(cfg, actions, 0) == {}
     assert apply_actions(cfg, actions, 1) == {"optim.clip_grad": 1.0, "ibot.loss_weight": 0}
     assert cfg.optim.clip_grad == 1.0 and cfg.dino.loss_weight == 1.0
@@ -129,12 +139,12 @@ def test_actions_set_keys_at_their_epoch():
 @pytest.mark.parametrize(
     "action",
     [
-        '[[3, "cfg.optim.lr = 0; import os; os.system(\'touch /tmp/pwned\')"]]',  # upstream's exec form
-        '[[3, "exec(\'print(1)\')"]]',
-        '[[3, "__import__(\'os\').system(\'id\')=1"]]',
+        "[[3, \"cfg.optim.lr = 0; import os; os.system('touch /tmp/pwned')\"]]",  # upstream's exec form
+        "[[3, \"exec('print(1)')\"]]",
+        "[[3, \"__import__('os').system('id')=1\"]]",
         '[[3, "optim.no_such_key=1"]]',
         '[["three", "optim.clip_grad=1"]]',
-        '[[3]]',
+        "[[3]]",
     ],
 )
 def test_actions_that_are_not_overrides_are_refused(action):

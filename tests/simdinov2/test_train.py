@@ -34,15 +34,27 @@ def test_schedules_follow_the_config():
         "dinov2_config",
         DINOV2_TINY
         + [
-            "optim.epochs=4", "optim.warmup_epochs=1", "optim.freeze_last_layer_epochs=2", "optim.lr=0.01",
-            "optim.min_lr=0.001", "teacher.warmup_teacher_temp_epochs=2", "teacher.warmup_teacher_temp=0.04",
-            "teacher.teacher_temp=0.07", "ibot.loss_weight=1.0", "ibot.loss_weight_end=0.2",
-            "ibot.loss_weight_freeze_epochs=1", "ibot.loss_weight_warmup_epochs=1",
+            "optim.epochs=4",
+            "optim.warmup_epochs=1",
+            "optim.freeze_last_layer_epochs=2",
+            "optim.lr=0.01",
+            "optim.min_lr=0.001",
+            "teacher.warmup_teacher_temp_epochs=2",
+            "teacher.warmup_teacher_temp=0.04",
+            "teacher.teacher_temp=0.07",
+            "ibot.loss_weight=1.0",
+            "ibot.loss_weight_end=0.2",
+            "ibot.loss_weight_freeze_epochs=1",
+            "ibot.loss_weight_warmup_epochs=1",
         ],
     )
     epoch_len = 10
     s = train_module.build_schedulers(cfg, epoch_len)
-    assert s["lr"][0] == 0.0 and s["lr"][9] == pytest.approx(0.01) and s["lr"][39] == pytest.approx(0.001, rel=0.05)
+    assert (
+        s["lr"][0] == 0.0
+        and s["lr"][9] == pytest.approx(0.01)
+        and s["lr"][39] == pytest.approx(0.001, rel=0.05)
+    )
     assert all(s["last_layer_lr"][i] == 0.0 for i in range(20)) and s["last_layer_lr"][20] == s["lr"][20] > 0
     assert s["teacher_temp"][0] == pytest.approx(0.04) and s["teacher_temp"][25] == pytest.approx(0.07)
     assert s["wd"][0] == pytest.approx(0.04) and s["wd"][39] == pytest.approx(0.4, rel=0.01)
@@ -55,7 +67,9 @@ def test_schedules_follow_the_config():
 
 
 def test_eps_and_coeff_schedules_are_built_when_their_end_is_set():
-    cfg = tiny_cfg(extra=["dino.mcr.eps=0.5", "dino.mcr.eps_end=0.05", "dino.mcr.coeff=1.0", "dino.mcr.coeff_end=0.5"])
+    cfg = tiny_cfg(
+        extra=["dino.mcr.eps=0.5", "dino.mcr.eps_end=0.05", "dino.mcr.coeff=1.0", "dino.mcr.coeff_end=0.5"]
+    )
     s = train_module.build_schedulers(cfg, epoch_len=5)
     assert s["mcr_eps"][0] == pytest.approx(0.5) and s["mcr_eps"][4] < 0.5
     assert s["mcr_coeff"][0] == pytest.approx(1.0) and s["mcr_coeff"][4] < 1.0
@@ -107,7 +121,9 @@ def test_layerwise_decay_and_patch_embed_multiplier():
     n = 12
     assert by_param[id(backbone.norm.weight)]["lr_multiplier"] == 1.0
     assert by_param[id(backbone.cls_token)]["lr_multiplier"] == pytest.approx(0.5 ** (n + 1))
-    assert by_param[id(backbone.patch_embed.proj.weight)]["lr_multiplier"] == pytest.approx(0.1 * 0.5 ** (n + 1))
+    assert by_param[id(backbone.patch_embed.proj.weight)]["lr_multiplier"] == pytest.approx(
+        0.1 * 0.5 ** (n + 1)
+    )
     last_block = backbone.block_list()[-1]
     assert by_param[id(last_block.mlp.fc1.weight)]["lr_multiplier"] == pytest.approx(0.5)
     assert by_param[id(last_block.mlp.fc1.weight)]["wd_multiplier"] == 1.0

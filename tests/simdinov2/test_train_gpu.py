@@ -47,7 +47,7 @@ def test_fsdp_over_nccl_with_bf16_fp16_and_compile(tiny_imagefolder, tmp_path):
         "--config-file", SIMDINO_CONFIG, "--output-dir", str(output_dir),
         f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}", *GPU_ARGS,
         "train.sharding=fsdp", "compile=true",
-    ]
+    ]  # fmt: skip
     script = textwrap.dedent(
         f"""
         import os, torch, torch.distributed as dist
@@ -59,15 +59,21 @@ def test_fsdp_over_nccl_with_bf16_fp16_and_compile(tiny_imagefolder, tmp_path):
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     # "fsdp over 1 process" proves the trainer sharded over the script's nccl group.
     assert "sharding: fsdp over 1 process(es) on cuda" in log and "compiled" in log
     _finite_records(output_dir)
-    teacher = torch.load(output_dir / "eval" / "training_5" / "teacher_checkpoint.pth", weights_only=True)["teacher"]
+    teacher = torch.load(output_dir / "eval" / "training_5" / "teacher_checkpoint.pth", weights_only=True)[
+        "teacher"
+    ]
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in teacher.values())
 
 
@@ -77,8 +83,12 @@ def test_single_gpu_autocast_fp16_with_grad_scaler(tiny_imagefolder, tmp_path):
     output_dir = tmp_path / "run"
     result = run_train(
         [
-            "--config-file", SIMDINO_CONFIG, "--output-dir", str(output_dir),
-            f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}", *GPU_ARGS,
+            "--config-file",
+            SIMDINO_CONFIG,
+            "--output-dir",
+            str(output_dir),
+            f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}",
+            *GPU_ARGS,
             "compute_precision.student.backbone.mixed_precision.param_dtype=fp16",
         ]
     )
@@ -92,8 +102,15 @@ def test_single_gpu_autocast_fp16_with_grad_scaler(tiny_imagefolder, tmp_path):
 def test_torchrun_two_gpus_nccl_fsdp(tiny_imagefolder, tmp_path):
     output_dir = tmp_path / "run"
     result = run_train(
-        ["--config-file", SIMDINO_CONFIG, "--output-dir", str(output_dir),
-         f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}", *GPU_ARGS, "compile=true"],
+        [
+            "--config-file",
+            SIMDINO_CONFIG,
+            "--output-dir",
+            str(output_dir),
+            f"train.dataset_path=ImageFolder:root={tiny_imagefolder / 'train'}",
+            *GPU_ARGS,
+            "compile=true",
+        ],
         nproc=2,
     )
     log = result.stdout + result.stderr

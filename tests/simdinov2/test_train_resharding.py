@@ -20,12 +20,21 @@ from simdinov2.data import InfiniteSampler
 
 # vit_tiny/4 on 16 / 8 px crops, small heads: the smallest run that exercises everything.
 TINY = [
-    "student.arch=vit_tiny", "student.patch_size=4", "crops.global_crops_size=16", "crops.local_crops_size=8",
-    "crops.local_crops_number=2", "dino.head_hidden_dim=64", "dino.head_bottleneck_dim=32",
-    "ibot.head_hidden_dim=64", "ibot.head_bottleneck_dim=32", "train.num_workers=0", "train.print_freq=1",
-    "compile=false", "compute_precision.student.backbone.mixed_precision.param_dtype=fp32",
+    "student.arch=vit_tiny",
+    "student.patch_size=4",
+    "crops.global_crops_size=16",
+    "crops.local_crops_size=8",
+    "crops.local_crops_number=2",
+    "dino.head_hidden_dim=64",
+    "dino.head_bottleneck_dim=32",
+    "ibot.head_hidden_dim=64",
+    "ibot.head_bottleneck_dim=32",
+    "train.num_workers=0",
+    "train.print_freq=1",
+    "compile=false",
+    "compute_precision.student.backbone.mixed_precision.param_dtype=fp32",
     "compute_precision.teacher.backbone.mixed_precision.param_dtype=fp32",
-]  # fmt: skip
+]
 GLOBAL_BATCH = 8
 SCHEDULED = ("lr", "wd", "mom", "last_layer_lr")
 
@@ -64,7 +73,9 @@ def test_sampler_position_is_the_same_global_stream_for_any_process_count():
             iter(InfiniteSampler(24, seed=3, start=rank, step=world, advance=first_iteration * per_rank))
             for rank in range(world)
         ]
-        per_rank_batches = [[list(itertools.islice(s, per_rank)) for _ in range(n_iterations)] for s in streams]
+        per_rank_batches = [
+            [list(itertools.islice(s, per_rank)) for _ in range(n_iterations)] for s in streams
+        ]
         return [set().union(*(batches[t] for batches in per_rank_batches)) for t in range(n_iterations)]
 
     uninterrupted = global_batches(world=4, per_rank=2, first_iteration=0, n_iterations=9)
@@ -109,7 +120,7 @@ def test_run_saved_by_4_processes_resumes_on_2(images_24, tmp_path):
     assert "sharding: fsdp over 2 process(es) on cpu" in log and "continuing at iteration 3" in log
     got = _records(two)
     assert [r["iteration"] for r in got] == list(range(6))
-    for a, b in zip(want[3:], got[3:]):
+    for a, b in zip(want[3:], got[3:], strict=True):
         for key in SCHEDULED:
             assert b[key] == pytest.approx(a[key], rel=1e-9), (a["iteration"], key)
         assert b["total_loss"] == b["total_loss"]  # finite
@@ -134,7 +145,9 @@ def test_two_node_torchrun_on_localhost_trains(images_24, tmp_path):
         "evaluation.eval_period_epochs=1",
     ]  # fmt: skip
     nodes = [
-        subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for _ in range(2)
     ]
     try:
@@ -143,7 +156,7 @@ def test_two_node_torchrun_on_localhost_trains(images_24, tmp_path):
         for node in nodes:
             if node.poll() is None:
                 node.kill()
-    for node, log in zip(nodes, logs):
+    for node, log in zip(nodes, logs, strict=True):
         assert node.returncode == 0, log[-3000:]
     assert any("sharding: fsdp over 2 process(es) on cpu" in log for log in logs)
     records = _records(out)

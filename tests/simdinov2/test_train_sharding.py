@@ -34,11 +34,13 @@ def test_fsdp_ddp_and_single_process_train_identically(tmp_path):
     for mode in modes:
         losses = json.loads((tmp_path / f"losses_{mode}.json").read_text())
         assert len(losses) == len(reference["losses"])
-        for step, (got, want) in enumerate(zip(losses, reference["losses"])):
+        for step, (got, want) in enumerate(zip(losses, reference["losses"], strict=True)):
             assert set(got) == set(want), (mode, step)
             for key in want:
                 assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (mode, step, key)
         teacher = torch.load(tmp_path / f"teacher_{mode}.pt")
         assert set(teacher) == set(reference["teacher"])
         for key, value in reference["teacher"].items():
-            torch.testing.assert_close(teacher[key], value, rtol=1e-4, atol=1e-5, msg=f"{mode}: teacher {key}")
+            torch.testing.assert_close(
+                teacher[key], value, rtol=1e-4, atol=1e-5, msg=f"{mode}: teacher {key}"
+            )

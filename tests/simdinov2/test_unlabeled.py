@@ -28,7 +28,7 @@ def nested(tiny_imagefolder, tmp_path) -> Path:
     """6 real images: 2 loose, 2 one level down, 2 three levels down; plus a README and a CSV."""
     root = tmp_path / "photos"
     places = [root, root, root / "a", root / "a", root / "b" / "c" / "d", root / "b" / "c" / "d"]
-    for i, (source, folder) in enumerate(zip(_real_images(tiny_imagefolder, 6), places)):
+    for i, (source, folder) in enumerate(zip(_real_images(tiny_imagefolder, 6), places, strict=True)):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, folder / f"img{i}.png")
     (root / "README.md").write_text("notes")
@@ -42,7 +42,13 @@ def test_nested_folder_without_classes_lists_every_image_and_counts_the_rest(nes
         dataset = UnlabeledImageDataset(nested)
     assert len(dataset) == 6
     assert [Path(p).relative_to(nested).as_posix() for p in dataset.paths] == [
-        "img0.png", "img1.png", "a/img2.png", "a/img3.png", "b/c/d/img4.png", "b/c/d/img5.png"]  # fmt: skip
+        "img0.png",
+        "img1.png",
+        "a/img2.png",
+        "a/img3.png",
+        "b/c/d/img4.png",
+        "b/c/d/img5.png",
+    ]
     skipped_lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped_lines) == 1 and "skipped 2 files that are not images" in skipped_lines[0]
     image, target = dataset[5]
@@ -56,7 +62,9 @@ def test_class_tree_keeps_imagefolder_order(tiny_imagefolder):
 
 def test_text_list_is_relative_to_its_folder(nested, tmp_path):
     listing = nested / "list.txt"
-    listing.write_text("# my images\nimg0.png\n\nb/c/d/img5.png\nnotes.doc\n" + str(nested / "a" / "img2.png") + "\n")
+    listing.write_text(
+        "# my images\nimg0.png\n\nb/c/d/img5.png\nnotes.doc\n" + str(nested / "a" / "img2.png") + "\n"
+    )
     dataset = training_dataset(str(listing), option="--data_path")
     assert [Path(p).name for p in dataset.paths] == ["img0.png", "img5.png", "img2.png"]
     assert dataset.skipped == 1

@@ -41,7 +41,7 @@ for _side in ("teacher", "student"):
         else:
             dtypes = ("bf16", "bf16", "fp32")  # simdino_config.yaml's student backbone
         _PRECISION[f"compute_precision.{_side}.{_module}.sharding_strategy"] = "SHARD_GRAD_OP"
-        for _name, _dtype in zip(("param_dtype", "reduce_dtype", "buffer_dtype"), dtypes):
+        for _name, _dtype in zip(("param_dtype", "reduce_dtype", "buffer_dtype"), dtypes, strict=True):
             _PRECISION[f"compute_precision.{_side}.{_module}.mixed_precision.{_name}"] = _dtype
 
 # The upstream release's effective SimDINOv2 recipe: its ssl_default_config.yaml ⊕ simdino_config.yaml,
@@ -209,11 +209,16 @@ def test_upstream_config_file_trains_two_iterations(images24: Path, tmp_path: Pa
     config.write_text(yaml.safe_dump(_nested(UPSTREAM_SIMDINOV2), sort_keys=False))
     out = tmp_path / "run"
     sizes = [
-        "student.arch=vit_tiny", "student.patch_size=4",
-        "crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2",
-        "train.batch_size_per_gpu=12", "optim.epochs=1",  # 24 images: 2 iterations
-        f"train.dataset_path=ImageFolder:root={images24}", "train.num_workers=0",
-    ]  # fmt: skip
+        "student.arch=vit_tiny",
+        "student.patch_size=4",
+        "crops.global_crops_size=16",
+        "crops.local_crops_size=8",
+        "crops.local_crops_number=2",
+        "train.batch_size_per_gpu=12",
+        "optim.epochs=1",  # 24 images: 2 iterations
+        f"train.dataset_path=ImageFolder:root={images24}",
+        "train.num_workers=0",
+    ]
     result = run_train(["--config-file", str(config), "--output-dir", str(out), *sizes])
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
@@ -260,7 +265,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved_activat
         model.zero_grad(set_to_none=True)
         sizes: list[int] = []
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
             if not isinstance(t, torch.nn.Parameter):
                 sizes.append(t.untyped_storage().nbytes())
             return t
@@ -300,7 +305,9 @@ def test_drop_masks_removes_the_masked_patches():
     model = train_module.build_model(cfg)
     assert model.drop_masks
     images = synthetic_images(4, 0, cfg)
-    samples = [({"global_crops": list(im["global"]), "local_crops": list(im["local"])}, None) for im in images]
+    samples = [
+        ({"global_crops": list(im["global"]), "local_crops": list(im["local"])}, None) for im in images
+    ]
     batch = collate_data_and_cast(samples, (0.1, 0.5), 0.5, torch.float32, n_tokens=16, drop_masks=True)
     optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
     losses = train_module.train_step(model, optimizer, batch, dict(STEP_VALUES), 3.0)
@@ -319,19 +326,34 @@ def test_pretrained_weights_resized_to_our_grid_and_patch(tmp_path: Path):
     with torch.no_grad():
         source.pos_embed.normal_()
     state = _save_backbone(tmp_path / "pretrained.pth", source)
-    cfg = tiny_cfg(extra=[f"student.pretrained_weights={tmp_path / 'pretrained.pth'}", "student.pretrained_img_size=32",
-                          "student.pretrained_patch_size=8"])  # fmt: skip
+    cfg = tiny_cfg(
+        extra=[
+            f"student.pretrained_weights={tmp_path / 'pretrained.pth'}",
+            "student.pretrained_img_size=32",
+            "student.pretrained_patch_size=8",
+        ]
+    )
     model = SSLMetaArch(cfg)  # ours: patch 4 on 16-px crops (4 x 4 grid), 4 block chunks
     student = model.student.backbone
-    expected_pos = resample_abs_pos_embed(state["pos_embed"], new_size=[4, 4], old_size=[4, 4], num_prefix_tokens=1)
+    expected_pos = resample_abs_pos_embed(
+        state["pos_embed"], new_size=[4, 4], old_size=[4, 4], num_prefix_tokens=1
+    )
     torch.testing.assert_close(student.pos_embed, expected_pos)
     expected_kernel = resample_patch_embed(state["patch_embed.proj.weight"], new_size=[4, 4])
     torch.testing.assert_close(student.patch_embed.proj.weight, expected_kernel)
     torch.testing.assert_close(student.block_list()[3].mlp.fc1.weight, state["blocks.3.mlp.fc1.weight"])
-    torch.testing.assert_close(model.teacher.backbone.pos_embed, student.pos_embed)  # teacher starts as student
+    torch.testing.assert_close(
+        model.teacher.backbone.pos_embed, student.pos_embed
+    )  # teacher starts as student
     with pytest.raises(ValueError, match="pretrained_patch_size=14.*patch_size 8"):
-        SSLMetaArch(tiny_cfg(extra=[f"student.pretrained_weights={tmp_path / 'pretrained.pth'}",
-                                    "student.pretrained_patch_size=14"]))  # fmt: skip
+        SSLMetaArch(
+            tiny_cfg(
+                extra=[
+                    f"student.pretrained_weights={tmp_path / 'pretrained.pth'}",
+                    "student.pretrained_patch_size=14",
+                ]
+            )
+        )
 
 
 def test_model_weights_start_student_and_teacher(tmp_path: Path):
@@ -340,8 +362,10 @@ def test_model_weights_start_student_and_teacher(tmp_path: Path):
     with torch.no_grad():
         for p in source.student.backbone.parameters():
             p.add_(0.5)
-    state = {"student": {f"backbone.{k}": v for k, v in source.student.backbone.state_dict().items()},
-             "teacher": {f"backbone.{k}": v for k, v in source.teacher.backbone.state_dict().items()}}  # fmt: skip
+    state = {
+        "student": {f"backbone.{k}": v for k, v in source.student.backbone.state_dict().items()},
+        "teacher": {f"backbone.{k}": v for k, v in source.teacher.backbone.state_dict().items()},
+    }
     torch.save(state, tmp_path / "model.pth")
     model = SSLMetaArch(tiny_cfg(extra=[f"MODEL.WEIGHTS={tmp_path / 'model.pth'}"]))
     for name, value in model.student.backbone.state_dict().items():
@@ -363,22 +387,33 @@ def test_frozen_backbone_gets_no_update_while_the_head_trains():
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("dino_head."))
     train_module.train_step(model, optimizer, batch, {**STEP_VALUES, "freeze_backbone": 0.0}, 3.0)
-    assert any(not torch.equal(before[k], v) for k, v in model.student.state_dict().items() if k.startswith("backbone."))
+    assert any(
+        not torch.equal(before[k], v)
+        for k, v in model.student.state_dict().items()
+        if k.startswith("backbone.")
+    )
 
 
 def test_koleo_logged_weighted_and_dinov2_head_trains_weight_g():
-    cfg = tiny_cfg("dinov2_config", ["dino.head_n_prototypes=64", "ibot.head_n_prototypes=64",
-                                     "dino.koleo_loss_weight=0.25"])  # fmt: skip
+    cfg = tiny_cfg(
+        "dinov2_config",
+        ["dino.head_n_prototypes=64", "ibot.head_n_prototypes=64", "dino.koleo_loss_weight=0.25"],
+    )
     model = train_module.build_model(cfg)
     assert model.student.dino_head.last_layer.weight_g.requires_grad  # DINOv2 trains the gain
     batch = collate(synthetic_images(4, 0, cfg))
     torch.manual_seed(0)
     total, parts = model.forward_losses(batch, 0.07)
-    unweighted = sum(model.koleo_loss(v) for v in model.student.backbone(
-        batch["collated_global_crops"], masks=batch["collated_masks"], is_training=True
-    )["x_norm_clstoken"].chunk(2))  # fmt: skip
+    unweighted = sum(
+        model.koleo_loss(v)
+        for v in model.student.backbone(
+            batch["collated_global_crops"], masks=batch["collated_masks"], is_training=True
+        )["x_norm_clstoken"].chunk(2)
+    )
     assert float(parts["koleo_loss"]) == pytest.approx(0.25 * float(unweighted.detach()), rel=1e-4)
-    assert float(total.detach()) == pytest.approx(float(parts["dino_loss"] + parts["koleo_loss"] + parts["ibot_loss"]), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(
+        float(parts["dino_loss"] + parts["koleo_loss"] + parts["ibot_loss"]), rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------- non-default run
@@ -388,27 +423,57 @@ def test_simdino_config_with_every_key_changed_trains(images24: Path, tmp_path: 
     pretrained = tmp_path / "pretrained.pth"
     _save_backbone(pretrained, build_vit("vit_tiny", 8, img_size=32, num_register_tokens=0, init_values=0.1))
     config = tmp_path / "simdino_nondefault.yaml"
-    config.write_text(yaml.safe_dump({
-        "_base_": SIMDINO_CONFIG,
-        "compile": True,
-        "ignore_nan": True,
-        "student": {"gradient_checkpointing": True, "qknorm": True, "ffn_drop": 0.1, "attn_drop": 0.1,
-                    "freeze_backbone_epochs": 1, "pretrained_weights": str(pretrained),
-                    "pretrained_img_size": 32, "pretrained_patch_size": 8, "num_register_tokens": 0,
-                    "block": "flat", "rescale_weight": 2.0},
-        "optim": {"opt": "sgd", "kwargs": {"betas": None, "foreach": True}, "peak_epochs": 1,
-                  "clip_grad_end": 1.0, "warmup_epochs": 1, "epochs": 3},
-        "train": {"OFFICIAL_EPOCH_LENGTH": 2, "actions": [[1, "dino.loss_weight=0.5"]], "print_freq": 1,
-                  "recipe": "other", "cache_dataset": False},
-        "evaluation": {"eval_period_iterations": 1, "img_size": 32, "patch_size": 4},
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "_base_": SIMDINO_CONFIG,
+                "compile": True,
+                "ignore_nan": True,
+                "student": {
+                    "gradient_checkpointing": True,
+                    "qknorm": True,
+                    "ffn_drop": 0.1,
+                    "attn_drop": 0.1,
+                    "freeze_backbone_epochs": 1,
+                    "pretrained_weights": str(pretrained),
+                    "pretrained_img_size": 32,
+                    "pretrained_patch_size": 8,
+                    "num_register_tokens": 0,
+                    "block": "flat",
+                    "rescale_weight": 2.0,
+                },
+                "optim": {
+                    "opt": "sgd",
+                    "kwargs": {"betas": None, "foreach": True},
+                    "peak_epochs": 1,
+                    "clip_grad_end": 1.0,
+                    "warmup_epochs": 1,
+                    "epochs": 3,
+                },
+                "train": {
+                    "OFFICIAL_EPOCH_LENGTH": 2,
+                    "actions": [[1, "dino.loss_weight=0.5"]],
+                    "print_freq": 1,
+                    "recipe": "other",
+                    "cache_dataset": False,
+                },
+                "evaluation": {"eval_period_iterations": 1, "img_size": 32, "patch_size": 4},
+            }
+        )
+    )
     out = tmp_path / "run"
     sizes = [
-        "student.arch=vit_tiny", "student.patch_size=4",
-        "crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2",
-        "train.batch_size_per_gpu=4", f"train.dataset_path=ImageFolder:root={images24}",
-        "train.num_workers=0", "dino.head_hidden_dim=64", "dino.head_bottleneck_dim=32",
-    ]  # fmt: skip
+        "student.arch=vit_tiny",
+        "student.patch_size=4",
+        "crops.global_crops_size=16",
+        "crops.local_crops_size=8",
+        "crops.local_crops_number=2",
+        "train.batch_size_per_gpu=4",
+        f"train.dataset_path=ImageFolder:root={images24}",
+        "train.num_workers=0",
+        "dino.head_hidden_dim=64",
+        "dino.head_bottleneck_dim=32",
+    ]
     result = run_train(["--config-file", str(config), "--output-dir", str(out), *sizes])
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]

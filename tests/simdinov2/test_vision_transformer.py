@@ -3,6 +3,7 @@ LayerScale, SwiGLU, checkpoint layouts (flat / chunked / DINO v1), probing helpe
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -44,8 +45,15 @@ def test_forward_and_forward_features_shapes():
     assert feats["masks"] is None
     torch.testing.assert_close(cls, feats["x_norm_clstoken"])
     torch.testing.assert_close(model.norm(feats["x_prenorm"])[:, 0], cls)
-    for name, value in (("embed_dim", 192), ("num_features", 192), ("patch_size", 4), ("num_heads", 3),
-                        ("n_blocks", 12), ("depth", 12), ("num_register_tokens", 0)):  # fmt: skip
+    for name, value in (
+        ("embed_dim", 192),
+        ("num_features", 192),
+        ("patch_size", 4),
+        ("num_heads", 3),
+        ("n_blocks", 12),
+        ("depth", 12),
+        ("num_register_tokens", 0),
+    ):
         assert getattr(model, name) == value
 
 
@@ -228,7 +236,7 @@ def test_drop_path_rates_linear_or_uniform():
     linear = tiny(drop_path_rate=0.2)
     rates = [blk.sample_drop_ratio for blk in linear.block_list()]
     assert rates[0] == 0.0 and math.isclose(rates[-1], 0.2)
-    assert all(b > a for a, b in zip(rates, rates[1:]))
+    assert all(b > a for a, b in itertools.pairwise(rates))
     uniform = tiny(drop_path_rate=0.2, drop_path_uniform=True)
     assert all(math.isclose(blk.sample_drop_ratio, 0.2) for blk in uniform.block_list())
 
@@ -287,7 +295,7 @@ def test_flat_and_chunked_state_dicts_load_into_each_other():
         with torch.no_grad():
             reference = src(x)
         sd = src.state_dict()
-        for dst_chunks, dst in models.items():
+        for dst_chunks in models:
             if dst_chunks == src_chunks:
                 continue
             fresh = tiny(block_chunks=dst_chunks, num_register_tokens=2, init_values=0.1).eval()
@@ -311,10 +319,20 @@ def test_dino_v1_state_dict_loads_strict_into_v1_build():
         "norm.bias": (dim,),
     }
     for i in range(depth):
-        for name, shape in (("norm1.weight", (dim,)), ("norm1.bias", (dim,)), ("attn.qkv.weight", (3 * dim, dim)),
-                            ("attn.qkv.bias", (3 * dim,)), ("attn.proj.weight", (dim, dim)), ("attn.proj.bias", (dim,)),
-                            ("norm2.weight", (dim,)), ("norm2.bias", (dim,)), ("mlp.fc1.weight", (hidden, dim)),
-                            ("mlp.fc1.bias", (hidden,)), ("mlp.fc2.weight", (dim, hidden)), ("mlp.fc2.bias", (dim,))):  # fmt: skip
+        for name, shape in (
+            ("norm1.weight", (dim,)),
+            ("norm1.bias", (dim,)),
+            ("attn.qkv.weight", (3 * dim, dim)),
+            ("attn.qkv.bias", (3 * dim,)),
+            ("attn.proj.weight", (dim, dim)),
+            ("attn.proj.bias", (dim,)),
+            ("norm2.weight", (dim,)),
+            ("norm2.bias", (dim,)),
+            ("mlp.fc1.weight", (hidden, dim)),
+            ("mlp.fc1.bias", (hidden,)),
+            ("mlp.fc2.weight", (dim, hidden)),
+            ("mlp.fc2.bias", (dim,)),
+        ):
             v1_shapes[f"blocks.{i}.{name}"] = shape
     torch.manual_seed(0)
     state = {k: torch.randn(s) * 0.02 for k, s in v1_shapes.items()}
@@ -341,7 +359,7 @@ def test_get_intermediate_layers_shapes_and_chunked_equivalence():
         last4 = flat.get_intermediate_layers(x, n=4)
         assert len(last4) == 4 and all(o.shape == (2, 49, 192) for o in last4)
         torch.testing.assert_close(last4[-1], flat.forward_features(x)["x_norm_patchtokens"])
-        for a, b in zip(last4, chunked.get_intermediate_layers(x, n=4)):
+        for a, b in zip(last4, chunked.get_intermediate_layers(x, n=4), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         maps = flat.get_intermediate_layers(x, n=[0, 5], reshape=True)
         assert [m.shape for m in maps] == [(2, 192, 7, 7)] * 2
@@ -391,16 +409,16 @@ def test_cpu_bf16_explicit_attention_matches_sdpa(tokens, monkeypatch):
     results = {}
     for name, limit in (("explicit", attention_module.EXPLICIT_CPU_MAX_TOKENS), ("sdpa", 0)):
         monkeypatch.setattr(attention_module, "EXPLICIT_CPU_MAX_TOKENS", limit)
-        assert attention_module._use_explicit_attention(torch.empty(1, 1, tokens, 8, dtype=torch.bfloat16)) == (
-            name == "explicit"
-        )
+        assert attention_module._use_explicit_attention(
+            torch.empty(1, 1, tokens, 8, dtype=torch.bfloat16)
+        ) == (name == "explicit")
         attn.zero_grad()
         xi = x.clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = attn(xi)
         out.float().square().mean().backward()
         results[name] = (out.float(), xi.grad.clone(), attn.qkv.weight.grad.clone())
-    for got, want in zip(results["explicit"], results["sdpa"]):
+    for got, want in zip(results["explicit"], results["sdpa"], strict=True):
         assert (got - want).norm() / want.norm() < 2e-2
     assert not attention_module._use_explicit_attention(torch.empty(1, 1, 10, 8))  # fp32 keeps SDPA
     assert not attention_module._use_explicit_attention(torch.empty(1, 1, 2000, 8, dtype=torch.bfloat16))

@@ -29,12 +29,24 @@ def run_train(args: list[str], nproc: int | None = None, timeout: int = 600) -> 
     # faulthandler: should a rank ever die of a signal (e.g. SIGABRT at exit), its Python stack is printed.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
     if nproc:
-        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={free_port()}",
+        ]
     else:
         launcher = [sys.executable]
     return subprocess.run(
-        [*launcher, str(TRAIN_SCRIPT), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [*launcher, str(TRAIN_SCRIPT), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
 
 # Smallest useful model and crops: vit_tiny/4 on 16-px global and 8-px local crops, small heads.
 TINY_OVERRIDES = [
@@ -124,7 +136,9 @@ STEP_VALUES = {
 }
 
 
-def run_steps(cfg: Any, batches: list[dict[str, Any]], values: dict[str, float] | None = None) -> dict[str, Any]:
+def run_steps(
+    cfg: Any, batches: list[dict[str, Any]], values: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Build the model as train.py does, run one `train_step` per batch; the losses and the full teacher
     before and after."""
     from simdinov2.checkpoint import full_state_dict
@@ -137,7 +151,9 @@ def run_steps(cfg: Any, batches: list[dict[str, Any]], values: dict[str, float] 
     losses = []
     for batch in batches:
         losses.append(
-            train_module.train_step(model, optimizer, batch, dict(values or STEP_VALUES), float(cfg.optim.clip_grad))
+            train_module.train_step(
+                model, optimizer, batch, dict(values or STEP_VALUES), float(cfg.optim.clip_grad)
+            )
         )
     return {"losses": losses, "teacher": full_state_dict(model.teacher), "initial_teacher": initial_teacher}
 
@@ -161,7 +177,11 @@ def equivalence_batches(cfg: Any, rank: int, world_size: int) -> list[dict[str, 
 def sharding_worker(rank: int, world_size: int, port: int, out_dir: str, modes: list[str]) -> None:
     """torch.multiprocessing entry: the equivalence steps under each sharding mode; rank 0 saves them."""
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
     from simdinov2 import distributed

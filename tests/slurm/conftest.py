@@ -16,7 +16,9 @@ from single_node_slurm import APT_PACKAGES, SlurmCluster, missing_programs
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     missing = missing_programs()
     if missing:
-        pytest.skip(f"SLURM is not installed (no {', '.join(missing)}): as root, apt-get install {APT_PACKAGES}")
+        pytest.skip(
+            f"SLURM is not installed (no {', '.join(missing)}): as root, apt-get install {APT_PACKAGES}"
+        )
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     atexit.register(cluster.stop)  # also on an interrupted session
     try:

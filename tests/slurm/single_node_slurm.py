@@ -59,8 +59,11 @@ class SlurmCluster:
         key = self.root / "munge" / "munge.key"
         key.parent.mkdir(parents=True, exist_ok=True)
         key.parent.chmod(0o700)
-        subprocess.run([_program("mungekey"), "--create", "--force", "--keyfile", str(key)], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [_program("mungekey"), "--create", "--force", "--keyfile", str(key)],
+            check=True,
+            capture_output=True,
+        )
         key.chmod(0o400)
         return key
 
@@ -73,48 +76,57 @@ class SlurmCluster:
         for folder in (state, spool, logs):
             folder.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(
-            "\n".join([
-                "ClusterName=simdino-test",
-                f"SlurmctldHost={self.hostname}(127.0.0.1)",
-                f"SlurmctldPort={_free_port()}",
-                f"SlurmdPort={_free_port()}",
-                f"SlurmUser={self.user}",
-                f"SlurmdUser={self.user}",
-                "AuthType=auth/munge",
-                "CredType=cred/munge",
-                f"AuthInfo=socket={self.munge_socket}",
-                "ProctrackType=proctrack/linuxproc",
-                "TaskPlugin=task/none",
-                "SelectType=select/cons_tres",
-                "SelectTypeParameters=CR_CPU",
-                "MpiDefault=none",
-                "ReturnToService=2",
-                "JobRequeue=1",
-                "SchedulerType=sched/builtin",
-                "SchedulerParameters=sched_interval=1",
-                "MinJobAge=300",
-                "KillWait=5",
-                "SlurmctldTimeout=30",
-                "SlurmdTimeout=30",
-                "InactiveLimit=0",
-                "JobAcctGatherType=jobacct_gather/none",
-                "AccountingStorageType=accounting_storage/none",
-                f"StateSaveLocation={state}",
-                f"SlurmdSpoolDir={spool}",
-                f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
-                f"SlurmdPidFile={self.root / 'slurmd.pid'}",
-                f"SlurmctldLogFile={logs / 'slurmctld.log'}",
-                f"SlurmdLogFile={logs / 'slurmd.log'}",
-                f"NodeName={self.hostname} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self._memory_mb()} State=UNKNOWN",
-                f"PartitionName=cpu Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP",
-                "",
-            ])
-        )  # fmt: skip
+            "\n".join(
+                [
+                    "ClusterName=simdino-test",
+                    f"SlurmctldHost={self.hostname}(127.0.0.1)",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    f"SlurmUser={self.user}",
+                    f"SlurmdUser={self.user}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={self.munge_socket}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_CPU",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "JobRequeue=1",
+                    "SchedulerType=sched/builtin",
+                    "SchedulerParameters=sched_interval=1",
+                    "MinJobAge=300",
+                    "KillWait=5",
+                    "SlurmctldTimeout=30",
+                    "SlurmdTimeout=30",
+                    "InactiveLimit=0",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    f"StateSaveLocation={state}",
+                    f"SlurmdSpoolDir={spool}",
+                    f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={self.root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={logs / 'slurmctld.log'}",
+                    f"SlurmdLogFile={logs / 'slurmd.log'}",
+                    f"NodeName={self.hostname} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self._memory_mb()} State=UNKNOWN",
+                    f"PartitionName=cpu Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.stdout", "wb")
-        self.processes[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        # The daemon keeps its own copy of the descriptor; ours is closed right after the spawn.
+        log = open(self.root / "log" / f"{name}.stdout", "wb")  # noqa: SIM115
+        self.processes[name] = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def start(self, timeout: float = 60.0) -> None:
@@ -124,17 +136,24 @@ class SlurmCluster:
         key = self._write_munge_key()
         self._write_conf()
         munge_dir = self.munge_socket.parent
-        self._spawn("munged", [
-            _program("munged"), "--foreground", "--force", f"--key-file={key}", f"--socket={self.munge_socket}",
-            f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={munge_dir / 'munged.log'}",
-            f"--seed-file={munge_dir / 'munged.seed'}",
-        ])  # fmt: skip
+        self._spawn(
+            "munged",
+            [
+                _program("munged"),
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={munge_dir / 'munged.pid'}",
+                f"--log-file={munge_dir / 'munged.log'}",
+                f"--seed-file={munge_dir / 'munged.seed'}",
+            ],
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged did not create its socket")
         self._spawn("slurmctld", [_program("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         self._wait(lambda: self._ok(["scontrol", "ping"]), timeout, "slurmctld does not answer")
         self._spawn("slurmd", [_program("slurmd"), "-D", "-N", self.hostname, "-f", str(self.conf)])
         self._wait(self._node_idle, timeout, "slurmd did not register an idle node")
-
 
     def _ok(self, argv: list[str]) -> bool:
         try:

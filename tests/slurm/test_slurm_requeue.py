@@ -38,7 +38,9 @@ def twelve_images(tiny_imagefolder: Path, tmp_path_factory: pytest.TempPathFacto
 def _submit(argv: list[str], cwd: Path, cluster: SlurmCluster) -> tuple[str, str]:
     """Run a launcher as a user does; return (job id, console output)."""
     env = dict(cluster.env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     match = re.search(r"Submitted SLURM job (\d+)", output)
@@ -71,7 +73,9 @@ def _v2_iterations_logged(output_dir: Path) -> list[int]:
 
 
 def _log_tail(run: Run) -> str:
-    texts = [p.read_text(errors="replace")[-2500:] for p in sorted(run.output_dir.glob("submitit_logs/*_log.*"))]
+    texts = [
+        p.read_text(errors="replace")[-2500:] for p in sorted(run.output_dir.glob("submitit_logs/*_log.*"))
+    ]
     return f"{run.name} job {run.job_id}:\n" + "\n".join(texts)
 
 
@@ -104,8 +108,14 @@ def test_both_launchers_requeued_mid_run_resume_with_contiguous_logs(slurm_clust
     )  # fmt: skip
     runs = [
         Run("v1", v1_id, v1_out, lambda: len(_v1_epochs_logged(v1_out)), requeue_at=1, total=V1_EPOCHS),
-        Run("v2", v2_id, v2_out, lambda: len(_v2_iterations_logged(v2_out)), requeue_at=2,
-            total=V2_EPOCHS * V2_EPOCH_LEN),
+        Run(
+            "v2",
+            v2_id,
+            v2_out,
+            lambda: len(_v2_iterations_logged(v2_out)),
+            requeue_at=2,
+            total=V2_EPOCHS * V2_EPOCH_LEN,
+        ),
     ]
 
     # Requeue each job once it has checkpointed some progress, then let it finish.
@@ -129,13 +139,19 @@ def test_both_launchers_requeued_mid_run_resume_with_contiguous_logs(slurm_clust
     for run in runs:
         assert run.states[-1] == "COMPLETED", f"{run.states}\n{_log_tail(run)}"
         assert run.requeued_at_progress is not None, f"{run.name} finished before it could be requeued"
-        assert run.requeued_at_progress < run.total, f"{run.name} was requeued after its last unit: not mid-run"
+        assert run.requeued_at_progress < run.total, (
+            f"{run.name} was requeued after its last unit: not mid-run"
+        )
         show = slurm_cluster.run(["scontrol", "show", "job", "-o", run.job_id])
         assert "Restarts=1" in show, show
-        assert "DUE TO JOB REQUEUE" in "".join(p.read_text() for p in run.output_dir.glob("submitit_logs/*_log.*"))
+        assert "DUE TO JOB REQUEUE" in "".join(
+            p.read_text() for p in run.output_dir.glob("submitit_logs/*_log.*")
+        )
 
     # v1: resumed from checkpoint.pth at the epoch after the last logged one; one log line per epoch.
-    resumed_at = [int(e) for e in re.findall(r"resuming from epoch (\d+)", (v1_out / "output.log").read_text())]
+    resumed_at = [
+        int(e) for e in re.findall(r"resuming from epoch (\d+)", (v1_out / "output.log").read_text())
+    ]
     assert len(resumed_at) == 1 and resumed_at[0] >= runs[0].requeue_at
     assert _v1_epochs_logged(v1_out) == list(range(V1_EPOCHS))
     # v2: continued at the iteration after its last checkpoint; one metrics row per iteration.
@@ -158,9 +174,17 @@ def test_installed_but_unconfigured_slurm_is_not_used(tmp_path):
     env["PATH"] = os.pathsep.join([env.get("PATH", ""), "/usr/sbin"])
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", "import json; from simdinov2.run.submit import detect_cluster; print(json.dumps(detect_cluster()))"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import json; from simdinov2.run.submit import detect_cluster; print(json.dumps(detect_cluster()))",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     cluster, why = json.loads(result.stdout)
     assert cluster == "local" and why.startswith("no SLURM cluster answers (scontrol: fatal: "), why

@@ -44,7 +44,7 @@ class Split(Enum):
         return self.value
 
     @classmethod
-    def parse(cls, value: "str | Split") -> "Split":
+    def parse(cls, value: str | Split) -> Split:
         if isinstance(value, Split):
             return value
         try:

@@ -137,8 +137,14 @@ def _read_cache(root: str) -> ImageListing | None:
 
 def _write_cache(root: str, relative: list[str], mtimes: dict[str, int], skipped: int, example: str) -> None:
     path = _cache_path(root)
-    header = {"version": LISTING_VERSION, "root": root, "count": len(relative), "skipped": skipped,
-              "skipped_example": example, "dirs": mtimes}  # fmt: skip
+    header = {
+        "version": LISTING_VERSION,
+        "root": root,
+        "count": len(relative),
+        "skipped": skipped,
+        "skipped_example": example,
+        "dirs": mtimes,
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -191,16 +197,26 @@ def is_image_list(path: str | os.PathLike) -> bool:
 class UnlabeledImageDataset(LabelledImageDataset):
     """Images of a folder (any layout) or a `.txt` list: `dataset[i] -> (transform(RGB image), -1)`."""
 
-    def __init__(self, source: str | os.PathLike, transform: Callable | None = None,
-                 target_transform: Callable | None = None, use_cache: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        use_cache: bool = True,
+    ) -> None:
         self.source = str(source)
         self.transform = transform
         self.target_transform = target_transform
         listing = list_file(source) if is_image_list(source) else list_folder(source, use_cache)
         what = "listed" if is_image_list(source) else "found"
         if listing.skipped:
-            logger.info("%s: skipped %d files that are not images (%s), e.g. %s", self.source, listing.skipped,
-                        ", ".join(IMG_EXTENSIONS), listing.skipped_example)  # fmt: skip
+            logger.info(
+                "%s: skipped %d files that are not images (%s), e.g. %s",
+                self.source,
+                listing.skipped,
+                ", ".join(IMG_EXTENSIONS),
+                listing.skipped_example,
+            )
         if not listing.paths:
             raise UserError(f"no images ({', '.join(IMG_EXTENSIONS)}) {what} in {self.source}")
         cached = " (listing from cache)" if listing.from_cache else ""
@@ -230,14 +246,18 @@ def training_dataset(source: str, transform: Any = None, option: str = "the data
     from simdinov2.data.loaders import make_dataset  # the loaders import the datasets package
 
     if not source:
-        raise UserError(f"{option} is missing: give a folder of images, a .txt list of images or a dataset string")
+        raise UserError(
+            f"{option} is missing: give a folder of images, a .txt list of images or a dataset string"
+        )
     path = Path(source).expanduser()
     if path.is_dir() and not any(path.iterdir()):
         raise UserError(f"{option} {source} is an empty folder: put the training images in it (any layout)")
     if path.is_dir() or is_image_list(path):
         return UnlabeledImageDataset(path, transform=transform)
     if path.is_file():
-        raise UserError(f"{option} {source} is a file: give a folder of images or a .txt list (one image path a line)")
+        raise UserError(
+            f"{option} {source} is a file: give a folder of images or a .txt list (one image path a line)"
+        )
     if ":" in source:
         return make_dataset(source, transform=transform)
     raise UserError(f"{option} {source} does not exist: give a folder of images or a .txt list of images")

@@ -10,7 +10,9 @@ from simdinov2.run.submit import launch
 
 
 def main(argv: list[str] | None = None):
-    return launch("simdinov2.train.train", "Submitit launcher for SimDINOv2 training", "simdinov2:train", argv)
+    return launch(
+        "simdinov2.train.train", "Submitit launcher for SimDINOv2 training", "simdinov2:train", argv
+    )
 
 
 if __name__ == "__main__":
