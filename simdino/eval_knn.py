@@ -21,10 +21,10 @@ import pickle
 import time
 from collections.abc import Sequence
 
-try:
+from simdinov2.install_hint import exit_with_install_hint
+
+with exit_with_install_hint("eval_knn.py"):
     from simdinov2 import distributed
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise SystemExit(f"eval_knn.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +142,7 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
         train_features, test_features, train_labels, test_labels = compute_features(args, storage)
         if args.dump_features and distributed.is_main_process():
             make_output_dir(args.dump_features)
-            for name, tensor in zip(FEATURE_FILES, (train_features, test_features, train_labels, test_labels)):
+            for name, tensor in zip(FEATURE_FILES, (train_features, test_features, train_labels, test_labels), strict=True):
                 atomic_torch_save(tensor.cpu(), os.path.join(args.dump_features, name))  # a full disk: one line
             logger.info("features saved to %s", args.dump_features)
     logger.info("Features are ready! Starting k-NN classification (%d train, %d test, dim %d).",

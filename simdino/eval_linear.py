@@ -22,10 +22,10 @@ import logging
 import os
 from collections.abc import Sequence
 
-try:
+from simdinov2.install_hint import exit_with_install_hint
+
+with exit_with_install_hint("eval_linear.py"):
     from simdinov2 import distributed
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise SystemExit(f"eval_linear.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
 import torch
 from torch import nn

@@ -20,10 +20,10 @@ import logging
 import time
 from pathlib import Path
 
-try:
+from simdinov2.install_hint import exit_with_install_hint
+
+with exit_with_install_hint("main_dino.py"):
     from simdinov2 import distributed
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise SystemExit(f"main_dino.py: error: {e}; install the package first: `pip install -e .` from the repository root")
 
 from simdino.train import dino_loop
 from simdino.train.epoch_checkpoint import epoch_state, restart_from_checkpoint, save_epoch, save_mid_epoch

@@ -22,13 +22,10 @@ import secrets
 import time
 from pathlib import Path
 
-try:
+from simdinov2.install_hint import exit_with_install_hint
+
+with exit_with_install_hint("video_generation.py"):
     from simdinov2.cli import run_cli
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise SystemExit(
-        f"video_generation.py: error: {e}; install the package first: `pip install -e .` from the "
-        "repository root"
-    ) from None
 
 import numpy as np
 import torch

@@ -19,11 +19,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-try:
+from simdinov2.install_hint import exit_with_install_hint
+
+with exit_with_install_hint("visualize_attention.py"):
     from simdinov2.cli import run_cli
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise SystemExit(f"visualize_attention.py: error: {e}; install the package first: `pip install -e .` from the "
-                     "repository root")
 
 import torch
 from PIL import Image

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,7 @@ class agree_on_errors:  # noqa: N801 - used as a context manager, like contextli
     def __init__(self, what: str) -> None:
         self.what = what
 
-    def __enter__(self) -> "agree_on_errors":
+    def __enter__(self) -> agree_on_errors:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:

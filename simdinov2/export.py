@@ -223,7 +223,7 @@ def to_hf_state_dict(state_dict: dict[str, Tensor], model_class: str) -> dict[st
         _, index, rest = key.split(".", 2)  # blocks.{i}.<rest>
         prefix = f"encoder.layer.{index}."
         if rest.startswith("attn.qkv."):
-            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0), strict=True):
                 out[f"{prefix}attention.attention.{name}.{rest.rsplit('.', 1)[1]}"] = part
         else:
             module, param = rest.rsplit(".", 1) if not rest.endswith(".gamma") else (rest, "")

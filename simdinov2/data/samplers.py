@@ -23,7 +23,7 @@ import os
 import random
 import signal
 from collections.abc import Callable, Iterator
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -58,13 +58,13 @@ def usable_num_workers(requested: int) -> int:
     return cores
 
 
-class SamplerType(str, Enum):
+class SamplerType(StrEnum):
     INFINITE = "infinite"
     DISTRIBUTED = "distributed"
     NONE = "none"
 
     @classmethod
-    def parse(cls, value: "str | SamplerType | None") -> "SamplerType":
+    def parse(cls, value: str | SamplerType | None) -> SamplerType:
         if value is None:
             return cls.NONE
         if isinstance(value, SamplerType):

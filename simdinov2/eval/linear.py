@@ -228,7 +228,7 @@ class AttentiveClassifier(LinearClassifier):
         blocks = x_tokens_list[-self.use_n_blocks :]
         query = self.query_token.expand(blocks[0][0].shape[0], -1, -1)
         parts: list[Tensor] = []
-        for (patch, cls), pooler in zip(blocks, self.poolers):
+        for (patch, cls), pooler in zip(blocks, self.poolers, strict=True):
             parts += [cls, pooler(query, patch)] if self.concat_cls else [pooler(query, patch)]
         if self.use_avgpool:
             parts.append(blocks[-1][0].mean(dim=1))
@@ -250,7 +250,7 @@ def stretch_cosine_schedule(scheduler: torch.optim.lr_scheduler.CosineAnnealingL
                 scheduler.T_max, total_steps)
     scheduler.T_max = total_steps
     progress = min(scheduler.last_epoch / total_steps, 1.0)
-    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -588,7 +588,7 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     summary.update({"final": True, "pretrained_weights": str(args.pretrained_weights),
                     "train_dataset": args.train_dataset_str, "val_dataset": args.val_dataset_str,
                     "image_size": probe.image_size, "attentive": bool(args.attentive),
-                    "eval_sets": set_results([(s, r[best_name]) for s, r in zip(probe.eval_sets, per_set)])})
+                    "eval_sets": set_results([(s, r[best_name]) for s, r in zip(probe.eval_sets, per_set, strict=True)])})
     _append_results(args.output_dir, summary)
     best = summary["best_classifier"]
     logger.info("best classifier %s: Top1 %.2f Top5 %.2f", best["name"], best["top1"], best["top5"])

@@ -3,13 +3,15 @@ console tee to a file. Shared by the v1 scripts and the v2 trainer."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import sys
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -193,7 +195,7 @@ class _Tee:
     def __init__(self, stream: Any, path: Path) -> None:
         self.stream = stream
         self.path = Path(path).resolve()
-        self.file = open(path, "a", buffering=1)
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - open for the whole run, closed by close()
 
     def write(self, data: str) -> int:
         self.stream.write(data)
@@ -215,10 +217,8 @@ class _Tee:
             self.file.flush()
         except OSError as exc:
             file, self.file = self.file, None
-            try:
+            with contextlib.suppress(OSError):
                 file.close()
-            except OSError:
-                pass
             self.stream.write(f"warning: no longer copying the console to {self.path}: {exc.strerror or exc}\n")
 
     def close(self) -> None:

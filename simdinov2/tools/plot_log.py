@@ -139,7 +139,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     fig, axes = plt.subplots(1, len(panels) + bool(health), figsize=(6 * (len(panels) + bool(health)), 4), squeeze=False)
     if health:
         _draw_health(axes[0][-1], health, x_key)
-    for ax, (panel_title, ylabel, curves, log_scale) in zip(axes[0], panels):
+    # strict=False: the health panel, when drawn, is one more axis (the last) than there are panels
+    for ax, (panel_title, ylabel, curves, log_scale) in zip(axes[0], panels, strict=False):
         for k, v in curves.items():
             ax.plot(xs, v, label=k if log_scale or is_weight(k) else metric_label(k))
         ax.set_xlabel(x_key)
@@ -202,7 +203,7 @@ def plot_against_reference(run_dir: str | Path, reference: str | Path, x_axis: s
             raise ValueError(f"{path} is empty")
         runs[name] = (records, _x_values(records, x_axis, path))
     fig, axes = plt.subplots(1, len(REFERENCE_QUANTITIES), figsize=(4.5 * len(REFERENCE_QUANTITIES), 3.8))
-    for ax, quantity in zip(axes, REFERENCE_QUANTITIES):
+    for ax, quantity in zip(axes, REFERENCE_QUANTITIES, strict=True):
         for name, (records, xs) in runs.items():
             for key in _quantity_keys(records[0], quantity):
                 ax.plot(xs, [float(r.get(key, float("nan"))) for r in records], label=f"{name}: {key}",

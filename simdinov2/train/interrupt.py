@@ -45,7 +45,7 @@ class StopSignals:
         self.meters: dict[str, list[float]] = {}
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -93,14 +93,14 @@ def test_clip_gradients_matches_dinos_per_tensor_loop():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
-    grads = [torch.randn_like(p) * scale for p, scale in zip(model.parameters(), (10.0, 0.01, 3.0, 0.1))]
-    for p, g in zip(model.parameters(), grads):
+    grads = [torch.randn_like(p) * scale for p, scale in zip(model.parameters(), (10.0, 0.01, 3.0, 0.1), strict=True)]
+    for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.clone()
     norms = clip_gradients(model, 1.0)
     expected = [g.clone() for g in grads]
     expected_norms = _clip_gradients_per_tensor(expected, 1.0)
     assert norms == pytest.approx(expected_norms, rel=1e-6)
-    for p, e in zip(model.parameters(), expected):
+    for p, e in zip(model.parameters(), expected, strict=True):
         assert torch.allclose(p.grad, e, rtol=1e-6, atol=0)
     assert all(p.grad.norm().item() <= 1.0 + 1e-5 for p in model.parameters())
     assert torch.equal(list(model.parameters())[1].grad, grads[1])  # small gradients are left alone
@@ -118,11 +118,11 @@ def test_adamw_is_fused_on_plain_tensors_and_matches_foreach():
             group["lr"], group["weight_decay"] = 1e-2, group.get("weight_decay", 0.04)
     for _ in range(5):
         x = torch.randn(4, 6)
-        for model, opt in zip(models, (fused, reference)):
+        for model, opt in zip(models, (fused, reference), strict=True):
             opt.zero_grad()
             model(x).square().sum().backward()
             opt.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

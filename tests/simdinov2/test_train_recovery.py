@@ -98,7 +98,7 @@ def test_kill_during_teacher_snapshot_loses_nothing_on_resume(full_run, tmp_path
     _train(data, killed)
     want, got = _rows(full), _rows(killed)
     assert [row["iteration"] for row in got] == [row["iteration"] for row in want] == [0, 3, 6, 7]
-    for a, b in zip(want, got):
+    for a, b in zip(want, got, strict=True):
         for key in b:
             if not key.endswith("_time"):
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["iteration"], key)
@@ -143,7 +143,7 @@ def test_stop_signal_mid_run_checkpoints_and_resumes_exactly(full_run, tmp_path,
     _train(data, stopped)
     want, got = _rows(full), _rows(stopped)
     assert [row["iteration"] for row in got] == [row["iteration"] for row in want] == [0, 3, 6, 7]
-    for a, b in zip(want, got):
+    for a, b in zip(want, got, strict=True):
         assert {k: v for k, v in a.items() if not k.endswith("_time")} == {k: v for k, v in b.items() if not k.endswith("_time")}
     teacher_full, teacher = _snapshot(full, 7), _snapshot(stopped, 7)
     for key, value in teacher_full.items():
