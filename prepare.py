@@ -16,9 +16,7 @@ from simdinov2.help_format import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=HelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--root", required=True, help="ImageNet root (labels.txt, train/, val/, test/)")
     parser.add_argument("--extra", required=True, help="folder for the generated .npy files")
     args = parser.parse_args(argv)

@@ -52,36 +52,63 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         "Evaluation with weighted k-NN on ImageNet", add_help=add_help, formatter_class=HelpFormatter
     )
-    parser.add_argument("--batch_size_per_gpu", default=128, type=int, help="images per process per forward pass")
-    parser.add_argument("--nb_knn", default=[10, 20, 100, 200], nargs="+", type=int,
-                        help="numbers of nearest neighbours (20 is usually best); k above the training-set size is "
-                             "skipped with a warning")
-    parser.add_argument("--temperature", default=0.07, type=float, help="temperature T of the exp(sim/T) vote")
-    parser.add_argument("--use_cuda", default=True, type=bool_flag,
-                        help="keep the feature banks on the GPU and vote there; set to False if the banks do not "
-                             "fit in GPU memory. Without CUDA the CPU is used (one log line says so)")
+    parser.add_argument(
+        "--batch_size_per_gpu", default=128, type=int, help="images per process per forward pass"
+    )
+    parser.add_argument(
+        "--nb_knn",
+        default=[10, 20, 100, 200],
+        nargs="+",
+        type=int,
+        help="numbers of nearest neighbours (20 is usually best); k above the training-set size is "
+        "skipped with a warning",
+    )
+    parser.add_argument(
+        "--temperature", default=0.07, type=float, help="temperature T of the exp(sim/T) vote"
+    )
+    parser.add_argument(
+        "--use_cuda",
+        default=True,
+        type=bool_flag,
+        help="keep the feature banks on the GPU and vote there; set to False if the banks do not "
+        "fit in GPU memory. Without CUDA the CPU is used (one log line says so)",
+    )
     add_model_args(parser)
     add_data_args(parser)
-    parser.add_argument("--dump_features", default=None,
-                        help="folder where the computed features are saved (trainfeat.pth, testfeat.pth, "
-                             "trainlabels.pth, testlabels.pth)")
-    parser.add_argument("--load_features", default=None,
-                        help="folder of features saved by --dump_features: skips the model and the images")
-    parser.add_argument("--output_dir", default=None, type=str,
-                        help="where knn_results.json (one JSON record per run with every k) is appended; default: "
-                             "the folder of --pretrained_weights, or --load_features")
+    parser.add_argument(
+        "--dump_features",
+        default=None,
+        help="folder where the computed features are saved (trainfeat.pth, testfeat.pth, "
+        "trainlabels.pth, testlabels.pth)",
+    )
+    parser.add_argument(
+        "--load_features",
+        default=None,
+        help="folder of features saved by --dump_features: skips the model and the images",
+    )
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        type=str,
+        help="where knn_results.json (one JSON record per run with every k) is appended; default: "
+        "the folder of --pretrained_weights, or --load_features",
+    )
     return parser
 
 
 def _storage_device(use_cuda: bool) -> torch.device:
     if use_cuda and not torch.cuda.is_available():
-        logger.info("--use_cuda true but CUDA is not available: features are kept and the k-NN runs on the CPU")
+        logger.info(
+            "--use_cuda true but CUDA is not available: features are kept and the k-NN runs on the CPU"
+        )
     if use_cuda and torch.cuda.is_available():
         return distributed.get_device() if distributed.get_device().type == "cuda" else torch.device("cuda")
     return torch.device("cpu")
 
 
-def compute_features(args: argparse.Namespace, storage: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def compute_features(
+    args: argparse.Namespace, storage: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train features, test features, train labels, test labels), features L2-normalised."""
     device = distributed.get_device()
     model = build_v1_eval_model(args, device)
@@ -98,34 +125,56 @@ def compute_features(args: argparse.Namespace, storage: torch.device) -> tuple[T
         loader = make_eval_loader(dataset, args.batch_size_per_gpu, args.num_workers)
         results.append(extract_features(features_of, loader, gather_on_cpu=gather_on_cpu, device=device))
     (train_features, train_labels), (test_features, test_labels) = results
-    return train_features.to(storage), test_features.to(storage), train_labels.to(storage), test_labels.to(storage)
+    return (
+        train_features.to(storage),
+        test_features.to(storage),
+        train_labels.to(storage),
+        test_labels.to(storage),
+    )
 
 
 def _load_bank(path: str) -> Tensor:
     try:
         tensor = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise UserError(f"--load_features: {path} is corrupt or cut short ({' '.join(str(e).split())[:120]}); "
-                        "dump the features again with --dump_features") from None
+        raise UserError(
+            f"--load_features: {path} is corrupt or cut short ({' '.join(str(e).split())[:120]}); "
+            "dump the features again with --dump_features"
+        ) from None
     if not isinstance(tensor, Tensor):
-        raise UserError(f"--load_features: {path} holds a {type(tensor).__name__}, not a tensor; dump the features "
-                        "again with --dump_features")
+        raise UserError(
+            f"--load_features: {path} holds a {type(tensor).__name__}, not a tensor; dump the features "
+            "again with --dump_features"
+        )
     return tensor
 
 
 def load_features(folder: str, storage: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     missing = [name for name in FEATURE_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        raise MissingFileError(f"--load_features {folder} lacks {', '.join(missing)} (written by --dump_features)")
+        raise MissingFileError(
+            f"--load_features {folder} lacks {', '.join(missing)} (written by --dump_features)"
+        )
     tensors = [_load_bank(os.path.join(folder, name)) for name in FEATURE_FILES]
     train_features, test_features, train_labels, test_labels = (t.to(storage) for t in tensors)
-    if (train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]
-            or len(train_labels) != len(train_features) or len(test_labels) != len(test_features)):
-        raise UserError(f"--load_features {folder}: the features are not two [N, D] banks of one width with one "
-                        "label per row; dump them again with --dump_features")
+    if (
+        train_features.ndim != 2
+        or test_features.ndim != 2
+        or train_features.shape[1] != test_features.shape[1]
+        or len(train_labels) != len(train_features)
+        or len(test_labels) != len(test_features)
+    ):
+        raise UserError(
+            f"--load_features {folder}: the features are not two [N, D] banks of one width with one "
+            "label per row; dump them again with --dump_features"
+        )
     # Idempotent for our dumps; makes upstream dumps and hand-made banks valid cosine-similarity inputs.
-    return F.normalize(train_features.float(), dim=1), F.normalize(test_features.float(), dim=1), \
-        train_labels.long(), test_labels.long()
+    return (
+        F.normalize(train_features.float(), dim=1),
+        F.normalize(test_features.float(), dim=1),
+        train_labels.long(),
+        test_labels.long(),
+    )
 
 
 def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
@@ -142,17 +191,29 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
         train_features, test_features, train_labels, test_labels = compute_features(args, storage)
         if args.dump_features and distributed.is_main_process():
             make_output_dir(args.dump_features)
-            for name, tensor in zip(FEATURE_FILES, (train_features, test_features, train_labels, test_labels), strict=True):
-                atomic_torch_save(tensor.cpu(), os.path.join(args.dump_features, name))  # a full disk: one line
+            for name, tensor in zip(
+                FEATURE_FILES, (train_features, test_features, train_labels, test_labels), strict=True
+            ):
+                atomic_torch_save(
+                    tensor.cpu(), os.path.join(args.dump_features, name)
+                )  # a full disk: one line
             logger.info("features saved to %s", args.dump_features)
-    logger.info("Features are ready! Starting k-NN classification (%d train, %d test, dim %d).",
-                train_features.shape[0], test_features.shape[0], train_features.shape[1])
+    logger.info(
+        "Features are ready! Starting k-NN classification (%d train, %d test, dim %d).",
+        train_features.shape[0],
+        test_features.shape[0],
+        train_features.shape[1],
+    )
     ks = feasible_ks(args.nb_knn, train_features.shape[0])
-    results = knn_classify_sharded(train_features, train_labels, test_features, test_labels, ks, args.temperature)
+    results = knn_classify_sharded(
+        train_features, train_labels, test_features, test_labels, ks, args.temperature
+    )
     if distributed.is_main_process():
         for k, (top1, top5) in results.items():
             print(format_knn_result(k, top1, top5), flush=True)
-        output_dir = args.output_dir or os.path.dirname(os.path.abspath(args.load_features or args.pretrained_weights))
+        output_dir = args.output_dir or os.path.dirname(
+            os.path.abspath(args.load_features or args.pretrained_weights)
+        )
         make_output_dir(output_dir)
         record = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -169,8 +230,11 @@ def main(args: argparse.Namespace) -> dict[int, tuple[float, float]]:
             "results": {str(k): {"top1": top1, "top5": top5} for k, (top1, top5) in results.items()},
         }
         append_json_lines(os.path.join(output_dir, "knn_results.json"), [record])
-        logger.info("k-NN done in %.0f s; record appended to %s", time.time() - start,
-                    os.path.join(output_dir, "knn_results.json"))
+        logger.info(
+            "k-NN done in %.0f s; record appended to %s",
+            time.time() - start,
+            os.path.join(output_dir, "knn_results.json"),
+        )
     distributed.barrier()
     return results
 

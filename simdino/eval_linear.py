@@ -51,28 +51,57 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         "Evaluation with linear classification on ImageNet", add_help=add_help, formatter_class=HelpFormatter
     )
-    parser.add_argument("--n_last_blocks", default=4, type=int,
-                        help="concatenate the CLS tokens of the last n blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
-    parser.add_argument("--avgpool_patchtokens", default=False, type=bool_flag,
-                        help="also concatenate the mean patch token of the last block (DINO: False for ViT-S, "
-                             "True for ViT-B)")
+    parser.add_argument(
+        "--n_last_blocks",
+        default=4,
+        type=int,
+        help="concatenate the CLS tokens of the last n blocks (DINO: 4 for ViT-S, 1 for ViT-B)",
+    )
+    parser.add_argument(
+        "--avgpool_patchtokens",
+        default=False,
+        type=bool_flag,
+        help="also concatenate the mean patch token of the last block (DINO: False for ViT-S, "
+        "True for ViT-B)",
+    )
     add_model_args(parser)
     add_data_args(parser)
     parser.add_argument("--epochs", default=100, type=int, help="number of training epochs")
-    parser.add_argument("--lr", default=0.001, type=float,
-                        help="learning rate at batch size 256 (scaled linearly with the global batch size)")
-    parser.add_argument("--batch_size_per_gpu", default=128, type=int, help="images per process per iteration")
+    parser.add_argument(
+        "--lr",
+        default=0.001,
+        type=float,
+        help="learning rate at batch size 256 (scaled linearly with the global batch size)",
+    )
+    parser.add_argument(
+        "--batch_size_per_gpu", default=128, type=int, help="images per process per iteration"
+    )
     parser.add_argument("--val_freq", default=1, type=int, help="epoch frequency of the validation")
-    parser.add_argument("--output_dir", default=None,
-                        help="where checkpoint.pth.tar and log.txt are written (default: eval_linear/ next to "
-                             "--pretrained_weights, e.g. OUTPUT_DIR/eval_linear for OUTPUT_DIR/checkpoint.pth)")
-    parser.add_argument("--num_labels", default=None, type=int,
-                        help="number of classes of the linear layer (default: the number of class folders of "
-                             "the dataset; a different value is refused)")
-    parser.add_argument("--evaluate", dest="evaluate", action="store_true",
-                        help="only evaluate the trained classifier (output_dir/checkpoint.pth.tar or --linear_weights)")
-    parser.add_argument("--linear_weights", default=None, type=str,
-                        help="classifier checkpoint for --evaluate (default: output_dir/checkpoint.pth.tar)")
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help="where checkpoint.pth.tar and log.txt are written (default: eval_linear/ next to "
+        "--pretrained_weights, e.g. OUTPUT_DIR/eval_linear for OUTPUT_DIR/checkpoint.pth)",
+    )
+    parser.add_argument(
+        "--num_labels",
+        default=None,
+        type=int,
+        help="number of classes of the linear layer (default: the number of class folders of "
+        "the dataset; a different value is refused)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        dest="evaluate",
+        action="store_true",
+        help="only evaluate the trained classifier (output_dir/checkpoint.pth.tar or --linear_weights)",
+    )
+    parser.add_argument(
+        "--linear_weights",
+        default=None,
+        type=str,
+        help="classifier checkpoint for --evaluate (default: output_dir/checkpoint.pth.tar)",
+    )
     parser.add_argument("--seed", default=0, type=int, help="seed of the classifier init and data order")
     return parser
 
@@ -124,8 +153,12 @@ def resolve_num_labels(args: argparse.Namespace, train_dataset, val_dataset) -> 
         )
     found = len(reference.classes)
     if args.num_labels is None:
-        logger.info("%d classes in %s: a %d-way linear classifier (--num_labels changes it)", found, reference.root,
-                    found)
+        logger.info(
+            "%d classes in %s: a %d-way linear classifier (--num_labels changes it)",
+            found,
+            reference.root,
+            found,
+        )
         return found
     if args.num_labels != found:
         raise UserError(
@@ -149,21 +182,29 @@ def _build_probe(args: argparse.Namespace, device: torch.device, train_dataset, 
     sample = feature_model(val_dataset[0][0][None].to(device))
     embed_dim = probe.create_linear_input(sample, n_last_blocks, avgpool).shape[-1]
     # Upstream v1's feature order, so its trained classifiers predict the same here.
-    classifier = probe.LinearClassifier(embed_dim, n_last_blocks, avgpool, num_classes=num_labels,
-                                        dino_v1_order=True).to(device)
+    classifier = probe.LinearClassifier(
+        embed_dim, n_last_blocks, avgpool, num_classes=num_labels, dino_v1_order=True
+    ).to(device)
     return feature_model, classifier
 
 
-def _evaluate_only(args: argparse.Namespace, feature_model, classifier, val_loader, device, checkpoint_path) -> float:
+def _evaluate_only(
+    args: argparse.Namespace, feature_model, classifier, val_loader, device, checkpoint_path
+) -> float:
     """--evaluate: the accuracy of the trained classifier (`--linear_weights` or the run's checkpoint)."""
     source = args.linear_weights or checkpoint_path
     if not os.path.isfile(source):
-        raise MissingFileError(f"--evaluate needs a trained classifier: {source} does not exist (train first, "
-                               "or pass --linear_weights)")
+        raise MissingFileError(
+            f"--evaluate needs a trained classifier: {source} does not exist (train first, "
+            "or pass --linear_weights)"
+        )
     _load_classifier(classifier, _classifier_state(_load_checkpoint(source)), source)
     stats = probe.evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
     if distributed.is_main_process():
-        print(f"Accuracy of the network on the {len(val_loader.dataset)} test images: {stats['top1']:.1f}%", flush=True)
+        print(
+            f"Accuracy of the network on the {len(val_loader.dataset)} test images: {stats['top1']:.1f}%",
+            flush=True,
+        )
     return stats["top1"]
 
 
@@ -183,6 +224,51 @@ def _train_epoch(args, epoch: int, feature_model, trained, optimizer, train_load
     return {f"train_{name}": meter.global_avg for name, meter in metric_logger.meters.items()}
 
 
+def _datasets(args: argparse.Namespace):
+    """(train, val) image folders; train is None with --evaluate."""
+    if args.img_size is None and args.pretrained_weights and os.path.exists(args.pretrained_weights):
+        # The transforms need the evaluation crop now: the training crop stored in the checkpoint, else 224.
+        args.img_size = training_crop_size(read_checkpoint(args.pretrained_weights)) or 224
+    val_dataset = image_folder(
+        args.data_path, "val", data.make_classification_eval_transform(crop_size=args.img_size)
+    )
+    train_dataset = None
+    if not args.evaluate:
+        train_dataset = image_folder(
+            args.data_path, "train", data.make_classification_train_transform(crop_size=args.img_size)
+        )
+    return train_dataset, val_dataset
+
+
+def _resume(checkpoint_path: str, classifier, optimizer, scheduler, epochs: int) -> tuple[int, float]:
+    """(start epoch, best accuracy so far): from the probe's checkpoint when there is one, else (0, 0.0)."""
+    if not os.path.isfile(checkpoint_path):
+        return 0, 0.0
+    checkpoint = _load_checkpoint(checkpoint_path, ("state_dict", "optimizer", "scheduler", "epoch"))
+    _load_classifier(classifier, _classifier_state(checkpoint), checkpoint_path)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    start_epoch, best_acc = int(checkpoint["epoch"]), float(checkpoint.get("best_acc", 0.0))
+    probe.stretch_cosine_schedule(scheduler, epochs)
+    logger.info(
+        "Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc
+    )
+    return start_epoch, best_acc
+
+
+def _validate_epoch(epoch: int, feature_model, classifier, val_loader, device, best_acc: float) -> dict:
+    """Validation accuracy and loss after `epoch` (printed by the main process), as the log's test_* keys."""
+    test_stats = probe.evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
+    if distributed.is_main_process():
+        print(
+            f"Accuracy at epoch {epoch} of the network on the {len(val_loader.dataset)} test images: "
+            f"{test_stats['top1']:.1f}%",
+            flush=True,
+        )
+        print(f"Max accuracy so far: {max(best_acc, test_stats['top1']):.2f}%", flush=True)
+    return {"test_acc1": test_stats["top1"], "test_acc5": test_stats["top5"], "test_loss": test_stats["loss"]}
+
+
 def main(args: argparse.Namespace) -> float:
     """Train (or with --evaluate only evaluate) the linear probe; returns the best validation top-1."""
     _validate(args)
@@ -192,15 +278,10 @@ def main(args: argparse.Namespace) -> float:
     device = distributed.get_device()
     if args.output_dir is None:
         args.output_dir = default_output_dir(args.pretrained_weights, "eval_linear")
-        logger.info("--output_dir not given: writing to %s (next to the evaluated checkpoint)", args.output_dir)
-    if args.img_size is None and args.pretrained_weights and os.path.exists(args.pretrained_weights):
-        # The transforms need the evaluation crop now: the training crop stored in the checkpoint, else 224.
-        args.img_size = training_crop_size(read_checkpoint(args.pretrained_weights)) or 224
-    val_dataset = image_folder(args.data_path, "val", data.make_classification_eval_transform(crop_size=args.img_size))
-    train_dataset = None
-    if not args.evaluate:
-        train_dataset = image_folder(args.data_path, "train",
-                                     data.make_classification_train_transform(crop_size=args.img_size))
+        logger.info(
+            "--output_dir not given: writing to %s (next to the evaluated checkpoint)", args.output_dir
+        )
+    train_dataset, val_dataset = _datasets(args)
     feature_model, classifier = _build_probe(args, device, train_dataset, val_dataset)
     val_loader = make_eval_loader(val_dataset, args.batch_size_per_gpu, args.num_workers, pad=False)
     checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
@@ -210,21 +291,24 @@ def main(args: argparse.Namespace) -> float:
     trained: nn.Module = classifier
     if distributed.get_world_size() > 1:
         trained = nn.parallel.DistributedDataParallel(classifier)
-    train_loader = data.make_data_loader(train_dataset, args.batch_size_per_gpu, args.num_workers, shuffle=True,
-                                    seed=args.seed, sampler_type="distributed", drop_last=False)
+    train_loader = data.make_data_loader(
+        train_dataset,
+        args.batch_size_per_gpu,
+        args.num_workers,
+        shuffle=True,
+        seed=args.seed,
+        sampler_type="distributed",
+        drop_last=False,
+    )
     logger.info("Data loaded with %d train and %d val imgs.", len(train_dataset), len(val_dataset))
-    optimizer = torch.optim.SGD(trained.parameters(), lr=probe.scale_lr(args.lr, args.batch_size_per_gpu),
-                                momentum=0.9, weight_decay=0.0)
+    optimizer = torch.optim.SGD(
+        trained.parameters(),
+        lr=probe.scale_lr(args.lr, args.batch_size_per_gpu),
+        momentum=0.9,
+        weight_decay=0.0,
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=0.0)
-    start_epoch, best_acc = 0, 0.0
-    if os.path.isfile(checkpoint_path):
-        checkpoint = _load_checkpoint(checkpoint_path, ("state_dict", "optimizer", "scheduler", "epoch"))
-        _load_classifier(classifier, _classifier_state(checkpoint), checkpoint_path)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch, best_acc = int(checkpoint["epoch"]), float(checkpoint.get("best_acc", 0.0))
-        probe.stretch_cosine_schedule(scheduler, args.epochs)
-        logger.info("Resumed from %s at epoch %d (best accuracy so far %.2f%%)", checkpoint_path, start_epoch, best_acc)
+    start_epoch, best_acc = _resume(checkpoint_path, classifier, optimizer, scheduler, args.epochs)
     make_output_dir(args.output_dir)
     if distributed.is_main_process():  # the epochs after the checkpoint are trained (and logged) again
         resume_records(args.output_dir, "log.txt", "epoch", start_epoch)
@@ -235,27 +319,34 @@ def main(args: argparse.Namespace) -> float:
         "shorten with fewer --epochs (upstream's 100 stay the default)",
     )  # fmt: skip
     for epoch in range(start_epoch, args.epochs):
-        log_stats = _train_epoch(args, epoch, feature_model, trained, optimizer, train_loader, device, estimate)
+        log_stats = _train_epoch(
+            args, epoch, feature_model, trained, optimizer, train_loader, device, estimate
+        )
         scheduler.step()
         log_stats["epoch"] = epoch
         if epoch % args.val_freq == 0 or epoch == args.epochs - 1:
-            test_stats = probe.evaluate_classifiers(feature_model, classifier, val_loader, device)["classifier"]
-            best_acc = max(best_acc, test_stats["top1"])
-            if distributed.is_main_process():
-                print(f"Accuracy at epoch {epoch} of the network on the {len(val_dataset)} test images: "
-                      f"{test_stats['top1']:.1f}%", flush=True)
-                print(f"Max accuracy so far: {best_acc:.2f}%", flush=True)
-            log_stats.update({"test_acc1": test_stats["top1"], "test_acc5": test_stats["top5"],
-                              "test_loss": test_stats["loss"]})
+            test_stats = _validate_epoch(epoch, feature_model, classifier, val_loader, device, best_acc)
+            best_acc = max(best_acc, test_stats["test_acc1"])
+            log_stats.update(test_stats)
         if distributed.is_main_process():
             append_json_lines(os.path.join(args.output_dir, "log.txt"), [log_stats])
-            atomic_torch_save({"epoch": epoch + 1, "state_dict": classifier.state_dict(),
-                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "best_acc": best_acc}, checkpoint_path)
+            atomic_torch_save(
+                {
+                    "epoch": epoch + 1,
+                    "state_dict": classifier.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_acc": best_acc,
+                },
+                checkpoint_path,
+            )
         distributed.barrier()
     if distributed.is_main_process():
-        print("Training of the supervised linear classifier on frozen features completed.\n"
-              f"Top-1 test accuracy: {best_acc:.1f}", flush=True)
+        print(
+            "Training of the supervised linear classifier on frozen features completed.\n"
+            f"Top-1 test accuracy: {best_acc:.1f}",
+            flush=True,
+        )
     return best_acc
 
 

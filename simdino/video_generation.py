@@ -55,7 +55,9 @@ INSTALL_WRITER = "pip install imageio imageio-ffmpeg"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Generation self-attention video", add_help=add_help, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        "Generation self-attention video", add_help=add_help, formatter_class=HelpFormatter
+    )
     add_backbone_args(parser)
     parser.add_argument(
         "--input_path",

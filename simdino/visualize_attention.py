@@ -50,23 +50,42 @@ logger = logging.getLogger("simdinov2")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Visualize Self-Attention maps", add_help=add_help, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        "Visualize Self-Attention maps", add_help=add_help, formatter_class=HelpFormatter
+    )
     add_backbone_args(parser)
-    parser.add_argument("--image_path", default=None, type=str,
-                        help="Path of the image to load (default: scikit-image's astronaut photo).")
-    parser.add_argument("--image_size", default=None, type=int, nargs="+", help="""Resize image (one or two values).
+    parser.add_argument(
+        "--image_path",
+        default=None,
+        type=str,
+        help="Path of the image to load (default: scikit-image's astronaut photo).",
+    )
+    parser.add_argument(
+        "--image_size",
+        default=None,
+        type=int,
+        nargs="+",
+        help="""Resize image (one or two values).
         Default: the resolution the model was trained at, as its checkpoint tells it (its position embedding's
-        grid x patch size: 28 for a 28-px run, 224 for upstream's ViTs); 480 without --pretrained_weights.""")
+        grid x patch size: 28 for a 28-px run, 224 for upstream's ViTs); 480 without --pretrained_weights.""",
+    )
     parser.add_argument("--output_dir", default=".", help="Path where to save visualizations.")
-    parser.add_argument("--threshold", type=float, default=None, help="""We visualize masks
-        obtained by thresholding the self-attention maps to keep xx%% of the mass.""")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="""We visualize masks
+        obtained by thresholding the self-attention maps to keep xx%% of the mass.""",
+    )
     return parser
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> DinoVisionTransformer:
     """The ViT with `--pretrained_weights` loaded strictly (architecture read from the weights; --arch and
     --patch_size, when given, must agree), or random weights with a warning when no weights are given."""
-    return load_pretrained_backbone(args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device)
+    return load_pretrained_backbone(
+        args.pretrained_weights, args.checkpoint_key, args.arch, args.patch_size, device
+    )
 
 
 def load_image(image_path: str | None) -> Image.Image:
@@ -129,8 +148,11 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     args.patch_size = model.patch_size
     if args.image_size is None:  # the training resolution (random weights: upstream's 480)
         args.image_size = [model.img_size if args.pretrained_weights else 480]
-        print(f"--image_size not given: {args.image_size[0]} px, the resolution the model was trained at"
-              if args.pretrained_weights else "--image_size not given: 480 px")
+        print(
+            f"--image_size not given: {args.image_size[0]} px, the resolution the model was trained at"
+            if args.pretrained_weights
+            else "--image_size not given: 480 px"
+        )
     size = tuple(args.image_size) * 2 if len(args.image_size) == 1 else tuple(args.image_size[:2])
     img = preprocess(image, size, args.patch_size).to(device)  # one line when smaller than a patch
     attn = cls_attention_maps(model, img)

@@ -85,7 +85,9 @@ def _reports(error: UserError) -> bool:
 
 
 # How gloo / NCCL report a collective whose peer process ended (its own error is reported by that rank).
-_PEER_GONE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|NCCL communicator was aborted")
+_PEER_GONE = re.compile(
+    r"Connection closed by peer|Connection reset by peer|Broken pipe|NCCL communicator was aborted"
+)
 
 
 def _peer_gone(error: BaseException) -> bool:

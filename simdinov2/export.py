@@ -121,9 +121,7 @@ def timm_model_args(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         swiglu_width = (int(dim * config["mlp_ratio"] * 2 / 3) + 7) // 8 * 8
         # timm's packed SwiGLU: fc1 holds both halves (2 x width), fc2 takes the width; the block passes
         # its act_layer to the FFN, so SiLU must be set on the model too.
-        kwargs.update(
-            mlp_ratio=_ffn_ratio(2 * swiglu_width, dim), mlp_layer=SwiGLUPacked, act_layer="silu"
-        )
+        kwargs.update(mlp_ratio=_ffn_ratio(2 * swiglu_width, dim), mlp_layer=SwiGLUPacked, act_layer="silu")
     return name, kwargs
 
 
@@ -160,11 +158,24 @@ def to_timm_state_dict(state_dict: dict[str, Tensor], config: dict[str, Any]) ->
 HF_INSTALL = "pip install transformers"
 # Where a transformers checkpoint on the hub (facebook/dino-vitb16, facebook/dinov2-base, ...) keeps each
 # tensor of a block: the legacy names that every transformers version reads.
-_HF_VIT_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-                 "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
-_HF_DINOV2_BLOCK = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.output.dense",
-                    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2", "mlp.w12": "mlp.weights_in", "mlp.w3": "mlp.weights_out",
-                    "ls1.gamma": "layer_scale1.lambda1", "ls2.gamma": "layer_scale2.lambda1"}
+_HF_VIT_BLOCK = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+_HF_DINOV2_BLOCK = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.w12": "mlp.weights_in",
+    "mlp.w3": "mlp.weights_out",
+    "ls1.gamma": "layer_scale1.lambda1",
+    "ls2.gamma": "layer_scale2.lambda1",
+}
 
 
 def hf_model_class(state_dict: dict[str, Tensor], config: dict[str, Any]) -> str:
@@ -183,9 +194,13 @@ def hf_config(model_class: str, config: dict[str, Any], ffn_width: int) -> Any:
     import transformers
 
     if not (config["proj_bias"] and config["ffn_bias"]):
-        raise CheckpointError("transformers' ViT and DINOv2 have no option for projections without bias; export as pth")
+        raise CheckpointError(
+            "transformers' ViT and DINOv2 have no option for projections without bias; export as pth"
+        )
     if config["num_heads"] is None:
-        raise CheckpointError(f"cannot tell the number of heads of embed_dim {config['embed_dim']} for transformers")
+        raise CheckpointError(
+            f"cannot tell the number of heads of embed_dim {config['embed_dim']} for transformers"
+        )
     dim = config["embed_dim"]
     common = dict(hidden_size=dim, num_hidden_layers=config["depth"], num_attention_heads=config["num_heads"],
                   hidden_act="gelu", layer_norm_eps=1e-6, image_size=config["img_size"],
@@ -197,11 +212,15 @@ def hf_config(model_class: str, config: dict[str, Any], ffn_width: int) -> Any:
     ratio = round(config["mlp_ratio"])  # transformers' DINOv2 takes an integer ratio
     hf_width = (int(dim * ratio * 2 / 3) + 7) // 8 * 8 if swiglu else dim * ratio
     if hf_width != ffn_width:
-        raise CheckpointError(f"the FFN width {ffn_width} is not one transformers' DINOv2 builds from an integer "
-                              f"mlp_ratio of embed_dim {dim}; export as pth or timm instead")
+        raise CheckpointError(
+            f"the FFN width {ffn_width} is not one transformers' DINOv2 builds from an integer "
+            f"mlp_ratio of embed_dim {dim}; export as pth or timm instead"
+        )
     common.update(mlp_ratio=ratio, use_swiglu_ffn=swiglu, layerscale_value=1.0)
     if model_class == "Dinov2WithRegistersModel":
-        return transformers.Dinov2WithRegistersConfig(num_register_tokens=config["num_register_tokens"], **common)
+        return transformers.Dinov2WithRegistersConfig(
+            num_register_tokens=config["num_register_tokens"], **common
+        )
     return transformers.Dinov2Config(**common)
 
 
@@ -245,8 +264,11 @@ def hf_image_processor(model_class: str, img_size: int) -> Any:
     stats = dict(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), resample=3)  # bicubic
     if model_class == "ViTModel":
         return transformers.ViTImageProcessor(size={"height": img_size, "width": img_size}, **stats)
-    return transformers.BitImageProcessor(size={"shortest_edge": round(img_size * 256 / 224)},
-                                          crop_size={"height": img_size, "width": img_size}, **stats)
+    return transformers.BitImageProcessor(
+        size={"shortest_edge": round(img_size * 256 / 224)},
+        crop_size={"height": img_size, "width": img_size},
+        **stats,
+    )
 
 
 def _replace_export_dir(tmp: Path, out: Path) -> None:
@@ -275,8 +297,11 @@ def export_hf(checkpoint: Any, out: str | os.PathLike, checkpoint_key: str = "te
     config = infer_vit_config(extracted.state_dict)
     state_dict = flat_backbone_state_dict(extracted.state_dict)
     model_class = hf_model_class(state_dict, config)
-    ffn = state_dict["blocks.0.mlp.w3.weight"].shape[1] if "blocks.0.mlp.w3.weight" in state_dict else \
-        state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+    ffn = (
+        state_dict["blocks.0.mlp.w3.weight"].shape[1]
+        if "blocks.0.mlp.w3.weight" in state_dict
+        else state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+    )
     hf_cfg = hf_config(model_class, config, ffn)
     tensors = {k: v.detach().contiguous() for k, v in to_hf_state_dict(state_dict, model_class).items()}
     make_output_dir(out.parent, "--out")  # a parent that is a file or read-only is one line now
@@ -288,8 +313,9 @@ def export_hf(checkpoint: Any, out: str | os.PathLike, checkpoint_key: str = "te
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _replace_export_dir(tmp, out)
     except OSError as err:  # read-only folder, full disk, ...
-        raise UserError(f"--out {out} cannot be written: {err.strerror or err}; give a writable folder with "
-                        "free space") from None
+        raise UserError(
+            f"--out {out} cannot be written: {err.strerror or err}; give a writable folder with free space"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [
@@ -387,11 +413,14 @@ def export_backbone(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m simdinov2.export", description="Export the ViT backbone of a SimDINO/DINO checkpoint.",
+        prog="python -m simdinov2.export",
+        description="Export the ViT backbone of a SimDINO/DINO checkpoint.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint file, teacher snapshot, DCP directory or state dict")
-    parser.add_argument("--out", required=True, help="output file (.pth or .safetensors); a folder for --format hf")
+    parser.add_argument(
+        "--out", required=True, help="output file (.pth or .safetensors); a folder for --format hf"
+    )
     parser.add_argument("--format", choices=FORMATS, default=None, help="default: from the --out extension")
     parser.add_argument(
         "--checkpoint-key", "--checkpoint_key", default="teacher", help="teacher (default) or student"

@@ -17,7 +17,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         default = action.default
         empty = isinstance(default, (list, tuple)) and not default
-        no_default = default is None or default is False or default is argparse.SUPPRESS or empty or not action.option_strings
+        no_default = (
+            default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or empty
+            or not action.option_strings
+        )
         if no_default or "default" in text.lower():
             return text
         return f"{text} (default: %(default)s)"

@@ -61,7 +61,9 @@ def cpu_has_bf16() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     capability = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    if capability and not capability.startswith("avx512"):  # torch kept off its bf16 kernels (`avx2`, `default`)
+    if capability and not capability.startswith(
+        "avx512"
+    ):  # torch kept off its bf16 kernels (`avx2`, `default`)
         return False
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_NO_BF16:
         return False
@@ -69,7 +71,12 @@ def cpu_has_bf16() -> bool:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:  # not Linux: no way to tell, fp32 is the safe choice
         return False
-    flags = {flag for line in lines if line.lower().startswith(("flags", "features")) for flag in line.split(":", 1)[-1].split()}
+    flags = {
+        flag
+        for line in lines
+        if line.lower().startswith(("flags", "features"))
+        for flag in line.split(":", 1)[-1].split()
+    }
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
@@ -84,7 +91,9 @@ def _warn_explicit_bf16(request: str) -> None:
     if not cpu_has_bf16():
         logger.warning(
             "precision: %s honoured, but this CPU has no native bf16 instructions: bf16 autocast is emulated, "
-            "several times slower than fp32 (leave it out for fp32; %s=1 if the detection is wrong)", request, CPU_BF16_ENV,
+            "several times slower than fp32 (leave it out for fp32; %s=1 if the detection is wrong)",
+            request,
+            CPU_BF16_ENV,
         )
 
 
@@ -103,7 +112,9 @@ def resolve_dtype(name: Any, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None, cuda_only: bool = False) -> contextlib.AbstractContextManager:
+def autocast(
+    device: torch.device, dtype: torch.dtype | None, cuda_only: bool = False
+) -> contextlib.AbstractContextManager:
     """Autocast to `dtype` on `device`; a no-op for fp32 / None (and off CUDA when `cuda_only`)."""
     if dtype is None or dtype == torch.float32 or (cuda_only and device.type != "cuda"):
         return contextlib.nullcontext()
@@ -112,7 +123,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None, cuda_only: bool = 
 
 def config_compute_dtype(config: Any) -> torch.dtype:
     """Teacher-backbone compute dtype of a v2 config (fp32 when the config does not say)."""
-    name = OmegaConf.select(config, "compute_precision.teacher.backbone.mixed_precision.param_dtype", default="fp32")
+    name = OmegaConf.select(
+        config, "compute_precision.teacher.backbone.mixed_precision.param_dtype", default="fp32"
+    )
     return DTYPES.get(str(name).lower(), torch.float32)
 
 
@@ -135,7 +148,12 @@ class AmpSettings:
         return torch.amp.GradScaler(self.device_type) if self.needs_scaler else None
 
 
-_AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_AMP_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_amp(device: torch.device, use_amp: bool | None, amp_dtype: str = "auto") -> AmpSettings:
@@ -172,7 +190,9 @@ _PRECISION_KEYS = [
 ]  # fmt: skip
 
 
-def user_precision_keys(overrides: Iterable[str] | None, config_file: str | os.PathLike | None = None) -> set[str]:
+def user_precision_keys(
+    overrides: Iterable[str] | None, config_file: str | os.PathLike | None = None
+) -> set[str]:
     """The `compute_precision` dtype keys the user set: in the command-line overrides, or in a config file
     of their own (the configs shipped in `simdinov2/configs` hold upstream's GPU recipes, not a request)."""
     keys = {str(item).split("=", 1)[0].strip() for item in overrides or () if "=" in str(item)}

@@ -106,15 +106,22 @@ def build_schedules(settings: LoopSettings, niter_per_ep: int) -> dict[str, np.n
     return {
         "lr": cosine_scheduler_epochs(
             settings.lr * (settings.batch_size_per_gpu * world_size) / 256.0,  # linear scaling rule
-            settings.min_lr, settings.epochs, niter_per_ep, warmup_epochs=settings.warmup_epochs,
+            settings.min_lr,
+            settings.epochs,
+            niter_per_ep,
+            warmup_epochs=settings.warmup_epochs,
         ),  # fmt: skip
-        "wd": cosine_scheduler_epochs(settings.weight_decay, settings.weight_decay_end, settings.epochs, niter_per_ep),
+        "wd": cosine_scheduler_epochs(
+            settings.weight_decay, settings.weight_decay_end, settings.epochs, niter_per_ep
+        ),
         # momentum parameter is increased to 1. during training with a cosine schedule
         "mom": cosine_scheduler_epochs(settings.momentum_teacher, 1.0, settings.epochs, niter_per_ep),
-        "teacher_temp": np.concatenate((
-            np.linspace(settings.warmup_teacher_temp, settings.teacher_temp, warmup_temp_epochs),
-            np.ones(settings.epochs - warmup_temp_epochs) * settings.teacher_temp,
-        )),  # fmt: skip
+        "teacher_temp": np.concatenate(
+            (
+                np.linspace(settings.warmup_teacher_temp, settings.teacher_temp, warmup_temp_epochs),
+                np.ones(settings.epochs - warmup_temp_epochs) * settings.teacher_temp,
+            )
+        ),  # fmt: skip
     }
 
 
@@ -130,7 +137,9 @@ def prepare_networks(
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
         else:
-            logger.warning("--use_bn_in_head with several CPU processes: BatchNorm statistics stay per process")
+            logger.warning(
+                "--use_bn_in_head with several CPU processes: BatchNorm statistics stay per process"
+            )
     student_without_ddp = student
     if settings.compile:
         if device.type == "cuda":
@@ -143,7 +152,9 @@ def prepare_networks(
         # The prototype layer is used in every forward, so no parameter is unused (its gradient is only
         # dropped after the all-reduce while frozen): find_unused_parameters stays off.
         student = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+            student,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=False,
         )
         # DDP broadcast rank 0's initial weights: the teacher starts from exactly those.
         teacher.load_state_dict(student_without_ddp.state_dict())
@@ -151,9 +162,11 @@ def prepare_networks(
 
 
 def _budget_line(clock: TrainingClock, elapsed: float, images_per_step: int) -> str:
-    return (f"time budget: {elapsed:.0f} of {clock.budget:.0f} s used ({100 * elapsed / clock.budget:.0f}%), "
-            f"{clock.iterations * images_per_step} images seen, "
-            f"{datetime.timedelta(seconds=int(clock.budget - elapsed))} left")
+    return (
+        f"time budget: {elapsed:.0f} of {clock.budget:.0f} s used ({100 * elapsed / clock.budget:.0f}%), "
+        f"{clock.iterations * images_per_step} images seen, "
+        f"{datetime.timedelta(seconds=int(clock.budget - elapsed))} left"
+    )
 
 
 @dataclass
@@ -179,7 +192,13 @@ def train_one_epoch(loop: EpochLoop, epoch: int, resume: MidEpoch | None = None)
     Progress lines show the run's iteration, images/s, the loss parts, lr and the ETA of the whole run (of
     the budget with one); `training_metrics.json` gets the values at that iteration. `resume`: the epoch
     continues where a stop signal ended it."""
-    pair, optimizer, data_loader, device, clock = loop.pair, loop.optimizer, loop.data_loader, loop.device, loop.clock
+    pair, optimizer, data_loader, device, clock = (
+        loop.pair,
+        loop.optimizer,
+        loop.data_loader,
+        loop.device,
+        loop.clock,
+    )
     checkpoint_path, stop = loop.checkpoint_path, loop.stop
     metric_logger = MetricLogger(delimiter="  ", output_file=checkpoint_path.parent / "training_metrics.json")
     n_iter, first_step = len(data_loader), resume.step if resume else 0
@@ -205,7 +224,9 @@ def train_one_epoch(loop: EpochLoop, epoch: int, resume: MidEpoch | None = None)
         if clock.budget and step % PRINT_FREQ == 0:
             logger.info(_budget_line(clock, elapsed, images_per_step))
         values = {name: float(loop.schedules[name][it]) for name in ("lr", "wd", "mom")}
-        values.update(teacher_temp=float(loop.schedules["teacher_temp"][schedule_epoch]), epoch=schedule_epoch)
+        values.update(
+            teacher_temp=float(loop.schedules["teacher_temp"][schedule_epoch]), epoch=schedule_epoch
+        )
         images = [im.to(device, non_blocking=True) for im in images]
         try:
             losses = train_step(pair, optimizer, images, values, loop.settings.clip_grad, loop.scaler)
@@ -219,7 +240,11 @@ def train_one_epoch(loop: EpochLoop, epoch: int, resume: MidEpoch | None = None)
         clock.iterations += 1
         if (over := clock.first_iteration_over_budget()) is not None:
             logger.warning(over)
-        metrics = {**losses, "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"]}
+        metrics = {
+            **losses,
+            "lr": optimizer.param_groups[0]["lr"],
+            "wd": optimizer.param_groups[0]["weight_decay"],
+        }
         if metrics_row_due(global_it, PRINT_FREQ, clock.total_iterations) or step == n_iter - 1:
             metrics.update(pair.probe.measure())  # one small SVD, on the iterations the progress line shows
         metric_logger.update(**metrics)

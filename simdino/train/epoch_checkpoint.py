@@ -78,7 +78,9 @@ def complete_epoch_end(
     start_epoch = int(ckpt.get("epoch", 0)) if ckpt is not None else 0  # no checkpoint: the files start over
     step = int(ckpt.get("epoch_step", 0)) if ckpt is not None else 0
     last = start_epoch - 1
-    periodic_missing = last >= 0 and _periodic_due(last, saveckp_freq) and not _periodic_path(output_dir, last).is_file()
+    periodic_missing = (
+        last >= 0 and _periodic_due(last, saveckp_freq) and not _periodic_path(output_dir, last).is_file()
+    )
     if ckpt is not None and periodic_missing and not step:
         atomic_torch_save(ckpt, _periodic_path(output_dir, last))
         logger.info("wrote %s, which the interrupted run did not", _periodic_path(output_dir, last))
@@ -100,7 +102,9 @@ class MidEpoch:
     rng: list[dict[str, Any]]
 
 
-def save_mid_epoch(path: Path, state: dict[str, Any], step: int, meters: dict[str, list[float]], iterations: int) -> None:
+def save_mid_epoch(
+    path: Path, state: dict[str, Any], step: int, meters: dict[str, list[float]], iterations: int
+) -> None:
     """Every rank: `checkpoint.pth` of a run stopped after `step` iterations of the epoch `state` names
     (`epoch_state(args, epoch - 1, ...)`: its `epoch` is the epoch to finish); the main process writes it."""
     rng = [rng_state()]
@@ -130,8 +134,11 @@ class _Remaining:
         if len(resume.rng) == distributed.get_world_size():
             set_rng_state(resume.rng[distributed.get_rank()])
         else:
-            logger.warning("resumed on %d processes, stopped on %d: the random streams start afresh",
-                           distributed.get_world_size(), len(resume.rng))
+            logger.warning(
+                "resumed on %d processes, stopped on %d: the random streams start afresh",
+                distributed.get_world_size(),
+                len(resume.rng),
+            )
 
     def __len__(self) -> int:
         return self.length
@@ -172,8 +179,10 @@ def _load(path: Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED_KEYS if key not in ckpt] if isinstance(ckpt, dict) else None
     if missing is None or missing:
         what = f"a {type(ckpt).__name__}" if missing is None else f"a dict without {', '.join(missing)}"
-        raise UserError(f"cannot resume from {path}: it is {what}, not a main_dino.py checkpoint (student, teacher, "
-                        "optimizer, epoch); remove it or use another --output_dir")
+        raise UserError(
+            f"cannot resume from {path}: it is {what}, not a main_dino.py checkpoint (student, teacher, "
+            "optimizer, epoch); remove it or use another --output_dir"
+        )
     return ckpt
 
 
@@ -197,8 +206,10 @@ def restart_from_checkpoint(
     after a stop signal within it, where in it (`MidEpoch`). The main process completes the checkpointed
     epoch's files (`complete_epoch_end`)."""
     if path.exists() and not path.is_file():
-        raise UserError(f"cannot resume from {path}: it is a folder, not a checkpoint file; remove it or use "
-                        "another --output_dir")
+        raise UserError(
+            f"cannot resume from {path}: it is a folder, not a checkpoint file; remove it or use "
+            "another --output_dir"
+        )
     if not path.is_file():
         if distributed.is_main_process():
             complete_epoch_end(path.parent, None, args.saveckp_freq, 0)
@@ -222,7 +233,11 @@ def restart_from_checkpoint(
     if clock is not None:
         clock.load_state_dict(ckpt)
     start_epoch = int(ckpt.get("epoch", 0))
-    mid_epoch = MidEpoch(int(ckpt["epoch_step"]), ckpt["epoch_meters"], ckpt["rng"]) if ckpt.get("epoch_step") else None
+    mid_epoch = (
+        MidEpoch(int(ckpt["epoch_step"]), ckpt["epoch_meters"], ckpt["rng"])
+        if ckpt.get("epoch_step")
+        else None
+    )
     within = f", iteration {mid_epoch.step} of it" if mid_epoch else ""
     logger.info(f"Found checkpoint at {path}: resuming from epoch {start_epoch}{within}")
     if distributed.is_main_process():

@@ -246,12 +246,17 @@ def stretch_cosine_schedule(scheduler: torch.optim.lr_scheduler.CosineAnnealingL
     schedule keeps the old `T_max` and, past it, `CosineAnnealingLR` climbs back up from 0."""
     if scheduler.T_max == total_steps:
         return
-    logger.info("schedule length changed from %d to %d steps: the cosine learning rate follows the new length",
-                scheduler.T_max, total_steps)
+    logger.info(
+        "schedule length changed from %d to %d steps: the cosine learning rate follows the new length",
+        scheduler.T_max,
+        total_steps,
+    )
     scheduler.T_max = total_steps
     progress = min(scheduler.last_epoch / total_steps, 1.0)
     for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
 
 def classifier_name(use_n_blocks: int, use_avgpool: bool, lr: float) -> str:
@@ -283,13 +288,23 @@ def setup_linear_classifiers(
                     embed_dim = sample_output[-1][0].shape[-1]
                     classifier = AttentiveClassifier(embed_dim, n_blocks, avgpool, num_classes, **attentive)
                 classifiers[name] = classifier
-                groups.append({"params": classifier.parameters(), "lr": scale_lr(lr, batch_size), "base_lr": lr,
-                               "name": name})
+                groups.append(
+                    {
+                        "params": classifier.parameters(),
+                        "lr": scale_lr(lr, batch_size),
+                        "base_lr": lr,
+                        "name": name,
+                    }
+                )
     return AllClassifiers(classifiers), groups
 
 
 def train_step(
-    feature_model: nn.Module, classifiers: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor
+    feature_model: nn.Module,
+    classifiers: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
 ) -> Tensor:
     """Backbone once, every classifier on its output, one step on the sum of their cross-entropies
     (the classifiers share no parameters, so each gets exactly its own loss's gradient)."""
@@ -318,9 +333,15 @@ def evaluate_classifiers(
     if isinstance(classifiers, nn.parallel.DistributedDataParallel):
         classifiers = classifiers.module
     classifiers.eval()
-    heads = list(classifiers.classifiers_dict.values()) if isinstance(classifiers, AllClassifiers) else [classifiers]
+    heads = (
+        list(classifiers.classifiers_dict.values())
+        if isinstance(classifiers, AllClassifiers)
+        else [classifiers]
+    )
     num_classes = len(class_mapping) if class_mapping is not None else int(heads[0].num_classes)
-    names = sorted(classifiers.classifiers_dict) if isinstance(classifiers, AllClassifiers) else ["classifier"]
+    names = (
+        sorted(classifiers.classifiers_dict) if isinstance(classifiers, AllClassifiers) else ["classifier"]
+    )
     counts = evaluate(lambda images: classifiers(feature_model(images)), loader, device, num_classes, class_mapping,
                       names, print_freq)  # fmt: skip
     return {name: c.result(metric_type) for name, c in counts.items()}
@@ -328,7 +349,9 @@ def evaluate_classifiers(
 
 # ---------------------------------------------------------------------------------------------- v2 CLI
 def get_args_parser(
-    add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
+    add_help: bool = True,
+    parents: Sequence[argparse.ArgumentParser] | None = None,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
     """DINOv2's linear-probe flags on top of the shared set-up flags."""
     description = description or "Linear probing of a SimDINOv2 teacher (grid over lr × blocks × avgpool)"
@@ -337,37 +360,87 @@ def get_args_parser(
     )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=128, help="images per process per iteration")
-    parser.add_argument("--epoch-length", type=int, default=DEFAULT_EPOCH_LENGTH,
-                        help="iterations per epoch (upstream's 1250; <= 0: one pass over the training set, "
-                             "len(dataset) // global batch)")
-    parser.add_argument("--save-checkpoint-frequency", type=int, default=20,
-                        help="save the resumable checkpoint every this many epochs (and at the end)")
-    parser.add_argument("--eval-period-iterations", type=int, default=DEFAULT_EPOCH_LENGTH,
-                        help="evaluate every this many iterations (upstream's 1250; <= 0: once per epoch)")
-    parser.add_argument("--learning-rates", nargs="+", type=float, default=None,
-                        help="grid of base learning rates, each scaled by global batch / 256 (default: upstream "
-                             f"SimDINOv2's {DEFAULT_LEARNING_RATES}; DINOv2's with --full-grid)")
-    parser.add_argument("--n-last-blocks", nargs="+", type=int, default=None,
-                        help="grid of how many last blocks' CLS tokens are concatenated (default: "
-                             f"{DEFAULT_N_LAST_BLOCKS}; {FULL_GRID_N_LAST_BLOCKS} with --full-grid)")
-    parser.add_argument("--full-grid", action="store_true",
-                        help="DINOv2's richer grid: 13 learning rates x last {1, 4} blocks x avgpool {no, yes}")
+    parser.add_argument(
+        "--epoch-length",
+        type=int,
+        default=DEFAULT_EPOCH_LENGTH,
+        help="iterations per epoch (upstream's 1250; <= 0: one pass over the training set, "
+        "len(dataset) // global batch)",
+    )
+    parser.add_argument(
+        "--save-checkpoint-frequency",
+        type=int,
+        default=20,
+        help="save the resumable checkpoint every this many epochs (and at the end)",
+    )
+    parser.add_argument(
+        "--eval-period-iterations",
+        type=int,
+        default=DEFAULT_EPOCH_LENGTH,
+        help="evaluate every this many iterations (upstream's 1250; <= 0: once per epoch)",
+    )
+    parser.add_argument(
+        "--learning-rates",
+        nargs="+",
+        type=float,
+        default=None,
+        help="grid of base learning rates, each scaled by global batch / 256 (default: upstream "
+        f"SimDINOv2's {DEFAULT_LEARNING_RATES}; DINOv2's with --full-grid)",
+    )
+    parser.add_argument(
+        "--n-last-blocks",
+        nargs="+",
+        type=int,
+        default=None,
+        help="grid of how many last blocks' CLS tokens are concatenated (default: "
+        f"{DEFAULT_N_LAST_BLOCKS}; {FULL_GRID_N_LAST_BLOCKS} with --full-grid)",
+    )
+    parser.add_argument(
+        "--full-grid",
+        action="store_true",
+        help="DINOv2's richer grid: 13 learning rates x last {1, 4} blocks x avgpool {no, yes}",
+    )
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing linear_checkpoint.pth")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="crop size (default: crops.global_crops_size of the config)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="crop size (default: crops.global_crops_size of the config)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the classifier init and data order")
-    parser.add_argument("--attentive", action="store_true",
-                        help="upstream's attentive probe: each grid point pools the patch tokens of each of its "
-                             "last blocks with a learned query (multi-head attention) before its linear layer")
-    parser.add_argument("--attentive-concat-cls", "--attentive_concat_cls", dest="attentive_concat_cls",
-                        action="store_true", help="attentive probe: also feed each block's CLS token")
-    parser.add_argument("--attentive-num-heads", type=int, default=None,
-                        help="attentive probe: attention heads (default: the backbone's)")
-    parser.add_argument("--train-backbone-lr", type=float, default=None,
-                        help="also train the backbone in the same SGD at this (unscaled) lr, as upstream's "
-                             "finetune.py does with 0.005 (default: frozen backbone)")
+    _add_attentive_and_backbone_args(parser)
     add_eval_set_args(parser)
     return parser
+
+
+def _add_attentive_and_backbone_args(parser: argparse.ArgumentParser) -> None:
+    """Upstream's attentive probe, and training the backbone along with the probe."""
+    parser.add_argument(
+        "--attentive",
+        action="store_true",
+        help="upstream's attentive probe: each grid point pools the patch tokens of each of its "
+        "last blocks with a learned query (multi-head attention) before its linear layer",
+    )
+    parser.add_argument(
+        "--attentive-concat-cls",
+        "--attentive_concat_cls",
+        dest="attentive_concat_cls",
+        action="store_true",
+        help="attentive probe: also feed each block's CLS token",
+    )
+    parser.add_argument(
+        "--attentive-num-heads",
+        type=int,
+        default=None,
+        help="attentive probe: attention heads (default: the backbone's)",
+    )
+    parser.add_argument(
+        "--train-backbone-lr",
+        type=float,
+        default=None,
+        help="also train the backbone in the same SGD at this (unscaled) lr, as upstream's "
+        "finetune.py does with 0.005 (default: frozen backbone)",
+    )
 
 
 RESULTS_NAME = "results_eval_linear.json"
@@ -382,13 +455,19 @@ def _append_results(output_dir: str, record: dict[str, Any]) -> None:
         append_json_lines(os.path.join(output_dir, RESULTS_NAME), [record])
 
 
-def _summarise(iteration: int, results: dict[str, dict[str, float]], classifiers: AllClassifiers) -> dict[str, Any]:
+def _summarise(
+    iteration: int, results: dict[str, dict[str, float]], classifiers: AllClassifiers
+) -> dict[str, Any]:
     best_name = max(results, key=lambda n: results[n]["top1"])
     best = classifiers.classifiers_dict[best_name]
     return {
         "iteration": iteration,
-        "best_classifier": {"name": best_name, "n_last_blocks": best.use_n_blocks, "avgpool": best.use_avgpool,
-                            **results[best_name]},
+        "best_classifier": {
+            "name": best_name,
+            "n_last_blocks": best.use_n_blocks,
+            "avgpool": best.use_avgpool,
+            **results[best_name],
+        },
         "classifiers": {name: r["top1"] for name, r in results.items()},
     }
 
@@ -436,7 +515,9 @@ def _build_probe(args: argparse.Namespace, avgpool_list: Sequence[bool]) -> Simp
     model, autocast_dtype, config = eval_setup.setup_and_build_model(args)
     device = distributed.get_device()
     image_size = eval_setup.eval_image_size(args.image_size, config, getattr(args, "config_file", None))
-    train_dataset = make_dataset(args.train_dataset_str, transform=make_classification_train_transform(crop_size=image_size))
+    train_dataset = make_dataset(
+        args.train_dataset_str, transform=make_classification_train_transform(crop_size=image_size)
+    )
     check_global_batch(len(train_dataset), args.batch_size, distributed.get_world_size())
     num_classes = num_dataset_classes(train_dataset)
     eval_sets = load_eval_sets(args, make_classification_eval_transform(crop_size=image_size), num_classes)
@@ -467,13 +548,19 @@ def _restore(path: str, probe: SimpleNamespace, optimizer, scheduler, max_iter: 
         return 0
     classifiers, backbone = probe.classifiers, probe.feature_model
     state = safe_torch_load(path)
-    if not isinstance(state, dict) or not {"classifiers", "optimizer", "scheduler", "iteration"} <= set(state):
-        raise UserError(f"{path} is not a linear-probe checkpoint of this program; use --no-resume or another --output-dir")
+    if not isinstance(state, dict) or not {"classifiers", "optimizer", "scheduler", "iteration"} <= set(
+        state
+    ):
+        raise UserError(
+            f"{path} is not a linear-probe checkpoint of this program; use --no-resume or another --output-dir"
+        )
     if set(state["classifiers"]) != set(classifiers.state_dict()):
         raise UserError(f"{path} holds another classifier grid; use --no-resume or another --output-dir")
     if (state.get("backbone") is not None) != backbone.trainable:
-        raise UserError(f"{path} was written {'without' if backbone.trainable else 'with'} --train-backbone-lr; "
-                        "keep the flag as it was, or --no-resume")
+        raise UserError(
+            f"{path} was written {'without' if backbone.trainable else 'with'} --train-backbone-lr; "
+            "keep the flag as it was, or --no-resume"
+        )
     if backbone.trainable:
         backbone.feature_model.load_state_dict(state["backbone"])
     classifiers.load_state_dict(state["classifiers"])
@@ -487,9 +574,20 @@ def _restore(path: str, probe: SimpleNamespace, optimizer, scheduler, max_iter: 
 def _schedule(args: argparse.Namespace, n_images: int) -> tuple[int, int, int, int]:
     """(epoch length, total iterations, evaluation period, checkpoint period) in iterations."""
     global_batch = args.batch_size * distributed.get_world_size()
-    epoch_length = args.epoch_length if args.epoch_length and args.epoch_length > 0 else max(n_images // global_batch, 1)
-    eval_period = args.eval_period_iterations if args.eval_period_iterations and args.eval_period_iterations > 0 else None
-    return epoch_length, args.epochs * epoch_length, eval_period or epoch_length, args.save_checkpoint_frequency * epoch_length
+    epoch_length = (
+        args.epoch_length if args.epoch_length and args.epoch_length > 0 else max(n_images // global_batch, 1)
+    )
+    eval_period = (
+        args.eval_period_iterations
+        if args.eval_period_iterations and args.eval_period_iterations > 0
+        else None
+    )
+    return (
+        epoch_length,
+        args.epochs * epoch_length,
+        eval_period or epoch_length,
+        args.save_checkpoint_frequency * epoch_length,
+    )
 
 
 def evaluate_sets(probe: SimpleNamespace, eval_sets: Sequence[EvalSet], args: argparse.Namespace,
@@ -499,12 +597,22 @@ def evaluate_sets(probe: SimpleNamespace, eval_sets: Sequence[EvalSet], args: ar
     for eval_set in eval_sets:
         logger.info("evaluating on %s (%s)", eval_set.dataset_str, eval_set.metric_type)
         loader = make_eval_loader(eval_set.dataset, args.batch_size, args.num_workers, pad=False)
-        results.append(evaluate_classifiers(probe.feature_model, probe.classifiers, loader, probe.device,
-                                            metric_type=eval_set.metric_type, class_mapping=eval_set.class_mapping))
+        results.append(
+            evaluate_classifiers(
+                probe.feature_model,
+                probe.classifiers,
+                loader,
+                probe.device,
+                metric_type=eval_set.metric_type,
+                class_mapping=eval_set.class_mapping,
+            )
+        )
     return results
 
 
-def _length_estimate(args: argparse.Namespace, probe: SimpleNamespace, epoch_length: int, left: int) -> LengthEstimate:
+def _length_estimate(
+    args: argparse.Namespace, probe: SimpleNamespace, epoch_length: int, left: int
+) -> LengthEstimate:
     """The size of the training (said now) and, after its first iterations, how long the rest takes."""
     global_batch = args.batch_size * distributed.get_world_size()
     n_images, max_iter = len(probe.train_dataset), args.epochs * epoch_length
@@ -545,7 +653,9 @@ def _train(args, probe: SimpleNamespace, optimizer, scheduler, start_iteration: 
         scheduler.step()
         iteration += 1
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates")
+            raise NonFiniteLossError(
+                f"non-finite linear-probe loss at iteration {iteration}; lower --learning-rates"
+            )
         metric_logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
         estimate.tick()
         # The row before the checkpoint: a kill between them re-runs (and re-writes) the iteration.
@@ -570,25 +680,46 @@ def run_linear_probe(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_iter, eta_min=0.0)
     make_output_dir(args.output_dir)
     checkpoint_path = _checkpoint_path(args.output_dir)
-    start_iteration = 0 if args.no_resume else _restore(checkpoint_path, probe, optimizer, scheduler, max_iter)
+    start_iteration = (
+        0 if args.no_resume else _restore(checkpoint_path, probe, optimizer, scheduler, max_iter)
+    )
     if distributed.is_main_process():  # rows after the checkpoint (and a finished run's summary) come again
-        resume_records(args.output_dir, RESULTS_NAME, "iteration", start_iteration + (start_iteration < max_iter))
+        resume_records(
+            args.output_dir, RESULTS_NAME, "iteration", start_iteration + (start_iteration < max_iter)
+        )
 
     def save(iteration: int) -> None:
         if distributed.is_main_process():
             backbone = probe.feature_model.feature_model.state_dict() if args.train_backbone_lr else None
-            atomic_torch_save({"classifiers": classifiers.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "iteration": iteration,
-                               "num_classes": probe.num_classes, "backbone": backbone}, checkpoint_path)
+            atomic_torch_save(
+                {
+                    "classifiers": classifiers.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "iteration": iteration,
+                    "num_classes": probe.num_classes,
+                    "backbone": backbone,
+                },
+                checkpoint_path,
+            )
 
     iteration = _train(args, probe, optimizer, scheduler, start_iteration, save)
     per_set = evaluate_sets(probe, probe.eval_sets, args)
     summary = _summarise(iteration, per_set[0], classifiers)
     best_name = summary["best_classifier"]["name"]
-    summary.update({"final": True, "pretrained_weights": str(args.pretrained_weights),
-                    "train_dataset": args.train_dataset_str, "val_dataset": args.val_dataset_str,
-                    "image_size": probe.image_size, "attentive": bool(args.attentive),
-                    "eval_sets": set_results([(s, r[best_name]) for s, r in zip(probe.eval_sets, per_set, strict=True)])})
+    summary.update(
+        {
+            "final": True,
+            "pretrained_weights": str(args.pretrained_weights),
+            "train_dataset": args.train_dataset_str,
+            "val_dataset": args.val_dataset_str,
+            "image_size": probe.image_size,
+            "attentive": bool(args.attentive),
+            "eval_sets": set_results(
+                [(s, r[best_name]) for s, r in zip(probe.eval_sets, per_set, strict=True)]
+            ),
+        }
+    )
     _append_results(args.output_dir, summary)
     best = summary["best_classifier"]
     logger.info("best classifier %s: Top1 %.2f Top5 %.2f", best["name"], best["top1"], best["top5"])

@@ -43,23 +43,42 @@ from simdinov2.precision import config_compute_dtype
 
 logger = logging.getLogger("simdinov2")
 
+
 def get_args_parser(
-    add_help: bool = True, parents: Sequence[argparse.ArgumentParser] | None = None, description: str | None = None
+    add_help: bool = True,
+    parents: Sequence[argparse.ArgumentParser] | None = None,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=description or "Evaluation set-up", parents=list(parents or []), add_help=add_help,
+        description=description or "Evaluation set-up",
+        parents=list(parents or []),
+        add_help=add_help,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--config-file", type=str, default=None,
-                        help="training config (e.g. the run's resolved OUTPUT_DIR/config.yaml): evaluation crop, "
-                             "precision, interpolation. Optional: without it the defaults apply, with the training "
-                             "crop a v1 checkpoint stores. The architecture always comes from the checkpoint")
-    parser.add_argument("--pretrained-weights", type=str, required=add_help,
-                        help="teacher snapshot, e.g. OUTPUT_DIR/eval/training_N/teacher_checkpoint.pth")
-    parser.add_argument("--checkpoint-key", type=str, default="teacher",
-                        help="entry of the checkpoint holding the backbone (teacher or student)")
+    parser.add_argument(
+        "--config-file",
+        type=str,
+        default=None,
+        help="training config (e.g. the run's resolved OUTPUT_DIR/config.yaml): evaluation crop, "
+        "precision, interpolation. Optional: without it the defaults apply, with the training "
+        "crop a v1 checkpoint stores. The architecture always comes from the checkpoint",
+    )
+    parser.add_argument(
+        "--pretrained-weights",
+        type=str,
+        required=add_help,
+        help="teacher snapshot, e.g. OUTPUT_DIR/eval/training_N/teacher_checkpoint.pth",
+    )
+    parser.add_argument(
+        "--checkpoint-key",
+        type=str,
+        default="teacher",
+        help="entry of the checkpoint holding the backbone (teacher or student)",
+    )
     parser.add_argument("--output-dir", type=str, default=".", help="where results and logs are written")
-    parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value (e.g. student.arch=vit_small)")
+    parser.add_argument(
+        "--opts", nargs="*", default=[], help="config overrides, key=value (e.g. student.arch=vit_small)"
+    )
     return parser
 
 
@@ -73,13 +92,25 @@ def get_eval_args_parser(
     """The parser of a v2 evaluation: the set-up flags above, then `parents`, then the dataset flags
     (DINOv2's dataset strings, `train_role` / `val_role` saying what each set is for) and loader workers."""
     parser = argparse.ArgumentParser(
-        description=description, parents=[get_args_parser(add_help=False), *(parents or [])], add_help=add_help,
+        description=description,
+        parents=[get_args_parser(add_help=False), *(parents or [])],
+        add_help=add_help,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--train-dataset", dest="train_dataset_str", type=str, default="ImageNet:split=TRAIN",
-                        help=f"{train_role} dataset string, e.g. ImageFolder:root=P/train")
-    parser.add_argument("--val-dataset", dest="val_dataset_str", type=str, default="ImageNet:split=VAL",
-                        help=f"{val_role} dataset string, e.g. ImageFolder:root=P/val")
+    parser.add_argument(
+        "--train-dataset",
+        dest="train_dataset_str",
+        type=str,
+        default="ImageNet:split=TRAIN",
+        help=f"{train_role} dataset string, e.g. ImageFolder:root=P/train",
+    )
+    parser.add_argument(
+        "--val-dataset",
+        dest="val_dataset_str",
+        type=str,
+        default="ImageNet:split=VAL",
+        help=f"{val_role} dataset string, e.g. ImageFolder:root=P/val",
+    )
     parser.add_argument("--num-workers", type=int, default=8, help="data-loading workers per process")
     return parser
 
@@ -100,9 +131,15 @@ def eval_image_size(requested: int | None, config: DictConfig, config_file: str 
             raise UserError(f"--image-size must be positive (got {requested})")
         return int(requested)
     size = int(OmegaConf.select(config, "crops.global_crops_size", default=224))
-    source = f"--config-file {config_file}" if config_file else "the default config, as no --config-file was given"
-    logger.info("evaluating at %d px: crops.global_crops_size of %s (the run's config.yaml gives its training "
-                "crop; --image-size N chooses)", size, source)
+    source = (
+        f"--config-file {config_file}" if config_file else "the default config, as no --config-file was given"
+    )
+    logger.info(
+        "evaluating at %d px: crops.global_crops_size of %s (the run's config.yaml gives its training "
+        "crop; --image-size N chooses)",
+        size,
+        source,
+    )
     return size
 
 
@@ -137,7 +174,9 @@ def _config_architecture(config: DictConfig) -> dict[str, Any]:
 
 def _stated_student_keys(opts: Sequence[str]) -> list[str]:
     """The `student.*` architecture keys set explicitly on the command line (`--opts student.k=v`)."""
-    keys = [opt.split("=", 1)[0].strip().removeprefix("student.") for opt in opts if opt.startswith("student.")]
+    keys = [
+        opt.split("=", 1)[0].strip().removeprefix("student.") for opt in opts if opt.startswith("student.")
+    ]
     return [key for key in keys if key in _STUDENT_KEY_FIELDS]
 
 
@@ -150,8 +189,13 @@ def _architecture_check(config: DictConfig, opts: Sequence[str], config_file: st
         for key in _stated_student_keys(opts):
             fields = {f: stated[f] for f in _STUDENT_KEY_FIELDS[key]}
             value = OmegaConf.select(config, f"student.{key}")
-            refuse_contradiction(weights, fields, f"--opts student.{key}={value}",
-                                 f"--opts student.{key}={_spelt_for(key, weights)}", source)
+            refuse_contradiction(
+                weights,
+                fields,
+                f"--opts student.{key}={value}",
+                f"--opts student.{key}={_spelt_for(key, weights)}",
+                source,
+            )
         if config_file:
             differing = differing_fields(weights, {f: stated[f] for f in (*_STUDENT_FIELDS, "depth")})
             if differing:
@@ -178,7 +222,9 @@ def build_model_for_eval(
     overrides (their `student.*` architecture keys must agree with the weights); `vit_kwargs` are
     options the weights do not record (e.g. `drop_path_rate` for fine-tuning)."""
     if "student" not in config:
-        raise UserError("the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml")
+        raise UserError(
+            "the config has no `student` section (arch, patch_size, ...); pass the run's config.yaml"
+        )
     source = source or str(pretrained_weights)
     model, _ = build_eval_backbone(
         pretrained_weights, checkpoint_key, source, check=_architecture_check(config, opts, config_file, source),
@@ -189,7 +235,9 @@ def build_model_for_eval(
     return model.to(device or distributed.get_device())
 
 
-def setup_and_build_model(args: argparse.Namespace, **vit_kwargs: Any) -> tuple[nn.Module, torch.dtype, DictConfig]:
+def setup_and_build_model(
+    args: argparse.Namespace, **vit_kwargs: Any
+) -> tuple[nn.Module, torch.dtype, DictConfig]:
     """(frozen model on this process's device, autocast dtype, config) from the parsed set-up flags;
     `vit_kwargs` as for `build_model_for_eval`."""
     if not args.pretrained_weights:
@@ -202,10 +250,19 @@ def setup_and_build_model(args: argparse.Namespace, **vit_kwargs: Any) -> tuple[
     crop = training_crop_size(checkpoint)
     if not config_file and crop:  # no run config: the crop the v1 checkpoint was trained at (opts still win)
         opts = [f"crops.global_crops_size={crop}", *opts]
-        logger.info("no --config-file: evaluation crop %d px, the training crop stored in the checkpoint", crop)
+        logger.info(
+            "no --config-file: evaluation crop %d px, the training crop stored in the checkpoint", crop
+        )
     config = load_eval_config(config_file, opts)
-    model = build_model_for_eval(config, checkpoint, getattr(args, "checkpoint_key", "teacher"), opts=opts,
-                                 config_file=config_file, source=args.pretrained_weights, **vit_kwargs)
+    model = build_model_for_eval(
+        config,
+        checkpoint,
+        getattr(args, "checkpoint_key", "teacher"),
+        opts=opts,
+        config_file=config_file,
+        source=args.pretrained_weights,
+        **vit_kwargs,
+    )
     return model, config_compute_dtype(config), config
 
 
@@ -222,7 +279,9 @@ def run_main(
     return worker(args)
 
 
-def eval_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], argv: Sequence[str] | None) -> Any:
+def eval_cli(
+    parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], argv: Sequence[str] | None
+) -> Any:
     """The command line of a v2 evaluation: parse `argv`, run `main(args)` through the one command-line
     wrapper (`simdinov2.cli.run_cli`: a user error is one line `PROG: error: ...` and exit status 1)."""
     return run_cli(parser.prog, main, parser.parse_args(argv))

@@ -5,5 +5,12 @@ records of every program (`append_json_lines`, `resume_json_lines`)."""
 from .helpers import LengthEstimate, MetricLogger, SmoothedValue, setup_logging
 from .json_lines import append_json_lines, resume_json_lines, resume_records
 
-__all__ = ["LengthEstimate", "MetricLogger", "SmoothedValue", "append_json_lines", "resume_json_lines",
-           "resume_records", "setup_logging"]
+__all__ = [
+    "LengthEstimate",
+    "MetricLogger",
+    "SmoothedValue",
+    "append_json_lines",
+    "resume_json_lines",
+    "resume_records",
+    "setup_logging",
+]

@@ -166,7 +166,9 @@ class MetricLogger:
                 eta_seconds = eta(i) if eta is not None else iter_time.global_avg * (n_iterations - i - 1)
                 eta_text = str(datetime.timedelta(seconds=int(eta_seconds)))
                 throughput = (
-                    [f"img/s: {images_per_iteration / iter_time.avg:.1f}"] if images_per_iteration and iter_time.avg else []
+                    [f"img/s: {images_per_iteration / iter_time.avg:.1f}"]
+                    if images_per_iteration and iter_time.avg
+                    else []
                 )
                 msg = self.delimiter.join(
                     [
@@ -186,7 +188,9 @@ class MetricLogger:
                 break
         total_time = time.time() - start_time
         per_it = total_time / max(i - start_iteration, 1)
-        logger.info(f"{header} Total time: {datetime.timedelta(seconds=int(total_time))} ({per_it:.4f} s / it)")
+        logger.info(
+            f"{header} Total time: {datetime.timedelta(seconds=int(total_time))} ({per_it:.4f} s / it)"
+        )
 
 
 class _Tee:
@@ -219,7 +223,9 @@ class _Tee:
             file, self.file = self.file, None
             with contextlib.suppress(OSError):
                 file.close()
-            self.stream.write(f"warning: no longer copying the console to {self.path}: {exc.strerror or exc}\n")
+            self.stream.write(
+                f"warning: no longer copying the console to {self.path}: {exc.strerror or exc}\n"
+            )
 
     def close(self) -> None:
         if self.file is not None:
@@ -232,7 +238,9 @@ class _Tee:
         return self.stream.fileno()
 
 
-def setup_logging(output_dir: str | Path | None = None, log_name: str = "output.log", level: int = logging.INFO) -> None:
+def setup_logging(
+    output_dir: str | Path | None = None, log_name: str = "output.log", level: int = logging.INFO
+) -> None:
     """Configure the `simdinov2` logger; on the main process tee stdout/stderr into `output_dir/log_name`.
 
     Non-main processes log warnings only, so a torchrun with 8 processes prints one progress stream."""

@@ -47,6 +47,8 @@ SLURM_PING_TIMEOUT_S = 10
 
 class LauncherError(ValueError):
     """A submission that cannot go ahead (bad flags, sbatch refused the job, a task failed): one line."""
+
+
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,27 +68,66 @@ def get_args_parser(
         description=description, parents=list(parents or []), add_help=add_help, formatter_class=HelpFormatter
     )
     group = parser.add_argument_group("submitit launcher")
-    group.add_argument("--ngpus", "--gpus", "--gpus-per-node", dest="ngpus", default=ngpus, type=int,
-                       help="""GPUs per node, one process each. 0: a CPU job (SLURM: no GPU requested, CPU-only
-        partitions work; training uses gloo)""")
-    group.add_argument("--ntasks_per_node", "--ntasks-per-node", dest="ntasks_per_node", default=None, type=int,
-                       help="Processes per node (default: --ngpus, or 1 when --ngpus is 0)")
-    group.add_argument("--nodes", "--nnodes", dest="nodes", default=nodes, type=int, help="Number of nodes to request")
+    group.add_argument(
+        "--ngpus",
+        "--gpus",
+        "--gpus-per-node",
+        dest="ngpus",
+        default=ngpus,
+        type=int,
+        help="""GPUs per node, one process each. 0: a CPU job (SLURM: no GPU requested, CPU-only
+        partitions work; training uses gloo)""",
+    )
+    group.add_argument(
+        "--ntasks_per_node",
+        "--ntasks-per-node",
+        dest="ntasks_per_node",
+        default=None,
+        type=int,
+        help="Processes per node (default: --ngpus, or 1 when --ngpus is 0)",
+    )
+    group.add_argument(
+        "--nodes", "--nnodes", dest="nodes", default=nodes, type=int, help="Number of nodes to request"
+    )
     group.add_argument("--timeout", default=timeout, type=int, help="Duration of the job, in minutes")
-    group.add_argument("--partition", default=None, type=str, help="SLURM partition (default: the cluster's default)")
-    group.add_argument("--use_volta32", "--use-volta32", dest="use_volta32", action="store_true",
-                       help="Request 32 GB V100 GPUs (SLURM constraint volta32gb)")
-    group.add_argument("--comment", default="", type=str,
-                       help="Comment to pass to the scheduler, e.g. a priority message")
+    group.add_argument(
+        "--partition", default=None, type=str, help="SLURM partition (default: the cluster's default)"
+    )
+    group.add_argument(
+        "--use_volta32",
+        "--use-volta32",
+        dest="use_volta32",
+        action="store_true",
+        help="Request 32 GB V100 GPUs (SLURM constraint volta32gb)",
+    )
+    group.add_argument(
+        "--comment", default="", type=str, help="Comment to pass to the scheduler, e.g. a priority message"
+    )
     group.add_argument("--exclude", default="", type=str, help="Nodes to exclude (SLURM node list)")
-    group.add_argument("--cpus_per_task", "--cpus-per-task", dest="cpus_per_task", default=10, type=int,
-                       help="CPU cores per process (data-loading workers + main thread)")
-    group.add_argument("--mem_gb", "--mem-gb", dest="mem_gb", default=None, type=int,
-                       help="Memory per node in GB (default: 40 x ngpus; CPU jobs: the cluster's default)")
-    group.add_argument("--cluster", default="auto", choices=CLUSTERS,
-                       help="""Where to run: slurm (sbatch), local (processes on this machine, as many as its
+    group.add_argument(
+        "--cpus_per_task",
+        "--cpus-per-task",
+        dest="cpus_per_task",
+        default=10,
+        type=int,
+        help="CPU cores per process (data-loading workers + main thread)",
+    )
+    group.add_argument(
+        "--mem_gb",
+        "--mem-gb",
+        dest="mem_gb",
+        default=None,
+        type=int,
+        help="Memory per node in GB (default: 40 x ngpus; CPU jobs: the cluster's default)",
+    )
+    group.add_argument(
+        "--cluster",
+        default="auto",
+        choices=CLUSTERS,
+        help="""Where to run: slurm (sbatch), local (processes on this machine, as many as its
         GPUs, or its cores / --cpus_per_task, allow; requeue works too), debug (in this process, one task)
-        or auto (default): slurm when `scontrol ping` reaches a SLURM controller, local otherwise.""")
+        or auto (default): slurm when `scontrol ping` reaches a SLURM controller, local otherwise.""",
+    )
     return parser
 
 
@@ -121,16 +162,23 @@ def private_job_root() -> Path:
             root.chmod(0o700)  # mkdir's mode is filtered by the umask
         info = root.stat()
     except OSError as e:
-        raise LauncherError(f"cannot create the private job folder {root}: {e.strerror or e} "
-                            f"(set {JOB_FOLDER_ENV} to a folder of yours)") from None
+        raise LauncherError(
+            f"cannot create the private job folder {root}: {e.strerror or e} "
+            f"(set {JOB_FOLDER_ENV} to a folder of yours)"
+        ) from None
     if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise LauncherError(f"the job folder {root} must belong to you and be writable by you only "
-                            f"(chmod 700 {root}, or set {JOB_FOLDER_ENV} to such a folder)")
+        raise LauncherError(
+            f"the job folder {root} must belong to you and be writable by you only "
+            f"(chmod 700 {root}, or set {JOB_FOLDER_ENV} to such a folder)"
+        )
     return root
 
 
 def _new_job_folder(name: str) -> Path:
-    return private_job_root() / f"{name.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return (
+        private_job_root()
+        / f"{name.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    )
 
 
 def _link_logs(output_dir: str, job_folder: Path) -> None:
@@ -245,14 +293,19 @@ def detect_cluster() -> tuple[str, str]:
     if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
         return "local", "no SLURM commands (sbatch) on this machine"
     try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=SLURM_PING_TIMEOUT_S)
+        ping = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=SLURM_PING_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         return "local", f"no SLURM controller answered `scontrol ping` within {SLURM_PING_TIMEOUT_S} s"
     except OSError as e:
         return "local", f"`scontrol ping` failed ({e})"
     if ping.returncode == 0 and " UP" in ping.stdout:
         return "slurm", ping.stdout.strip().splitlines()[0]
-    return "local", f"no SLURM cluster answers ({_last_line(ping.stderr or ping.stdout) or 'scontrol ping failed'})"
+    return (
+        "local",
+        f"no SLURM cluster answers ({_last_line(ping.stderr or ping.stdout) or 'scontrol ping failed'})",
+    )
 
 
 def _last_line(text: str) -> str:
@@ -435,7 +488,9 @@ def submit_jobs(
     elif cluster == "local":
         tasks, gpus, machine = _local_tasks(tasks_per_node, args.ngpus, args.cpus_per_task)
         if tasks != tasks_per_node:
-            _say(f"local run sized to this machine ({machine}): {tasks} process(es) instead of {tasks_per_node}")
+            _say(
+                f"local run sized to this machine ({machine}): {tasks} process(es) instead of {tasks_per_node}"
+            )
         parameters.update(tasks_per_node=tasks, gpus_per_node=gpus)
     else:
         parameters.update(nodes=1, tasks_per_node=1)
@@ -454,8 +509,10 @@ def submit_jobs(
     output_dir = args.output_dir.replace("%j", str(job.job_id))
     _link_logs(output_dir, job_folder)
     if cluster == "slurm":
-        _say(f"Submitted SLURM job {job.job_id} ({args.nodes} node(s) x {tasks_per_node} task(s), "
-             f"{args.ngpus} GPU(s) per node); follow it with: squeue -j {job.job_id}; tail -f {job.paths.stdout}")
+        _say(
+            f"Submitted SLURM job {job.job_id} ({args.nodes} node(s) x {tasks_per_node} task(s), "
+            f"{args.ngpus} GPU(s) per node); follow it with: squeue -j {job.job_id}; tail -f {job.paths.stdout}"
+        )
         _say(f"Logs, checkpoints and results will be in {output_dir}")
     else:
         _say(f"Started job {job.job_id} on this machine; logs: {job.paths.stdout}")

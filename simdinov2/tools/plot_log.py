@@ -108,7 +108,9 @@ def is_weight(name: str) -> bool:
 
 def weight_series(records: list[dict], x_key: str) -> dict[str, list[float]]:
     """The loss-weight series of the records (drawn on their own panel)."""
-    names = [k for k in (records[0] if records else {}) if is_weight(k) and isinstance(records[0][k], (int, float))]
+    names = [
+        k for k in (records[0] if records else {}) if is_weight(k) and isinstance(records[0][k], (int, float))
+    ]
     return {k: [float(r.get(k, float("nan"))) for r in records] for k in names if k != x_key}
 
 
@@ -136,7 +138,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
         panels.append(("schedules", None, scheds, True))
     panels = [p for p in panels if p[2]] or panels[:1]
     health = health_series(records, x_key)
-    fig, axes = plt.subplots(1, len(panels) + bool(health), figsize=(6 * (len(panels) + bool(health)), 4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels) + bool(health), figsize=(6 * (len(panels) + bool(health)), 4), squeeze=False
+    )
     if health:
         _draw_health(axes[0][-1], health, x_key)
     # strict=False: the health panel, when drawn, is one more axis (the last) than there are panels
@@ -179,7 +183,9 @@ def _x_values(records: list[dict], x_axis: str, source: Path) -> list[float]:
     key = "iteration" if "iteration" in records[0] else "epoch"
     if x_axis == "epoch":
         if key != "epoch":
-            raise ValueError(f"{source} counts iterations, not epochs: use --x fraction (or the run's log.txt)")
+            raise ValueError(
+                f"{source} counts iterations, not epochs: use --x fraction (or the run's log.txt)"
+            )
         return [float(r["epoch"]) for r in records]
     last = float(records[-1][key]) + 1
     return [(float(r[key]) + 1) / last for r in records]
@@ -195,7 +201,9 @@ def plot_against_reference(run_dir: str | Path, reference: str | Path, x_axis: s
     import matplotlib.pyplot as plt
 
     run_path = Path(run_dir)
-    log = run_path / "log.txt" if x_axis == "epoch" and (run_path / "log.txt").is_file() else find_log(run_path)
+    log = (
+        run_path / "log.txt" if x_axis == "epoch" and (run_path / "log.txt").is_file() else find_log(run_path)
+    )
     runs = {}
     for name, path in (("this run", log), (f"reference ({Path(reference).name})", Path(reference))):
         records = [r for r in read_json_lines(path) if not any(k.startswith("knn_monitor") for k in r)]
@@ -248,11 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="training output directory (or a log file)")
     parser.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss_curve.png)")
     parser.add_argument("--title", default=None)
-    parser.add_argument("--reference", default=None, help="""a reference log (JSON lines, e.g.
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="""a reference log (JSON lines, e.g.
         assets/simdino_v1_vitb16_log.txt, upstream's released ViT-B/16 v1 run): draw the run's loss parts, lr and
-        wd over it into RUN_DIR/curves_vs_reference.png""")
-    parser.add_argument("--x", default="fraction", choices=["fraction", "epoch"],
-                        help="x axis with --reference: fraction of each run (default) or epochs as logged")
+        wd over it into RUN_DIR/curves_vs_reference.png""",
+    )
+    parser.add_argument(
+        "--x",
+        default="fraction",
+        choices=["fraction", "epoch"],
+        help="x axis with --reference: fraction of each run (default) or epochs as logged",
+    )
     args = parser.parse_args(argv)
     try:
         if args.reference:

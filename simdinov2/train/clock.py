@@ -97,8 +97,10 @@ class TrainingClock:
         took = self.spent - self._spent_before
         if self.spent < self.budget:
             return None
-        return (f"time budget: the first iteration took {took:.0f} s (start-up included), the whole {self.budget:.0f} s "
-                "budget: training stops after it; raise the time budget")
+        return (
+            f"time budget: the first iteration took {took:.0f} s (start-up included), the whole {self.budget:.0f} s "
+            "budget: training stops after it; raise the time budget"
+        )
 
     def eta(self, iteration: int) -> float:
         """ETA of the run after global `iteration` (progress lines): the budget's rest with a budget."""
@@ -111,4 +113,6 @@ class TrainingClock:
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
         self.spent = float(checkpoint.get("train_seconds", 0.0))
         # Without a budget every finished epoch was a full one.
-        self.iterations = int(checkpoint.get("iterations", int(checkpoint.get("epoch", 0)) * self.niter_per_epoch))
+        self.iterations = int(
+            checkpoint.get("iterations", int(checkpoint.get("epoch", 0)) * self.niter_per_epoch)
+        )

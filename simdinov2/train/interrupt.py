@@ -93,4 +93,3 @@ class StopSignals:
         if callable(previous) and previous not in (signal.default_int_handler,):
             previous(signum, None)
         raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name}: {what}", signum)
-

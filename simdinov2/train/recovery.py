@@ -65,9 +65,15 @@ def complete_iteration_end(
         due = metrics_row_due(last, int(cfg.train.print_freq), clock.total_iterations) or ended_by_budget
         replay = {"iteration": last, **metrics} if due and metrics is not None else None
         # a row that was not due (an interrupt's last iteration) is dropped: the log ends as an uninterrupted run's
-        resume_json_lines(output_dir / "training_metrics.json", "iteration", last + 1 if due else last, replay)
+        resume_json_lines(
+            output_dir / "training_metrics.json", "iteration", last + 1 if due else last, replay
+        )
     eval_period = snapshot_period(
-        int(cfg.evaluation.eval_period_epochs), int(cfg.evaluation.eval_period_iterations), clock.niter_per_epoch
+        int(cfg.evaluation.eval_period_epochs),
+        int(cfg.evaluation.eval_period_iterations),
+        clock.niter_per_epoch,
     )
     if snapshot_due(last, eval_period) or ended_by_budget:
-        save_teacher_snapshot(model.teacher_for_snapshot(), teacher_snapshot_path(output_dir, last), overwrite=False)
+        save_teacher_snapshot(
+            model.teacher_for_snapshot(), teacher_snapshot_path(output_dir, last), overwrite=False
+        )

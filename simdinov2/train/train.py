@@ -27,7 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 if importlib.util.find_spec("simdinov2") is None:  # pragma: no cover - run by path without the install
-    raise SystemExit("train.py: error: the simdinov2 package is not installed: `pip install -e .` from the repository root")
+    raise SystemExit(
+        "train.py: error: the simdinov2 package is not installed: `pip install -e .` from the repository root"
+    )
 from simdinov2 import cli, distributed
 from simdinov2.checkpoint import Checkpointer, save_teacher_snapshot
 from simdinov2.cli import agree_on_errors
@@ -74,18 +76,29 @@ logger = logging.getLogger("simdinov2")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SimDINOv2 training", add_help=add_help, formatter_class=cli.HelpFormatter)
-    parser.add_argument("--config-file", "--config_file", default="", metavar="FILE", help="path to a config file")
+    parser = argparse.ArgumentParser(
+        "SimDINOv2 training", add_help=add_help, formatter_class=cli.HelpFormatter
+    )
+    parser.add_argument(
+        "--config-file", "--config_file", default="", metavar="FILE", help="path to a config file"
+    )
     parser.add_argument(
         "--no-resume", "--no_resume", action="store_true", help="start from scratch even if checkpoints exist"
     )
     parser.add_argument(
-        "--eval-only", "--eval_only", action="store_true",
+        "--eval-only",
+        "--eval_only",
+        action="store_true",
         help="write eval/training_<it>/teacher_checkpoint.pth from the latest checkpoint and exit",
     )
-    parser.add_argument("--output-dir", "--output_dir", default="", type=str, help="output folder (train.output_dir)")
     parser.add_argument(
-        "opts", default=None, nargs=argparse.REMAINDER, help="config overrides: key=value (e.g. optim.epochs=10)"
+        "--output-dir", "--output_dir", default="", type=str, help="output folder (train.output_dir)"
+    )
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="config overrides: key=value (e.g. optim.epochs=10)",
     )
     return parser
 
@@ -100,7 +113,9 @@ def setup(args: argparse.Namespace) -> DictConfig:
     distributed.init_distributed(str(cfg.train.device))
     setup_logging(cfg.train.output_dir)
     apply_cpu_precision(
-        cfg, user_precision_keys(getattr(args, "opts", None), getattr(args, "config_file", None)), distributed.get_device()
+        cfg,
+        user_precision_keys(getattr(args, "opts", None), getattr(args, "config_file", None)),
+        distributed.get_device(),
     )
     apply_scaling_rules_to_cfg(cfg, distributed.get_world_size())
     existing = Path(cfg.train.output_dir) / "config.yaml"
@@ -156,7 +171,10 @@ def build_schedulers(cfg: DictConfig, epoch_len: int) -> dict[str, CosineSchedul
     peak_iters = int(optim.peak_epochs) * epoch_len
     schedules = {
         "lr": CosineScheduler(
-            float(optim.lr), float(optim.min_lr), total, warmup_iters=int(optim.warmup_epochs) * epoch_len,
+            float(optim.lr),
+            float(optim.min_lr),
+            total,
+            warmup_iters=int(optim.warmup_epochs) * epoch_len,
             peak_iters=peak_iters,
         ),
         "wd": CosineScheduler(float(optim.weight_decay), float(optim.weight_decay_end), total),
@@ -173,7 +191,10 @@ def build_schedulers(cfg: DictConfig, epoch_len: int) -> dict[str, CosineSchedul
     }
     # The prototype layer learns nothing during the first epoch(s) (DINO's collapse guard).
     last_layer_lr = CosineScheduler(
-        float(optim.lr), float(optim.min_lr), total, warmup_iters=int(optim.warmup_epochs) * epoch_len,
+        float(optim.lr),
+        float(optim.min_lr),
+        total,
+        warmup_iters=int(optim.warmup_epochs) * epoch_len,
         peak_iters=peak_iters,
     )
     last_layer_lr.schedule[: int(optim.freeze_last_layer_epochs) * epoch_len] = 0.0
@@ -236,12 +257,17 @@ def _resume(
     latest = checkpointer.latest()
     if latest is None or not resume:
         if latest is not None:
-            logger.info("--no-resume: ignoring the checkpoints in %s (they are replaced as training saves)", latest.parent)
+            logger.info(
+                "--no-resume: ignoring the checkpoints in %s (they are replaced as training saves)",
+                latest.parent,
+            )
         return 0, None
     try:
         state = checkpointer.load(latest)
     except ValueError as exc:  # the checkpointer names the problem (corrupt, another model)
-        raise UserError(f"cannot resume from {latest}: {exc}; start over with --no-resume or another --output-dir") from exc
+        raise UserError(
+            f"cannot resume from {latest}: {exc}; start over with --no-resume or another --output-dir"
+        ) from exc
     start_iter = int(state["iteration"]) + 1
     if scaler is not None and state.get("grad_scaler"):
         scaler.load_state_dict(state["grad_scaler"])
@@ -251,7 +277,9 @@ def _resume(
     return start_iter, latest
 
 
-def _data_iterator(cfg: DictConfig, dataset: Any, collate_fn: Any, start_iter: int, latest: Path | None) -> Any:
+def _data_iterator(
+    cfg: DictConfig, dataset: Any, collate_fn: Any, start_iter: int, latest: Path | None
+) -> Any:
     """The infinite, seeded loader advanced past the `start_iter` iterations already trained."""
     data_loader = make_data_loader(
         dataset,
@@ -291,7 +319,9 @@ def do_train(
     max_iter = int(cfg.optim.epochs) * epoch_len
     optimizer = build_optimizer_by_name(str(cfg.optim.opt), model.get_params_groups(), cfg.optim.kwargs)
     scaler = build_grad_scaler(cfg, model)
-    checkpointer = Checkpointer(output_dir / "ckpt", model, optimizer, max_to_keep=int(cfg.checkpointing.max_to_keep))
+    checkpointer = Checkpointer(
+        output_dir / "ckpt", model, optimizer, max_to_keep=int(cfg.checkpointing.max_to_keep)
+    )
     clock = TrainingClock(float(cfg.train.time_budget), total_iterations=max_iter, niter_per_epoch=epoch_len)
     start_iter, latest = _resume(checkpointer, scaler, clock, resume)
     complete_iteration_end(cfg, model, checkpointer, latest, clock)
@@ -301,7 +331,11 @@ def do_train(
         int(cfg.optim.epochs), max_iter,
     )  # fmt: skip
     if start_iter >= max_iter or clock.exhausted(clock.spent):
-        logger.info("training already complete (%d of %d iterations); raise optim.epochs to continue", start_iter, max_iter)
+        logger.info(
+            "training already complete (%d of %d iterations); raise optim.epochs to continue",
+            start_iter,
+            max_iter,
+        )
         return {"iteration": start_iter - 1, "epoch_len": epoch_len, "train_seconds": clock.spent}
     data_iter = _data_iterator(cfg, dataset, collate_fn, start_iter, latest)
     actions = scheduled_actions(cfg)
@@ -310,7 +344,9 @@ def do_train(
         apply_actions(cfg, actions, past_epoch)
     trackers = start_trackers(cfg)
     try:
-        loop = TrainingLoop(cfg, model, optimizer, scaler, build_schedulers(cfg, epoch_len), checkpointer, trackers, clock)
+        loop = TrainingLoop(
+            cfg, model, optimizer, scaler, build_schedulers(cfg, epoch_len), checkpointer, trackers, clock
+        )
         iteration = loop.run(data_iter, start_iter)
     finally:
         trackers.finish()
@@ -328,7 +364,12 @@ class TrainingLoop:
         clock: TrainingClock,
     ) -> None:  # fmt: skip
         self.cfg, self.model, self.optimizer, self.scaler = cfg, model, optimizer, scaler
-        self.schedules, self.checkpointer, self.trackers, self.clock = schedules, checkpointer, trackers, clock
+        self.schedules, self.checkpointer, self.trackers, self.clock = (
+            schedules,
+            checkpointer,
+            trackers,
+            clock,
+        )
         self.epoch_len = clock.niter_per_epoch
         period = int(cfg.checkpointing.period)
         self.period = self.epoch_len if period <= 0 else period
@@ -344,7 +385,11 @@ class TrainingLoop:
                                   option="evaluation.knn_monitor_path") if monitor_path else None  # fmt: skip
 
     def save(self, iteration: int, metrics: dict[str, float]) -> None:
-        trainer_state = {"epoch_len": self.epoch_len, "epoch": (iteration + 1) / self.epoch_len, **self.clock.state_dict()}
+        trainer_state = {
+            "epoch_len": self.epoch_len,
+            "epoch": (iteration + 1) / self.epoch_len,
+            **self.clock.state_dict(),
+        }
         # the iteration's metrics row, written after the save: resuming writes it if a kill came first
         trainer_state["metrics"] = {name: float(value) for name, value in metrics.items()}
         if self.scaler is not None:
@@ -353,7 +398,9 @@ class TrainingLoop:
 
     def snapshot(self, iteration: int) -> None:
         """The teacher snapshot for evaluation, and the k-NN monitor's top-1 of that teacher."""
-        save_teacher_snapshot(self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration))
+        save_teacher_snapshot(
+            self.model.teacher_for_snapshot(), teacher_snapshot_path(self.output_dir, iteration)
+        )
         if self.monitor is not None:
             values = self.monitor(self.model.teacher.backbone)
             self.clock.exclude(values["knn_monitor_seconds"])  # the budget is for training
@@ -370,7 +417,9 @@ class TrainingLoop:
         values["freeze_backbone"] = float(frozen)
         try:
             # optim.clip_grad is read at every step: train.actions may change it.
-            losses = train_step(self.model, self.optimizer, batch, values, float(self.cfg.optim.clip_grad), self.scaler)
+            losses = train_step(
+                self.model, self.optimizer, batch, values, float(self.cfg.optim.clip_grad), self.scaler
+            )
             self.nan_guard.passed()
         except NonFiniteLossError as exc:
             if self.nan_guard.skip(exc, iteration):  # ignore_nan=true: the weights are untouched, go on
@@ -391,7 +440,9 @@ class TrainingLoop:
         progress.close()  # the metrics row of the last iteration done (a resume drops it when not due)
         if iteration % self.period != 0:
             self.save(iteration - 1, metrics)
-        stop.finish(f"checkpoint of iteration {iteration - 1} in {self.checkpointer.root}; run the same command to resume")
+        stop.finish(
+            f"checkpoint of iteration {iteration - 1} in {self.checkpointer.root}; run the same command to resume"
+        )
 
     def run(self, data_iter: Any, start_iter: int) -> int:
         """Train from `start_iter`; returns the number of iterations done (resumed ones included)."""
@@ -414,7 +465,9 @@ class TrainingLoop:
                 metrics = self.step(batch, iteration, clock.schedule_index(iteration, elapsed))
                 clock.iterations += 1
                 if metrics_row_due(iteration, int(self.cfg.train.print_freq), max_iter):
-                    metrics.update(self.probe.measure())  # one small SVD, on the iterations the progress line shows
+                    metrics.update(
+                        self.probe.measure()
+                    )  # one small SVD, on the iterations the progress line shows
                 metric_logger.update(**metrics)
                 self.trackers.log(metrics, step=iteration)
                 if (iteration + 1) % self.period == 0 or iteration + 1 == max_iter:
@@ -426,7 +479,11 @@ class TrainingLoop:
                     self._stop(stop, progress, iteration, metrics)
         if clock.stopped and iteration > start_iter:
             # The budget's end is the run's end: its checkpoint and the teacher snapshot for evaluation.
-            logger.info("time budget of %.0f s reached after %d iterations: training stops here", clock.budget, iteration)
+            logger.info(
+                "time budget of %.0f s reached after %d iterations: training stops here",
+                clock.budget,
+                iteration,
+            )
             if iteration % self.period != 0:
                 self.save(iteration - 1, metrics)
             if self.eval_period <= 0 or iteration % self.eval_period != 0:

@@ -17,7 +17,7 @@ from simdinov2.models import build_vit
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_ARGS = ["--arch", "vit_tiny", "--patch_size", "4", "--img_size", "28", "--num_workers", "0",
-              "--batch_size_per_gpu", "32", "--lr", "0.5"]
+              "--batch_size_per_gpu", "32", "--lr", "0.5"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,17 @@ def v1_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     teacher = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     teacher["head.mlp.0.weight"] = torch.randn(16, backbone.embed_dim)
     path = tmp_path_factory.mktemp("v1run") / "checkpoint.pth"
-    torch.save({"student": {f"_orig_mod.{k}": v for k, v in teacher.items()}, "teacher": teacher, "optimizer": {},
-                "epoch": 3, "args": argparse.Namespace(arch="vit_tiny", patch_size=4), "dino_loss": {}}, path)
+    torch.save(
+        {
+            "student": {f"_orig_mod.{k}": v for k, v in teacher.items()},
+            "teacher": teacher,
+            "optimizer": {},
+            "epoch": 3,
+            "args": argparse.Namespace(arch="vit_tiny", patch_size=4),
+            "dino_loss": {},
+        },
+        path,
+    )
     return path
 
 
@@ -40,17 +49,31 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.slow
-def test_one_epoch_then_resume_then_evaluate(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_epoch_then_resume_then_evaluate(
+    v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from simdino.eval_linear import main
 
     out = tmp_path / "linear"
-    common = [*MODEL_ARGS, "--pretrained_weights", str(v1_checkpoint), "--data_path", str(tiny_imagefolder),
-              "--output_dir", str(out)]
+    common = [
+        *MODEL_ARGS,
+        "--pretrained_weights",
+        str(v1_checkpoint),
+        "--data_path",
+        str(tiny_imagefolder),
+        "--output_dir",
+        str(out),
+    ]
     # the issue's command line, from inside simdino/
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "eval_linear.py", *common, "--epochs", "1"], cwd=REPO / "simdino",
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "eval_linear.py", *common, "--epochs", "1"],
+        cwd=REPO / "simdino",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Accuracy at epoch 0 of the network on the 30 test images" in proc.stdout
     # the run's size and how to shorten it, said at the start
@@ -71,8 +94,10 @@ def test_one_epoch_then_resume_then_evaluate(v1_checkpoint: Path, tiny_imagefold
     lines = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1]
     assert lines[1]["train_lr"] == pytest.approx(0.5 * 32 / 256 * 0.5)
-    assert not torch.equal(torch.load(out / "checkpoint.pth.tar", weights_only=True)["state_dict"]["linear.weight"],
-                           checkpoint["state_dict"]["linear.weight"])
+    assert not torch.equal(
+        torch.load(out / "checkpoint.pth.tar", weights_only=True)["state_dict"]["linear.weight"],
+        checkpoint["state_dict"]["linear.weight"],
+    )
     assert best == pytest.approx(max(line["test_acc1"] for line in lines))
     captured = capsys.readouterr().out
     assert "Accuracy at epoch 1 of the network" in captured and "Accuracy at epoch 0" not in captured
@@ -88,7 +113,9 @@ def test_bad_inputs(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path)
 
     common = [*MODEL_ARGS, "--pretrained_weights", str(v1_checkpoint)]
     with pytest.raises(FileNotFoundError, match="--evaluate needs a trained classifier"):
-        main(_args(*common, "--data_path", str(tiny_imagefolder), "--output_dir", str(tmp_path), "--evaluate"))
+        main(
+            _args(*common, "--data_path", str(tiny_imagefolder), "--output_dir", str(tmp_path), "--evaluate")
+        )
     with pytest.raises(FileNotFoundError, match="--data_path"):
         main(_args(*common, "--data_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path)))
     with pytest.raises(ValueError, match="--n_last_blocks 13 exceeds"):
@@ -96,10 +123,20 @@ def test_bad_inputs(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="--epochs"):
         main(_args(*common, "--data_path", str(tiny_imagefolder), "--epochs", "0"))
     # a classifier of another shape in output_dir: one line naming the flags to check
-    torch.save({"epoch": 1, "state_dict": {"module.linear.weight": torch.zeros(5, 192), "module.linear.bias":
-                torch.zeros(5)}, "optimizer": {}, "scheduler": {}, "best_acc": 0.0}, tmp_path / "checkpoint.pth.tar")
+    torch.save(
+        {
+            "epoch": 1,
+            "state_dict": {"module.linear.weight": torch.zeros(5, 192), "module.linear.bias": torch.zeros(5)},
+            "optimizer": {},
+            "scheduler": {},
+            "best_acc": 0.0,
+        },
+        tmp_path / "checkpoint.pth.tar",
+    )
     with pytest.raises(ValueError, match="--num_labels"):
-        main(_args(*common, "--data_path", str(tiny_imagefolder), "--output_dir", str(tmp_path), "--evaluate"))
+        main(
+            _args(*common, "--data_path", str(tiny_imagefolder), "--output_dir", str(tmp_path), "--evaluate")
+        )
 
 
 def test_avgpool_features_in_upstream_v1_order() -> None:
@@ -109,7 +146,9 @@ def test_avgpool_features_in_upstream_v1_order() -> None:
 
     torch.manual_seed(0)
     patches, cls = torch.randn(3, 5, 8), torch.randn(3, 8)
-    upstream_features = torch.cat((cls.unsqueeze(-1), patches.mean(dim=1).unsqueeze(-1)), dim=-1).reshape(3, -1)
+    upstream_features = torch.cat((cls.unsqueeze(-1), patches.mean(dim=1).unsqueeze(-1)), dim=-1).reshape(
+        3, -1
+    )
     classifier = LinearClassifier(16, 1, True, num_classes=4, dino_v1_order=True)
     expected = torch.nn.functional.linear(upstream_features, classifier.linear.weight, classifier.linear.bias)
     torch.testing.assert_close(classifier(((patches, cls),)), expected, rtol=0, atol=0)
@@ -126,7 +165,7 @@ def test_num_labels_mismatch_is_one_line(v1_checkpoint: Path, tiny_imagefolder: 
     proc = subprocess.run([sys.executable, "eval_linear.py", *MODEL_ARGS, "--num_labels", "2", "--epochs", "1",
                            "--pretrained_weights", str(v1_checkpoint), "--data_path", str(tiny_imagefolder),
                            "--output_dir", str(tmp_path / "out")],
-                          cwd=REPO / "simdino", env=env, capture_output=True, text=True, timeout=300)
+                          cwd=REPO / "simdino", env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-2000:]
@@ -136,7 +175,9 @@ def test_num_labels_mismatch_is_one_line(v1_checkpoint: Path, tiny_imagefolder: 
 
 
 @pytest.mark.slow
-def test_num_labels_and_output_dir_defaults(v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path) -> None:
+def test_num_labels_and_output_dir_defaults(
+    v1_checkpoint: Path, tiny_imagefolder: Path, tmp_path: Path
+) -> None:
     """No --num_labels: the dataset's class count; no --output_dir: eval_linear/ next to the checkpoint,
     not the current directory (the repository when run from simdino/)."""
     from simdino.eval_linear import main
@@ -148,8 +189,17 @@ def test_num_labels_and_output_dir_defaults(v1_checkpoint: Path, tiny_imagefolde
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        main(_args(*MODEL_ARGS, "--pretrained_weights", str(weights), "--data_path", str(tiny_imagefolder),
-                   "--epochs", "1"))
+        main(
+            _args(
+                *MODEL_ARGS,
+                "--pretrained_weights",
+                str(weights),
+                "--data_path",
+                str(tiny_imagefolder),
+                "--epochs",
+                "1",
+            )
+        )
     finally:
         os.chdir(cwd)
     out = run_dir / "eval_linear"

@@ -105,7 +105,12 @@ def test_multicrop_wrapper_runs_each_resolution_once_and_is_view_major():
     backbone = build_vit("vit_tiny", patch_size=4, v1=True, img_size=28)
     head = DINOHead(backbone.embed_dim, out_dim=32, hidden_dim=64, bottleneck_dim=32, remove_last_layer=True)
     wrapper = MultiCropWrapper(backbone, head).eval()
-    crops = [torch.randn(3, 3, 28, 28), torch.randn(3, 3, 28, 28), torch.randn(3, 3, 12, 12), torch.randn(3, 3, 12, 12)]
+    crops = [
+        torch.randn(3, 3, 28, 28),
+        torch.randn(3, 3, 28, 28),
+        torch.randn(3, 3, 12, 12),
+        torch.randn(3, 3, 12, 12),
+    ]
     calls = []
     backbone.register_forward_hook(lambda mod, inp, out: calls.append(len(inp[0])))
     with torch.no_grad():
@@ -158,8 +163,16 @@ def test_one_epoch_writes_the_upstream_files(base_run):
     assert ckpt["optimizer"]["state"] and all("exp_avg" in s for s in ckpt["optimizer"]["state"].values())
     (line,) = read_log(out)
     # upstream's keys, then the teacher's effective rank (ours)
-    assert list(line) == ["train_loss", "train_expa_loss", "train_comp_loss", "train_lr", "train_wd",
-                          "train_effective_rank", "train_effective_rank_head", "epoch"]
+    assert list(line) == [
+        "train_loss",
+        "train_expa_loss",
+        "train_comp_loss",
+        "train_lr",
+        "train_wd",
+        "train_effective_rank",
+        "train_effective_rank_head",
+        "epoch",
+    ]
     assert line["epoch"] == 0
     # loss = -(coeff * comp + expa) on every iteration, so also for the epoch averages
     assert line["train_loss"] == pytest.approx(-(line["train_comp_loss"] + line["train_expa_loss"]), abs=1e-5)
@@ -178,7 +191,9 @@ def test_one_epoch_writes_the_upstream_files(base_run):
     from simdinov2.checkpoint import load_backbone_weights
     from simdinov2.models import build_vit
 
-    report = load_backbone_weights(build_vit("vit_tiny", patch_size=4, v1=True, img_size=28), out / "checkpoint.pth")
+    report = load_backbone_weights(
+        build_vit("vit_tiny", patch_size=4, v1=True, img_size=28), out / "checkpoint.pth"
+    )
     assert report.loaded and not report.missing_keys
 
 
@@ -225,11 +240,15 @@ class _Killed(BaseException):
 
 
 def _metric_iterations(out: Path) -> list[int]:
-    return [json.loads(line)["iteration"] for line in (out / "training_metrics.json").read_text().splitlines()]
+    return [
+        json.loads(line)["iteration"] for line in (out / "training_metrics.json").read_text().splitlines()
+    ]
 
 
 @pytest.mark.slow
-def test_kill_after_checkpoint_rename_loses_nothing_on_resume(two_epoch_run, train_dir, tmp_path, monkeypatch):
+def test_kill_after_checkpoint_rename_loses_nothing_on_resume(
+    two_epoch_run, train_dir, tmp_path, monkeypatch
+):
     from simdino.train import epoch_checkpoint
 
     full, killed = two_epoch_run, tmp_path / "killed"
@@ -272,7 +291,9 @@ def test_kill_mid_epoch_leaves_no_duplicate_metric_rows(two_epoch_run, train_dir
     resumed.mkdir()
     (resumed / "checkpoint.pth").write_bytes((full / "checkpoint0000.pth").read_bytes())
     (resumed / "log.txt").write_text((full / "log.txt").read_text().splitlines(keepends=True)[0])
-    (resumed / "training_metrics.json").write_text("".join(epoch0) + rows[len(epoch0)] + '{"iteration": 3, "lo')
+    (resumed / "training_metrics.json").write_text(
+        "".join(epoch0) + rows[len(epoch0)] + '{"iteration": 3, "lo'
+    )
     run_main(train_dir, resumed, "--saveckp_freq", "1", epochs=2)
     assert _metric_iterations(resumed) == _metric_iterations(full)
     assert (resumed / "log.txt").read_text() == (full / "log.txt").read_text()
@@ -303,8 +324,11 @@ def test_a_checkpoint_pth_that_is_not_a_v1_checkpoint_is_one_line(content, train
     if content == "folder":
         path.mkdir()
     else:
-        obj = {"v2_snapshot": {"teacher": {"backbone.cls_token": torch.zeros(1)}},
-               "no_student": {"teacher": {}, "optimizer": {}, "epoch": 1}, "list": [1, 2]}[content]
+        obj = {
+            "v2_snapshot": {"teacher": {"backbone.cls_token": torch.zeros(1)}},
+            "no_student": {"teacher": {}, "optimizer": {}, "epoch": 1},
+            "list": [1, 2],
+        }[content]
         torch.save(obj, path)
     with pytest.raises(SystemExit) as exc:
         run_main(train_dir, out)
@@ -317,9 +341,15 @@ def test_a_checkpoint_pth_that_is_not_a_v1_checkpoint_is_one_line(content, train
 def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(train_dir, tmp_path):
     out = tmp_path / "dino"
     run_main(train_dir, out, "--use_simdino", "false", "--out_dim", "256", "--warmup_teacher_temp_epochs", "1",
-             "--teacher_temp", "0.07", "--warmup_epochs", "0")
+             "--teacher_temp", "0.07", "--warmup_epochs", "0")  # fmt: skip
     (line,) = read_log(out)
-    assert list(line) == ["train_loss", "train_lr", "train_wd", "train_effective_rank", "epoch"]  # no head rank: DINO
+    assert list(line) == [
+        "train_loss",
+        "train_lr",
+        "train_wd",
+        "train_effective_rank",
+        "epoch",
+    ]  # no head rank: DINO
     assert line["train_loss"] > 0  # a cross-entropy
     ckpt = load_ckpt(out / "checkpoint.pth")
     center = ckpt["dino_loss"]["center"]
@@ -329,10 +359,14 @@ def test_dino_baseline_trains_with_prototypes_centering_and_frozen_last_layer(tr
     # frozen during epoch 0: the prototypes did not move (and the EMA teacher's copy is the same)...
     assert torch.equal(student["head.last_layer.weight_v"], teacher["head.last_layer.weight_v"])
     # ...while the rest of the student was trained
-    assert not torch.equal(student["backbone.blocks.0.attn.qkv.weight"], teacher["backbone.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        student["backbone.blocks.0.attn.qkv.weight"], teacher["backbone.blocks.0.attn.qkv.weight"]
+    )
 
 
-@pytest.mark.parametrize("optimizer, state_key", [("sgd", "momentum_buffer"), ("lars", "mu")])  # adamw: base_run
+@pytest.mark.parametrize(
+    "optimizer, state_key", [("sgd", "momentum_buffer"), ("lars", "mu")]
+)  # adamw: base_run
 @pytest.mark.slow
 def test_each_optimizer_takes_a_step(train_dir, tmp_path, optimizer, state_key):
     out = tmp_path / optimizer
@@ -350,7 +384,9 @@ def test_missing_tracker_package_is_one_line(train_dir, tmp_path, monkeypatch, c
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "swanlab" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "swanlab" else real_find_spec(name, *a)
+    )
     with pytest.raises(SystemExit) as exc:
         run_main(train_dir, tmp_path / "swan", "--track_swan")
     message = str(exc.value.code)
@@ -368,7 +404,10 @@ def test_missing_tracker_package_is_one_line(train_dir, tmp_path, monkeypatch, c
 def test_patch_larger_than_a_crop_is_one_line(train_dir, tmp_path, flags, message):
     with pytest.raises(SystemExit) as exc:
         run_main(train_dir, tmp_path / "out", *flags)
-    assert str(exc.value.code) == f"main_dino.py: error: {message}: raise {message.split()[0]} or lower --patch_size"
+    assert (
+        str(exc.value.code)
+        == f"main_dino.py: error: {message}: raise {message.split()[0]} or lower --patch_size"
+    )
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
@@ -413,7 +452,9 @@ def _error_line(exc: pytest.ExceptionInfo) -> str:
 def test_bad_inputs_give_one_clear_line(train_dir, tmp_path, capsys):
     def fails(*argv: str) -> str:
         with pytest.raises(SystemExit) as exc:
-            main_dino.main(main_dino.get_args_parser().parse_args([*TINY, "--output_dir", str(tmp_path / "o"), *argv]))
+            main_dino.main(
+                main_dino.get_args_parser().parse_args([*TINY, "--output_dir", str(tmp_path / "o"), *argv])
+            )
         return _error_line(exc)
 
     assert "--data_path is missing" in fails()
@@ -495,12 +536,14 @@ def test_truncated_jpeg_under_torchrun_is_one_line_not_a_gloo_traceback(train_di
     (first_class / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 3])
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main_dino.py", *TINY,
-           "--batch_size_per_gpu", "4", "--epochs", "1", "--data_path", str(data), "--output_dir", str(tmp_path / "o")]
+           "--batch_size_per_gpu", "4", "--epochs", "1", "--data_path", str(data), "--output_dir", str(tmp_path / "o")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if "main_dino.py: error:" in line]
     assert len(errors) == 1 and "cut" in errors[0] and ".jpg" in errors[0], proc.stderr[-3000:]
-    assert "Connection closed by peer" not in proc.stderr and "gloo" not in proc.stderr.lower(), proc.stderr[-3000:]
+    assert "Connection closed by peer" not in proc.stderr and "gloo" not in proc.stderr.lower(), proc.stderr[
+        -3000:
+    ]
 
 
 @pytest.mark.slow
@@ -554,16 +597,22 @@ def test_sigterm_to_torchrun_checkpoints_mid_epoch_with_one_line(tiny_imagefolde
                           stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
         metrics = out / "training_metrics.json"
         deadline = time.monotonic() + 240
-        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        while (
+            not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline
+        ):
             time.sleep(0.5)  # two rows: iterations 0 and 10, well inside epoch 0 (15 iterations)
         proc.send_signal(signal.SIGTERM)
         stderr = proc.communicate(timeout=120)[1]
     lines = [line for line in stderr.splitlines() if "interrupted by SIGTERM" in line]
-    assert len(lines) == 1 and lines[0].startswith("main_dino.py: interrupted by SIGTERM: checkpoint of epoch"), stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(
+        "main_dino.py: interrupted by SIGTERM: checkpoint of epoch"
+    ), stderr[-3000:]
     assert "DataLoader worker" not in stderr
     ckpt = load_ckpt(out / "checkpoint.pth")
     assert ckpt["epoch_step"] > 0 and len(ckpt["rng"]) == 2
-    done = subprocess.run([*cmd, "--epochs", "1"], cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*cmd, "--epochs", "1"], cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming from epoch 0, iteration {ckpt['epoch_step']} of it" in (out / "output.log").read_text()
     assert [rec["epoch"] for rec in read_log(out)] == [0]
@@ -598,7 +647,7 @@ def test_gpu_torchrun_nccl(train_dir, tmp_path):
     out = tmp_path / "nccl"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main_dino.py", *TINY,
-           "--batch_size_per_gpu", "8", "--epochs", "1", "--data_path", str(train_dir), "--output_dir", str(out)]
+           "--batch_size_per_gpu", "8", "--epochs", "1", "--data_path", str(train_dir), "--output_dir", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=SIMDINO_DIR, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "backend nccl" in (out / "output.log").read_text()
@@ -642,8 +691,11 @@ def test_stop_signal_mid_epoch_resumes_exactly(train_dir, tmp_path, monkeypatch,
     run_main(train_dir, stopped, *extra, batch=2, epochs=2)
     assert "resuming from epoch 1, iteration 2 of it" in (stopped / "output.log").read_text()
     assert (stopped / "log.txt").read_text() == (full / "log.txt").read_text()
-    assert _without_times(json.loads(line) for line in (stopped / "training_metrics.json").read_text().splitlines()) == \
-        _without_times(json.loads(line) for line in (full / "training_metrics.json").read_text().splitlines())
+    assert _without_times(
+        json.loads(line) for line in (stopped / "training_metrics.json").read_text().splitlines()
+    ) == _without_times(
+        json.loads(line) for line in (full / "training_metrics.json").read_text().splitlines()
+    )
     a, b = load_ckpt(full / "checkpoint.pth"), load_ckpt(stopped / "checkpoint.pth")
     for part in ("student", "teacher"):
         for key in a[part]:

@@ -166,5 +166,7 @@ def test_v1_loader_workers_are_capped_at_the_cores(train_dir, monkeypatch, caplo
     monkeypatch.setattr(samplers, "available_cores", lambda: 2)
     args = argparse.Namespace(seed=0, batch_size_per_gpu=2, num_workers=10)
     with caplog.at_level("INFO", logger="simdinov2"):
-        loader = dino_loop.build_data_loader(args, dino_loop.build_dataset(str(train_dir), None), torch.device("cpu"))
+        loader = dino_loop.build_data_loader(
+            args, dino_loop.build_dataset(str(train_dir), None), torch.device("cpu")
+        )
     assert loader.num_workers == 2 and "num_workers 10 capped at 2" in caplog.text

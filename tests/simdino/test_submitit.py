@@ -43,7 +43,7 @@ def test_launcher_flags_and_the_trainer_flags_it_passes_on():
     assert (args.comment, args.exclude, args.cpus_per_task, args.mem_gb) == ("x", "node1", 6, 100)
     assert args.output_dir == ""  # -> one folder per job under the shared folder
     # main_dino's flags, in order; no abbreviation of a launcher flag is taken for one of them
-    assert args.script_argv == ["--arch", "vit_base", "--eps", "0.05", "--global_crops_scale", "0.3", "1", "--n", "3"]
+    assert args.script_argv == ["--arch", "vit_base", "--eps", "0.05", "--global_crops_scale", "0.3", "1", "--n", "3"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -79,7 +79,9 @@ def test_debug_cluster_trains_then_requeued_job_resumes(small_train, tmp_path, m
         resubmission = submit.ScriptTask(run_with_submitit.TRAINER, args).checkpoint()
         import submitit
 
-        job = submitit.AutoExecutor(folder=tmp_path / "requeue", cluster="debug").submit(resubmission.function)
+        job = submitit.AutoExecutor(folder=tmp_path / "requeue", cluster="debug").submit(
+            resubmission.function
+        )
         job.result()
     finally:
         torch.set_num_threads(previous_threads)
@@ -110,7 +112,9 @@ def test_local_job_preempted_mid_epoch_checkpoints_then_requeued_job_resumes(sma
         [*TINY, "--epochs", "2", "--batch_size_per_gpu", "1", "--data_path", str(small_train),
          "--output_dir", str(tmp_path / "job"), "--cluster", "local", "--nodes", "1", "--ngpus", "0", "--cpus_per_task", "1"]
     )  # fmt: skip
-    job = submit.submit_jobs(run_with_submitit.TRAINER, args, name="simdino", task_type=submit.ScriptTask, wait=False)
+    job = submit.submit_jobs(
+        run_with_submitit.TRAINER, args, name="simdino", task_type=submit.ScriptTask, wait=False
+    )
     metrics = tmp_path / "job" / "training_metrics.json"
     deadline = time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
@@ -122,4 +126,6 @@ def test_local_job_preempted_mid_epoch_checkpoints_then_requeued_job_resumes(sma
     log = (tmp_path / "job" / "output.log").read_text()
     assert "SIGUSR2 received: stopping after this iteration" in log
     assert "resuming from epoch 0, iteration" in log and "of it" in log
-    assert [json.loads(line)["epoch"] for line in (tmp_path / "job" / "log.txt").read_text().splitlines()] == [0, 1]
+    assert [
+        json.loads(line)["epoch"] for line in (tmp_path / "job" / "log.txt").read_text().splitlines()
+    ] == [0, 1]

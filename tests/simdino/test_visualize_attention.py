@@ -90,7 +90,11 @@ def test_bad_inputs_are_one_line(tmp_path):
     with pytest.raises(SystemExit) as exc:
         va.main(["--arch", "vit_small", "--patch_size", "4", "--pretrained_weights", str(ckpt)])
     message = str(exc.value.code)
-    assert "--arch vit_small contradicts" in message and "pass --arch vit_tiny" in message and "\n" not in message
+    assert (
+        "--arch vit_small contradicts" in message
+        and "pass --arch vit_tiny" in message
+        and "\n" not in message
+    )
     with pytest.raises(SystemExit) as exc:
         va.main(["--arch", "vit_tiny", "--patch_size", "4", "--image_path", str(tmp_path / "none.jpg")])
     assert "is not a file" in str(exc.value.code)

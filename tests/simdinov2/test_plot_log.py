@@ -12,10 +12,20 @@ def _write(path, records):
 
 
 def test_plot_v1_log(tmp_path):
-    _write(tmp_path / "log.txt", [
-        {"train_loss": -0.8 - 0.1 * e, "train_comp_loss": 0.4 + 0.1 * e, "train_expa_loss": 0.4,
-         "train_lr": 1e-3, "train_wd": 0.04, "epoch": e} for e in range(4)
-    ])
+    _write(
+        tmp_path / "log.txt",
+        [
+            {
+                "train_loss": -0.8 - 0.1 * e,
+                "train_comp_loss": 0.4 + 0.1 * e,
+                "train_expa_loss": 0.4,
+                "train_lr": 1e-3,
+                "train_wd": 0.04,
+                "epoch": e,
+            }
+            for e in range(4)
+        ],
+    )
     x_key, xs, losses, scheds = plot_log.series(plot_log.read_json_lines(tmp_path / "log.txt"))
     assert x_key == "epoch" and xs == [0, 1, 2, 3]
     assert set(losses) == {"train_loss", "train_comp_loss", "train_expa_loss"}
@@ -26,9 +36,13 @@ def test_plot_v1_log(tmp_path):
 
 
 def test_plot_v2_metrics_prefers_iterations(tmp_path):
-    _write(tmp_path / "training_metrics.json", [
-        {"iteration": i, "total_loss": -1.0 - i / 10, "dino_local_crops_loss": -0.5, "lr": 0.001} for i in range(0, 50, 10)
-    ])
+    _write(
+        tmp_path / "training_metrics.json",
+        [
+            {"iteration": i, "total_loss": -1.0 - i / 10, "dino_local_crops_loss": -0.5, "lr": 0.001}
+            for i in range(0, 50, 10)
+        ],
+    )
     _write(tmp_path / "log.txt", [{"train_loss": 1.0, "epoch": 0}])
     out = tmp_path / "x.png"
     assert plot_log.plot_run(tmp_path, out) == out and out.exists()
@@ -37,7 +51,9 @@ def test_plot_v2_metrics_prefers_iterations(tmp_path):
 
 
 def test_loss_weight_is_drawn_on_a_weights_panel_not_the_minimised_one(tmp_path, monkeypatch):
-    records = [{"iteration": i, "total_loss": -1.0 - i, "ibot_loss_weight": 1.0, "lr": 0.001} for i in range(3)]
+    records = [
+        {"iteration": i, "total_loss": -1.0 - i, "ibot_loss_weight": 1.0, "lr": 0.001} for i in range(3)
+    ]
     _write(tmp_path / "training_metrics.json", records)
     _, _, losses, _ = plot_log.series(records)
     assert "ibot_loss_weight" not in losses and "total_loss" in losses
@@ -46,7 +62,11 @@ def test_loss_weight_is_drawn_on_a_weights_panel_not_the_minimised_one(tmp_path,
 
     titles = []
     real_set_title = matplotlib.axes.Axes.set_title
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **kw: (titles.append(t), real_set_title(ax, t, **kw))[1])
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "set_title",
+        lambda ax, t, **kw: (titles.append(t), real_set_title(ax, t, **kw))[1],
+    )
     plot_log.plot_run(tmp_path)
     assert titles[1:] == ["loss weights", "schedules"]
 
@@ -73,7 +93,8 @@ def test_legends_say_which_way_is_good(tmp_path, monkeypatch):
     (fig,) = figures
     panels = {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes}
     assert panels[f"{tmp_path.name}: losses (lower is better)"] == [
-        "loss (minimised, lower is better; SimDINO: -(coeff*comp + expa))"]
+        "loss (minimised, lower is better; SimDINO: -(coeff*comp + expa))"
+    ]
     assert panels["parts of the SimDINO loss (higher is better)"] == [
         "comp_loss: student-teacher cosine similarity (maximised, higher is better)",
         "expa_loss: coding rate of the features (maximised, higher is better)",
@@ -86,9 +107,18 @@ def test_legends_say_which_way_is_good(tmp_path, monkeypatch):
 def test_released_reference_log_is_the_100_epoch_v1_run():
     from pathlib import Path
 
-    records = plot_log.read_json_lines(Path(__file__).resolve().parents[2] / "assets" / "simdino_v1_vitb16_log.txt")
+    records = plot_log.read_json_lines(
+        Path(__file__).resolve().parents[2] / "assets" / "simdino_v1_vitb16_log.txt"
+    )
     assert [r["epoch"] for r in records] == list(range(100))
-    assert set(records[0]) == {"train_loss", "train_expa_loss", "train_comp_loss", "train_lr", "train_wd", "epoch"}
+    assert set(records[0]) == {
+        "train_loss",
+        "train_expa_loss",
+        "train_comp_loss",
+        "train_lr",
+        "train_wd",
+        "epoch",
+    }
     # healthy SimDINO (what the README says): both parts positive and rising, the loss falling
     assert records[-1]["train_comp_loss"] > records[0]["train_comp_loss"] > 0
     assert records[-1]["train_expa_loss"] > records[0]["train_expa_loss"] > 0
@@ -112,7 +142,10 @@ def test_run_over_reference_in_epochs_and_fractions(tmp_path, monkeypatch):
     axes = figures[0].axes
     expa = next(ax for ax in axes if ax.get_title().startswith("expa_loss"))
     (ours, theirs) = expa.get_lines()
-    assert list(ours.get_xdata()) == pytest.approx([1 / 31, 11 / 31, 21 / 31, 1.0]) and list(theirs.get_xdata())[-1] == 1.0
+    assert (
+        list(ours.get_xdata()) == pytest.approx([1 / 31, 11 / 31, 21 / 31, 1.0])
+        and list(theirs.get_xdata())[-1] == 1.0
+    )
     assert (run / "curves_vs_reference.png").is_file()
     with pytest.raises(ValueError, match="use --x fraction"):
         plot_log.plot_against_reference(run, reference, "epoch")

@@ -28,7 +28,11 @@ def native_bf16(monkeypatch):
 def test_cpu_has_bf16_reads_flags_and_env(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     real_read_text = Path.read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: real_read_text(cpuinfo if str(self) == "/proc/cpuinfo" else self, *a, **kw))
+    monkeypatch.setattr(
+        Path,
+        "read_text",
+        lambda self, *a, **kw: real_read_text(cpuinfo if str(self) == "/proc/cpuinfo" else self, *a, **kw),
+    )
     for name in (precision.CPU_BF16_ENV, "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
         monkeypatch.delenv(name, raising=False)
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
@@ -91,7 +95,9 @@ def test_v2_shipped_config_is_no_request_but_overrides_are(native_bf16):
 
 def test_v2_explicit_key_warns_without_native_bf16(no_bf16, tmp_path, caplog):
     user_config = tmp_path / "mine.yaml"
-    user_config.write_text("compute_precision:\n  student:\n    backbone:\n      mixed_precision: {param_dtype: bf16}\n")
+    user_config.write_text(
+        "compute_precision:\n  student:\n    backbone:\n      mixed_precision: {param_dtype: bf16}\n"
+    )
     keys = precision.user_precision_keys([], user_config)
     cfg = get_cfg(str(user_config), [])
     with caplog.at_level(logging.INFO, logger="simdinov2"):

@@ -87,7 +87,9 @@ def launcher_args(output_dir: Path, *extra: str):
     program_parser = argparse.ArgumentParser(add_help=False)
     program_parser.add_argument("--output_dir", default="")
     program_parser.add_argument("--collective", action="store_true")
-    return submit.get_args_parser(parents=[program_parser]).parse_args(["--output_dir", str(output_dir), *extra])
+    return submit.get_args_parser(parents=[program_parser]).parse_args(
+        ["--output_dir", str(output_dir), *extra]
+    )
 
 
 def test_flags_both_spellings_and_defaults():
@@ -102,7 +104,7 @@ def test_flags_both_spellings_and_defaults():
         assert args.use_volta32 and args.cpus_per_task == 4 and args.mem_gb == 64
     args = submit.get_args_parser(nodes=2).parse_args(
         ["--ngpus", "4", "--partition", "p", "--comment", "c", "--exclude", "n1", "--cluster", "slurm", "--timeout", "60"]
-    )
+    )  # fmt: skip
     assert (args.nodes, args.ngpus, args.partition, args.comment, args.exclude, args.cluster, args.timeout) == (
         2, 4, "p", "c", "n1", "slurm", 60,
     )  # fmt: skip
@@ -203,7 +205,7 @@ def test_v2_launchers_join_program_and_launcher_flags(launcher, program, flags, 
         module.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in [*flags, "--ngpus", "--nodes", "--timeout", "--partition", "--comment", "--exclude", "--cluster"]:
+    for flag in [*flags, "--ngpus", "--nodes", "--timeout", "--partition", "--comment", "--exclude", "--cluster"]:  # fmt: skip
         assert flag in text, flag
 
 
@@ -252,18 +254,25 @@ def test_cluster_slurm_without_slurm_is_one_line_and_creates_nothing(tmp_path, m
     with pytest.raises(SystemExit) as exit_info:
         submit.launch("simdinov2.train.train", "train", "simdinov2:train",
                       ["--config-file", str(config), "--output-dir", str(out / "%j"), "--cluster", "slurm"])  # fmt: skip
-    assert f"{missing} not installed here" in exit_info.value.code and "--cluster local" in exit_info.value.code
+    assert (
+        f"{missing} not installed here" in exit_info.value.code and "--cluster local" in exit_info.value.code
+    )
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_slurm, program, tmp_path, capsys):
+def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(
+    fake_slurm, program, tmp_path, capsys
+):
     """The newcomer's case: `sbatch` exists, SLURM is not configured."""
-    _fake_command(fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1")
+    _fake_command(
+        fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1"
+    )
     _fake_command(fake_slurm, "scontrol", "echo 'scontrol: error: fetch_config: DNS SRV lookup failed' >&2\n"
                   "echo 'scontrol: fatal: Could not establish a configuration source' >&2; exit 1")  # fmt: skip
     assert submit.detect_cluster() == (
-        "local", "no SLURM cluster answers (scontrol: fatal: Could not establish a configuration source)"
+        "local",
+        "no SLURM cluster answers (scontrol: fatal: Could not establish a configuration source)",
     )
     args = launcher_args(tmp_path / "%j", "--cpus_per_task", "1", "--nodes", "2")  # v1's default is 2 nodes
     assert args.cluster == "auto"
@@ -271,7 +280,7 @@ def test_auto_runs_locally_when_slurm_is_installed_but_no_cluster_answers(fake_s
     out = capsys.readouterr().out
     assert "--cluster auto: no SLURM cluster answers" in out and "running on this machine" in out
     assert "1 node instead of --nodes 2" in out
-    assert "results_eval_knn.json (last record): {\"top1\": 61.5}" in out  # the results, not only a job id
+    assert 'results_eval_knn.json (last record): {"top1": 61.5}' in out  # the results, not only a job id
 
 
 def test_auto_detection_without_sbatch_and_with_a_live_controller(fake_slurm, monkeypatch):
@@ -324,7 +333,9 @@ def test_refused_submission_is_one_line_with_the_fix(fake_slurm, tmp_path, capsy
     assert "--ngpus 0 submits a CPU job" in message
     assert capsys.readouterr().err == ""  # submitit's echo of sbatch's stderr is replaced by that line
 
-    _fake_command(fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1")
+    _fake_command(
+        fake_slurm, "sbatch", "echo 'sbatch: fatal: Could not establish a configuration source' >&2; exit 1"
+    )
     with pytest.raises(SystemExit) as exit_info:
         submit.launch("simdinov2.eval.knn", "k-NN", "simdinov2:knn",
                       ["--config-file", str(Path(submit.__file__).parent.parent / "configs" / "simdino_config.yaml"),

@@ -93,7 +93,10 @@ def test_clip_gradients_matches_dinos_per_tensor_loop():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
-    grads = [torch.randn_like(p) * scale for p, scale in zip(model.parameters(), (10.0, 0.01, 3.0, 0.1), strict=True)]
+    grads = [
+        torch.randn_like(p) * scale
+        for p, scale in zip(model.parameters(), (10.0, 0.01, 3.0, 0.1), strict=True)
+    ]
     for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.clone()
     norms = clip_gradients(model, 1.0)
@@ -173,10 +176,18 @@ def test_length_estimate_says_the_size_then_the_measured_time(monkeypatch, caplo
     now = iter([100.0, 110.0])  # the timed iterations 2..6 take 10 s: 2 s each
     monkeypatch.setattr(helpers.time, "monotonic", lambda: next(now))
     with caplog.at_level("INFO", logger="simdinov2"):
-        estimate = LengthEstimate("linear probe", "10 epochs x 1250 iterations", 12500, "shorten with --epochs")
+        estimate = LengthEstimate(
+            "linear probe", "10 epochs x 1250 iterations", 12500, "shorten with --epochs"
+        )
         for _ in range(7):
             estimate.tick()
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "linear probe: 10 epochs x 1250 iterations; time estimate after 6 iterations; shorten with --epochs"
-    assert lines[1] == "linear probe: 2.00 s per iteration, about 6:56:28 for the 12494 iterations left; shorten with --epochs"
+    assert (
+        lines[0]
+        == "linear probe: 10 epochs x 1250 iterations; time estimate after 6 iterations; shorten with --epochs"
+    )
+    assert (
+        lines[1]
+        == "linear probe: 2.00 s per iteration, about 6:56:28 for the 12494 iterations left; shorten with --epochs"
+    )
     assert len(lines) == 2

@@ -54,7 +54,9 @@ def small_imagefolder(tiny_imagefolder: Path, tmp_path_factory: pytest.TempPathF
 
 
 def _snapshot(output_dir: Path, iteration: int) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(output_dir / "eval" / f"training_{iteration}" / "teacher_checkpoint.pth", weights_only=True)
+    checkpoint = torch.load(
+        output_dir / "eval" / f"training_{iteration}" / "teacher_checkpoint.pth", weights_only=True
+    )
     assert set(checkpoint) == {"teacher"}
     return checkpoint["teacher"]
 
@@ -84,7 +86,9 @@ def test_torchrun_fsdp_trains_writes_snapshots_and_resumes(small_imagefolder, tm
         teacher = _snapshot(output_dir, iteration)
         assert {k.split(".")[0] for k in teacher} == {"backbone", "dino_head"}
         assert teacher["backbone.pos_embed"].shape == (1, 1 + 16, 192)
-    assert not torch.equal(_snapshot(output_dir, 2)["backbone.pos_embed"], _snapshot(output_dir, 5)["backbone.pos_embed"])
+    assert not torch.equal(
+        _snapshot(output_dir, 2)["backbone.pos_embed"], _snapshot(output_dir, 5)["backbone.pos_embed"]
+    )
     assert _records(output_dir)[-1]["iteration"] == 5
 
     log = _ok(run_train(command[:-5] + ["optim.epochs=3"] + command[-4:], nproc=2))
@@ -105,7 +109,7 @@ def test_torchrun_ddp_trains(small_imagefolder, tmp_path):
              *SMALL, "train.batch_size_per_gpu=4", "optim.epochs=1", "evaluation.eval_period_epochs=1", "train.sharding=ddp"],
             nproc=2,
         )
-    )
+    )  # fmt: skip
     assert "sharding: ddp over 2 process(es) on cpu" in log
     records = _records(output_dir)
     assert [r["iteration"] for r in records] == [0, 1, 2]  # 24 images / (4 x 2) = 3 iterations
@@ -124,7 +128,7 @@ def test_torchrun_one_process_shards_with_fsdp(small_imagefolder, tmp_path):
              *SMALL, "train.batch_size_per_gpu=8", "optim.epochs=1", "evaluation.eval_period_epochs=1", "train.sharding=fsdp"],
             nproc=1,
         )
-    )
+    )  # fmt: skip
     assert "sharding: fsdp over 1 process(es) on cpu" in log
     assert [r["iteration"] for r in _records(output_dir)] == [0, 1, 2]  # 24 images / 8
 
@@ -136,7 +140,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_one(small_imagefolder,
     args = lambda out: [  # noqa: E731
         "--config-file", SIMDINO_CONFIG, "--output-dir", str(out), f"train.dataset_path=ImageFolder:root={small_imagefolder}",
         *SMALL, "train.batch_size_per_gpu=8", "optim.epochs=2", "optim.warmup_epochs=1", "evaluation.eval_period_epochs=1",
-    ]
+    ]  # fmt: skip
     full = tmp_path / "full"
     log = _ok(run_train(args(full)))
     assert "sharding: none over 1 process(es) on cpu" in log
@@ -145,7 +149,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_one(small_imagefolder,
     shutil.copytree(full, resumed)
     shutil.rmtree(resumed / "ckpt" / "checkpoint_00000005")
     shutil.rmtree(resumed / "eval" / "training_5")
-    first_epoch = [line for line in (resumed / "training_metrics.json").read_text().splitlines() if json.loads(line)["iteration"] < 3]
+    first_epoch = [
+        line
+        for line in (resumed / "training_metrics.json").read_text().splitlines()
+        if json.loads(line)["iteration"] < 3
+    ]
     (resumed / "training_metrics.json").write_text("\n".join(first_epoch) + "\n")
     log = _ok(run_train(args(resumed)))
     assert "continuing at iteration 3" in log
@@ -186,12 +194,21 @@ def _error_line_in_process(argv: list[str]) -> str:
 
 def test_dataset_smaller_than_one_global_batch_is_one_clear_line(small_imagefolder, tmp_path):
     line = _error_line_in_process(
-        ["--config-file", SIMDINO_CONFIG, "--output-dir", str(tmp_path), f"train.dataset_path=ImageFolder:root={small_imagefolder}",
-         *SMALL, "train.batch_size_per_gpu=64"]
+        [
+            "--config-file",
+            SIMDINO_CONFIG,
+            "--output-dir",
+            str(tmp_path),
+            f"train.dataset_path=ImageFolder:root={small_imagefolder}",
+            *SMALL,
+            "train.batch_size_per_gpu=64",
+        ]
     )
     assert "24 images, fewer than one global batch" in line and "train.batch_size_per_gpu" in line
 
 
 def test_unknown_config_key_is_one_clear_line(tmp_path):
-    line = _error_line_in_process(["--config-file", SIMDINO_CONFIG, "--output-dir", str(tmp_path), "optim.epoch=3"])
+    line = _error_line_in_process(
+        ["--config-file", SIMDINO_CONFIG, "--output-dir", str(tmp_path), "optim.epoch=3"]
+    )
     assert "unknown config key 'optim.epoch'" in line and "optim.epochs" in line

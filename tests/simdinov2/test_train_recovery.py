@@ -107,7 +107,9 @@ def test_kill_during_teacher_snapshot_loses_nothing_on_resume(full_run, tmp_path
         assert teacher.keys() == teacher_full.keys()
         for key, value in teacher_full.items():
             torch.testing.assert_close(teacher[key], value, rtol=1e-5, atol=1e-6, msg=key)
-    assert not [p for p in killed.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp_checkpoint")]
+    assert not [
+        p for p in killed.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp_checkpoint")
+    ]
 
     # resuming a finished run writes nothing twice
     _train(data, killed)
@@ -144,7 +146,9 @@ def test_stop_signal_mid_run_checkpoints_and_resumes_exactly(full_run, tmp_path,
     want, got = _rows(full), _rows(stopped)
     assert [row["iteration"] for row in got] == [row["iteration"] for row in want] == [0, 3, 6, 7]
     for a, b in zip(want, got, strict=True):
-        assert {k: v for k, v in a.items() if not k.endswith("_time")} == {k: v for k, v in b.items() if not k.endswith("_time")}
+        assert {k: v for k, v in a.items() if not k.endswith("_time")} == {
+            k: v for k, v in b.items() if not k.endswith("_time")
+        }
     teacher_full, teacher = _snapshot(full, 7), _snapshot(stopped, 7)
     for key, value in teacher_full.items():
         assert torch.equal(teacher[key], value), key
@@ -161,7 +165,11 @@ def test_kill_at_the_first_checkpoint_leaves_no_duplicate_rows(full_run, tmp_pat
     (killed / "training_metrics.json").write_text(rows[0] + rows[1] + '{"iteration": 4, "to')
     (killed / "ckpt" / ".tmp_checkpoint_00000003").mkdir(parents=True)  # the save cut short
     _train(data, killed)
-    assert [row["iteration"] for row in _rows(killed)] == [row["iteration"] for row in _rows(full)] == [0, 3, 6, 7]
+    assert (
+        [row["iteration"] for row in _rows(killed)]
+        == [row["iteration"] for row in _rows(full)]
+        == [0, 3, 6, 7]
+    )
     assert not (killed / "ckpt" / ".tmp_checkpoint_00000003").exists()
 
 
