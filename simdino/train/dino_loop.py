@@ -5,7 +5,8 @@ Owns what the loop reads of the flags (`LoopSettings`), the training data (`buil
 weight decay, teacher momentum; DINO's per-epoch teacher temperature), the per-(epoch, rank) seed
 (`epoch_seed`), the network set-up for a launch (`prepare_networks`: device, SyncBatchNorm, compile,
 DDP) and the epoch loop (`EpochLoop`, `train_one_epoch`, `run_epoch`), whose every step is
-`simdinov2.train.step.train_step`.
+`simdinov2.train.step.train_step`. A stop signal (`EpochLoop.stop`) ends an epoch after the iteration under
+way; `run_epoch(..., resume=)` finishes such an epoch from its mid-epoch checkpoint.
 """
 
 from __future__ import annotations

@@ -56,10 +56,16 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(images, output folder) of an uninterrupted run, shared read-only."""
+    """(images, output folder) of an uninterrupted run, shared read-only; on one thread, as the tests' runs
+    (module fixtures come before `one_thread`), so that their losses can be compared bit for bit."""
     root = tmp_path_factory.mktemp("recovery")
     data = write_golden_imagefolder(root / "train")
-    _train(data, root / "full")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train(data, root / "full")
+    finally:
+        torch.set_num_threads(previous)
     return data, root / "full"
 
 
