@@ -165,6 +165,7 @@ def test_readme_commands_run_as_written(tiny_imagefolder: Path, tmp_path: Path) 
     assert (v1 / "knn_results.json").is_file()  # v1 eval_knn.py: next to the checkpoint
     assert (v1 / "eval_linear" / "checkpoint.pth.tar").is_file()  # v1 eval_linear.py: eval_linear/ next to it
     assert (v2 / "knn" / "results_eval_knn.json").is_file()
+    assert (v2 / "logreg" / "results_eval_log_regression.json").is_file()
     linear_eval_sets = json.loads((v2 / "linear" / "results_eval_linear.json").read_text().splitlines()[-1])[
         "eval_sets"
     ]
