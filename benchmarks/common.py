@@ -60,7 +60,7 @@ V1_TRAINER_DEFAULTS: dict[str, Any] = {
     "teacher_temp": 0.04,
     "clip_grad": 3.0,
     "freeze_last_layer": 1,
-    "use_fp16": True,
+    "use_fp16": None,  # unset: upstream fp16 on CUDA, the CPU precision rule elsewhere
     "amp_dtype": "auto",
 }
 

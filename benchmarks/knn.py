@@ -149,12 +149,13 @@ def child_sklearn(folder: Path, k: int, temperature: float, n_jobs: int | None) 
 
 def run_child(method: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--child", method, "--data", str(folder),
+        # as a module from the repository root: `benchmarks.common` resolves whatever the caller's PYTHONPATH
+        sys.executable, "-m", "benchmarks.knn", "--child", method, "--data", str(folder),
         "--k", str(args.k), "--temperature", str(args.temperature), "--all-ks", *map(str, args.all_ks),
     ]  # fmt: skip
     if args.sklearn_jobs is not None:
         cmd += ["--sklearn-jobs", str(args.sklearn_jobs)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         raise SystemExit(f"k-NN child {method} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
