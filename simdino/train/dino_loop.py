@@ -26,7 +26,7 @@ from simdino.train.epoch_checkpoint import MidEpoch, resumed_batches
 from simdino.train.multicrop import MultiCropStudentTeacher
 from simdinov2 import distributed
 from simdinov2.data.datasets import UnreadableImageError
-from simdinov2.data.datasets.unlabeled import training_dataset
+from simdinov2.data.loaders import training_dataset
 from simdinov2.data.samplers import seed_loader_worker, usable_num_workers
 from simdinov2.errors import NonFiniteLossError, UserError
 from simdinov2.logging import MetricLogger

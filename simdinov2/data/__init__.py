@@ -29,7 +29,7 @@ _EXPORTS = {
     "ImageNet22k": ".datasets",
     "export_fashion_mnist_imagefolder": ".datasets",
     "UnlabeledImageDataset": ".datasets",
-    "training_dataset": ".datasets",
+    "training_dataset": ".loaders",
     "make_dataset": ".loaders",
     "parse_dataset_str": ".loaders",
     "MaskingGenerator": ".masking",

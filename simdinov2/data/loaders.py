@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
 from simdinov2.errors import MissingFileError, UserError
 
-from .datasets import FashionMNIST, ImageFolderDataset, ImageNet, ImageNet22k
+from .datasets import FashionMNIST, ImageFolderDataset, ImageNet, ImageNet22k, UnlabeledImageDataset
+from .datasets.unlabeled import is_image_list
 from .samplers import SamplerType, make_data_loader
 
 logger = logging.getLogger("simdinov2")
@@ -105,3 +108,24 @@ def make_dataset(
 
 
 __all__ = ["EXPECTED_FORMS", "SamplerType", "make_data_loader", "make_dataset", "parse_dataset_str"]
+
+
+def training_dataset(source: str, transform: Any = None, option: str = "the dataset path") -> Any:
+    """The training images `source` names: a folder or `.txt` list (unlabeled), else a dataset string.
+    `option` names the setting in the error lines (`--data_path`, `train.dataset_path`)."""
+    if not source:
+        raise UserError(
+            f"{option} is missing: give a folder of images, a .txt list of images or a dataset string"
+        )
+    path = Path(source).expanduser()
+    if path.is_dir() and not any(path.iterdir()):
+        raise UserError(f"{option} {source} is an empty folder: put the training images in it (any layout)")
+    if path.is_dir() or is_image_list(path):
+        return UnlabeledImageDataset(path, transform=transform)
+    if path.is_file():
+        raise UserError(
+            f"{option} {source} is a file: give a folder of images or a .txt list (one image path a line)"
+        )
+    if ":" in source:
+        return make_dataset(source, transform=transform)
+    raise UserError(f"{option} {source} does not exist: give a folder of images or a .txt list of images")

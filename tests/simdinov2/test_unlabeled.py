@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from simdinov2.data import ImageFolderDataset, make_dataset
-from simdinov2.data.datasets.unlabeled import UnlabeledImageDataset, list_folder, training_dataset
+from simdinov2.data.datasets.unlabeled import UnlabeledImageDataset, list_folder
+from simdinov2.data.loaders import training_dataset
 from simdinov2.errors import UserError
 
 

@@ -10,7 +10,7 @@ from .fashion_mnist import (
 )
 from .image_folder import IMG_EXTENSIONS, ImageFolderDataset, UnreadableImageError, load_rgb_image, to_rgb
 from .image_net import ImageNet, ImageNet22k, read_labels
-from .unlabeled import UnlabeledImageDataset, training_dataset
+from .unlabeled import UnlabeledImageDataset
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
@@ -28,5 +28,4 @@ __all__ = [
     "read_idx",
     "read_labels",
     "to_rgb",
-    "training_dataset",
 ]

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -238,26 +237,3 @@ class UnlabeledImageDataset(LabelledImageDataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r}, {len(self)} images)"
-
-
-def training_dataset(source: str, transform: Any = None, option: str = "the dataset path") -> Any:
-    """The training images `source` names: a folder or `.txt` list (unlabeled), else a dataset string.
-    `option` names the setting in the error lines (`--data_path`, `train.dataset_path`)."""
-    from simdinov2.data.loaders import make_dataset  # the loaders import the datasets package
-
-    if not source:
-        raise UserError(
-            f"{option} is missing: give a folder of images, a .txt list of images or a dataset string"
-        )
-    path = Path(source).expanduser()
-    if path.is_dir() and not any(path.iterdir()):
-        raise UserError(f"{option} {source} is an empty folder: put the training images in it (any layout)")
-    if path.is_dir() or is_image_list(path):
-        return UnlabeledImageDataset(path, transform=transform)
-    if path.is_file():
-        raise UserError(
-            f"{option} {source} is a file: give a folder of images or a .txt list (one image path a line)"
-        )
-    if ":" in source:
-        return make_dataset(source, transform=transform)
-    raise UserError(f"{option} {source} does not exist: give a folder of images or a .txt list of images")
