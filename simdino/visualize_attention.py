@@ -14,9 +14,7 @@ astronaut photo shipped with scikit-image, so it runs offline.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from simdinov2.install_hint import exit_with_install_hint
@@ -27,7 +25,6 @@ with exit_with_install_hint("visualize_attention.py"):
 import torch
 from PIL import Image
 
-from simdinov2.checkpoint import atomic_write_bytes
 from simdinov2.cli import HelpFormatter, make_output_dir
 from simdinov2.data.datasets import load_rgb_image
 from simdinov2.distributed import resolve_device
@@ -44,6 +41,7 @@ from simdinov2.eval.attention_maps import (
     threshold_masks,
     to_pixels,
 )
+from simdinov2.io.atomic import atomic_write_drawing
 from simdinov2.models import DinoVisionTransformer
 
 logger = logging.getLogger("simdinov2")
@@ -104,13 +102,6 @@ def preprocess(image: Image.Image, image_size: tuple[int, int], patch_size: int)
     return image_to_input(image, patch_size, image_size)
 
 
-def _save_png(path: Path, draw: Callable[[io.BytesIO], None]) -> None:
-    """Draw in memory, then write atomically: a full disk is one line, never a 0-byte picture."""
-    buffer = io.BytesIO()
-    draw(buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def save_visualizations(
     img: torch.Tensor, attn: torch.Tensor, patch_size: int, output_dir: Path, threshold: float | None
 ) -> list[Path]:
@@ -122,17 +113,19 @@ def save_visualizations(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     picture = input_picture(img)
-    _save_png(output_dir / "img.png", lambda f: Image.fromarray(picture).save(f, format="png"))
+    atomic_write_drawing(output_dir / "img.png", lambda f: Image.fromarray(picture).save(f, format="png"))
     written = [output_dir / "img.png"]
     for j, head_map in enumerate(to_pixels(attn, patch_size)):
         path = output_dir / f"attn-head{j}.png"
-        _save_png(path, lambda f, head_map=head_map: plt.imsave(fname=f, arr=head_map, format="png"))
+        atomic_write_drawing(
+            path, lambda f, head_map=head_map: plt.imsave(fname=f, arr=head_map, format="png")
+        )
         written.append(path)
     if threshold is not None:
         masks = to_pixels(threshold_masks(attn, threshold), patch_size) > 0.5
         for j, tinted in enumerate(overlay_masks(picture, masks)):
             path = output_dir / f"mask_th{threshold}_head{j}.png"
-            _save_png(path, lambda f, tinted=tinted: Image.fromarray(tinted).save(f, format="png"))
+            atomic_write_drawing(path, lambda f, tinted=tinted: Image.fromarray(tinted).save(f, format="png"))
             written.append(path)
     return written
 

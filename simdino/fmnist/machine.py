@@ -6,13 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+from simdinov2.data.samplers import available_cores
 
 
 def load_average() -> list[float]:

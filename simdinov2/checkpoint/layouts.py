@@ -2,7 +2,7 @@
 
 Owns `extract_backbone` / `extract_backbone_state_dict` and `strip_wrapper_prefixes`. Layouts are
 detected from the keys, never from the file name:
-- v1 training checkpoints (`simdino/main_dino.py`, DINO): `{"student", "teacher", "optimizer", "epoch",
+- v1 training checkpoints (the v1 trainer, DINO): `{"student", "teacher", "optimizer", "epoch",
   "args", ...}` whose state dicts are keyed `backbone.*` / `head.*`, possibly behind `module.` (DDP) and
   `_orig_mod.` (torch.compile) in any order;
 - v2 teacher snapshots `{"teacher": {"backbone.*", "dino_head.*", "ibot_head.*"}}` with chunked blocks;

@@ -4,8 +4,8 @@ The cores live here once: feature extraction (`features`), the weighted k-NN vot
 linear-probe and attentive-probe classifiers and their training step (`linear`), logistic regression
 (`log_regression`), and the metric types, the one evaluation loop and the evaluation sets (`metrics`).
 The v2 command-line programs are `knn.py`, `linear.py` (also `--attentive`), `log_regression.py` and
-`finetuning.py` (set-up in `setup.py`); the v1 programs `simdino/eval_knn.py` and
-`simdino/eval_linear.py` import the same cores.
+`finetuning.py` (set-up in `setup.py`); the v1 tree's k-NN and linear
+programs import the same cores.
 """
 
 from .features import (

@@ -1,5 +1,5 @@
-"""Self-attention maps of a ViT's CLS token, as DINO draws them, for `simdino/visualize_attention.py`,
-`simdino/video_generation.py` and the demo's figure.
+"""Self-attention maps of a ViT's CLS token, as DINO draws them, for the v1 tree's attention
+pictures and video and the demo's figure.
 
 Owns the whole chain those programs (and the patch-feature PCA pictures) share: the backbone of any
 checkpoint, URL or release name (`load_pretrained_backbone`),

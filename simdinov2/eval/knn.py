@@ -1,6 +1,6 @@
 """Weighted k-NN classification of frozen features: the one k-NN core of both trees, and the v2 CLI.
 
-Core (used by `simdino/eval_knn.py` and by this module's CLI):
+Core (used by the v1 tree's k-NN evaluation and by this module's CLI):
 - `knn_correct_counts` / `knn_classify`: DINO's weighted vote (Wu et al. 2018, as in DINO §4 / DINOv2):
   each test feature votes with its k most similar training features (cosine similarity, features
   L2-normalised by the caller), neighbour j adding `exp(sim_j / T)` to its class. Test features are

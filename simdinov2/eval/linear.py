@@ -1,6 +1,6 @@
 """Linear probing of frozen features: the one linear-probe core of both trees, and the v2 CLI.
 
-Core (used by `simdino/eval_linear.py` and by this module's CLI):
+Core (used by the v1 tree's linear evaluation and by this module's CLI):
 - `ModelWithIntermediateLayers`: frozen backbone returning `(patch_tokens, cls)` of its last n blocks
   (final norm applied, as DINO and DINOv2 probe them), without gradients.
 - `create_linear_input`: concatenated CLS tokens of the last `use_n_blocks` blocks, plus the mean patch

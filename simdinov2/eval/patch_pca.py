@@ -12,7 +12,6 @@ every patch (no background).
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from simdinov2.eval.attention_maps import input_picture
+from simdinov2.io.atomic import atomic_write_drawing
 from simdinov2.models import DinoVisionTransformer
 
 DEFAULT_THRESHOLD = 0.5
@@ -84,14 +84,7 @@ def to_image(picture: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an 8-bit picture as PNG atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.png")
-    try:
-        Image.fromarray(array).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_drawing(path, lambda f: Image.fromarray(array).save(f, format="png"))
 
 
 def save_pca_figure(

@@ -9,11 +9,12 @@ temporary removed and the previous file left as it was.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -111,6 +112,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (temporary file + rename); a full disk raises `DiskFullError`."""
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_drawing(path: str | os.PathLike, draw: Callable[[IO[bytes]], Any]) -> Path:
+    """`draw(file)` (a PIL save, `plt.imsave`, ...) into memory, then written atomically: a full disk is one
+    line, never a 0-byte or cut picture. Returns the path."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

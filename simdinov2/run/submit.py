@@ -1,4 +1,4 @@
-"""The one submitit launcher core of both trees (v1 `simdino/run_with_submitit.py`, v2
+"""The one submitit launcher core of both trees (v1's submitit script, v2
 `simdinov2/run/{train,eval}/*.py`).
 
 It owns: the launcher flags (`--ngpus --ntasks_per_node --nodes --timeout --partition --use_volta32

@@ -1,4 +1,4 @@
-"""Training pieces shared by the v1 trainer (`simdino/main_dino.py`) and the v2 trainer (`simdinov2/train`):
+"""Training pieces shared by the v1 trainer and the v2 trainer (`simdinov2/train`):
 parameter groups (DINO's two groups; DINOv2's layer-wise lr decay groups), LARS, gradient clipping,
 last-layer freezing and the EMA teacher update (precision lives in `simdinov2.precision`)."""
 

@@ -1,4 +1,4 @@
-"""The one optimisation step of both trainers: v1's student/teacher pair (`simdino/train/multicrop.py`)
+"""The one optimisation step of both trainers: v1's student/teacher pair
 and v2's meta-architecture (`simdinov2.train.ssl_meta_arch.SSLMetaArch`) run through `train_step`.
 
 Owns `train_step` and what it needs from a model (`TrainableModel`): the schedule values of the iteration

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from simdinov2.errors import MissingFileError, UserError
+from simdinov2.io.atomic import atomic_write_text
 
 from .base import LabelledImageDataset
 from .image_folder import IMG_EXTENSIONS, load_rgb_image
@@ -144,14 +145,11 @@ def _write_cache(root: str, relative: list[str], mtimes: dict[str, int], skipped
         "skipped_example": example,
         "dirs": mtimes,
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:  # written whole, then renamed: readers never see half
-            f.write(json.dumps(header) + "\n")
-            f.write("".join(rel + "\n" for rel in relative))
-        os.replace(tmp, path)
-    except OSError as e:  # a read-only home: the listing is just not cached
+    try:  # written whole, then renamed: readers never see half a listing
+        atomic_write_text(path, json.dumps(header) + "\n" + "".join(rel + "\n" for rel in relative))
+    except (
+        OSError
+    ) as e:  # DiskFullError is an OSError too  # a read-only home: the listing is just not cached
         logger.info("image listing of %s not cached (%s)", root, e)
 
 
