@@ -272,13 +272,15 @@ class LengthEstimate:
     whole takes at that pace, each with how to shorten it (one line each, main process).
 
     `tick()` after every iteration: the first one (loader start-up, first calls) is left out of the
-    measure, the next `probe` are timed."""
+    measure, the next `probe` are timed (fewer in a short loop, so that it too gets its estimate while
+    iterations are left: half of those after the first)."""
 
     def __init__(self, what: str, size: str, iterations: int, shorten: str, probe: int = 5) -> None:
-        self.what, self.iterations, self.shorten, self.probe = what, int(iterations), shorten, probe
+        self.what, self.iterations, self.shorten = what, int(iterations), shorten
+        self.probe = max(1, min(probe, (self.iterations - 1) // 2))
         self.count, self._timed_from = 0, 0.0
         if distributed.is_main_process():
-            logger.info("%s: %s; time estimate after %d iterations; %s", what, size, probe + 1, shorten)
+            logger.info("%s: %s; time estimate after %d iterations; %s", what, size, self.probe + 1, shorten)
 
     def tick(self) -> None:
         self.count += 1

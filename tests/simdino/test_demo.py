@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from simdino import demo
-from simdino.fmnist import data, knn, machine, recipe, report
+from simdino.fmnist import adapt, data, knn, machine, recipe, report
 from simdinov2 import precision
 from simdinov2.errors import UserError
 
@@ -69,6 +69,24 @@ def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
 
 
 @pytest.mark.slow
+def test_layouts_on_every_core_are_timed_whatever_the_load_average(monkeypatch, capsys):
+    """A job that ended a minute ago still counts in the load average: the demo times layouts on every
+    core (and one fewer) and lets the timing choose, rather than dropping to the cores the average leaves."""
+    timed: dict = {}
+
+    def fake_measure(flags_of, dataset, cores, bf16, threads=None, num_workers=None):
+        timed["layouts"] = adapt.candidate_layouts(cores, bf16, threads, num_workers)
+        return {name: (adapt.Layout(cores, 1, bf16), 1.0) for name in flags_of}, dict.fromkeys(flags_of, 1e-3)
+
+    monkeypatch.setattr(machine, "available_cores", lambda: 2)
+    monkeypatch.setattr(machine, "load_average", lambda: [0.8, 0.5, 0.2])
+    monkeypatch.setattr(adapt, "measure_machine", fake_measure)
+    plan = demo.plan_for_machine(540.0, lambda *a, **k: None, None, None, None, {"use_fp16": False})
+    assert {layout.threads for layout in timed["layouts"]} == {1, 2}
+    assert plan.choice.layout.threads == 2
+    assert "load average 0.8" in capsys.readouterr().out
+
+
 def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_path):
     # With a zero learning rate and weight decay nothing moves: the saved teacher is the initial network,
     # which random_init_backbone must rebuild exactly from the run's flags.

@@ -67,9 +67,9 @@ def test_layout_weighs_threads_against_the_loader():
 
 
 def test_evaluation_shrinks_to_what_the_machine_embeds_in_its_time():
-    # 30 s for two networks at 3x the timed forward: 100k embeddable at 50 us per image, all 70k of them
+    # 30 s for two networks at 2x the timed forward: 150k embeddable at 50 us per image, all 70k of them
     assert adapt.evaluation_sizes(5e-5, 30.0) == (None, None)
-    assert adapt.evaluation_sizes(2e-3, 30.0) == (2000, 400)  # 2500 embeddable: 5 bank images per query
+    assert adapt.evaluation_sizes(2e-3, 30.0) == (3000, 600)  # 3750 embeddable: 5 bank images per query
     assert adapt.evaluation_sizes(1.0, 30.0) == (1000, 200)  # never below
 
 

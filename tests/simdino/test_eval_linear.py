@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,9 @@ def test_one_epoch_then_resume_then_evaluate(
     # the run's size and how to shorten it, said at the start
     assert "linear probe: 1 epochs x 4 iterations" in proc.stdout + proc.stderr
     assert "shorten with fewer --epochs" in proc.stdout + proc.stderr
+    # and, timed on its 2nd iteration, how long the rest takes
+    assert re.search(r"linear probe: [0-9.]+ s per iteration, about 0:00:\d\d for the 2 iterations left",
+                     proc.stdout + proc.stderr)  # fmt: skip
     checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
     assert set(checkpoint) == {"epoch", "state_dict", "optimizer", "scheduler", "best_acc"}
     assert checkpoint["epoch"] == 1

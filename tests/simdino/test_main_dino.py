@@ -4,12 +4,15 @@ optimizers, trackers, non-finite loss, bad inputs and a 2-process torchrun (CPU,
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,13 +137,11 @@ def base_run(train_dir, tmp_path_factory) -> Path:
 
 
 def _has(package: str) -> bool:
-    import importlib.util
 
     return importlib.util.find_spec(package) is not None
 
 
 def copy_run(run: Path, dest: Path) -> Path:
-    import shutil
 
     shutil.copytree(run, dest, ignore=shutil.ignore_patterns("wandb*", "checkpoint0*"))
     return dest
@@ -381,7 +382,6 @@ def test_each_optimizer_takes_a_step(train_dir, tmp_path, optimizer, state_key):
 
 
 def test_missing_tracker_package_is_one_line(train_dir, tmp_path, monkeypatch, capsys):
-    import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -476,7 +476,6 @@ def test_bad_inputs_give_one_clear_line(train_dir, tmp_path, capsys):
 
 
 def test_unreadable_image_is_fatal_and_named(train_dir, tmp_path):
-    import shutil
 
     data = tmp_path / "data"
     shutil.copytree(train_dir, data, symlinks=True)
@@ -582,14 +581,14 @@ def test_torchrun_two_processes_then_resume(train_dir, tmp_path):
 @pytest.mark.distributed
 def test_sigterm_to_torchrun_checkpoints_mid_epoch_with_one_line(tiny_imagefolder, tmp_path):
     """SIGTERM to torchrun (which forwards it to the workers' process groups, loader workers included):
-    the workers write the checkpoint of the iteration reached and say so in one line; the run resumes."""
-    import signal
-    import time
+    the workers write the checkpoint of the iteration reached and say so in one line; the run resumes.
+    torchrun as `python -m simdinov2.run.torchrun`, whose own ending is one line too, without torch's
+    `SignalException` traceback."""
 
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main_dino.py", *TINY[:-8],
+        sys.executable, "-m", "simdinov2.run.torchrun", "--nproc_per_node=2", "main_dino.py", *TINY[:-8],
         "--num_workers", "1", "--hidden_dim", "256", "--z_dim", "64", "--batch_size_per_gpu", "4",
         "--data_path", str(Path(tiny_imagefolder) / "train"), "--output_dir", str(out),
     ]  # fmt: skip
@@ -603,6 +602,9 @@ def test_sigterm_to_torchrun_checkpoints_mid_epoch_with_one_line(tiny_imagefolde
             time.sleep(0.5)  # two rows: iterations 0 and 10, well inside epoch 0 (15 iterations)
         proc.send_signal(signal.SIGTERM)
         stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr and "SignalException" not in stderr, stderr[-3000:]
+    assert stderr.rstrip().splitlines()[-1].startswith("torchrun: stopped by SIGTERM"), stderr[-3000:]
     lines = [line for line in stderr.splitlines() if "interrupted by SIGTERM" in line]
     assert len(lines) == 1 and lines[0].startswith(
         "main_dino.py: interrupted by SIGTERM: checkpoint of epoch"
@@ -663,7 +665,6 @@ def test_stop_signal_mid_epoch_resumes_exactly(train_dir, tmp_path, monkeypatch,
     """SIGTERM during iteration 5 (epoch 1, its 2nd of 4 iterations): one line, the checkpoint of that
     iteration, and the resumed run's files, losses and weights are the uninterrupted run's, bit for bit
     (with loader workers too: the skipped batches are loaded again so their random streams continue)."""
-    import signal
 
     from simdino.main_dino import dino_loop
 

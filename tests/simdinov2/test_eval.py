@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -303,9 +304,9 @@ def test_v2_knn_cli(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_v2_linear_and_log_regression(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path) -> None:
-    """In-process runs of both mains: the linear grid trains, checkpoints and resumes; the logistic
-    regression writes its result."""
+def test_v2_linear_and_log_regression(v2_snapshot, tiny_imagefolder: Path, tmp_path: Path, caplog) -> None:
+    """In-process runs of both mains: the linear grid trains (saying its size, then its measured time),
+    checkpoints and resumes; the logistic regression writes its result."""
     from simdinov2.eval import linear, log_regression
 
     config, weights = v2_snapshot
@@ -316,8 +317,16 @@ def test_v2_linear_and_log_regression(v2_snapshot, tiny_imagefolder: Path, tmp_p
     def run(*extra: str) -> dict:
         return linear.run_linear_probe(linear.get_args_parser().parse_args(base + list(extra)))
 
-    summary = run("--epochs", "1", "--learning-rates", "0.01", "0.1", "--eval-period-iterations", "2",
-                  "--epoch-length", "0", "--full-grid")  # fmt: skip
+    with caplog.at_level("INFO", logger="simdinov2"):
+        summary = run("--epochs", "1", "--learning-rates", "0.01", "0.1", "--eval-period-iterations", "2",
+                      "--epoch-length", "0", "--full-grid")  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("linear probe: ")]
+    assert said[0].startswith(
+        "linear probe: 8 classifiers, 1 epochs x 3 iterations = 3 iterations of 32 images"
+    )
+    assert "shorten with --epoch-length 0" in said[0]
+    assert re.fullmatch(r"linear probe: [0-9.]+ s per iteration, about 0:00:\d\d for the 1 iterations left; .*",
+                        said[1]), said  # fmt: skip
     checkpoint = torch.load(out / "linear_checkpoint.pth", weights_only=True)
     epoch_length = 120 // 32
     assert checkpoint["iteration"] == epoch_length == summary["iteration"]

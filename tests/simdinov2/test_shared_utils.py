@@ -191,3 +191,19 @@ def test_length_estimate_says_the_size_then_the_measured_time(monkeypatch, caplo
         == "linear probe: 2.00 s per iteration, about 6:56:28 for the 12494 iterations left; shorten with --epochs"
     )
     assert len(lines) == 2
+
+
+def test_length_estimate_of_a_short_loop_is_said_while_iterations_are_left(monkeypatch, caplog):
+    from simdinov2.logging import LengthEstimate, helpers
+
+    now = iter([100.0, 103.0])  # 4 iterations: the 2nd is timed (3 s), 2 are left
+    monkeypatch.setattr(helpers.time, "monotonic", lambda: next(now))
+    with caplog.at_level("INFO", logger="simdinov2"):
+        estimate = LengthEstimate("linear probe", "1 epochs x 4 iterations", 4, "shorten with --epochs")
+        for _ in range(4):
+            estimate.tick()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "linear probe: 1 epochs x 4 iterations; time estimate after 2 iterations; shorten with --epochs",
+        "linear probe: 3.00 s per iteration, about 0:00:06 for the 2 iterations left; shorten with --epochs",
+    ]
