@@ -68,10 +68,11 @@ def plan_for_machine(
 ) -> adapt.Plan:
     """Time this machine and choose the recipe variant, threads / loader workers and k-NN sizes (prints
     the machine and the one line of the choice). bf16 autocast only where the CPU computes bf16
-    (emulated, it is several times slower than fp32); a `use_fp16` override decides instead."""
+    (emulated, it is several times slower than fp32); a `use_fp16` override decides instead. Layouts on
+    every core and on one fewer are both timed, and the faster wins: the load average lags a minute
+    behind (a job that just ended still counts), while the timing sees who shares the cores now."""
     cores, load = machine.available_cores(), (machine.load_average() or [0.0])[0]
     bf16 = bool(overrides.get("use_fp16", precision.cpu_has_bf16()))
-    free = threads or machine.default_threads(cores, load)
     print(
         f"SimDINO demo on {machine.cpu_model()}: {cores} cores, load average {load:.1f}, "
         f"{'bf16' if bf16 else 'no bf16: fp32'}; timing a few steps of each recipe variant",
@@ -81,7 +82,7 @@ def plan_for_machine(
         seconds,
         make_split("TRAIN"),
         {**recipe.DEMO_RECIPE, **overrides},
-        free,
+        cores,
         bf16,
         threads,
         num_workers,
