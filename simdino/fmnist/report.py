@@ -114,7 +114,7 @@ def summary_table(results: Mapping[str, Any], reference: Reference | None) -> st
             f"{reference.pixels:.2f}%",
             f"{reference.gain:+.2f}",
             f"{reference.iterations} / {reference.images_seen}",
-            f"{results['train_images']} / {reference.test_images}",
+            f"{reference.bank_images} / {reference.test_images}",
         ]
     width = max(len(name) for name, _ in rows)
     mine = max(len(value) for _, value in rows + [("", f"{KNN_K}-NN top-1")])

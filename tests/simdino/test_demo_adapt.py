@@ -88,6 +88,8 @@ def test_printed_table_has_the_reference_run_and_says_when_a_subset_was_used():
     table = report.summary_table(results, adapt.README_REFERENCE)
     assert "+7.50" in table and "74.61%" in table and "+6.41" in table and "900 / 57600" in table
     assert adapt.README_REFERENCE.source in table
+    lean = report.summary_table(results, adapt.LEAN_REFERENCE)  # its own bank and queries, not the user's
+    assert "5000 / 1000" in lean and "15500 / 3100" in lean and "+11.84" in lean
     assert "not measured" in report.summary_table(results, None)
     assert "random 5000 of the 60000 training images and 1000 of the 10000 test" in report.subset_note(
         results
