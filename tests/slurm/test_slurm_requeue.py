@@ -19,7 +19,7 @@ import pytest
 from single_node_slurm import APT_PACKAGES, SlurmCluster, missing_programs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-V1_EPOCHS = 4
+V1_EPOCHS = 10  # long enough that v1 is still running while v2 is being submitted
 V2_EPOCHS = 2
 V2_EPOCH_LEN = 3  # 12 images / batch 4
 TIMEOUT_S = 480  # a guard for a loaded machine; about 150 s on a busy 2-core one
