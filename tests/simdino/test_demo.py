@@ -68,7 +68,6 @@ def test_threads_workers_and_knn_sizes_follow_the_machine_and_budget():
     assert 0 < queries < bank < 60000
 
 
-@pytest.mark.slow
 def test_layouts_on_every_core_are_timed_whatever_the_load_average(monkeypatch, capsys):
     """A job that ended a minute ago still counts in the load average: the demo times layouts on every
     core (and one fewer) and lets the timing choose, rather than dropping to the cores the average leaves."""
@@ -87,6 +86,7 @@ def test_layouts_on_every_core_are_timed_whatever_the_load_average(monkeypatch, 
     assert "load average 0.8" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_random_init_is_the_initial_network_of_the_run(tiny_imagefolder, tmp_path):
     # With a zero learning rate and weight decay nothing moves: the saved teacher is the initial network,
     # which random_init_backbone must rebuild exactly from the run's flags.
